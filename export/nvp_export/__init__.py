@@ -1,0 +1,1 @@
+"""nvp export side: fit INRs, select layer pairs, train adapters, export ONNX. Needs torch."""

@@ -1,0 +1,18 @@
+"""nvp runtime: answer tasks from videos stored as implicit neural representations.
+
+Torch-free by design: numpy, ONNX Runtime and nvp's own C++/CUDA kernels.
+CUDA is loaded only when a CUDA array or device is asked for, so importing
+this package works on machines with no GPU and no driver.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import ops
+from .device import CudaUnavailableError, cuda_is_available
+
+try:
+    __version__ = version("nvp")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = ["ops", "cuda_is_available", "CudaUnavailableError", "__version__"]
