@@ -1,0 +1,194 @@
+"""Injection points whose features are several tensors, and the adapters that feed them.
+
+Some backbones carry more than one tensor across a stage boundary: SlowFast's slow
+and fast pathways (different frame rates and channel widths), or a segmentation
+encoder whose decode head needs every earlier scale. Such a boundary is a
+``MultiPathwayPoint``: its ``shape`` is a tuple of per-pathway shapes.
+``MultiPathwayBackbone`` is a ``Backbone`` whose stages pass tuples of tensors
+and whose probed points say so; single-tensor backbones are untouched.
+
+A ``PathwayAdapter`` maps one INR tap to every pathway of a point with a micro
+adapter each (bilinear resize + 1x1 conv, as ``MicroAdapter``). Video pathways
+that run at a lower frame rate take the clip's frames a pathway of that rate
+sees (pytorchvideo's PackPathway rule), so the INR decodes each frame once for
+all pathways.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .adapter import AdapterSpec, MicroAdapter
+from .backbone import Backbone, InjectionPoint
+from .losses import FeatureLoss
+
+__all__ = [
+    "MultiPathwayPoint",
+    "MultiPathwayBackbone",
+    "pathway_shapes",
+    "PathwayAdapter",
+    "decode_clips",
+    "temporal_indices",
+    "FitConfig",
+    "fit_adapter",
+]
+
+Features = torch.Tensor | Sequence[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MultiPathwayPoint(InjectionPoint):
+    """An injection point carrying one tensor per pathway; ``shape`` is the tuple of their shapes."""
+
+    shape: tuple[tuple[int, ...], ...]
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(s[0] for s in self.shape)
+
+    @property
+    def spatial_size(self) -> tuple[tuple[int, int], ...]:
+        return tuple(tuple(s[-2:]) for s in self.shape)
+
+
+def pathway_shapes(point: InjectionPoint) -> tuple[tuple[int, ...], ...]:
+    """Per-pathway shapes of any point (a single-tensor point is one pathway)."""
+    return point.shape if isinstance(point, MultiPathwayPoint) else (point.shape,)
+
+
+def as_pathways(features: Features) -> tuple[torch.Tensor, ...]:
+    return (features,) if isinstance(features, torch.Tensor) else tuple(features)
+
+
+class MultiPathwayBackbone(Backbone):
+    """A ``Backbone`` whose stage boundaries may carry a tuple of tensors (one per pathway)."""
+
+    def _probe_shapes(self) -> list[InjectionPoint]:
+        h, w = self.preprocess.input_size
+        t = self.preprocess.num_frames
+        x = torch.zeros((1, 3, h, w) if t == 1 else (1, 3, t, h, w))
+        with torch.no_grad():
+            feats = self.features(x, self._point_names)
+        points: list[InjectionPoint] = []
+        for name in self._point_names:
+            f = feats[name]
+            if isinstance(f, torch.Tensor):
+                points.append(InjectionPoint(name, tuple(f.shape[1:])))
+            else:
+                points.append(MultiPathwayPoint(name, tuple(tuple(p.shape[1:]) for p in f)))
+        return points
+
+
+class PathwayAdapter(nn.Module):
+    """One INR tap -> every pathway of an injection point (a ``MicroAdapter`` per pathway).
+
+    Input: (N, C, h, w) for image backbones, (N, C, T, h, w) for a clip of T frames.
+    Output: a tensor for a single-pathway point, else a list in pathway order.
+    """
+
+    def __init__(self, in_channels: int, point: InjectionPoint, hidden: int | None = None):
+        super().__init__()
+        self.point = point
+        self.single = not isinstance(point, MultiPathwayPoint)
+        shapes = pathway_shapes(point)
+        self.frames = [s[1] if len(s) == 4 else None for s in shapes]  # per-pathway frame count (video)
+        self.adapters = nn.ModuleList(
+            MicroAdapter(AdapterSpec(in_channels, s[0], tuple(s[-2:]), hidden)) for s in shapes
+        )
+
+    def forward(self, x: torch.Tensor) -> Features:
+        outs = []
+        for frames, adapter in zip(self.frames, self.adapters):
+            xp = x
+            if frames is not None:
+                if x.dim() != 5:
+                    raise ValueError(f"a video injection point needs (N, C, T, H, W) clip features; got {tuple(x.shape)}")
+                if x.shape[2] != frames:
+                    xp = x.index_select(2, temporal_indices(x.shape[2], frames, x.device))
+            outs.append(adapter(xp))
+        return outs[0] if self.single else outs
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def percent_of(self, backbone: nn.Module) -> float:
+        return 100.0 * self.num_parameters() / sum(p.numel() for p in backbone.parameters())
+
+
+def temporal_indices(num_frames: int, out_frames: int, device=None) -> torch.Tensor:
+    """The frames a pathway sampling ``out_frames`` of ``num_frames`` sees (pytorchvideo's PackPathway rule)."""
+    return torch.linspace(0, num_frames - 1, out_frames, device=device).long()
+
+
+def decode_clips(inr, clips: torch.Tensor, tap: str) -> torch.Tensor:
+    """INR features at ``tap`` for (N, T) frame indices -> (N, C, T, h, w); (N,) indices -> (N, C, h, w)."""
+    if clips.dim() == 1:
+        return inr.decode(clips, until=tap)[tap]
+    n, t = clips.shape
+    f = inr.decode(clips.reshape(-1), until=tap)[tap]
+    return f.reshape(n, t, *f.shape[1:]).transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Adapter-only training (paper defaults: 30 epochs, lr 1e-4, batch 4; tests use fewer epochs)."""
+
+    epochs: int = 30
+    lr: float = 1e-4
+    batch_size: int = 4
+    patience: int = 5
+    loss: FeatureLoss = FeatureLoss()
+    seed: int = 0
+    progress: bool = True
+
+
+def pathway_loss(pred: Features, target: Features, loss: FeatureLoss) -> torch.Tensor:
+    """The feature-transfer loss summed over pathways."""
+    return sum(loss(p, t) for p, t in zip(as_pathways(pred), as_pathways(target)))
+
+
+def fit_adapter(adapter: PathwayAdapter, taps: torch.Tensor, targets: Features,
+                config: FitConfig = FitConfig()) -> list[float]:
+    """Train ``adapter`` (INR and backbone frozen) so adapter(taps) matches the backbone's features ``targets``.
+
+    ``taps``: INR features of N samples (clips or frames); ``targets``: the backbone's
+    features at the adapter's point on the original frames (a tensor or per-pathway list).
+    Keeps the weights of the epoch with the lowest mean loss; returns the mean loss per epoch
+    (index 0: before training).
+    """
+    targets = as_pathways(targets)
+    torch.manual_seed(config.seed)
+    n = taps.shape[0]
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            total = 0.0
+            for s in range(0, n, config.batch_size):
+                sl = slice(s, s + config.batch_size)
+                total += float(pathway_loss(adapter(taps[sl]), [t[sl] for t in targets], config.loss)) * (min(n, s + config.batch_size) - s)
+        return total / n
+
+    history = [mean_loss()]
+    best, best_state, stale = history[0], copy.deepcopy(adapter.state_dict()), 0
+    opt = torch.optim.Adam(adapter.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    for _ in tqdm(range(config.epochs), desc="adapter", unit="epoch", disable=not config.progress):
+        for order in torch.randperm(n, generator=gen).split(config.batch_size):
+            opt.zero_grad(set_to_none=True)
+            pathway_loss(adapter(taps[order]), [t[order] for t in targets], config.loss).backward()
+            opt.step()
+        history.append(mean_loss())
+        if history[-1] < best:
+            best, best_state, stale = history[-1], copy.deepcopy(adapter.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    adapter.load_state_dict(best_state)
+    return history
