@@ -6,7 +6,7 @@ import os
 from typing import Callable
 
 from ..backbone import Backbone
-from . import clip_rn50, efficientnet_lite0, resnet50, vit_b_16
+from . import blip, clip_rn50, detr_r50, efficientnet_lite0, i3d_r50, resnet50, segformer_b0, slowfast_r50, vit_b_16
 from .weights import WeightsError
 
 PRESETS: dict[str, Callable[..., Backbone]] = {
@@ -14,6 +14,11 @@ PRESETS: dict[str, Callable[..., Backbone]] = {
     "resnet50": resnet50.build,
     "vit_b_16": vit_b_16.build,
     "clip_rn50": clip_rn50.build,
+    "detr_r50": detr_r50.build,
+    "slowfast_r50": slowfast_r50.build,
+    "i3d_r50": i3d_r50.build,
+    "blip": blip.build,
+    "segformer_b0": segformer_b0.build,
 }
 
 __all__ = ["PRESETS", "load_backbone", "WeightsError"]
