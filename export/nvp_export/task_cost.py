@@ -1,0 +1,79 @@
+"""What a task route costs: adapter size relative to the backbone, and MACs of the NVP path vs the pixel path.
+
+NVP path: INR decode up to the tap -> adapter (resize + 1x1 conv per pathway) -> backbone suffix.
+Pixel path: full INR decode to RGB -> the backbone's preprocessing resize -> full backbone.
+Both are counted per sample (a frame, or a clip of the backbone's ``num_frames`` frames)
+by running them under torch's FLOP counter, 1 MAC = 1 FLOP as in the paper; unlike
+``flops.macs`` the bilinear resizes count too, at 4 MACs per output element (fvcore's rule).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .backbone import Backbone
+from .multipathway import PathwayAdapter, decode_clips
+
+__all__ = ["macs", "RouteCost", "route_cost"]
+
+_aten = torch.ops.aten
+
+
+def _bilinear_flops(*args, out_shape, **kwargs) -> int:
+    return 2 * 4 * math.prod(out_shape)  # 4 MACs per output element, in the counter's 2-FLOPs-per-MAC unit
+
+
+def macs(fn: Callable[..., Any], *args: Any) -> int:
+    """MACs of ``fn(*args)``: matmuls, convolutions, attention and bilinear resizes."""
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={_aten.upsample_bilinear2d: _bilinear_flops}) as c:
+        fn(*args)
+    return c.get_total_flops() // 2
+
+
+@dataclass
+class RouteCost:
+    backbone: str
+    tap: str
+    point: str
+    adapter_params: int
+    backbone_params: int
+    macs_nvp: int  # per sample: INR prefix + adapter + suffix
+    macs_full: int  # per sample: full INR decode + resize + full backbone
+
+    @property
+    def adapter_percent(self) -> float:
+        return 100.0 * self.adapter_params / self.backbone_params
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_nvp / self.macs_full
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "adapter_percent": self.adapter_percent, "macs_ratio": self.macs_ratio}
+
+
+def _sample_indices(backbone: Backbone) -> torch.Tensor:
+    t = backbone.preprocess.num_frames
+    return torch.arange(t).unsqueeze(0) if t > 1 else torch.zeros(1, dtype=torch.long)
+
+
+def route_cost(inr, backbone: Backbone, tap: str, point: str) -> RouteCost:
+    """Cost of the route ``tap`` -> ``point`` for one sample; the INR must encode at least one clip's frames."""
+    idx = _sample_indices(backbone)
+    if idx.max() >= inr.num_frames:
+        raise ValueError(f"{backbone.name} needs {idx.numel()} frames per sample; the INR encodes {inr.num_frames}")
+    adapter = PathwayAdapter(inr.tap_shapes()[tap][0], backbone.point(point)).eval()
+    last = inr.tap_names[-1]
+
+    def nvp():
+        return backbone.suffix(adapter(decode_clips(inr, idx, tap)), point)
+
+    def full():
+        return backbone(backbone.preprocess(decode_clips(inr, idx, last)))
+
+    return RouteCost(backbone.name, tap, point, adapter.num_parameters(), backbone.num_parameters(), macs(nvp), macs(full))
