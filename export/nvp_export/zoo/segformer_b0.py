@@ -82,7 +82,7 @@ def build(weights: str | os.PathLike | None = None, config: SegformerConfig | No
     stages = [(f"stage{i + 1}", _EncoderStage(s, i == 0)) for i, s in enumerate(encoder_stages[:-1])]
     stages.append(("head", _LastStageAndHead(encoder_stages[-1], model.decode_head)))
     id2label = model.config.id2label or {}
-    return SegformerBackbone(
+    backbone = SegformerBackbone(
         "segformer_b0",
         stages,
         Preprocess(input_size=input_size),  # ImageNet mean/std, as SegFormer's image processor
@@ -91,3 +91,5 @@ def build(weights: str | os.PathLike | None = None, config: SegformerConfig | No
         pretrained=weights is not None,
         weights_source=str(weights) if weights else "pass weights=DIR of nvidia/segformer-b0-finetuned-ade-512-512",
     )
+    backbone.model = model  # the whole transformers model, e.g. for save_pretrained (shares the stages' weights)
+    return backbone
