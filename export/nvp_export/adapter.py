@@ -1,0 +1,111 @@
+"""The micro adapter: bilinear resize to the injection point's size, then 1x1 conv(s).
+
+The single-conv form computes exactly what the runtime's fused kernel
+``nvp_rt.ops.resize_conv1x1(x, weight, bias, size)`` computes; the stacked form
+(1x1 conv, activation, 1x1 conv) is for pairs one linear map cannot bridge.
+Video features (N, C, T, H, W) are resized frame by frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["AdapterSpec", "MicroAdapter", "resize"]
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of the last two dims (half-pixel centres, no antialias), 4-D or 5-D input."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.dim() == 5:
+        n, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
+        out = F.interpolate(frames, size=size, mode="bilinear", align_corners=False, antialias=False)
+        return out.reshape(n, t, c, *size).permute(0, 2, 1, 3, 4)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Shape of an adapter: in/out channels, target spatial size, optional hidden width (stacked form)."""
+
+    in_channels: int
+    out_channels: int
+    size: tuple[int, int]
+    hidden: int | None = None  # None: one 1x1 conv; else conv(in->hidden), GELU, conv(hidden->out)
+
+    @property
+    def stacked(self) -> bool:
+        return self.hidden is not None
+
+
+class MicroAdapter(nn.Module):
+    def __init__(self, spec: AdapterSpec):
+        super().__init__()
+        self.spec = spec
+        widths = [spec.in_channels] + ([spec.hidden] if spec.stacked else []) + [spec.out_channels]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths[:-1], widths[1:]))
+        self.activation = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = resize(x, self.spec.size)
+        video = x.dim() == 5
+        if video:  # 1x1 convs act per frame; fold T into the batch
+            n, c, t, h, w = x.shape
+            x = x.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
+        for i, conv in enumerate(self.convs):
+            if i:
+                x = self.activation(x)
+            x = conv(x)
+        if video:
+            x = x.reshape(n, t, -1, h, w).permute(0, 2, 1, 3, 4)
+        return x
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def percent_of(self, backbone: nn.Module) -> float:
+        """Adapter parameters as % of the backbone's."""
+        return 100.0 * self.num_parameters() / sum(p.numel() for p in backbone.parameters())
+
+    def macs(self) -> int:
+        """Multiply-accumulates of the 1x1 convs per sample and frame (the resize is not counted)."""
+        h, w = self.spec.size
+        return sum(conv.in_channels * conv.out_channels * h * w for conv in self.convs)
+
+    @torch.no_grad()
+    def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set the single-conv form's weight (C_out, C_in) and bias (C_out,)."""
+        if self.spec.stacked:
+            raise ValueError("set_linear applies to the single-conv adapter only")
+        conv = self.convs[0]
+        conv.weight.copy_(weight.reshape(conv.weight.shape))
+        conv.bias.copy_(bias)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """float32 arrays: ``weight{i}`` (C_out, C_in) and ``bias{i}`` (C_out,) per conv, in order."""
+        arrays = {}
+        for i, conv in enumerate(self.convs):
+            arrays[f"weight{i}"] = conv.weight.detach().reshape(conv.out_channels, conv.in_channels).float().numpy().copy()
+            arrays[f"bias{i}"] = conv.bias.detach().float().numpy().copy()
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, spec: AdapterSpec, arrays: dict[str, np.ndarray]) -> "MicroAdapter":
+        adapter = cls(spec)
+        expected = {f"{kind}{i}" for i in range(len(adapter.convs)) for kind in ("weight", "bias")}
+        if set(arrays) != expected:
+            raise ValueError(f"adapter arrays must be {sorted(expected)}; got {sorted(arrays)}")
+        with torch.no_grad():
+            for i, conv in enumerate(adapter.convs):
+                w, b = np.asarray(arrays[f"weight{i}"]), np.asarray(arrays[f"bias{i}"])
+                if w.shape != (conv.out_channels, conv.in_channels) or b.shape != (conv.out_channels,):
+                    raise ValueError(f"adapter conv {i}: weight {w.shape} / bias {b.shape} do not fit {spec}")
+                conv.weight.copy_(torch.from_numpy(w).reshape(conv.weight.shape))
+                conv.bias.copy_(torch.from_numpy(b))
+        return adapter
