@@ -101,6 +101,7 @@ class Candidate:
     val_loss_relative: float  # val_loss / loss of predicting the per-channel mean
     val_top1_agreement: float | None
     val_cosine: float
+    val_loss_history: list[float]  # before training (after init), then after each epoch
     epochs: int
     seconds: float
     macs_nvp: int  # INR prefix + adapter + backbone suffix, per frame
@@ -196,8 +197,8 @@ class _Features:
         self._points = {k: v for k, v in self._points.items() if k in keep_points}
 
 
-def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptConfig, bar) -> tuple[MicroAdapter, float, int]:
-    """Adam on the feature-transfer loss with early stopping; returns the best adapter, its val loss, epochs run."""
+def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptConfig, bar) -> tuple[MicroAdapter, list[float]]:
+    """Adam on the feature-transfer loss with early stopping; returns the best adapter and the val loss history."""
     torch.manual_seed(config.seed)
     adapter = MicroAdapter(spec)
     if config.init == "lstsq" and not spec.stacked:
@@ -205,7 +206,7 @@ def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptCon
     loss_fn = config.loss
     eval_batch = max(config.batch_size, config.decode_batch)
     best_loss = _mean_loss(loss_fn, lambda sl: adapter(x_val[sl]), y_val, eval_batch)
-    best_state, stale, epochs = copy.deepcopy(adapter.state_dict()), 0, 0
+    best_state, stale, history = copy.deepcopy(adapter.state_dict()), 0, [best_loss]
     opt = torch.optim.Adam(adapter.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     for epoch in range(config.epochs):
@@ -215,9 +216,9 @@ def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptCon
             loss_fn(adapter(x_tr[order]), y_tr[order]).backward()
             opt.step()
         adapter.eval()
-        epochs = epoch + 1
         val = _mean_loss(loss_fn, lambda sl: adapter(x_val[sl]), y_val, eval_batch)
-        bar.set_postfix_str(f"epoch {epochs} val {val:.4g}")
+        history.append(val)
+        bar.set_postfix_str(f"epoch {epoch + 1} val {val:.4g}")
         if val < best_loss:
             best_loss, best_state, stale = val, copy.deepcopy(adapter.state_dict()), 0
         else:
@@ -225,7 +226,7 @@ def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptCon
             if stale >= config.patience:
                 break
     adapter.load_state_dict(best_state)
-    return adapter.eval(), best_loss, epochs
+    return adapter.eval(), history
 
 
 def _check_inr(inr, frames: torch.Tensor) -> None:
@@ -274,8 +275,10 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         bar.set_description_str(f"{tap} -> {point}")
         t0 = time.perf_counter()
         x, y = feats.tap(tap), feats.point(point)
+        seconds["features"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
         spec = AdapterSpec(x.shape[1], y.shape[1], tuple(y.shape[-2:]), config.hidden)
-        adapter, val_loss, epochs = _train_adapter(spec, x[tr_idx], y[tr_idx], x[val_idx], y[val_idx], config, bar)
+        adapter, history = _train_adapter(spec, x[tr_idx], y[tr_idx], x[val_idx], y[val_idx], config, bar)
         train_s = time.perf_counter() - t0
         seconds["training"] += train_s
         mean_target = y[tr_idx].mean(dim=(0, *range(2, y.dim())), keepdim=True)
@@ -284,9 +287,10 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
             val_out = backbone.suffix(adapter(x[val_idx]), point)
         val_fid = fidelity(val_out, reference[val_idx], backbone.task)
         nvp_macs = macs(lambda: backbone.suffix(adapter(inr.decode(one, until=tap)[tap]), point))
+        val_loss = min(history)
         candidates.append(Candidate(tap, point, value, cka.rank_of(tap, point), val_loss,
                                     val_loss / baseline if baseline > 0 else math.inf, val_fid.top1_agreement,
-                                    val_fid.cosine, epochs, train_s, nvp_macs, full_macs))
+                                    val_fid.cosine, history, len(history) - 1, train_s, nvp_macs, full_macs))
         adapters[(tap, point)] = adapter
         upcoming = {c[0] for c in order[len(candidates):]}
         feats.release(keep_taps=upcoming, keep_points={c[1] for c in order[len(candidates):]})

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .atomic_write import atomic_write
 
-__all__ = ["CKAConfig", "CKAMatrix", "MinibatchCKA", "unbiased_hsic", "linear_cka", "cka_matrix", "pooled"]
+__all__ = ["CKAConfig", "CKAMatrix", "MinibatchCKA", "unbiased_hsic", "linear_cka", "cka_matrix", "pooled", "positions"]
 
 
 def unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,22 @@ def pooled(features: torch.Tensor, grid: int) -> torch.Tensor:
         t, h, w = features.shape[-3:]
         features = F.adaptive_avg_pool3d(features, (t, min(grid, h), min(grid, w)))
     return features.reshape(features.shape[0], -1).double()
+
+
+def positions(features: torch.Tensor, grid: int) -> torch.Tensor:
+    """(N, C, [T,] H, W) -> (N * [T *] grid * grid, C) float64: one sample per position of a common grid.
+
+    Larger maps are average-pooled, smaller ones bilinearly upsampled, so every tap and
+    every injection point lands on the same grid and position i means the same place.
+    """
+    if features.dim() == 5:
+        features = features.movedim(2, 1).flatten(0, 1)
+    h, w = features.shape[-2:]
+    if h >= grid and w >= grid:
+        features = F.adaptive_avg_pool2d(features, (grid, grid))
+    else:
+        features = F.interpolate(features, size=(grid, grid), mode="bilinear", align_corners=False)
+    return features.movedim(1, -1).reshape(-1, features.shape[1]).double()
 
 
 class MinibatchCKA:
@@ -108,9 +124,23 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) 
 class CKAConfig:
     frames: int = 32  # frames sampled evenly over the clip
     batch_size: int = 8  # minibatch for HSIC (> 3)
-    grid: int = 16  # spatial pooling before flattening (see module docstring)
+    # "positions": every position of a common grid x grid map is a sample and its channel
+    # vector the feature -- what a per-position adapter (resize + 1x1 conv) can map.
+    # "frames": every frame is a sample, its pooled map flattened (p = C * grid^2).
+    samples: str = "positions"
+    grid: int = 8
     top_fraction: float = 0.1  # share of pairs kept for adapter training
     seed: int = 0  # the order frames are grouped into minibatches
+
+    def __post_init__(self):
+        if self.samples not in ("positions", "frames"):
+            raise ValueError(f"CKA samples must be 'positions' or 'frames'; got {self.samples!r}")
+        if self.batch_size < 4 or self.grid < 1:
+            raise ValueError("CKA batch_size must be >= 4 and grid >= 1")
+
+    def flatten(self, features: torch.Tensor) -> torch.Tensor:
+        """Features of a batch of frames -> the (samples, dims) matrix CKA compares."""
+        return positions(features, self.grid) if self.samples == "positions" else pooled(features, self.grid)
 
 
 @dataclass
@@ -210,8 +240,9 @@ def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfi
         sel = idx[start : start + batch]
         inr_feats = inr.decode(sel, until=deepest)
         bb_feats = backbone.features(backbone.preprocess(frames[sel]), points)
-        acc.update({t: pooled(inr_feats[t], config.grid) for t in taps},
-                   {p: pooled(bb_feats[p], config.grid) for p in points})
+        acc.update({t: config.flatten(inr_feats[t]) for t in taps},
+                   {p: config.flatten(bb_feats[p]) for p in points})
     return CKAMatrix(taps, points, acc.values(), backbone=backbone.name,
-                     meta={"frames": len(idx), "batch_size": batch, "batches": acc.batches, "grid": config.grid,
+                     meta={"frames": len(idx), "batch_size": batch, "batches": acc.batches,
+                           "samples": config.samples, "grid": config.grid,
                            "estimator": "minibatch linear CKA, unbiased HSIC (Nguyen et al. 2021), float64"})
