@@ -84,6 +84,23 @@ int max_threads() {
 #endif
 }
 
+py::dict build_info() {
+  py::dict d;
+  d["cpu_isa"] = nvp::cpu::capability();
+#ifdef _OPENMP
+  d["openmp"] = true;
+#else
+  d["openmp"] = false;
+#endif
+#ifdef NVP_BUILT_WITH_CUDA
+  d["cuda"] = true;
+  d["cuda_architectures"] = NVP_CUDA_ARCHITECTURES;
+#else
+  d["cuda"] = false;
+#endif
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -93,4 +110,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("chosen_order", &chosen_order, py::arg("x_shape"), py::arg("weight_shape"), py::arg("ho"), py::arg("wo"));
   m.def("cpu_capability", &nvp::cpu::capability);
   m.def("max_threads", &max_threads);
+  m.def("build_info", &build_info);
 }

@@ -3,9 +3,9 @@
 // avx512) and NVP_VEC_BYTES to the vector width, each with matching -m flags.
 //
 // Work is split into tiles that stay in L1/L2:
-//  * resize-first: per tile of PC output pixels, interpolate the C_in input
-//    channels into a C_in x PC buffer, then one register-blocked GEMM writes
-//    the C_out x PC output tile straight into y.
+//  * resize-first: per tile of whole output rows, interpolate the C_in input
+//    channels into a C_in x tile buffer, then one register-blocked GEMM
+//    writes the C_out x tile output straight into y.
 //  * conv-first: per frame, one GEMM computes W·x + b at input resolution
 //    (C_out x H*W, smaller than the output by construction of the cost model),
 //    then each output row is interpolated from it.
@@ -93,7 +93,7 @@ void gemm_bias(int64_t M, int64_t N, int64_t K, const float* A, const float* B, 
   }
 }
 
-// Taps of one axis as separate arrays so the gathers vectorise.
+// Taps of one axis as separate arrays.
 struct AxisTaps {
   std::vector<int> i0, i1;
   std::vector<float> w0, w1;
@@ -108,22 +108,81 @@ struct AxisTaps {
   }
 };
 
-// dst[0..count) = bilinear samples of one channel plane `src` (width w) along
-// output row `oy` from column ox0.
-inline void interpolate_row(const float* src, int64_t w, const AxisTaps& ty, const AxisTaps& tx, int64_t oy,
-                            int64_t ox0, int64_t count, float* dst) {
-  const float* r0 = src + ty.i0[oy] * w;
-  const float* r1 = src + ty.i1[oy] * w;
-  const float wy0 = ty.w0[oy], wy1 = ty.w1[oy];
-  const int* x0 = tx.i0.data() + ox0;
-  const int* x1 = tx.i1.data() + ox0;
-  const float* wx0 = tx.w0.data() + ox0;
-  const float* wx1 = tx.w1.data() + ox0;
-  for (int64_t s = 0; s < count; ++s) {
-    const float top = wx0[s] * r0[x0[s]] + wx1[s] * r0[x1[s]];
-    const float bottom = wx0[s] * r1[x0[s]] + wx1[s] * r1[x1[s]];
-    dst[s] = wy0 * top + wy1 * bottom;
+typedef int32_t ivec __attribute__((vector_size(NVP_VEC_BYTES)));
+
+// The horizontal pass of a whole output row, one vector of outputs at a time.
+// When the sources of every vector fit a window of two vectors (any upscale,
+// downscales up to ~2x), each tap is a two-vector permute of the window
+// instead of a gather, which costs several times more per element.
+class RowResampler {
+ public:
+  RowResampler(int64_t in, int64_t out) : taps_(in, out), in_(in), out_(out) {
+#if defined(__GNUC__) && !defined(__clang__)
+    permutable_ = true;
+    for (int64_t o = 0; o < out; o += kLanes) {
+      const int base = std::min<int>(taps_.i0[o], std::max<int>(0, int(in) - 2 * kLanes));
+      Block b{base, {}, {}, {}, {}};
+      for (int l = 0; l < kLanes; ++l) {
+        const int64_t d = std::min<int64_t>(o + l, out - 1);
+        b.idx0[l] = taps_.i0[d] - base;
+        b.idx1[l] = taps_.i1[d] - base;
+        b.w0[l] = taps_.w0[d];
+        b.w1[l] = taps_.w1[d];
+        if (b.idx0[l] < 0 || b.idx1[l] >= 2 * kLanes) permutable_ = false;
+      }
+      blocks_.push_back(b);
+    }
+#endif
   }
+
+  const AxisTaps& taps() const { return taps_; }
+  // Scratch a row needs: the input width padded so window loads stay in bounds.
+  int64_t scratch_size() const { return in_ + 2 * kLanes; }
+
+  // dst[0..out) from the blended source row `row` (scratch_size() floats).
+  void run(const float* __restrict__ row, float* __restrict__ dst) const {
+#if defined(__GNUC__) && !defined(__clang__)
+    if (permutable_) {
+      for (size_t k = 0; k < blocks_.size(); ++k) {
+        const Block& b = blocks_[k];
+        const vec lo = load(row + b.base), hi = load(row + b.base + kLanes);
+        const vec v = b.w0 * __builtin_shuffle(lo, hi, b.idx0) + b.w1 * __builtin_shuffle(lo, hi, b.idx1);
+        const int64_t o = int64_t(k) * kLanes;
+        if (o + kLanes <= out_) {
+          store(dst + o, v);
+        } else {
+          float tail[kLanes];
+          store(tail, v);
+          std::memcpy(dst + o, tail, sizeof(float) * (out_ - o));
+        }
+      }
+      return;
+    }
+#endif
+    for (int64_t o = 0; o < out_; ++o) dst[o] = taps_.w0[o] * row[taps_.i0[o]] + taps_.w1[o] * row[taps_.i1[o]];
+  }
+
+ private:
+  struct Block {
+    int base;
+    ivec idx0, idx1;
+    vec w0, w1;
+  };
+  AxisTaps taps_;
+  int64_t in_, out_;
+  bool permutable_ = false;
+  std::vector<Block> blocks_;
+};
+
+// Output row `oy` of one channel plane `src` (h x w) into dst[0..wo): blend
+// the two source rows (contiguous, vectorised), then resample horizontally.
+inline void interpolate_row(const float* __restrict__ src, int64_t w, const AxisTaps& ty, const RowResampler& rx,
+                            int64_t oy, float* __restrict__ dst, float* __restrict__ row) {
+  const float* __restrict__ r0 = src + ty.i0[oy] * w;
+  const float* __restrict__ r1 = src + ty.i1[oy] * w;
+  const float wy0 = ty.w0[oy], wy1 = ty.w1[oy];
+  for (int64_t x = 0; x < w; ++x) row[x] = wy0 * r0[x] + wy1 * r1[x];
+  rx.run(row, dst);
 }
 
 int resolve_threads(int threads) {
@@ -136,38 +195,38 @@ int resolve_threads(int threads) {
 }
 
 void resize_first(const Problem& p, const float* x, const float* weight, const float* bias, float* y, int threads) {
-  const AxisTaps ty(p.h, p.ho), tx(p.w, p.wo);
-  // A C_in x PC tile of interpolated input stays within ~64 KiB.
-  const int64_t tile = std::max<int64_t>(kNR, (16384 / p.c_in) / kNR * kNR);
-  const int64_t tiles_per_frame = (p.out_plane() + tile - 1) / tile;
+  const AxisTaps ty(p.h, p.ho);
+  const RowResampler rx(p.w, p.wo);
+  // Tiles of whole output rows; a C_in x tile buffer of interpolated input
+  // stays within ~64 KiB where rows allow.
+  const int64_t rows_per_tile = std::max<int64_t>(1, (16384 / p.c_in) / p.wo);
+  const int64_t tile = rows_per_tile * p.wo;
+  const int64_t tiles_per_frame = (p.ho + rows_per_tile - 1) / rows_per_tile;
   const int64_t items = p.frames() * tiles_per_frame;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> buffer(static_cast<size_t>(p.c_in * tile));
+    std::vector<float> row(static_cast<size_t>(rx.scratch_size()), 0.f);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < items; ++item) {
       const int64_t f = item / tiles_per_frame;
-      const int64_t p0 = (item % tiles_per_frame) * tile;
-      const int64_t count = std::min(tile, p.out_plane() - p0);
+      const int64_t oy0 = (item % tiles_per_frame) * rows_per_tile;
+      const int64_t rows = std::min(rows_per_tile, p.ho - oy0);
       const float* xf = x + p.in_frame_offset(f);
       for (int64_t ci = 0; ci < p.c_in; ++ci) {
         const float* plane = xf + ci * p.in_channel_stride();
-        float* dst = buffer.data() + ci * tile;
-        for (int64_t j = 0; j < count;) {
-          const int64_t pix = p0 + j, oy = pix / p.wo, ox = pix % p.wo;
-          const int64_t run = std::min(p.wo - ox, count - j);
-          interpolate_row(plane, p.w, ty, tx, oy, ox, run, dst + j);
-          j += run;
-        }
+        for (int64_t r = 0; r < rows; ++r)
+          interpolate_row(plane, p.w, ty, rx, oy0 + r, buffer.data() + ci * tile + r * p.wo, row.data());
       }
-      gemm_bias(p.c_out, count, p.c_in, weight, buffer.data(), tile, bias, y + p.out_frame_offset(f) + p0,
-                p.out_channel_stride());
+      gemm_bias(p.c_out, rows * p.wo, p.c_in, weight, buffer.data(), tile, bias,
+                y + p.out_frame_offset(f) + oy0 * p.wo, p.out_channel_stride());
     }
   }
 }
 
 void conv_first(const Problem& p, const float* x, const float* weight, const float* bias, float* y, int threads) {
-  const AxisTaps ty(p.h, p.ho), tx(p.w, p.wo);
+  const AxisTaps ty(p.h, p.ho);
+  const RowResampler rx(p.w, p.wo);
   std::vector<float> conv(static_cast<size_t>(p.c_out * p.in_plane()));
   // Enough column tiles to keep every thread busy, each a multiple of the panel width.
   const int64_t per_thread = (p.in_plane() + threads * 2 - 1) / (threads * 2);
@@ -185,11 +244,12 @@ void conv_first(const Problem& p, const float* x, const float* weight, const flo
         gemm_bias(p.c_out, std::min(tile, p.in_plane() - q0), p.c_in, weight, xf + q0, p.in_channel_stride(), bias,
                   conv.data() + q0, p.in_plane());
       }
+      std::vector<float> row(static_cast<size_t>(rx.scratch_size()), 0.f);
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t co = r / p.ho, oy = r % p.ho;
-        interpolate_row(conv.data() + co * p.in_plane(), p.w, ty, tx, oy, 0, p.wo,
-                        yf + co * p.out_channel_stride() + oy * p.wo);
+        interpolate_row(conv.data() + co * p.in_plane(), p.w, ty, rx, oy, yf + co * p.out_channel_stride() + oy * p.wo,
+                        row.data());
       }
     }
   }

@@ -2,9 +2,9 @@
 //
 // resize_conv_kernel: one thread per output pixel and a tile of kCoTile output
 // channels held in registers. For each chunk of input channels the block
-// stages the weight tile in shared memory (read as a broadcast), each thread
-// interpolates its pixel once per input channel and feeds all kCoTile
-// accumulators. With kResize = false it is a plain 1x1 conv, the first stage of
+// stages the weight tile in shared memory, transposed so that one 16-byte
+// broadcast load serves four output channels; each thread interpolates its
+// pixel once per input channel and feeds all kCoTile accumulators. With kResize = false it is a plain 1x1 conv, the first stage of
 // the conv-first order; resize_kernel is the second.
 #include <cuda_fp16.h>
 
@@ -41,7 +41,7 @@ template <typename TIn, typename TOut, bool kResize>
 __global__ void __launch_bounds__(kPixelsPerBlock)
     resize_conv_kernel(Problem src, Problem dst, const TIn* __restrict__ x, const TIn* __restrict__ weight,
                        const TIn* __restrict__ bias, TOut* __restrict__ y) {
-  __shared__ float w_tile[kCoTile][kCiChunk + 1];
+  __shared__ __align__(16) float w_tile[kCiChunk][kCoTile];
   const int64_t pix = int64_t(blockIdx.x) * kPixelsPerBlock + threadIdx.x;
   const int64_t co0 = int64_t(blockIdx.y) * kCoTile;
   const bool active = pix < dst.out_plane();
@@ -69,10 +69,11 @@ __global__ void __launch_bounds__(kPixelsPerBlock)
 
     for (int64_t ci0 = 0; ci0 < src.c_in; ci0 += kCiChunk) {
       __syncthreads();
+      // Output channel fastest: conflict-free shared stores (the weights are tiny and cached).
       for (int i = threadIdx.x; i < kCoTile * kCiChunk; i += kPixelsPerBlock) {
-        const int r = i / kCiChunk, c = i % kCiChunk;
+        const int c = i / kCoTile, r = i % kCoTile;
         const int64_t co = co0 + r, ci = ci0 + c;
-        w_tile[r][c] = (co < dst.c_out && ci < src.c_in) ? to_float(weight[co * src.c_in + ci]) : 0.f;
+        w_tile[c][r] = (co < dst.c_out && ci < src.c_in) ? to_float(weight[co * src.c_in + ci]) : 0.f;
       }
       __syncthreads();
       if (!active) continue;
@@ -82,8 +83,15 @@ __global__ void __launch_bounds__(kPixelsPerBlock)
         float v = to_float(plane[off00]);
         if (kResize)
           v = w00 * v + w01 * to_float(plane[off01]) + w10 * to_float(plane[off10]) + w11 * to_float(plane[off11]);
+        const float4* w4 = reinterpret_cast<const float4*>(w_tile[c]);
 #pragma unroll
-        for (int j = 0; j < kCoTile; ++j) acc[j] += w_tile[j][c] * v;
+        for (int q = 0; q < kCoTile / 4; ++q) {
+          const float4 wq = w4[q];
+          acc[4 * q + 0] += wq.x * v;
+          acc[4 * q + 1] += wq.y * v;
+          acc[4 * q + 2] += wq.z * v;
+          acc[4 * q + 3] += wq.w * v;
+        }
       }
     }
     if (!active) continue;

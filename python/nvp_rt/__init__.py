@@ -8,6 +8,7 @@ this package works on machines with no GPU and no driver.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import ops
+from ._C import build_info
 from .device import CudaUnavailableError, cuda_is_available
 
 try:
@@ -15,4 +16,4 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["ops", "cuda_is_available", "CudaUnavailableError", "__version__"]
+__all__ = ["ops", "build_info", "cuda_is_available", "CudaUnavailableError", "__version__"]

@@ -1,0 +1,334 @@
+"""Adapter-only training: route an encoded video into a frozen backbone.
+
+Given an INR (frozen), the original frames it encodes and a backbone:
+
+1. rank every (INR tap, injection point) pair by linear CKA (``cka.py``);
+2. train a micro adapter for each pair in the CKA top-K against the backbone's
+   own features on the original frames (feature-transfer loss, Adam, early
+   stopping on the validation frames' loss);
+3. pick the pair: among those whose validation top-1 agreement is within
+   ``select_tolerance`` of the best, the one that saves the most compute, then
+   the lowest relative validation loss (feature losses at different injection
+   points have different scales, so they are compared relative to the loss of
+   predicting the per-channel mean);
+4. measure fidelity of the chosen route on all frames.
+
+The result holds the route as plain numpy arrays and metadata; writing it into a
+``.nvp`` is the file format's business.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .adapter import AdapterSpec, MicroAdapter, resize
+from .backbone import Backbone, to_unit_frames
+from .cka import CKAConfig, CKAMatrix, cka_matrix
+from .fidelity import Fidelity, fidelity
+from .flops import macs
+from .losses import FeatureLoss
+
+__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "fit_linear"]
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    epochs: int = 30  # paper default, with early stopping
+    lr: float = 1e-4  # paper default
+    batch_size: int = 4  # paper default
+    patience: int = 5  # epochs without a better validation loss before stopping
+    val_every: int = 5  # every val_every-th frame is held out for validation
+    top_fraction: float = 0.1  # CKA top-K share of pairs that get an adapter trained
+    hidden: int | None = None  # stacked adapter width; None = one 1x1 conv
+    # "lstsq": start the single-conv adapter at the ridge-regression solution of the
+    # MSE term (closed form, seconds), then fine-tune with the full loss. "random":
+    # PyTorch's default init, as the paper is silent on initialisation.
+    init: str = "lstsq"
+    ridge: float = 1e-3  # relative ridge for the lstsq start
+    select_tolerance: float = 0.02  # top-1 agreement within this of the best counts as equally good
+    loss: FeatureLoss = field(default_factory=FeatureLoss)
+    cka: CKAConfig = field(default_factory=CKAConfig)
+    decode_batch: int = 8  # frames per INR decode / backbone pass when precomputing features
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.init not in ("lstsq", "random"):
+            raise ValueError(f"init must be 'lstsq' or 'random'; got {self.init!r}")
+        if self.epochs < 0 or self.batch_size < 1 or self.val_every < 2 or self.patience < 1:
+            raise ValueError("epochs >= 0, batch_size >= 1, val_every >= 2 and patience >= 1 are required")
+
+
+@dataclass
+class Route:
+    """A task's path through the video: INR tap -> adapter -> backbone suffix from the injection point."""
+
+    task: str
+    backbone: str
+    inr_tap: str
+    injection_point: str
+    in_channels: int
+    out_channels: int
+    size: tuple[int, int]  # the injection point's spatial size the adapter resizes to
+    hidden: int | None
+    adapter: dict[str, np.ndarray]  # MicroAdapter.to_arrays(): weight{i} (C_out, C_in), bias{i}
+    metrics: dict[str, Any]
+
+    def adapter_spec(self) -> AdapterSpec:
+        return AdapterSpec(self.in_channels, self.out_channels, tuple(self.size), self.hidden)
+
+    def build_adapter(self) -> MicroAdapter:
+        return MicroAdapter.from_arrays(self.adapter_spec(), self.adapter)
+
+
+@dataclass
+class Candidate:
+    """One trained pair of the CKA top-K."""
+
+    tap: str
+    point: str
+    cka: float
+    cka_rank: int
+    val_loss: float
+    val_loss_relative: float  # val_loss / loss of predicting the per-channel mean
+    val_top1_agreement: float | None
+    val_cosine: float
+    val_loss_history: list[float]  # before training (after init), then after each epoch
+    epochs: int
+    seconds: float
+    macs_nvp: int  # INR prefix + adapter + backbone suffix, per frame
+    macs_full: int  # full INR decode + full backbone, per frame
+
+    @property
+    def compute_saved(self) -> float:
+        return 1.0 - self.macs_nvp / self.macs_full
+
+
+@dataclass
+class AdaptResult:
+    route: Route
+    candidates: list[Candidate]
+    cka: CKAMatrix
+    fidelity: Fidelity  # NVP path vs the backbone on the original frames, all frames
+    pixel_fidelity: Fidelity  # full INR decode to pixels -> backbone, vs the same reference
+    seconds: dict[str, float]  # cka, features, training, evaluation, total
+
+    def summary(self) -> str:
+        r, m = self.route, self.route.metrics
+        top1 = f"{m['top1_agreement']:.1%}" if m.get("top1_agreement") is not None else "n/a"
+        return (f"{r.task}/{r.backbone}: INR tap {r.inr_tap} -> {r.injection_point} "
+                f"(CKA {m['cka']:.3f}, rank {m['cka_rank']}/{m['pairs']}), adapter {m['adapter_params']} params "
+                f"({m['adapter_percent']:.3f}% of backbone), compute saved {m['compute_saved']:.1%}, "
+                f"top-1 agreement {top1}, trained in {self.seconds['training']:.1f}s")
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], ridge: float,
+               batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge-regression 1x1 conv from resize(x, size) to y, per position, in float64.
+
+    Returns weight (C_out, C_in) and bias (C_out,) minimising the mean squared error
+    plus ridge * mean(diag(X'X)) * |W|^2.
+    """
+    c_in, c_out = x.shape[1], y.shape[1]
+    gram = torch.zeros(c_in + 1, c_in + 1, dtype=torch.float64)
+    cross = torch.zeros(c_in + 1, c_out, dtype=torch.float64)
+    for start in range(0, x.shape[0], batch):
+        xs = resize(x[start : start + batch], size).double()
+        xs = xs.movedim(1, -1).reshape(-1, c_in)
+        xs = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], dim=1)
+        ys = y[start : start + batch].double().movedim(1, -1).reshape(-1, c_out)
+        gram += xs.T @ xs
+        cross += xs.T @ ys
+    reg = ridge * gram.diagonal()[:-1].mean().clamp_min(1e-12)
+    gram[:-1, :-1] += reg * torch.eye(c_in, dtype=torch.float64)
+    solution = torch.linalg.solve(gram, cross)
+    return solution[:-1].T.float().contiguous(), solution[-1].float().contiguous()
+
+
+@torch.no_grad()
+def _batched(fn, n: int, batch: int) -> torch.Tensor:
+    return torch.cat([fn(slice(s, min(s + batch, n))) for s in range(0, n, batch)])
+
+
+def _mean_loss(loss_fn, pred_fn, targets: torch.Tensor, batch: int) -> float:
+    total = 0.0
+    with torch.no_grad():
+        for s in range(0, targets.shape[0], batch):
+            sl = slice(s, min(s + batch, targets.shape[0]))
+            total += float(loss_fn(pred_fn(sl), targets[sl])) * (sl.stop - sl.start)
+    return total / targets.shape[0]
+
+
+class _Features:
+    """INR taps and backbone features of the clip's frames, computed once and reused by every candidate."""
+
+    def __init__(self, inr, backbone: Backbone, frames: torch.Tensor, batch: int):
+        self.inr, self.backbone, self.frames, self.batch = inr, backbone, frames, batch
+        self.n = frames.shape[0]
+        self._taps: dict[str, torch.Tensor] = {}
+        self._points: dict[str, torch.Tensor] = {}
+
+    def tap(self, name: str) -> torch.Tensor:
+        if name not in self._taps:
+            idx = torch.arange(self.n)
+            self._taps[name] = _batched(lambda sl: self.inr.decode(idx[sl], until=name)[name], self.n, self.batch)
+        return self._taps[name]
+
+    def point(self, name: str) -> torch.Tensor:
+        if name not in self._points:
+            bb = self.backbone
+            self._points[name] = _batched(lambda sl: bb.prefix(bb.preprocess(self.frames[sl]), name), self.n, self.batch)
+        return self._points[name]
+
+    def reference_outputs(self) -> torch.Tensor:
+        bb = self.backbone
+        return _batched(lambda sl: bb(bb.preprocess(self.frames[sl])), self.n, self.batch)
+
+    def release(self, keep_taps: set[str], keep_points: set[str]) -> None:
+        self._taps = {k: v for k, v in self._taps.items() if k in keep_taps}
+        self._points = {k: v for k, v in self._points.items() if k in keep_points}
+
+
+def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptConfig, bar) -> tuple[MicroAdapter, list[float]]:
+    """Adam on the feature-transfer loss with early stopping; returns the best adapter and the val loss history."""
+    torch.manual_seed(config.seed)
+    adapter = MicroAdapter(spec)
+    if config.init == "lstsq" and not spec.stacked:
+        adapter.set_linear(*fit_linear(x_tr, y_tr, spec.size, config.ridge, config.decode_batch))
+    loss_fn = config.loss
+    eval_batch = max(config.batch_size, config.decode_batch)
+    best_loss = _mean_loss(loss_fn, lambda sl: adapter(x_val[sl]), y_val, eval_batch)
+    best_state, stale, history = copy.deepcopy(adapter.state_dict()), 0, [best_loss]
+    opt = torch.optim.Adam(adapter.parameters(), lr=config.lr)
+    gen = torch.Generator().manual_seed(config.seed)
+    for epoch in range(config.epochs):
+        adapter.train()
+        for order in torch.randperm(x_tr.shape[0], generator=gen).split(config.batch_size):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(adapter(x_tr[order]), y_tr[order]).backward()
+            opt.step()
+        adapter.eval()
+        val = _mean_loss(loss_fn, lambda sl: adapter(x_val[sl]), y_val, eval_batch)
+        history.append(val)
+        bar.set_postfix_str(f"epoch {epoch + 1} val {val:.4g}")
+        if val < best_loss:
+            best_loss, best_state, stale = val, copy.deepcopy(adapter.state_dict()), 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    adapter.load_state_dict(best_state)
+    return adapter.eval(), history
+
+
+def _check_inr(inr, frames: torch.Tensor) -> None:
+    for attr in ("tap_names", "num_frames", "decode"):
+        if not hasattr(inr, attr):
+            raise ValueError(f"the INR must provide {attr} (see the INR interface)")
+    if inr.num_frames != frames.shape[0]:
+        raise ValueError(f"the INR encodes {inr.num_frames} frames but {frames.shape[0]} original frames were given")
+
+
+def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfig()) -> AdaptResult:
+    """Select an (INR tap, injection point) pair, train its micro adapter, measure fidelity.
+
+    ``frames``: the clip the INR encodes, uint8 (T, H, W, 3) / (T, 3, H, W) or float in [0, 1].
+    """
+    frames = to_unit_frames(frames)
+    _check_inr(inr, frames)
+    if backbone.preprocess.num_frames != 1:
+        raise ValueError(f"{backbone.name} is a video model; clip sampling for video backbones is not implemented yet")
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    cka = cka_matrix(inr, backbone, frames, config.cka)
+    seconds["cka"] = time.perf_counter() - t_start
+    top = cka.top(config.top_fraction)
+
+    feats = _Features(inr, backbone, frames, config.decode_batch)
+    val_mask = torch.zeros(frames.shape[0], dtype=torch.bool)
+    val_mask[config.val_every - 1 :: config.val_every] = True
+    tr_idx, val_idx = (~val_mask).nonzero().squeeze(1), val_mask.nonzero().squeeze(1)
+    if len(val_idx) == 0 or len(tr_idx) == 0:
+        raise ValueError(f"the clip is too short ({frames.shape[0]} frames) for a train/validation split")
+    t0 = time.perf_counter()
+    reference = feats.reference_outputs()
+    seconds["features"] = time.perf_counter() - t0
+
+    one = torch.zeros(1, dtype=torch.long)
+    full_macs = macs(lambda: backbone(backbone.preprocess(inr.decode(one)[inr.tap_names[-1]])))
+    candidates: list[Candidate] = []
+    adapters: dict[tuple[str, str], MicroAdapter] = {}
+    seconds["training"] = 0.0
+    # Grouped by tap so each tap's decoded features are held only while needed.
+    order = sorted(top, key=lambda c: (inr.tap_names.index(c[0]), backbone.point_names.index(c[1])))
+    bar = tqdm(order, desc=f"adapters for {backbone.name}", unit="pair", disable=not config.progress)
+    for tap, point, value in bar:
+        bar.set_description_str(f"{tap} -> {point}")
+        t0 = time.perf_counter()
+        x, y = feats.tap(tap), feats.point(point)
+        seconds["features"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        spec = AdapterSpec(x.shape[1], y.shape[1], tuple(y.shape[-2:]), config.hidden)
+        adapter, history = _train_adapter(spec, x[tr_idx], y[tr_idx], x[val_idx], y[val_idx], config, bar)
+        train_s = time.perf_counter() - t0
+        seconds["training"] += train_s
+        mean_target = y[tr_idx].mean(dim=(0, *range(2, y.dim())), keepdim=True)
+        baseline = _mean_loss(config.loss, lambda sl: mean_target.expand_as(y[val_idx][sl]), y[val_idx], 16)
+        with torch.no_grad():
+            val_out = backbone.suffix(adapter(x[val_idx]), point)
+        val_fid = fidelity(val_out, reference[val_idx], backbone.task)
+        nvp_macs = macs(lambda: backbone.suffix(adapter(inr.decode(one, until=tap)[tap]), point))
+        val_loss = min(history)
+        candidates.append(Candidate(tap, point, value, cka.rank_of(tap, point), val_loss,
+                                    val_loss / baseline if baseline > 0 else math.inf, val_fid.top1_agreement,
+                                    val_fid.cosine, history, len(history) - 1, train_s, nvp_macs, full_macs))
+        adapters[(tap, point)] = adapter
+        upcoming = {c[0] for c in order[len(candidates):]}
+        feats.release(keep_taps=upcoming, keep_points={c[1] for c in order[len(candidates):]})
+
+    best = _select(candidates, config.select_tolerance)
+    adapter = adapters[(best.tap, best.point)]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x = feats.tap(best.tap)
+        nvp_out = _batched(lambda sl: backbone.suffix(adapter(x[sl]), best.point), frames.shape[0], config.decode_batch)
+        idx = torch.arange(frames.shape[0])
+        last = inr.tap_names[-1]
+        pixel_out = _batched(lambda sl: backbone(backbone.preprocess(inr.decode(idx[sl])[last].clamp(0, 1))),
+                             frames.shape[0], config.decode_batch)
+    fid, pixel_fid = fidelity(nvp_out, reference, backbone.task), fidelity(pixel_out, reference, backbone.task)
+    seconds["evaluation"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+
+    metrics = {
+        "cka": best.cka, "cka_rank": best.cka_rank, "pairs": len(cka.taps) * len(cka.points),
+        "candidates_trained": len(candidates), "val_loss": best.val_loss, "epochs": best.epochs,
+        "adapter_params": adapter.num_parameters(), "adapter_percent": adapter.percent_of(backbone),
+        "macs_nvp": best.macs_nvp, "macs_full": best.macs_full, "compute_saved": best.compute_saved,
+        "top1_agreement": fid.top1_agreement, "top5_overlap": fid.top5_overlap, "cosine": fid.cosine,
+        "pixel_top1_agreement": pixel_fid.top1_agreement, "train_seconds": seconds["training"],
+        "backbone_pretrained": backbone.pretrained,
+    }
+    route = Route(backbone.task, backbone.name, best.tap, best.point, adapter.spec.in_channels,
+                  adapter.spec.out_channels, adapter.spec.size, adapter.spec.hidden, adapter.to_arrays(), metrics)
+    return AdaptResult(route, candidates, cka, fid, pixel_fid, seconds)
+
+
+def _select(candidates: list[Candidate], tolerance: float) -> Candidate:
+    scored = [c for c in candidates if c.val_top1_agreement is not None]
+    if scored:
+        best_top1 = max(c.val_top1_agreement for c in scored)
+        pool = [c for c in scored if c.val_top1_agreement >= best_top1 - tolerance]
+    else:  # embedding tasks: agreement by cosine
+        best_cos = max(c.val_cosine for c in candidates)
+        pool = [c for c in candidates if c.val_cosine >= best_cos - tolerance]
+    return max(pool, key=lambda c: (c.compute_saved, -c.val_loss_relative))

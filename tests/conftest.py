@@ -1,0 +1,32 @@
+import secrets
+
+import numpy as np
+import pytest
+
+import nvp_rt
+
+
+def pytest_collection_modifyitems(config, items):
+    if nvp_rt.cuda_is_available():
+        return
+    skip = pytest.mark.skip(reason="no usable CUDA device (or nvp built without CUDA kernels)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng(request):
+    """A generator with a fresh seed per test, reported when the test fails."""
+    seed = secrets.randbits(32)
+    request.node.user_properties.append(("seed", seed))
+    return np.random.default_rng(seed)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    seeds = [v for k, v in item.user_properties if k == "seed"]
+    if report.failed and seeds:
+        report.sections.append(("random seed", f"rng seed = {seeds[0]} (np.random.default_rng)"))

@@ -1,0 +1,84 @@
+"""The micro adapter: same semantics as the runtime's fused kernel, stacked form, serialisation."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from nvp_rt import ops
+
+from nvp_export.adapter import AdapterSpec, MicroAdapter
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
+
+
+@pytest.mark.parametrize(
+    "shape,size",
+    [
+        ((2, 12, 20, 36), (14, 14)),  # downsample, non-square source
+        ((3, 8, 7, 9), (28, 28)),  # upsample
+        ((1, 16, 45, 80), (112, 112)),  # INR tap -> EfficientNet stem, mixed scale
+        ((2, 5, 4, 11, 13), (8, 8)),  # video (N, C, T, H, W), resized per frame
+    ],
+)
+def test_single_conv_matches_fused_kernel(shape, size):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g)
+    spec = AdapterSpec(in_channels=shape[1], out_channels=24, size=size)
+    adapter = MicroAdapter(spec)
+    with torch.no_grad():
+        adapter.convs[0].weight.normal_(generator=g)
+        adapter.convs[0].bias.normal_(generator=g)
+        mine = adapter(x).numpy()
+    arrays = adapter.to_arrays()
+    theirs = ops.resize_conv1x1(x.numpy(), arrays["weight0"], arrays["bias0"], size)
+    assert mine.shape == theirs.shape == (shape[0], 24, *shape[2:-2], *size)
+    assert _rel_err(mine, theirs) < 1e-5
+
+
+def test_video_input_is_resized_frame_by_frame():
+    x = torch.randn(2, 6, 3, 9, 10)
+    adapter = MicroAdapter(AdapterSpec(6, 4, (5, 7)))
+    with torch.no_grad():
+        whole = adapter(x)
+        per_frame = torch.stack([adapter(x[:, :, t]) for t in range(3)], dim=2)
+    torch.testing.assert_close(whole, per_frame, rtol=0, atol=1e-6)
+
+
+def test_stacked_form_is_conv_activation_conv_after_resize():
+    x = torch.randn(2, 10, 13, 17, dtype=torch.float64)
+    adapter = MicroAdapter(AdapterSpec(10, 32, (6, 8), hidden=20)).double()
+    w0, b0 = adapter.convs[0].weight[:, :, 0, 0], adapter.convs[0].bias
+    w1, b1 = adapter.convs[1].weight[:, :, 0, 0], adapter.convs[1].bias
+    r = F.interpolate(x, size=(6, 8), mode="bilinear", align_corners=False)
+    h = F.gelu(torch.einsum("oc,nchw->nohw", w0, r) + b0[:, None, None])
+    expected = torch.einsum("oc,nchw->nohw", w1, h) + b1[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_parameter_count_and_percent():
+    single = MicroAdapter(AdapterSpec(16, 40, (28, 28)))
+    stacked = MicroAdapter(AdapterSpec(16, 40, (28, 28), hidden=24))
+    assert single.num_parameters() == 16 * 40 + 40
+    assert stacked.num_parameters() == 16 * 24 + 24 + 24 * 40 + 40
+    backbone = torch.nn.Linear(100, 100)  # 10100 parameters
+    assert single.percent_of(backbone) == pytest.approx(100 * 680 / 10100)
+    assert single.macs() == 16 * 40 * 28 * 28
+
+
+def test_arrays_round_trip_and_validation():
+    spec = AdapterSpec(8, 6, (5, 5), hidden=4)
+    adapter = MicroAdapter(spec)
+    arrays = adapter.to_arrays()
+    assert sorted(arrays) == ["bias0", "bias1", "weight0", "weight1"]
+    assert arrays["weight0"].shape == (4, 8) and arrays["weight0"].dtype == np.float32
+    clone = MicroAdapter.from_arrays(spec, arrays)
+    x = torch.randn(1, 8, 9, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x), adapter(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="weight"):
+        MicroAdapter.from_arrays(spec, {**arrays, "weight1": np.zeros((6, 5), np.float32)})
+    with pytest.raises(ValueError, match="arrays must be"):
+        MicroAdapter.from_arrays(spec, {"weight0": arrays["weight0"]})
