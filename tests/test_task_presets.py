@@ -13,6 +13,7 @@ from transformers import DetrForObjectDetection, ResNetConfig, SegformerForSeman
 
 from clip_inr_standin import StandinINR
 from nvp_export.multipathway import FitConfig, MultiPathwayPoint, PathwayAdapter, decode_clips, fit_adapter, temporal_indices
+from nvp_export.task_adapt import adapt_route
 from nvp_export.task_cost import macs, route_cost
 from nvp_export.task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
 from nvp_export.zoo import PRESETS, WeightsError
@@ -323,3 +324,21 @@ def test_caption_agreement_and_relative_error():
     x = torch.randn(3, 10)
     assert relative_error(x, x) == 0.0
     assert relative_error(x * 1.1, x) == pytest.approx(0.1, rel=1e-6)
+
+
+@pytest.mark.parametrize("name,tap,point", [("slowfast_r50", "block1", "res2"), ("detr_r50", "block2", "stem"),
+                                            ("segformer_b0", "block2", "stage1"), ("blip", "block1", "patch_embed")])
+def test_adapt_route_trains_and_reports_fidelity_and_cost(backbones, name, tap, point):
+    bb = backbones[name]
+    inr = StandinINR(num_frames=12, size=FRAME)
+    route = adapt_route(inr, inr.frames(), bb, tap, point, FitConfig(epochs=4, lr=1e-2, batch_size=2, progress=False),
+                        clip_stride=2)
+    assert route.history[-1] < route.history[0]
+    assert route.cost.macs_nvp < route.cost.macs_full and route.cost.adapter_params == route.adapter.num_parameters()
+    expected = {"slowfast_r50": "top1_agreement", "detr_r50": "box_iou_agreement", "segformer_b0": "miou",
+                "blip": "bleu4"}[name]
+    assert 0.0 <= route.fidelity[expected] <= 1.0
+    if name == "blip":
+        assert route.fidelity["vision_rel_error"] >= 0
+    with pytest.raises(ValueError, match="no tap"):
+        adapt_route(inr, inr.frames(), bb, "nope", point)

@@ -112,6 +112,13 @@ class _Caption(nn.Module):
 class BlipBackbone(MultiPathwayBackbone):
     tokenizer: Any = None  # present when the weights directory ships one
 
+    def vision_embeds(self, features, from_point: str) -> torch.Tensor:
+        """The vision tower's output (what the text decoder reads) from the features at ``from_point``."""
+        names = self._stage_names()
+        for name in names[names.index(from_point) + 1 : -1]:
+            features = self.stages[name](features)
+        return self.stages[names[-1]].image_embeds(features)
+
     def postprocess(self, token_ids: torch.Tensor) -> list[str] | list[list[int]]:
         """Caption token ids -> text with the checkpoint's tokenizer, else the ids without the start/pad tokens."""
         if self.tokenizer is not None:
