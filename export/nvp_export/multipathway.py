@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .adapt import fit_linear
 from .adapter import AdapterSpec, MicroAdapter
 from .backbone import Backbone, InjectionPoint
 from .losses import FeatureLoss
@@ -102,16 +103,21 @@ class PathwayAdapter(nn.Module):
             MicroAdapter(AdapterSpec(in_channels, s[0], tuple(s[-2:]), hidden)) for s in shapes
         )
 
-    def forward(self, x: torch.Tensor) -> Features:
-        outs = []
-        for frames, adapter in zip(self.frames, self.adapters):
+    def pathway_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The INR features each pathway's adapter sees: the whole clip, or the frames of its lower rate."""
+        inputs = []
+        for frames in self.frames:
             xp = x
             if frames is not None:
                 if x.dim() != 5:
                     raise ValueError(f"a video injection point needs (N, C, T, H, W) clip features; got {tuple(x.shape)}")
                 if x.shape[2] != frames:
                     xp = x.index_select(2, temporal_indices(x.shape[2], frames, x.device))
-            outs.append(adapter(xp))
+            inputs.append(xp)
+        return inputs
+
+    def forward(self, x: torch.Tensor) -> Features:
+        outs = [adapter(xp) for adapter, xp in zip(self.adapters, self.pathway_inputs(x))]
         return outs[0] if self.single else outs
 
     def num_parameters(self) -> int:
@@ -144,8 +150,16 @@ class FitConfig:
     batch_size: int = 4
     patience: int = 5
     loss: FeatureLoss = FeatureLoss()
+    # "lstsq": start each pathway's 1x1 conv at the ridge solution of its MSE term (as adapt.AdaptConfig);
+    # "random": PyTorch's default init.
+    init: str = "lstsq"
+    ridge: float = 1e-3
     seed: int = 0
     progress: bool = True
+
+    def __post_init__(self):
+        if self.init not in ("lstsq", "random"):
+            raise ValueError(f"init must be 'lstsq' or 'random'; got {self.init!r}")
 
 
 def pathway_loss(pred: Features, target: Features, loss: FeatureLoss) -> torch.Tensor:
@@ -165,6 +179,10 @@ def fit_adapter(adapter: PathwayAdapter, taps: torch.Tensor, targets: Features,
     targets = as_pathways(targets)
     torch.manual_seed(config.seed)
     n = taps.shape[0]
+    if config.init == "lstsq":
+        for adapter_p, x_p, y_p in zip(adapter.adapters, adapter.pathway_inputs(taps), targets):
+            if not adapter_p.spec.stacked:
+                adapter_p.set_linear(*fit_linear(x_p, y_p, adapter_p.spec.size, config.ridge))
 
     def mean_loss() -> float:
         with torch.no_grad():
