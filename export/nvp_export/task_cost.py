@@ -64,9 +64,10 @@ def _sample_indices(backbone: Backbone) -> torch.Tensor:
 
 def route_cost(inr, backbone: Backbone, tap: str, point: str) -> RouteCost:
     """Cost of the route ``tap`` -> ``point`` for one sample; the INR must encode at least one clip's frames."""
+    if backbone.preprocess.num_frames > inr.num_frames:
+        raise ValueError(f"{backbone.name} needs {backbone.preprocess.num_frames} frames per sample; "
+                         f"the INR encodes {inr.num_frames}")
     idx = _sample_indices(backbone)
-    if idx.max() >= inr.num_frames:
-        raise ValueError(f"{backbone.name} needs {idx.numel()} frames per sample; the INR encodes {inr.num_frames}")
     adapter = PathwayAdapter(inr.tap_shapes()[tap][0], backbone.point(point)).eval()
     last = inr.tap_names[-1]
 

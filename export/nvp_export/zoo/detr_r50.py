@@ -81,13 +81,12 @@ class _Detector(nn.Module):
         tokens = model.input_projection(feature_map).flatten(2).transpose(1, 2)
         pos = model.position_embedding(shape=feature_map.shape, device=feature_map.device,
                                        dtype=feature_map.dtype, mask=mask).flatten(2).transpose(1, 2)
-        flat_mask = mask.flatten(1)
-        memory = model.encoder(inputs_embeds=tokens, attention_mask=flat_mask,
-                               spatial_position_embeddings=pos).last_hidden_state
+        # Every position is valid (whole frames, no padding): no attention masks, as transformers does for all-ones.
+        memory = model.encoder(inputs_embeds=tokens, spatial_position_embeddings=pos).last_hidden_state
         query_pos = model.query_position_embeddings.weight.unsqueeze(0).repeat(n, 1, 1)
         hidden = model.decoder(inputs_embeds=torch.zeros_like(query_pos), spatial_position_embeddings=pos,
-                               object_queries_position_embeddings=query_pos, encoder_hidden_states=memory,
-                               encoder_attention_mask=flat_mask).last_hidden_state
+                               object_queries_position_embeddings=query_pos,
+                               encoder_hidden_states=memory).last_hidden_state
         return self.detr.class_labels_classifier(hidden), self.detr.bbox_predictor(hidden).sigmoid()
 
 
