@@ -3,8 +3,9 @@
 Costs (full-size presets, per sample: a frame, or a 32-frame clip for SlowFast / I3D)
 for every (INR tap, injection point) pair, counted by running both paths under
 torch's FLOP counter (``nvp_export.task_cost``: 1 MAC = 1 FLOP, bilinear resizes
-at 4 MACs per output element). Shapes only: models run on the meta device except
-BLIP, whose greedy decoding needs real values.
+at 4 MACs per output element). Shapes only: models run on the meta device; BLIP's
+greedy decoding stops on values, so its text decoder (the same on both paths) is
+counted once on real values and added to both.
 
 The INR is a stand-in with HNeRV's decoder shape (REFERENCE.md): a 16 x 9 x 16
 embedding per frame, a 1x1 conv to 68 channels, blocks of conv(k_i) -> PixelShuffle
@@ -38,7 +39,7 @@ from nvp_rt.atomic import atomic_write
 
 from nvp_export.multipathway import FitConfig
 from nvp_export.task_adapt import adapt_route
-from nvp_export.task_cost import route_cost
+from nvp_export.task_cost import macs, route_cost
 from nvp_export.zoo import PRESETS
 
 TASK_PRESETS = ["slowfast_r50", "i3d_r50", "detr_r50", "segformer_b0", "blip"]
@@ -92,21 +93,29 @@ class HNeRVStandin(nn.Module):
         return shapes
 
 
+def caption_macs() -> int:
+    """MACs of BLIP's greedy 20-token caption from one image's vision tokens (the same on both paths)."""
+    torch.manual_seed(0)
+    caption = PRESETS["blip"]().stages["caption"]
+    tokens = (caption.model.config.vision_config.image_size // caption.model.config.vision_config.patch_size) ** 2 + 1
+    return macs(caption.generate, torch.randn(1, tokens, caption.model.config.vision_config.hidden_size))
+
+
 def cost_table(resolution: str) -> list[dict]:
     rows = []
+    text_macs = caption_macs() if "blip" in TASK_PRESETS else 0
     for name in tqdm(TASK_PRESETS, desc=f"costs at {resolution}", unit="preset"):
-        device = "cpu" if name == "blip" else "meta"
-        with torch.device(device):
+        with torch.device("meta"):  # shapes only: counting needs no values
             backbone = PRESETS[name]()
             inr = HNeRVStandin(max(backbone.preprocess.num_frames, 1), resolution)
-        taps = inr.tap_names[:-1]
-        points = backbone.point_names
-        if name == "blip":  # real-valued: a few points keep the count to minutes
-            taps, points = taps[:2], ["patch_embed", "layer0", "layer3", "layer6"]
-        with torch.device(device):
-            for tap in taps:
-                for point in points:
-                    cost = route_cost(inr, backbone, tap, point)
+            # BLIP's generation stops on values; count its vision tower here and its text decoder apart.
+            suffix = backbone.vision_embeds if name == "blip" else None
+            for tap in inr.tap_names[:-1]:
+                for point in backbone.point_names:
+                    cost = route_cost(inr, backbone, tap, point, suffix)
+                    if name == "blip":
+                        cost.macs_nvp += text_macs
+                        cost.macs_full += text_macs
                     rows.append({"resolution": resolution, **cost.as_dict()})
         del backbone, inr
     return rows

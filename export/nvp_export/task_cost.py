@@ -62,8 +62,16 @@ def _sample_indices(backbone: Backbone) -> torch.Tensor:
     return torch.arange(t).unsqueeze(0) if t > 1 else torch.zeros(1, dtype=torch.long)
 
 
-def route_cost(inr, backbone: Backbone, tap: str, point: str) -> RouteCost:
-    """Cost of the route ``tap`` -> ``point`` for one sample; the INR must encode at least one clip's frames."""
+def route_cost(inr, backbone: Backbone, tap: str, point: str,
+               suffix: Callable[[Any, str], Any] | None = None) -> RouteCost:
+    """Cost of the route ``tap`` -> ``point`` for one sample; the INR must encode at least one clip's frames.
+
+    ``suffix(features, point)`` is what runs after the injection point (default ``backbone.suffix``);
+    the pixel path then runs the prefix to the first injection point and the same suffix from there,
+    which prefix/suffix splitting makes the full forward (e.g. BLIP's vision tower without the
+    data-dependent text generation, which costs both paths the same and can be counted apart).
+    """
+    suffix = suffix or backbone.suffix
     if backbone.preprocess.num_frames > inr.num_frames:
         raise ValueError(f"{backbone.name} needs {backbone.preprocess.num_frames} frames per sample; "
                          f"the INR encodes {inr.num_frames}")
@@ -71,10 +79,12 @@ def route_cost(inr, backbone: Backbone, tap: str, point: str) -> RouteCost:
     adapter = PathwayAdapter(inr.tap_shapes()[tap][0], backbone.point(point)).eval()
     last = inr.tap_names[-1]
 
+    first = backbone.point_names[0]
+
     def nvp():
-        return backbone.suffix(adapter(decode_clips(inr, idx, tap)), point)
+        return suffix(adapter(decode_clips(inr, idx, tap)), point)
 
     def full():
-        return backbone(backbone.preprocess(decode_clips(inr, idx, last)))
+        return suffix(backbone.prefix(backbone.preprocess(decode_clips(inr, idx, last)), first), first)
 
     return RouteCost(backbone.name, tap, point, adapter.num_parameters(), backbone.num_parameters(), macs(nvp), macs(full))

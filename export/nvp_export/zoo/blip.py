@@ -98,7 +98,10 @@ class _Caption(nn.Module):
         return self.model.vision_model.post_layernorm(tokens)
 
     def forward(self, x):
-        embeds = self.image_embeds(x)
+        return self.generate(self.image_embeds(x))
+
+    def generate(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Vision-tower output (N, tokens, C) -> caption token ids (N, <= 1 + max_tokens)."""
         text = self.model.config.text_config
         start = torch.full((embeds.shape[0], 1), text.bos_token_id, dtype=torch.long, device=embeds.device)
         return self.model.text_decoder.generate(
