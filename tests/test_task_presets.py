@@ -6,6 +6,7 @@ smaller widths, small inputs): the same code path as the full-size preset.
 
 from __future__ import annotations
 
+import copy
 
 import pytest
 import torch
@@ -350,3 +351,25 @@ def test_adapt_route_trains_and_reports_fidelity_and_cost(backbones, name, tap, 
         assert route.fidelity["vision_rel_error"] >= 0
     with pytest.raises(ValueError, match="no tap"):
         adapt_route(inr, inr.frames(), bb, "nope", point)
+
+
+def test_detr_loads_a_state_dict_file_and_rejects_bad_weights(backbones, tmp_path):
+    bb = backbones["detr_r50"]
+    detr = bb.stages["detector"].detr
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in detr.state_dict().items()}
+    path = tmp_path / "detr.pt"
+    torch.save(state, path)
+    loaded = detr_r50.build(weights=path, config=detr.config, input_size=SIZE)
+    assert loaded.pretrained
+    x = sample_input(bb)
+    reference = copy.deepcopy(bb)  # the fixture stays as it is for other tests
+    reference.stages["detector"].detr.load_state_dict(state)
+    with torch.no_grad():
+        assert not torch.allclose(loaded(x)[0], bb(x)[0])
+        torch.testing.assert_close(loaded(x)[0], reference(x)[0])
+    with pytest.raises(WeightsError, match="cannot load DETR"):
+        detr_r50.build(weights=tmp_path, config=detr.config)  # a directory without a checkpoint
+    with pytest.raises(WeightsError, match="save_pretrained directory"):
+        segformer_b0.build(weights=path)
+    with pytest.raises(WeightsError, match="cannot load BLIP"):
+        blip.build(weights=tmp_path)

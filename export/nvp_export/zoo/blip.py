@@ -114,6 +114,7 @@ class _Caption(nn.Module):
 
 class BlipBackbone(MultiPathwayBackbone):
     tokenizer: Any = None  # present when the weights directory ships one
+    special_ids: set[int]  # start, pad and end token ids, dropped from id captions
 
     def vision_embeds(self, features, from_point: str) -> torch.Tensor:
         """The vision tower's output (what the text decoder reads) from the features at ``from_point``."""
