@@ -101,9 +101,8 @@ def caption_macs() -> int:
     return macs(caption.generate, torch.randn(1, tokens, caption.model.config.vision_config.hidden_size))
 
 
-def cost_table(resolution: str) -> list[dict]:
+def cost_table(resolution: str, text_macs: int) -> list[dict]:
     rows = []
-    text_macs = caption_macs() if "blip" in TASK_PRESETS else 0
     for name in tqdm(TASK_PRESETS, desc=f"costs at {resolution}", unit="preset"):
         with torch.device("meta"):  # shapes only: counting needs no values
             backbone = PRESETS[name]()
@@ -131,7 +130,7 @@ def fidelity_rows(frames_per_preset: dict[str, int], epochs: int) -> list[dict]:
         tap, point = FIDELITY_ROUTES[name]
         t0 = time.perf_counter()
         route = adapt_route(inr, inr.decode(torch.arange(inr.num_frames))["rgb"], backbone, tap, point,
-                            FitConfig(epochs=epochs, progress=False), clip_stride=max(t // 4, 1))
+                            FitConfig(epochs=epochs), clip_stride=max(t // 4, 1))
         rows.append({"backbone": name, "tap": tap, "point": point, "pretrained": route.pretrained,
                      "samples_frames": inr.num_frames, "epochs_run": len(route.history) - 1,
                      "loss_start": route.history[0], "loss_best": min(route.history), **route.fidelity,
@@ -200,7 +199,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    costs = [row for res in args.resolution for row in cost_table(res)]
+    text_macs = caption_macs()
+    costs = [row for res in args.resolution for row in cost_table(res, text_macs)]
     # SlowFast/I3D: 64-frame clip of the reference workload -> 9 clips at stride 8 is too slow here; 40 frames -> 3 clips.
     fidelity = fidelity_rows({"slowfast_r50": 40, "i3d_r50": 40, "detr_r50": 8, "segformer_b0": 16, "blip": 8},
                              args.epochs) if args.fidelity else []

@@ -56,22 +56,32 @@ def _pixels(frames: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 1, 3, 4) if idx.dim() == 2 else x
 
 
+def _mean_baseline(reference: torch.Tensor) -> float:
+    """Relative error of answering every sample with the mean reference output: what an input-blind path scores."""
+    return relative_error(reference.mean(0, keepdim=True).expand_as(reference), reference)
+
+
 @torch.no_grad()
 def task_fidelity(backbone: Backbone, nvp_out: Any, ref_out: Any, image_size: tuple[int, int]) -> dict[str, float]:
-    """Agreement of the NVP path's outputs with those from the original frames, in the task's terms."""
+    """Agreement of the NVP path's outputs with those from the original frames, in the task's terms.
+
+    ``*_rel_error_blind`` is the relative error an input-blind path (the mean reference output) would
+    have: random backbones vary little with their input, so a rel. error means something only below it.
+    """
     task = backbone.task
     if task == "action":
-        return {"logits_rel_error": relative_error(nvp_out, ref_out),
+        return {"logits_rel_error": relative_error(nvp_out, ref_out), "logits_rel_error_blind": _mean_baseline(ref_out),
                 "top1_agreement": float((nvp_out.argmax(1) == ref_out.argmax(1)).double().mean())}
     if task == "detection":
         det, ref = backbone.postprocess(nvp_out, image_size), backbone.postprocess(ref_out, image_size)
         return {"logits_rel_error": relative_error(nvp_out[0], ref_out[0]),
+                "logits_rel_error_blind": _mean_baseline(ref_out[0]),
                 "boxes_rel_error": relative_error(nvp_out[1], ref_out[1]),
                 "box_iou_agreement": box_agreement([d.boxes for d in det], [r.boxes for r in ref]),
                 "detections_ref": float(sum(len(r.boxes) for r in ref))}
     if task == "segmentation":
         masks, ref = backbone.postprocess(nvp_out, image_size), backbone.postprocess(ref_out, image_size)
-        return {"logits_rel_error": relative_error(nvp_out, ref_out),
+        return {"logits_rel_error": relative_error(nvp_out, ref_out), "logits_rel_error_blind": _mean_baseline(ref_out),
                 "miou": mean_iou(masks, ref, len(backbone.labels)),
                 "pixel_agreement": float((masks == ref).double().mean())}
     if task == "captioning":
@@ -102,7 +112,8 @@ def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, conf
         nvp_out = backbone.suffix(adapter(taps), point)
         fid = task_fidelity(backbone, nvp_out, ref_out, tuple(frames.shape[-2:]))
         if backbone.task == "captioning":  # random weights caption alike whatever they see: compare the vision features too
-            fid["vision_rel_error"] = relative_error(backbone.vision_embeds(adapter(taps), point),
-                                                     backbone.vision_embeds(targets, point))
+            ref_embeds = backbone.vision_embeds(targets, point)
+            fid["vision_rel_error"] = relative_error(backbone.vision_embeds(adapter(taps), point), ref_embeds)
+            fid["vision_rel_error_blind"] = _mean_baseline(ref_embeds)
     return TaskRoute(tap, point, adapter, history, fid, route_cost(inr, backbone, tap, point), train_s,
                      backbone.pretrained)
