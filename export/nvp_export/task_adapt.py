@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .backbone import Backbone, to_unit_frames
-from .multipathway import FitConfig, PathwayAdapter, decode_clips, fit_adapter
+from .multipathway import FitConfig, PathwayAdapter, as_pathways, decode_clips, fit_adapter
 from .task_cost import RouteCost, route_cost
 from .task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
 
@@ -59,6 +59,10 @@ def _pixels(frames: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 def _mean_baseline(reference: torch.Tensor) -> float:
     """Relative error of answering every sample with the mean reference output: what an input-blind path scores."""
     return relative_error(reference.mean(0, keepdim=True).expand_as(reference), reference)
+
+
+def _channel_mean(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=(0, *range(2, x.dim())), keepdim=True)
 
 
 @torch.no_grad()
@@ -109,8 +113,16 @@ def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, conf
     train_s = time.perf_counter() - t0
     adapter.eval()
     with torch.no_grad():
-        nvp_out = backbone.suffix(adapter(taps), point)
+        adapted = adapter(taps)
+        nvp_out = backbone.suffix(adapted, point)
         fid = task_fidelity(backbone, nvp_out, ref_out, tuple(frames.shape[-2:]))
+        # How well the adapter reproduces the backbone's features at the point (pathways pooled), next to
+        # a bias-only adapter's error (the per-channel mean), as adapt.py scales its validation loss.
+        pairs = list(zip(as_pathways(adapted), as_pathways(targets)))
+        flat = torch.cat([t.flatten() for _, t in pairs])
+        fid["features_rel_error"] = relative_error(torch.cat([a.flatten() for a, _ in pairs]), flat)
+        fid["features_rel_error_bias_only"] = relative_error(
+            torch.cat([_channel_mean(t).expand_as(t).flatten() for _, t in pairs]), flat)
         if backbone.task == "captioning":  # random weights caption alike whatever they see: compare the vision features too
             ref_embeds = backbone.vision_embeds(targets, point)
             fid["vision_rel_error"] = relative_error(backbone.vision_embeds(adapter(taps), point), ref_embeds)

@@ -39,8 +39,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def blip_config(**overrides: Any) -> BlipConfig:
-    """BLIP-base captioning; ``vision_config``/``text_config`` dict overrides shrink it for tests."""
-    return BlipConfig(**overrides)
+    """BLIP-base captioning; ``vision_config``/``text_config`` dict overrides shrink it for tests.
+
+    The vision tower's random init uses std 0.02 (ViT's) instead of transformers' BLIP default of
+    1e-10, which makes a randomly initialised tower ignore its input (pretrained weights replace it).
+    """
+    vision = {"initializer_range": 0.02, **overrides.pop("vision_config", {})}
+    return BlipConfig(vision_config=vision, **overrides)
 
 
 def clip_frame_indices(num_frames: int, count: int = CLIP_FRAMES) -> torch.Tensor:
