@@ -33,10 +33,12 @@ __all__ = [
     "MultiPathwayPoint",
     "MultiPathwayBackbone",
     "pathway_shapes",
+    "as_pathways",
     "PathwayAdapter",
     "decode_clips",
     "temporal_indices",
     "FitConfig",
+    "pathway_loss",
     "fit_adapter",
 ]
 
@@ -173,8 +175,9 @@ def fit_adapter(adapter: PathwayAdapter, taps: torch.Tensor, targets: Features,
 
     ``taps``: INR features of N samples (clips or frames); ``targets``: the backbone's
     features at the adapter's point on the original frames (a tensor or per-pathway list).
-    Keeps the weights of the epoch with the lowest mean loss; returns the mean loss per epoch
-    (index 0: before training).
+    Early stopping watches the mean loss over these same samples (a clip has few; ``adapt.py``
+    holds frames out instead). Keeps the weights of the epoch with the lowest mean loss and
+    returns the mean loss per epoch (index 0: before training).
     """
     targets = as_pathways(targets)
     torch.manual_seed(config.seed)
@@ -187,9 +190,8 @@ def fit_adapter(adapter: PathwayAdapter, taps: torch.Tensor, targets: Features,
     def mean_loss() -> float:
         with torch.no_grad():
             total = 0.0
-            for s in range(0, n, config.batch_size):
-                sl = slice(s, s + config.batch_size)
-                total += float(pathway_loss(adapter(taps[sl]), [t[sl] for t in targets], config.loss)) * (min(n, s + config.batch_size) - s)
+            for batch in torch.arange(n).split(config.batch_size):
+                total += float(pathway_loss(adapter(taps[batch]), [t[batch] for t in targets], config.loss)) * len(batch)
         return total / n
 
     history = [mean_loss()]
