@@ -115,8 +115,11 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         _check(counts.dtype == np.uint32 and counts.shape == (1 << b,) and int(counts.sum(dtype=np.uint64)) == total,
                f"stream {b} symbol counts inconsistent")
         _check(words.dtype == np.uint32 and words.ndim == 1, f"stream {b} words malformed")
-        decoder = constriction.stream.queue.RangeDecoder(words)
-        decoded = decoder.decode(_model(counts), total) if total else np.zeros(0, np.int32)
+        try:
+            decoded = (constriction.stream.queue.RangeDecoder(words).decode(_model(counts), total)
+                       if total else np.zeros(0, np.int32))
+        except Exception as e:  # a damaged stream may fail inside the coder in coder-specific ways
+            raise NvpFormatError(f"INR payload: stream {b} does not decode ({e})") from None
         _check(np.array_equal(np.bincount(decoded, minlength=1 << b), counts), f"stream {b} does not decode to its counts")
         symbols_by_bits[b] = [decoded, 0]
     out = {}
