@@ -65,7 +65,7 @@ def cmd_encode(args) -> None:
     start, stop, step = args.frames
     selection = FrameSelection(start, stop, step, crop=args.crop, size=args.size)
     fit = FitConfig(epochs=args.epochs, lr=args.lr, batch=args.batch, target_psnr=args.target_psnr,
-                    time_limit_s=args.time_limit, seed=args.seed, device=args.device, threads=args.threads,
+                    time_limit_s=args.time_limit or None, seed=args.seed, device=args.device, threads=args.threads,
                     progress=not args.quiet)
     cfg = export.EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
     report = export.encode_video(args.input, args.output, selection, cfg)
@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--size", type=_size, metavar="WxH", help="resize frames to this size")
     e.add_argument("--epochs", type=int, default=300)
     e.add_argument("--target-psnr", type=float, help="stop when the training PSNR reaches this (dB)")
-    e.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop training after this long")
+    e.add_argument("--time-limit", type=float, default=540.0, metavar="SECONDS",
+                   help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)")
     e.add_argument("--lr", type=float, help="learning rate (default: the family's reference rate)")
     e.add_argument("--batch", type=int, default=2)
     e.add_argument("--seed", type=int, default=0)
