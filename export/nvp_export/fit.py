@@ -31,7 +31,7 @@ class FitConfig:
     # x 64 clip within 10 minutes of encoding on 2 CPU cores; None: epochs only (deterministic).
     time_limit_s: float | None = 540.0
     lr: float | None = None  # None: the family's reference rate
-    batch: int = 2
+    batch: int = 1  # the references use 2 (HNeRV) / 1 (NeRV); see FAMILY_RECIPE for why 1 here
     warmup: float | None = None  # fraction of iterations; None: the family's reference
     target_psnr: float | None = None  # stop once the training PSNR (dB, before quantisation) reaches it
     seed: int = 0
@@ -53,8 +53,12 @@ class FitConfig:
         return device
 
 
-FAMILY_RECIPE = {  # lr, warm-up fraction, Adam betas
-    "hnerv": (1e-3, 0.1, (0.9, 0.999)),
+# lr, warm-up fraction, Adam betas. HNeRV's reference is lr 1e-3 at batch 2 for 300 epochs; fits here
+# are bound by a CPU time budget, where batch 1 at 3e-3 (twice the updates, each larger) went further:
+# 22.4 vs 21.3 dB after 150 s on the 320x180 astronaut clip (2 shared cores). Collapses that a higher
+# rate invites are caught and undone below.
+FAMILY_RECIPE = {
+    "hnerv": (3e-3, 0.1, (0.9, 0.999)),
     "nerv": (5e-4, 0.2, (0.5, 0.999)),
 }
 

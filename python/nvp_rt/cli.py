@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--time-limit", type=float, default=540.0, metavar="SECONDS",
                    help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)")
     e.add_argument("--lr", type=float, help="learning rate (default: the family's reference rate)")
-    e.add_argument("--batch", type=int, default=2)
+    e.add_argument("--batch", type=int, default=1, help="frames per step")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     e.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
