@@ -12,6 +12,7 @@ and a rate-distortion chart to --out.
 
 from __future__ import annotations
 
+import nvp_export  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
 import argparse
 import json
 import os
@@ -146,9 +147,10 @@ def main() -> None:
             "x264_psnr_at_bpp": psnr_at(curve, bpp), "x264": curve, "fit_config": asdict(cfg.fit),
         })
         print(json.dumps({k: v for k, v in results[-1].items() if k not in ("x264", "fit_config")}), flush=True)
-    (args.out / "encode.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (args.out / "encode.md").write_text(markdown(results, meta))
-    chart(results, args.out / "encode.png")
+        # Written after every clip, so a long run that is stopped still leaves its finished clips.
+        (args.out / "encode.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+        (args.out / "encode.md").write_text(markdown(results, meta))
+        chart(results, args.out / "encode.png")
     print(markdown(results, meta))
 
 

@@ -1,5 +1,7 @@
 """End to end through the `nvp` command: encode -> info -> view, and one-line errors for bad input."""
 
+import nvp_export  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
+
 import os
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from nvp_rt.video import FrameSelection, read_video, write_video
 
 
 def nvp(*args, check_ok=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.run([sys.executable, "-m", "nvp_rt.cli", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=300)
     if check_ok:

@@ -55,7 +55,8 @@ def test_every_flipped_byte_is_detected(tmp_path):
     path, *_ = _write(tmp_path, rng, [_route(rng)])
     data = path.read_bytes()
     bad = tmp_path / "bad.nvp"
-    for pos in rng.choice(len(data), size=min(len(data), 150), replace=False):
+    positions = [*range(24), *rng.choice(len(data), size=min(len(data), 150), replace=False)]  # header + random
+    for pos in positions:
         corrupt = bytearray(data)
         corrupt[pos] ^= 1 << int(rng.integers(8))
         bad.write_bytes(bytes(corrupt))
@@ -85,6 +86,8 @@ def test_crafted_headers_are_rejected_before_use(tmp_path):
     # A newer major version, correctly checksummed, is refused by name.
     future = bytearray(data)
     struct.pack_into("<H", future, 8, nvpfile.FORMAT_VERSION[0] + 1)
+    manifest_len = struct.unpack_from("<I", data, 12)[0]
+    struct.pack_into("<I", future, 16, zlib.crc32(bytes(future[20:20 + manifest_len]), zlib.crc32(bytes(future[:16]))))
     bad.write_bytes(bytes(future))
     with pytest.raises(NvpFormatError, match="not supported"):
         NvpFile.open(bad)
@@ -93,9 +96,10 @@ def test_crafted_headers_are_rejected_before_use(tmp_path):
     manifest_len = struct.unpack_from("<I", data, 12)[0]
     manifest = data[header:header + manifest_len].decode()
     huge = manifest.replace('"length": ', '"length": 9', 1).encode()
-    crafted = (data[:12] + struct.pack("<II", len(huge), zlib.crc32(huge)) + huge + data[header + manifest_len:])
+    prefix = bytes(data[:12]) + struct.pack("<I", len(huge))
+    crafted = prefix + struct.pack("<I", zlib.crc32(huge, zlib.crc32(prefix))) + huge + data[header + manifest_len:]
     bad.write_bytes(bytes(crafted))
-    with pytest.raises(NvpFormatError):
+    with pytest.raises(NvpFormatError, match="section"):
         NvpFile.open(bad)
     with pytest.raises(NvpFormatError, match="directory"):
         NvpFile.open(tmp_path)

@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 from skimage import data as skdata
-from skimage.transform import warp
+from skimage.transform import rescale
 
 from nvp_rt.video import write_video
 
@@ -38,10 +39,15 @@ def make_clip(spec: ClipSpec) -> np.ndarray:
     if spec.photo not in PHOTOS:
         raise ValueError(f"unknown photo {spec.photo!r}; choose from {PHOTOS}")
     photo = getattr(skdata, spec.photo)()[..., :3].astype(np.float64) / 255
+    # Shrink the photo (anti-aliased) so that the widest view, which keeps the output aspect ratio
+    # inside it, maps one photo pixel to one output pixel; zooming in then only interpolates.
+    fit_scale = min(spec.width / photo.shape[1], spec.height / photo.shape[0])
+    if fit_scale < 1:
+        photo = rescale(photo, fit_scale * 1.0001, anti_aliasing=True, channel_axis=2)
+    coefficients = [ndimage.spline_filter(photo[..., c], order=3, mode="nearest") for c in range(3)]
     ph, pw = photo.shape[:2]
     rng = np.random.default_rng(spec.seed)
     zoom = rng.uniform(1.0, spec.max_zoom, size=2)  # start, end
-    # The widest view that keeps the output aspect ratio inside the photo.
     base = min(pw / spec.width, ph / spec.height)
     centres = []
     for z in zoom:
@@ -55,11 +61,11 @@ def make_clip(spec: ClipSpec) -> np.ndarray:
         cx, cy = (1 - u) * np.array(centres[0]) + u * np.array(centres[1])
         scale = base / z  # photo pixels per output pixel
 
-        def to_photo(xy, scale=scale, cx=cx, cy=cy):
-            return np.stack([cx + (xy[:, 0] + 0.5 - spec.width / 2) * scale - 0.5,
-                             cy + (xy[:, 1] + 0.5 - spec.height / 2) * scale - 0.5], axis=1)
-
-        img = warp(photo, to_photo, output_shape=(spec.height, spec.width), order=3, mode="edge")
+        ys = cy + (np.arange(spec.height) + 0.5 - spec.height / 2) * scale - 0.5
+        xs = cx + (np.arange(spec.width) + 0.5 - spec.width / 2) * scale - 0.5
+        grid = np.meshgrid(ys, xs, indexing="ij")
+        img = np.stack([ndimage.map_coordinates(c, grid, order=3, mode="nearest", prefilter=False)
+                        for c in coefficients], axis=-1)
         frames[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     return frames
 

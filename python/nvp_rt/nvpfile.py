@@ -2,7 +2,7 @@
 
 Layout (docs/format.md has the full description)::
 
-    magic (8 bytes) | major u16 | minor u16 | manifest length u32 | manifest crc32 u32
+    magic (8 bytes) | major u16 | minor u16 | manifest length u32 | crc32 of the header so far + manifest
     manifest (UTF-8 JSON) | section bytes ...
 
 The manifest names every section with its offset (from the end of the
@@ -137,7 +137,7 @@ def _parse(data: bytes, where: str) -> tuple[tuple[int, int], dict, dict[str, by
         raise NvpFormatError(f"{where}: truncated or corrupt (manifest length {manifest_len} exceeds the file)")
     body_start = _HEADER.size + manifest_len
     manifest_bytes = data[_HEADER.size:body_start]
-    if zlib.crc32(manifest_bytes) != manifest_crc:
+    if zlib.crc32(manifest_bytes, zlib.crc32(data[:_HEADER.size - 4])) != manifest_crc:
         raise NvpFormatError(f"{where}: manifest checksum mismatch (file corrupt or tampered)")
     try:
         manifest = json.loads(manifest_bytes.decode("utf-8"))
@@ -178,7 +178,8 @@ def _serialise(manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]]
         index[name] = {"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob), "meta": meta}
         offset += len(blob)
     manifest_bytes = json.dumps({**manifest, "sections": index}, indent=1, sort_keys=True).encode()
-    header = _HEADER.pack(MAGIC, *FORMAT_VERSION, len(manifest_bytes), zlib.crc32(manifest_bytes))
+    prefix = _HEADER.pack(MAGIC, *FORMAT_VERSION, len(manifest_bytes), 0)[:-4]
+    header = prefix + struct.pack("<I", zlib.crc32(manifest_bytes, zlib.crc32(prefix)))
     return b"".join([header, manifest_bytes, *(blob for blob, _ in sections.values())])
 
 
