@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from nvp_export.clips import ClipSpec, make_clip, write_clip
+from nvp_rt.cli import main
 from nvp_rt.nvpfile import NvpFile
 from nvp_rt.quality import psnr
 from nvp_rt.video import FrameSelection, read_video, write_video
@@ -22,6 +23,26 @@ def nvp(*args, check_ok=True):
     if check_ok:
         assert proc.returncode == 0, proc.stderr
     return proc
+
+
+class InProcess:
+    """`nvp` run in this process (fast: torch is already loaded); same exit code and stderr as the command."""
+
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def __call__(self, *args, check_ok=True):
+        self.capsys.readouterr()
+        code = main([str(a) for a in args])
+        out = self.capsys.readouterr()
+        if check_ok:
+            assert code == 0, out.err
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+@pytest.fixture
+def nvp_fast(capsys):
+    return InProcess(capsys)
 
 
 def assert_one_line_error(proc, *words):
@@ -87,7 +108,8 @@ def test_encode_info_view(tiny, tmp_path):
     assert psnr(frames[3:4], one) == pytest.approx(nvp_file.manifest["metrics"]["psnr_quantised_db"], abs=3)
 
 
-def test_bad_nvp_files(tiny, tmp_path):
+def test_bad_nvp_files(tiny, tmp_path, nvp_fast):
+    nvp = nvp_fast
     _, _, out = tiny
     data = out.read_bytes()
     truncated = tmp_path / "t.nvp"
@@ -106,7 +128,8 @@ def test_bad_nvp_files(tiny, tmp_path):
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
 
 
-def test_bad_videos(tmp_path):
+def test_bad_videos(tmp_path, nvp_fast):
+    nvp = nvp_fast
     ok = tmp_path / "ok.mp4"
     write_clip(ok, ClipSpec("coffee", 64, 64, 2))
     corrupt = tmp_path / "corrupt.mp4"
@@ -118,8 +141,8 @@ def test_bad_videos(tmp_path):
     out = tmp_path / "o.nvp"
     cases = [
         (tmp_path / "missing.mp4", [], "no such file"),
-        (corrupt, [], "cannot decode"),
-        (empty, [], "no frames"),
+        (corrupt, [], "not a readable video"),
+        (empty, [], "without frames"),  # FFmpeg cannot open a stream that never got a frame
         (ok, ["--frames", "5:9"], "no frames"),
         (odd, [], "cannot be tiled"),
         (ok, ["-o", tmp_path], "directory"),
@@ -146,3 +169,10 @@ def test_odd_pixel_formats_are_converted(tmp_path):
     back, _ = read_video(gray, FrameSelection(size=(16, 16)))
     assert back.shape == (3, 16, 16, 3)
     assert np.all(back[..., 0] == back[..., 1])  # grey expanded to RGB
+
+
+def test_encode_without_torch_says_what_to_install(tmp_path, nvp_fast, monkeypatch):
+    write_clip(tmp_path / "c.mp4", ClipSpec("coffee", 64, 64, 2))
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if it were not installed
+    assert_one_line_error(nvp_fast("encode", tmp_path / "c.mp4", "-o", tmp_path / "c.nvp", check_ok=False),
+                          "pip install 'nvp[export]'")

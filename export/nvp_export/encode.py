@@ -57,6 +57,7 @@ def encode_video(source: str | os.PathLike, output: str | os.PathLike, selection
                  cfg: EncodeConfig = EncodeConfig()) -> EncodeReport:
     started = time.perf_counter()
     output = check_output_path(output)  # before minutes of fitting
+    cfg.fit.resolved_device()
     frames, fps = read_video(source, selection)
     n, h, w, _ = frames.shape
     budget = {"params": cfg.params} if cfg.params is not None else {"bpp": cfg.bpp or DEFAULT_BPP}

@@ -55,7 +55,12 @@ def read_video(path: str | os.PathLike, selection: FrameSelection = FrameSelecti
         raise VideoError(f"{path} is a directory, not a video")
     frames = []
     try:
-        with av.open(str(path)) as container:
+        container = av.open(str(path))
+    except (av.FFmpegError, ValueError, OSError) as e:
+        # FFmpeg also refuses files whose only stream never got a frame (no codec parameters).
+        raise VideoError(f"{path}: not a readable video, or one without frames ({_reason(e)})") from None
+    try:
+        with container:
             if not container.streams.video:
                 raise VideoError(f"{path}: no video stream")
             stream = container.streams.video[0]
@@ -70,10 +75,15 @@ def read_video(path: str | os.PathLike, selection: FrameSelection = FrameSelecti
     except VideoError:
         raise
     except (av.FFmpegError, ValueError, OSError) as e:
-        raise VideoError(f"{path}: cannot decode video ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise VideoError(f"{path}: cannot decode video ({_reason(e)})") from None
     if not frames:
         raise VideoError(f"{path}: no frames in the selected range")
     return np.stack(frames), fps / selection.step
+
+
+def _reason(e: Exception) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text.split(": '")[0]  # FFmpeg repeats the path; keep the line short
 
 
 def _shape(rgb: np.ndarray, selection: FrameSelection, frame, path) -> np.ndarray:

@@ -70,7 +70,8 @@ def config_for_budget(family: str, height: int, width: int, num_frames: int, *, 
             if lo >= 16:
                 break
     if best is None:
-        raise ValueError(f"a budget of {params if params is not None else f'{bpp} bpp'} is too small for any {family} model")
+        raise ValueError(f"a budget of {params if params is not None else f'{bpp} bpp'} is too small for any {family} "
+                         f"model of {width}x{height} x {num_frames} frames; raise --bpp or --params")
     return best
 
 
