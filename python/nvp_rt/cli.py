@@ -90,16 +90,21 @@ def cmd_info(args) -> None:
         f"file        {nvp.path} (.nvp format {nvp.version[0]}.{nvp.version[1]})",
         f"size        {nvp.size_bytes} bytes" + (f", {bpp:.4f} bpp" if bpp is not None else ""),
         f"video       {frames} frames, {w}x{h}, {video.get('fps', '?')} fps, from {video.get('source', '?')}",
-        f"quality     PSNR {metrics.get('psnr_quantised_db', '?')} dB after quantisation "
-        f"({metrics.get('psnr_float_db', '?')} dB before)",
+        f"quality     PSNR {_db(metrics.get('psnr_quantised_db'))} after quantisation "
+        f"({_db(metrics.get('psnr_float_db'))} before)",
         f"inr         {inr.get('family', '?')}: " + ", ".join(f"{k}={v}" for k, v in inr.items() if k != "family"),
         "sections    " + ", ".join(f"{k} ({n} arrays, {b} bytes)" for k, (n, b) in sizes.items()),
-        "taps        " + ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in m.get("taps", {}).items()),
+        "taps        " + ", ".join(f"{t.get('name')} {'x'.join(map(str, t.get('shape', [])))}"
+                                   for t in m.get("taps", []) if isinstance(t, dict)),
         f"routes      {len(nvp.routes())}",
     ]
     for r in nvp.routes():
         lines.append(f"  {r.task}: tap {r.tap} -> {r.backbone} @ {r.injection_point}")
     print("\n".join(lines))
+
+
+def _db(value) -> str:
+    return f"{value:.2f} dB" if isinstance(value, (int, float)) else "?"
 
 
 def cmd_view(args) -> None:

@@ -29,7 +29,9 @@ def _build(config: dict, tensors: dict[str, np.ndarray]) -> INR:
 
 def save_nvp(path: str | os.PathLike, inr: INR, arrays: dict[str, np.ndarray], meta: dict, info: dict) -> int:
     """Write the quantised INR (from :func:`quantise_inr`) with ``info`` (video, metrics, ...) in the manifest."""
-    manifest = {"inr": inr.config_dict(), "taps": {k: list(v) for k, v in inr.tap_shapes().items()}, **info}
+    # A list, not an object: tap order (shallow to deep) is meaningful and JSON objects are unordered.
+    taps = [{"name": k, "shape": list(v)} for k, v in inr.tap_shapes().items()]
+    manifest = {"inr": inr.config_dict(), "taps": taps, **info}
     return write_nvp(path, manifest, arrays, meta)
 
 
