@@ -119,7 +119,7 @@ def test_load_rejects_a_config_that_does_not_match_the_weights(tmp_path):
     save_nvp(path, quantised, arrays, meta, {})
     from nvp_rt.nvpfile import NvpFile, write_nvp
     nvp = NvpFile.open(path)
-    for bad in ({**nvp.manifest["inr"], "fc_dim": 21}, {**nvp.manifest["inr"], "height": -4},
+    for bad in ({**nvp.manifest["inr"], "fc_dim": 21}, {**nvp.manifest["inr"], "fc_dim": 1 << 20}, {**nvp.manifest["inr"], "height": -4},
                 {**nvp.manifest["inr"], "family": "other"}, {**nvp.manifest["inr"], "bogus": 1}):
         write_nvp(path, {**nvp.manifest, "inr": bad}, nvp.inr.arrays, nvp.inr.meta)
         with pytest.raises(NvpFormatError):

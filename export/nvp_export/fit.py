@@ -153,6 +153,8 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
             bar.write(f"epoch {epoch}: collapse detected (PSNR {epoch_psnr:.2f} dB, best {best[0]:.2f}); "
                       f"reloaded the best state, learning rate x{lr_scale:g}")
             history.append(epoch_psnr)
+            if progress() >= 1.0:
+                break
             continue
         history.append(epoch_psnr)
         if epoch_psnr >= best[0]:

@@ -19,6 +19,8 @@ import numpy as np
 
 from .nvpfile import NvpFormatError
 
+MAX_SYMBOLS = 1 << 31  # quantised values in one payload; far above any INR nvp writes
+
 
 @dataclass(frozen=True)
 class Quantised:
@@ -105,9 +107,17 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
     _check(isinstance(meta, dict) and meta.get("codec") == "quant-range-v1", "unknown codec")
     entries, streams = meta.get("tensors"), meta.get("streams")
     _check(isinstance(entries, list) and isinstance(streams, dict), "malformed index")
+    for e in entries:
+        _check(isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("shape"), list)
+               and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in e["shape"]), "malformed tensor entry")
+    claimed: dict[str, int] = {}
+    for e in entries:
+        claimed[str(e.get("bits"))] = claimed.get(str(e.get("bits")), 0) + int(np.prod(e["shape"], dtype=np.int64))
+    # Checked before decoding, so a crafted symbol count cannot make the decoder allocate without bound.
+    _check(claimed == streams and sum(claimed.values()) <= MAX_SYMBOLS, "stream sizes do not match the tensors")
     symbols_by_bits = {}
     for key, total in streams.items():
-        _check(key.isdigit() and 1 <= int(key) <= 16 and isinstance(total, int) and 0 <= total < 1 << 40,
+        _check(key.isdigit() and 1 <= int(key) <= 16 and isinstance(total, int) and 0 <= total <= MAX_SYMBOLS,
                f"bad stream {key!r}")
         b = int(key)
         counts, words = arrays.get(f"stream{b}:counts"), arrays.get(f"stream{b}:words")
@@ -124,8 +134,6 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         symbols_by_bits[b] = [decoded, 0]
     out = {}
     for e in entries:
-        _check(isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("shape"), list)
-               and all(isinstance(d, int) and d >= 0 for d in e["shape"]), "malformed tensor entry")
         name, shape, b, axis = e["name"], tuple(e["shape"]), e.get("bits"), e.get("axis")
         _check(b in symbols_by_bits, f"{name}: no stream for {b} bits")
         _check(axis is None or (isinstance(axis, int) and 0 <= axis < len(shape)), f"{name}: bad axis")

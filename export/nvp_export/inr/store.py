@@ -10,7 +10,7 @@ import torch
 from nvp_rt.codec import decode_tensors, encode_tensors
 from nvp_rt.nvpfile import NvpFile, NvpFormatError, write_nvp
 
-from . import EMBEDDING_BITS, WEIGHT_BITS, INR, from_config
+from . import EMBEDDING_BITS, WEIGHT_BITS, INR, from_config, make_config
 
 
 def quantise_inr(inr: INR) -> tuple[dict[str, np.ndarray], dict, INR]:
@@ -41,6 +41,16 @@ def load_nvp(path: str | os.PathLike) -> INR:
     config = nvp.manifest.get("inr")
     if not isinstance(config, dict):
         raise NvpFormatError(f"{path}: manifest has no INR configuration")
+    try:
+        expected = sum(make_config(**config).stored_values())
+    except (ValueError, TypeError) as e:
+        raise NvpFormatError(f"{path}: invalid INR configuration ({e})") from None
+    streams = nvp.inr.meta.get("streams")
+    if not isinstance(streams, dict):
+        raise NvpFormatError(f"{path}: INR payload has no stream index")
+    stored = sum(v for v in streams.values() if isinstance(v, int))
+    if stored != expected:  # before building a network a tampered config could make huge
+        raise NvpFormatError(f"{path}: INR configuration needs {expected} values, the payload has {stored}")
     tensors = decode_tensors(nvp.inr.arrays, nvp.inr.meta)
     try:
         return _build(config, tensors)
