@@ -1,6 +1,6 @@
 """INR contracts: taps and shapes, partial decoding, frame independence, sizing, storage, fitting."""
 
-import nvp_export  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
+import nvp_rt  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
 
 import math
 
