@@ -83,7 +83,7 @@ def chart(results: list[dict], path: Path) -> None:
     ax.axhline(30, color="grey", ls=":", lw=1)
     ax.axvline(0.5, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
-    ax.set_xlabel("bits per pixel (file size)")
+    ax.set_xlabel("bits per pixel (INR: whole .nvp file; x264: coded stream, no container)")
     ax.set_ylabel("PSNR (dB, RGB)")
     ax.set_title("320x180 x 64 clips: INR after quantisation vs libx264")
     ax.legend(fontsize=7, ncol=2)
