@@ -15,7 +15,7 @@ from nvp_rt.quality import psnr
 from nvp_rt.video import FrameSelection, read_video
 
 from .fit import FitConfig, FitError, fit
-from .inr import config_for_budget, from_config, quantise_inr, save_nvp
+from .inr import config_for_budget, from_config, load_nvp, quantise_inr, save_nvp
 
 DEFAULT_BPP = 0.5  # budget of quantised bits before entropy coding; the file lands below it
 
@@ -84,6 +84,4 @@ def encode_video(source: str | os.PathLike, output: str | os.PathLike, selection
 
 def decode_frames(path: str | os.PathLike, indices) -> np.ndarray:
     """Pixels of the given frames of a .nvp video, uint8 (N, H, W, 3)."""
-    from .inr import load_nvp
-
     return load_nvp(path).render(indices)
