@@ -1,0 +1,77 @@
+"""Test clips made here, no downloads: photographs shipped with scikit-image, filmed by a smooth virtual camera.
+
+The camera pans along a straight line and zooms, both eased with a smoothstep so
+motion starts and ends gently; the path is drawn from a seeded generator, so a
+(photo, size, frames, seed) always gives the same clip.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from skimage import data as skdata
+from skimage.transform import rescale
+
+from nvp_rt.video import write_video
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    photo: str = "astronaut"
+    width: int = 320
+    height: int = 180
+    frames: int = 64
+    seed: int = 0
+    max_zoom: float = 1.4  # zoom factor range drawn in [1, max_zoom]
+
+    @property
+    def name(self) -> str:
+        return f"{self.photo}_{self.width}x{self.height}x{self.frames}_s{self.seed}"
+
+
+def make_clip(spec: ClipSpec) -> np.ndarray:
+    """Frames uint8 (N, H, W, 3)."""
+    if spec.photo not in PHOTOS:
+        raise ValueError(f"unknown photo {spec.photo!r}; choose from {PHOTOS}")
+    photo = getattr(skdata, spec.photo)()[..., :3].astype(np.float64) / 255
+    # Shrink the photo (anti-aliased) so that the widest view, which keeps the output aspect ratio
+    # inside it, maps one photo pixel to one output pixel; zooming in then only interpolates.
+    fit_scale = min(spec.width / photo.shape[1], spec.height / photo.shape[0])
+    if fit_scale < 1:
+        photo = rescale(photo, fit_scale * 1.0001, anti_aliasing=True, channel_axis=2)
+    coefficients = [ndimage.spline_filter(photo[..., c], order=3, mode="nearest") for c in range(3)]
+    ph, pw = photo.shape[:2]
+    rng = np.random.default_rng(spec.seed)
+    zoom = rng.uniform(1.0, spec.max_zoom, size=2)  # start, end
+    base = min(pw / spec.width, ph / spec.height)
+    centres = []
+    for z in zoom:
+        half_w, half_h = spec.width * base / z / 2, spec.height * base / z / 2
+        centres.append((rng.uniform(half_w, pw - half_w), rng.uniform(half_h, ph - half_h)))
+    frames = np.empty((spec.frames, spec.height, spec.width, 3), np.uint8)
+    for i in range(spec.frames):
+        u = i / max(spec.frames - 1, 1)
+        u = u * u * (3 - 2 * u)  # smoothstep easing
+        z = zoom[0] * (zoom[1] / zoom[0]) ** u
+        cx, cy = (1 - u) * np.array(centres[0]) + u * np.array(centres[1])
+        scale = base / z  # photo pixels per output pixel
+
+        ys = cy + (np.arange(spec.height) + 0.5 - spec.height / 2) * scale - 0.5
+        xs = cx + (np.arange(spec.width) + 0.5 - spec.width / 2) * scale - 0.5
+        grid = np.meshgrid(ys, xs, indexing="ij")
+        img = np.stack([ndimage.map_coordinates(c, grid, order=3, mode="nearest", prefilter=False)
+                        for c in coefficients], axis=-1)
+        frames[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+    return frames
+
+
+def write_clip(path: str | os.PathLike, spec: ClipSpec, fps: float = 30.0) -> np.ndarray:
+    """Write the clip losslessly (x264 RGB, crf 0) and return its frames."""
+    frames = make_clip(spec)
+    write_video(path, frames, fps, codec="libx264rgb", options={"crf": "0", "preset": "veryfast"}, pix_fmt="rgb24")
+    return frames

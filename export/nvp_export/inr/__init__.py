@@ -1,0 +1,82 @@
+"""Implicit neural representations of videos: NeRV and HNeRV behind one INR interface.
+
+    inr.decode(frame_idx, until="block2") -> {"stem": ..., "block1": ..., "block2": ...}
+    inr.tap_shapes() -> {"stem": (C, H, W), ..., "rgb": (3, H, W)}
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from .base import INR, UntileableSizeError, tiling_strides
+from .hnerv import HNeRV, HNeRVConfig, HNeRVEncoder
+from .nerv import NeRV, NeRVConfig
+
+FAMILIES = {"hnerv": (HNeRV, HNeRVConfig), "nerv": (NeRV, NeRVConfig)}
+WEIGHT_BITS, EMBEDDING_BITS = 8, 6
+
+
+def make_config(family: str, **values) -> HNeRVConfig | NeRVConfig:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown INR family {family!r}; choose one of {sorted(FAMILIES)}")
+    config_type = FAMILIES[family][1]
+    known = {f.name for f in fields(config_type)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {family} settings: {sorted(unknown)}")
+    return config_type(**values)
+
+
+def from_config(cfg) -> INR:
+    """An untrained INR from a config dataclass or its dict form ({"family": ..., **fields})."""
+    if isinstance(cfg, dict):
+        cfg = make_config(**cfg)
+    family = next(f for f, (_, t) in FAMILIES.items() if isinstance(cfg, t))
+    return FAMILIES[family][0](cfg)
+
+
+def stored_bits(cfg) -> int:
+    """Bits the quantised values take before entropy coding (8 per weight, 6 per embedding value)."""
+    params, embedding = cfg.stored_values()
+    return WEIGHT_BITS * params + EMBEDDING_BITS * embedding
+
+
+def config_for_budget(family: str, height: int, width: int, num_frames: int, *, params: int | None = None,
+                      bpp: float | None = None, **overrides):
+    """The widest INR (largest fc_dim) whose stored values fit the budget.
+
+    ``params`` counts decoder weights plus embeddings; ``bpp`` counts their
+    quantised bits over frames x height x width (the entropy coder then lands
+    below it). NeRV's stem MLP is narrowed from 512 when the budget is too
+    small for a useful fc_dim with the full width.
+    """
+    if (params is None) == (bpp is None):
+        raise ValueError("give exactly one budget: params or bpp")
+    if params is not None:
+        cost, budget = (lambda c: sum(c.stored_values())), params
+    else:
+        cost, budget = stored_bits, bpp * num_frames * height * width
+    hidden_choices = [overrides.pop("mlp_hidden")] if "mlp_hidden" in overrides else [512, 256, 128, 64, 32]
+    best = None
+    for hidden in hidden_choices if family == "nerv" else [None]:
+        extra = {"mlp_hidden": hidden} if hidden else {}
+        lo, hi = 0, 4096
+        while lo < hi:  # largest fc_dim within budget; cost grows with fc_dim
+            mid = (lo + hi + 1) // 2
+            cfg = make_config(family, height=height, width=width, num_frames=num_frames, fc_dim=mid, **extra, **overrides)
+            lo, hi = (mid, hi) if cost(cfg) <= budget else (lo, mid - 1)
+        if lo:
+            best = make_config(family, height=height, width=width, num_frames=num_frames, fc_dim=lo, **extra, **overrides)
+            if lo >= 16:
+                break
+    if best is None:
+        raise ValueError(f"a budget of {params if params is not None else f'{bpp} bpp'} is too small for any {family} "
+                         f"model of {width}x{height} x {num_frames} frames; raise --bpp or --params")
+    return best
+
+
+from .store import load_nvp, quantise_inr, save_nvp  # noqa: E402  (store needs the names above)
+
+__all__ = ["INR", "NeRV", "NeRVConfig", "HNeRV", "HNeRVConfig", "HNeRVEncoder", "UntileableSizeError",
+           "tiling_strides", "from_config", "make_config", "config_for_budget", "stored_bits",
+           "load_nvp", "save_nvp", "quantise_inr"]

@@ -1,0 +1,115 @@
+"""HNeRV (Chen et al., CVPR 2023): a ConvNeXt encoder makes a tiny per-frame embedding, a NeRV-style decoder grows it.
+
+Decoder recipe (REFERENCE.md): 1x1 conv embed_dim -> fc_dim + GELU ("stem"), then
+per stage i Conv(k_i) -> PixelShuffle(s_i) -> GELU with k_i = min(ks_first + 2i,
+ks_max) and channels max(round(C / reduction), lower_width), then a 3x3 conv head
+-> tanh * 0.5 + 0.5. The encoder is used only while fitting; the file stores the
+decoder and the embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .base import INR, RGBHead, UpBlock, tiling_strides
+
+
+@dataclass
+class HNeRVConfig:
+    height: int
+    width: int
+    num_frames: int
+    fc_dim: int
+    strides: list[int] = field(default_factory=list)
+    embed_dim: int = 16
+    reduction: float = 1.2
+    lower_width: int = 12
+    ks_first: int = 1
+    ks_max: int = 5
+    encoder_dim: int = 64
+
+    def __post_init__(self):
+        if not self.strides:
+            self.strides = tiling_strides(self.height, self.width)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        p = math.prod(self.strides)
+        return self.height // p, self.width // p
+
+    def channels(self) -> list[int]:
+        widths = [self.fc_dim]
+        for _ in self.strides:
+            widths.append(max(round(widths[-1] / self.reduction), self.lower_width))
+        return widths
+
+    def kernels(self) -> list[int]:
+        return [min(self.ks_first + 2 * i, self.ks_max) for i in range(len(self.strides))]
+
+    def stored_values(self) -> tuple[int, int]:
+        """(decoder parameters, embedding values): what the file stores."""
+        c = self.channels()
+        params = self.embed_dim * c[0] + c[0]
+        for i, (s, k) in enumerate(zip(self.strides, self.kernels())):
+            params += c[i] * c[i + 1] * s * s * k * k + c[i + 1] * s * s
+        params += c[-1] * 3 * 9 + 3
+        h, w = self.grid
+        return params, self.num_frames * self.embed_dim * h * w
+
+
+class HNeRV(INR):
+    family = "hnerv"
+
+    def __init__(self, config: HNeRVConfig):
+        super().__init__(config)
+        c = config.channels()
+        stages = {"stem": nn.Sequential(nn.Conv2d(config.embed_dim, c[0], 1), nn.GELU())}
+        for i, (s, k) in enumerate(zip(config.strides, config.kernels())):
+            stages[f"block{i + 1}"] = UpBlock(c[i], c[i + 1], s, k)
+        stages["rgb"] = RGBHead(c[-1], 3)
+        self.stages = nn.ModuleDict(stages)
+        h, w = config.grid
+        self.register_buffer("embeddings", torch.zeros(config.num_frames, config.embed_dim, h, w))
+
+    def stem_input(self, frame_idx):
+        return self.embeddings[frame_idx.to(self.embeddings.device)]
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an (N, C, H, W) tensor (ConvNeXt's channels-first norm)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.gamma = nn.Parameter(torch.full((dim,), 1e-6))  # ConvNeXt layer scale
+
+    def forward(self, x):
+        y = self.mlp(self.norm(self.dwconv(x).permute(0, 2, 3, 1))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class HNeRVEncoder(nn.Module):
+    """ConvNeXt, one block per stage, patchify downsampling by the decoder's strides; image -> embedding."""
+
+    def __init__(self, config: HNeRVConfig):
+        super().__init__()
+        dims = [config.encoder_dim] * (len(config.strides) - 1) + [config.embed_dim]
+        layers, c_in = [], 3
+        for s, d in zip(config.strides, dims):
+            layers += [nn.Conv2d(c_in, d, s, stride=s), LayerNorm2d(d, eps=1e-6), ConvNeXtBlock(d)]
+            c_in = d
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images):
+        return self.net(images)

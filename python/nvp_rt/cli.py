@@ -1,0 +1,193 @@
+"""`nvp`: encode videos into .nvp files, inspect them, decode them for people.
+
+A thin layer over the libraries: parsing, dispatch, and turning user errors into
+one line on stderr with a non-zero exit. `encode` and, until the runtime's ONNX
+path lands, `view` need the export side (torch), imported only when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .nvpfile import NvpFile
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi"}
+
+
+class UserError(Exception):
+    """A mistake in how nvp was called; reported as one line."""
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return w, h
+
+
+def _range(text: str) -> tuple[int, int | None, int]:
+    """'a:b:s' with any part optional, like a Python slice over frame indices."""
+    parts = text.split(":")
+    try:
+        if len(parts) > 3:
+            raise ValueError
+        values = [int(p) if p else None for p in parts] + [None] * (3 - len(parts))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP:STEP, got {text!r}") from None
+    start, stop, step = values[0] or 0, values[1], values[2] or 1
+    if start < 0 or step < 1 or (stop is not None and stop <= start):
+        raise argparse.ArgumentTypeError(f"bad frame range {text!r}")
+    return start, stop, step
+
+
+def _export():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise UserError("this command needs the export side (torch); install it with: pip install 'nvp[export]'") from None
+    import nvp_export.encode
+
+    return nvp_export.encode
+
+
+def cmd_encode(args) -> None:
+    from .video import FrameSelection
+
+    export = _export()
+    from nvp_export.fit import FitConfig
+
+    start, stop, step = args.frames
+    selection = FrameSelection(start, stop, step, crop=args.crop, size=args.size)
+    fit = FitConfig(epochs=args.epochs, lr=args.lr, batch=args.batch, target_psnr=args.target_psnr,
+                    time_limit_s=args.time_limit or None, seed=args.seed, device=args.device, threads=args.threads,
+                    progress=not args.quiet)
+    cfg = export.EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
+    report = export.encode_video(args.input, args.output, selection, cfg)
+    print(f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
+          f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
+          f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s")
+
+
+def cmd_info(args) -> None:
+    nvp = NvpFile.open(args.file)
+    m = nvp.manifest
+    video, inr = m.get("video", {}), m.get("inr", {})
+    frames, h, w = video.get("frames"), video.get("height"), video.get("width")
+    bpp = 8 * nvp.size_bytes / (frames * h * w) if all(isinstance(v, int) and v > 0 for v in (frames, h, w)) else None
+    if args.json:
+        print(json.dumps({"path": str(nvp.path), "format_version": list(nvp.version), "bytes": nvp.size_bytes,
+                          "bpp": bpp, "manifest": m, "routes": [r.header() for r in nvp.routes()]}, indent=1))
+        return
+    metrics = m.get("metrics", {})
+    sizes = {name: (len(s.arrays), sum(a.nbytes for a in s.arrays.values())) for name, s in nvp.sections.items()}
+    lines = [
+        f"file        {nvp.path} (.nvp format {nvp.version[0]}.{nvp.version[1]})",
+        f"size        {nvp.size_bytes} bytes" + (f", {bpp:.4f} bpp" if bpp is not None else ""),
+        f"video       {frames} frames, {w}x{h}, {video.get('fps', '?')} fps, from {video.get('source', '?')}",
+        f"quality     PSNR {_db(metrics.get('psnr_quantised_db'))} after quantisation "
+        f"({_db(metrics.get('psnr_float_db'))} before)",
+        f"inr         {inr.get('family', '?')}: " + ", ".join(f"{k}={v}" for k, v in inr.items() if k != "family"),
+        "sections    " + ", ".join(f"{k} ({n} arrays, {b} bytes)" for k, (n, b) in sizes.items()),
+        "taps        " + ", ".join(f"{t.get('name')} {'x'.join(map(str, t.get('shape', [])))}"
+                                   for t in m.get("taps", []) if isinstance(t, dict)),
+        f"routes      {len(nvp.routes())}",
+    ]
+    for r in nvp.routes():
+        lines.append(f"  {r.task}: tap {r.tap} -> {r.backbone} @ {r.injection_point}")
+    print("\n".join(lines))
+
+
+def _db(value) -> str:
+    return f"{value:.2f} dB" if isinstance(value, (int, float)) else "?"
+
+
+def cmd_view(args) -> None:
+    from .video import write_pngs, write_video
+
+    nvp = NvpFile.open(args.file)  # validate before importing torch
+    out = Path(args.output)
+    is_video = out.suffix.lower() in VIDEO_SUFFIXES
+    if is_video and out.is_dir():
+        raise UserError(f"output {out} is a directory")
+    if not is_video and out.exists() and not out.is_dir():
+        raise UserError(f"output {out} is neither a video name ({', '.join(sorted(VIDEO_SUFFIXES))}) nor a folder")
+    total = nvp.manifest.get("video", {}).get("frames", 0)
+    start, stop, step = args.frames
+    stop = total if stop is None else stop
+    if start >= total or stop > total:
+        raise UserError(f"frames {start}:{stop} out of range: the video has {total} frames")
+    indices = list(range(start, stop, step))
+    frames = _export().decode_frames(args.file, indices)
+    if is_video:
+        fps = float(nvp.manifest.get("video", {}).get("fps") or 30) / step
+        write_video(out, frames, fps, options={"crf": str(args.crf)})
+        print(f"{out}: {len(indices)} frames")
+    else:
+        write_pngs(out, frames, start, step)
+        print(f"{out}/: {len(indices)} PNG frames")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nvp", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("encode", help="fit a video into an INR and write a .nvp file")
+    e.add_argument("input", help="any video FFmpeg reads")
+    e.add_argument("-o", "--output", required=True, help="the .nvp file to write")
+    e.add_argument("--family", choices=["hnerv", "nerv"], default="hnerv")
+    budget = e.add_mutually_exclusive_group()
+    budget.add_argument("--params", type=int, help="size budget: stored values (weights + embeddings)")
+    budget.add_argument("--bpp", type=float, help="size budget in bits per pixel (default 0.5)")
+    e.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
+    e.add_argument("--crop", type=_size, metavar="WxH", help="centre crop before resizing")
+    e.add_argument("--size", type=_size, metavar="WxH", help="resize frames to this size")
+    e.add_argument("--epochs", type=int, default=300)
+    e.add_argument("--target-psnr", type=float, help="stop when the training PSNR reaches this (dB)")
+    e.add_argument("--time-limit", type=float, default=540.0, metavar="SECONDS",
+                   help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)")
+    e.add_argument("--lr", type=float, help="learning rate (default: the family's reference rate)")
+    e.add_argument("--batch", type=int, default=1, help="frames per step")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    e.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(run=cmd_encode)
+
+    i = sub.add_parser("info", help="describe a .nvp file")
+    i.add_argument("file")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(run=cmd_info)
+
+    v = sub.add_parser("view", help="decode a .nvp file to a video or a folder of PNGs")
+    v.add_argument("file")
+    v.add_argument("-o", "--output", required=True, help="out.mp4 (.mkv, .mov, .avi) or a folder for PNGs")
+    v.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
+    v.add_argument("--crf", type=int, default=12, help="x264 quality for video output (lower is better)")
+    v.set_defaults(run=cmd_view)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("nvp: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, OSError) as e:
+        # User-facing failures (bad or tampered files, untileable sizes, paths, fits that collapse) are
+        # raised as ValueError / OSError subclasses with a message meant for people; anything else is a bug.
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"nvp {args.command}: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

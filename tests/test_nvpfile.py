@@ -1,0 +1,149 @@
+"""The .nvp container: round trips, tamper and truncation detection, atomic writes, route replacement."""
+
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from nvp_rt import nvpfile
+from nvp_rt.nvpfile import MAGIC, NvpFile, NvpFormatError, Route, replace_routes, write_nvp
+
+
+def _random_payload(rng):
+    arrays = {f"t{i}": rng.normal(size=tuple(rng.integers(1, 6, size=rng.integers(1, 4)))).astype(np.float32)
+              for i in range(4)}
+    arrays["words"] = rng.integers(0, 2**32, size=37, dtype=np.uint32)
+    return arrays, {"codec": "test", "n": int(rng.integers(100))}
+
+
+def _route(rng, task="cls"):
+    return Route(task, "efficientnet_lite0", "block2", "_blocks.3",
+                 {"weight": rng.normal(size=(8, 5)).astype(np.float32), "bias": rng.normal(size=8).astype(np.float32)},
+                 {"size": [28, 28]})
+
+
+def _write(tmp_path, rng, routes=()):
+    path = tmp_path / "clip.nvp"
+    arrays, meta = _random_payload(rng)
+    manifest = {"video": {"frames": 8, "height": 16, "width": 16}, "note": "é"}
+    size = write_nvp(path, manifest, arrays, meta, list(routes))
+    return path, manifest, arrays, meta, size
+
+
+def test_round_trip(tmp_path):
+    rng = np.random.default_rng()
+    route = _route(rng)
+    path, manifest, arrays, meta, size = _write(tmp_path, rng, [route])
+    nvp = NvpFile.open(path)
+    assert size == os.path.getsize(path) == nvp.size_bytes
+    assert nvp.manifest == manifest and nvp.version == nvpfile.FORMAT_VERSION
+    assert nvp.inr.meta == meta
+    assert arrays.keys() == nvp.inr.arrays.keys()
+    for k in arrays:
+        assert nvp.inr.arrays[k].dtype == arrays[k].dtype
+        np.testing.assert_array_equal(nvp.inr.arrays[k], arrays[k])
+    (back,) = nvp.routes()
+    assert back.header() == route.header()
+    for k in route.arrays:
+        np.testing.assert_array_equal(back.arrays[k], route.arrays[k])
+
+
+def test_every_flipped_byte_is_detected(tmp_path):
+    rng = np.random.default_rng()
+    path, *_ = _write(tmp_path, rng, [_route(rng)])
+    data = path.read_bytes()
+    bad = tmp_path / "bad.nvp"
+    positions = [*range(24), *rng.choice(len(data), size=min(len(data), 150), replace=False)]  # header + random
+    for pos in positions:
+        corrupt = bytearray(data)
+        corrupt[pos] ^= 1 << int(rng.integers(8))
+        bad.write_bytes(bytes(corrupt))
+        with pytest.raises(NvpFormatError):
+            NvpFile.open(bad)
+
+
+def test_truncation_and_trailing_bytes_are_detected(tmp_path):
+    rng = np.random.default_rng()
+    path, *_ = _write(tmp_path, rng)
+    data = path.read_bytes()
+    bad = tmp_path / "bad.nvp"
+    for cut in [0, 3, len(MAGIC), 20, *rng.integers(21, len(data), size=40)]:
+        bad.write_bytes(data[:cut])
+        with pytest.raises(NvpFormatError):
+            NvpFile.open(bad)
+    bad.write_bytes(data + b"\0")
+    with pytest.raises(NvpFormatError, match="trailing"):
+        NvpFile.open(bad)
+
+
+def test_crafted_headers_are_rejected_before_use(tmp_path):
+    rng = np.random.default_rng()
+    path, *_ = _write(tmp_path, rng)
+    data = bytearray(path.read_bytes())
+    bad = tmp_path / "bad.nvp"
+    # A newer major version, correctly checksummed, is refused by name.
+    future = bytearray(data)
+    struct.pack_into("<H", future, 8, nvpfile.FORMAT_VERSION[0] + 1)
+    manifest_len = struct.unpack_from("<I", data, 12)[0]
+    struct.pack_into("<I", future, 16, zlib.crc32(bytes(future[20:20 + manifest_len]), zlib.crc32(bytes(future[:16]))))
+    bad.write_bytes(bytes(future))
+    with pytest.raises(NvpFormatError, match="not supported"):
+        NvpFile.open(bad)
+    # A section index pointing past the end, with a valid manifest checksum, is a bounds error.
+    header = struct.calcsize("<8sHHII")
+    manifest_len = struct.unpack_from("<I", data, 12)[0]
+    manifest = data[header:header + manifest_len].decode()
+    huge = manifest.replace('"length": ', '"length": 9', 1).encode()
+    prefix = bytes(data[:12]) + struct.pack("<I", len(huge))
+    crafted = prefix + struct.pack("<I", zlib.crc32(huge, zlib.crc32(prefix))) + huge + data[header + manifest_len:]
+    bad.write_bytes(bytes(crafted))
+    with pytest.raises(NvpFormatError, match="section"):
+        NvpFile.open(bad)
+    with pytest.raises(NvpFormatError, match="directory"):
+        NvpFile.open(tmp_path)
+    with pytest.raises(NvpFormatError, match="no such file"):
+        NvpFile.open(tmp_path / "missing.nvp")
+
+
+def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path, monkeypatch):
+    rng = np.random.default_rng()
+    path, *_ = _write(tmp_path, rng)
+    before = path.read_bytes()
+
+    def crash(*args):
+        raise OSError("simulated crash before rename")
+
+    monkeypatch.setattr(nvpfile.os, "replace", crash)
+    arrays, meta = _random_payload(rng)
+    with pytest.raises(OSError, match="simulated"):
+        write_nvp(path, {"other": 1}, arrays, meta)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.nvp"]
+
+
+def test_replace_routes_keeps_payload_bytes(tmp_path):
+    rng = np.random.default_rng()
+    path, manifest, arrays, meta, _ = _write(tmp_path, rng)
+    old = NvpFile.open(path)
+
+    def inr_bytes(p):
+        data = p.read_bytes()
+        header = struct.calcsize("<8sHHII")
+        manifest_len = struct.unpack_from("<I", data, 12)[0]
+        import json
+        entry = json.loads(data[header:header + manifest_len])["sections"]["inr"]
+        start = header + manifest_len + entry["offset"]
+        return data[start:start + entry["length"]]
+
+    payload = inr_bytes(path)
+    routes = [_route(rng, "cls"), _route(rng, "det")]
+    replace_routes(path, routes)
+    new = NvpFile.open(path)
+    assert inr_bytes(path) == payload
+    assert new.manifest == old.manifest
+    assert [r.task for r in new.routes()] == ["cls", "det"]
+    np.testing.assert_array_equal(new.routes()[1].arrays["weight"], routes[1].arrays["weight"])
+    replace_routes(path, [])
+    assert NvpFile.open(path).routes() == [] and inr_bytes(path) == payload
