@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
+
+from .atomic import atomic_write
 
 MAGIC = b"\x89NVP\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation at byte 0
 FORMAT_VERSION = (1, 0)  # a reader accepts any minor of its major
@@ -183,31 +184,6 @@ def _serialise(manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]]
     return b"".join([header, manifest_bytes, *(blob for blob, _ in sections.values())])
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either the old content or all of the new, never a part."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # some filesystems cannot fsync directories; the file itself is complete
-
-
 def _routes_section(routes: list[Route]) -> tuple[bytes, dict]:
     arrays = {f"{i}/{k}": v for i, r in enumerate(routes) for k, v in r.arrays.items()}
     return _blob(arrays), {"routes": [r.header() for r in routes]}
@@ -218,7 +194,7 @@ def write_nvp(path: str | os.PathLike, manifest: dict[str, Any], inr_arrays: dic
     """Write a complete .nvp file atomically; returns its size in bytes."""
     data = _serialise(manifest, {INR_SECTION: (_blob(inr_arrays), inr_meta),
                                  ROUTES_SECTION: _routes_section(list(routes))})
-    atomic_write_bytes(path, data)
+    atomic_write(path, data)
     return len(data)
 
 
@@ -230,5 +206,5 @@ def replace_routes(path: str | os.PathLike, routes: list[Route]) -> int:
     sections = {name: (raw[name], index[name].get("meta", {})) for name in raw if name != ROUTES_SECTION}
     sections[ROUTES_SECTION] = _routes_section(list(routes))
     out = _serialise(manifest, sections)
-    atomic_write_bytes(path, out)
+    atomic_write(path, out)
     return len(out)

@@ -60,6 +60,7 @@ class ModelStore:
         path = self.path(kind, name, suffix)
         if path.is_file() and path.stat().st_size == len(data) and _digest(path.read_bytes()) == _digest(data):
             return path
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, data)
         return path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .nvpfile import atomic_write_bytes
+from .atomic import atomic_write
 
 
 class VideoError(ValueError):
@@ -151,6 +151,6 @@ def write_pngs(folder: str | os.PathLike, frames: np.ndarray, first_index: int =
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
         out = folder / f"frame_{first_index + k * step:06d}.png"
-        atomic_write_bytes(out, data)
+        atomic_write(out, data)
         written.append(out)
     return written
