@@ -23,7 +23,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from .fidelity import Fidelity, fidelity
 from .flops import macs
 from .losses import FeatureLoss
 
-__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "fit_linear"]
+__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "train_adapter", "fit_linear", "select_route"]
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,11 @@ class AdaptConfig:
     lr: float = 1e-4  # paper default
     batch_size: int = 4  # paper default
     patience: int = 5  # epochs without a better validation loss before stopping
+    min_improvement: float = 1e-3  # a validation loss counts as better only if lower by this fraction
     val_every: int = 5  # every val_every-th frame is held out for validation
     top_fraction: float = 0.1  # CKA top-K share of pairs that get an adapter trained
+    taps: tuple[str, ...] | None = None  # restrict the search to these INR taps (None: all)
+    points: tuple[str, ...] | None = None  # ... and these injection points (None: all)
     hidden: int | None = None  # stacked adapter width; None = one 1x1 conv
     # "lstsq": start the single-conv adapter at the ridge-regression solution of the
     # MSE term (closed form, seconds), then fine-tune with the full loss. "random":
@@ -65,6 +68,8 @@ class AdaptConfig:
             raise ValueError(f"init must be 'lstsq' or 'random'; got {self.init!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.val_every < 2 or self.patience < 1:
             raise ValueError("epochs >= 0, batch_size >= 1, val_every >= 2 and patience >= 1 are required")
+        if not 0 <= self.min_improvement < 1:
+            raise ValueError(f"min_improvement must be in [0, 1); got {self.min_improvement}")
 
 
 @dataclass
@@ -197,31 +202,50 @@ class _Features:
         self._points = {k: v for k, v in self._points.items() if k in keep_points}
 
 
-def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptConfig, bar) -> tuple[MicroAdapter, list[float]]:
-    """Adam on the feature-transfer loss with early stopping; returns the best adapter and the val loss history."""
+def train_adapter(spec: AdapterSpec, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                  config: AdaptConfig = AdaptConfig(), bar=None,
+                  on_epoch: Callable[[int, MicroAdapter, float], None] | None = None) -> tuple[MicroAdapter, list[float]]:
+    """Adam on the feature-transfer loss with early stopping on the validation loss.
+
+    x: INR tap features (N, C_in, h, w); y: the backbone's features at the injection point.
+    Returns the adapter with the best validation loss and the loss history (index 0: after
+    initialisation). ``on_epoch(epoch, adapter, val_loss)`` is called after init (epoch 0)
+    and after every epoch, e.g. to track task agreement while training.
+    """
     torch.manual_seed(config.seed)
     adapter = MicroAdapter(spec)
+    # The resize has no parameters: do it once, then train the 1x1 convs on cached inputs.
+    with torch.no_grad():
+        r_tr = _batched(lambda sl: resize(x_tr[sl], spec.size), x_tr.shape[0], config.decode_batch)
+        r_val = _batched(lambda sl: resize(x_val[sl], spec.size), x_val.shape[0], config.decode_batch)
     if config.init == "lstsq" and not spec.stacked:
-        adapter.set_linear(*fit_linear(x_tr, y_tr, spec.size, config.ridge, config.decode_batch))
+        adapter.set_linear(*fit_linear(r_tr, y_tr, spec.size, config.ridge, config.decode_batch))
     loss_fn = config.loss
     eval_batch = max(config.batch_size, config.decode_batch)
-    best_loss = _mean_loss(loss_fn, lambda sl: adapter(x_val[sl]), y_val, eval_batch)
+    best_loss = _mean_loss(loss_fn, lambda sl: adapter.pointwise(r_val[sl]), y_val, eval_batch)
     best_state, stale, history = copy.deepcopy(adapter.state_dict()), 0, [best_loss]
+    if on_epoch:
+        on_epoch(0, adapter, best_loss)
     opt = torch.optim.Adam(adapter.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     for epoch in range(config.epochs):
         adapter.train()
-        for order in torch.randperm(x_tr.shape[0], generator=gen).split(config.batch_size):
+        for order in torch.randperm(r_tr.shape[0], generator=gen).split(config.batch_size):
             opt.zero_grad(set_to_none=True)
-            loss_fn(adapter(x_tr[order]), y_tr[order]).backward()
+            loss_fn(adapter.pointwise(r_tr[order]), y_tr[order]).backward()
             opt.step()
         adapter.eval()
-        val = _mean_loss(loss_fn, lambda sl: adapter(x_val[sl]), y_val, eval_batch)
+        val = _mean_loss(loss_fn, lambda sl: adapter.pointwise(r_val[sl]), y_val, eval_batch)
         history.append(val)
-        bar.set_postfix_str(f"epoch {epoch + 1} val {val:.4g}")
-        if val < best_loss:
+        if on_epoch:
+            on_epoch(epoch + 1, adapter, val)
+        if bar is not None:
+            bar.set_postfix_str(f"epoch {epoch + 1} val {val:.4g}")
+        if val < best_loss * (1 - config.min_improvement):
             best_loss, best_state, stale = val, copy.deepcopy(adapter.state_dict()), 0
         else:
+            if val < best_loss:  # keep the better weights, but it does not reset the patience
+                best_loss, best_state = val, copy.deepcopy(adapter.state_dict())
             stale += 1
             if stale >= config.patience:
                 break
@@ -249,7 +273,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
 
-    cka = cka_matrix(inr, backbone, frames, config.cka)
+    cka = cka_matrix(inr, backbone, frames, config.cka, taps=config.taps, points=config.points)
     seconds["cka"] = time.perf_counter() - t_start
     top = cka.top(config.top_fraction)
 
@@ -278,7 +302,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         seconds["features"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         spec = AdapterSpec(x.shape[1], y.shape[1], tuple(y.shape[-2:]), config.hidden)
-        adapter, history = _train_adapter(spec, x[tr_idx], y[tr_idx], x[val_idx], y[val_idx], config, bar)
+        adapter, history = train_adapter(spec, x[tr_idx], y[tr_idx], x[val_idx], y[val_idx], config, bar)
         train_s = time.perf_counter() - t0
         seconds["training"] += train_s
         mean_target = y[tr_idx].mean(dim=(0, *range(2, y.dim())), keepdim=True)
@@ -295,7 +319,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         upcoming = {c[0] for c in order[len(candidates):]}
         feats.release(keep_taps=upcoming, keep_points={c[1] for c in order[len(candidates):]})
 
-    best = _select(candidates, config.select_tolerance)
+    best = select_route(candidates, config.select_tolerance)
     adapter = adapters[(best.tap, best.point)]
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -323,7 +347,9 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
     return AdaptResult(route, candidates, cka, fid, pixel_fid, seconds)
 
 
-def _select(candidates: list[Candidate], tolerance: float) -> Candidate:
+def select_route(candidates: list[Candidate], tolerance: float) -> Candidate:
+    """The cheapest candidate whose validation agreement is within ``tolerance`` of the best
+    (ties: lowest relative validation loss); see the module docstring."""
     scored = [c for c in candidates if c.val_top1_agreement is not None]
     if scored:
         best_top1 = max(c.val_top1_agreement for c in scored)

@@ -53,7 +53,10 @@ class MicroAdapter(nn.Module):
         self.activation = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = resize(x, self.spec.size)
+        return self.pointwise(resize(x, self.spec.size))
+
+    def pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 conv part alone, on features already at the target size (training caches the resize)."""
         video = x.dim() == 5
         if video:  # 1x1 convs act per frame; fold T into the batch
             n, c, t, h, w = x.shape
