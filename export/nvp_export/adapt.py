@@ -305,8 +305,9 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         adapter, history = train_adapter(spec, x[tr_idx], y[tr_idx], x[val_idx], y[val_idx], config, bar)
         train_s = time.perf_counter() - t0
         seconds["training"] += train_s
+        y_val = y[val_idx]
         mean_target = y[tr_idx].mean(dim=(0, *range(2, y.dim())), keepdim=True)
-        baseline = _mean_loss(config.loss, lambda sl: mean_target.expand_as(y[val_idx][sl]), y[val_idx], 16)
+        baseline = _mean_loss(config.loss, lambda sl: mean_target.expand_as(y_val[sl]), y_val, config.decode_batch)
         with torch.no_grad():
             val_out = backbone.suffix(adapter(x[val_idx]), point)
         val_fid = fidelity(val_out, reference[val_idx], backbone.task)
@@ -339,6 +340,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         "adapter_params": adapter.num_parameters(), "adapter_percent": adapter.percent_of(backbone),
         "macs_nvp": best.macs_nvp, "macs_full": best.macs_full, "compute_saved": best.compute_saved,
         "top1_agreement": fid.top1_agreement, "top5_overlap": fid.top5_overlap, "cosine": fid.cosine,
+        "val_top1_agreement": best.val_top1_agreement,
         "pixel_top1_agreement": pixel_fid.top1_agreement, "train_seconds": seconds["training"],
         "backbone_pretrained": backbone.pretrained,
     }
