@@ -123,6 +123,19 @@ def test_adapt_on_user_backbone(fitted_clip, tmp_path):
     assert res.seconds["training"] > 0 and "RANDOM" not in res.summary()
 
 
+def test_adapt_with_stacked_adapter(fitted_clip):
+    frames, inr = fitted_clip
+    config = AdaptConfig(hidden=8, epochs=5, lr=3e-3, top_fraction=0.1, progress=False,
+                         cka=CKAConfig(frames=8, batch_size=4))
+    res = adapt(inr, frames, _tiny_backbone(), config)
+    r = res.route
+    assert r.hidden == 8 and sorted(r.adapter) == ["bias0", "bias1", "weight0", "weight1"]
+    assert r.adapter["weight0"].shape == (8, r.in_channels) and r.adapter["weight1"].shape == (r.out_channels, 8)
+    c = res.candidates[0]
+    assert c.val_loss < c.val_loss_history[0]  # a random start that training improves
+    assert r.metrics["adapter_params"] == 8 * r.in_channels + 8 + r.out_channels * 8 + r.out_channels
+
+
 def test_adapt_efficientnet_lite0_on_fitted_inr(fitted_clip):
     """Real weights, a fitted stand-in INR, the search limited to the last stages."""
     from nvp_export.zoo import load_backbone
