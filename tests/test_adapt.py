@@ -123,6 +123,16 @@ def test_adapt_on_user_backbone(fitted_clip, tmp_path):
     assert res.seconds["training"] > 0 and "RANDOM" not in res.summary()
 
 
+def test_adapt_per_point_candidates(fitted_clip):
+    frames, inr = fitted_clip
+    config = AdaptConfig(candidates="per_point", epochs=2, progress=False, cka=CKAConfig(frames=8, batch_size=4))
+    res = adapt(inr, frames, _tiny_backbone(), config)
+    assert [(c.tap, c.point) for c in res.candidates] == [(t, p) for t, p, _ in sorted(
+        res.cka.best_per_point(), key=lambda c: (inr.tap_names.index(c[0]), ["1", "3"].index(c[1])))]
+    with pytest.raises(ValueError, match="candidates must be"):
+        AdaptConfig(candidates="all")
+
+
 def test_adapt_with_stacked_adapter(fitted_clip):
     frames, inr = fitted_clip
     config = AdaptConfig(hidden=8, epochs=5, lr=3e-3, top_fraction=0.1, progress=False,

@@ -159,6 +159,10 @@ def test_cka_matrix_ranking_and_outputs(tmp_path):
     assert len(m.top(0.1)) == 1 and len(m.top(0.3)) == math.ceil(0.3 * 8)
     tap, point, _ = ranked[2]
     assert m.rank_of(tap, point) == 3
+    per_point = m.best_per_point()
+    assert sorted(p for _, p, _ in per_point) == sorted(m.points)
+    for t, p, v in per_point:
+        assert v == m.values[:, m.points.index(p)].max() and t == m.taps[int(m.values[:, m.points.index(p)].argmax())]
 
     m.save_json(tmp_path / "cka.json")
     data = json.loads((tmp_path / "cka.json").read_text())

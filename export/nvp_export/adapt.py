@@ -47,7 +47,10 @@ class AdaptConfig:
     patience: int = 5  # epochs without a better validation loss before stopping
     min_improvement: float = 1e-3  # a validation loss counts as better only if lower by this fraction
     val_every: int = 5  # every val_every-th frame is held out for validation
-    top_fraction: float = 0.1  # CKA top-K share of pairs that get an adapter trained
+    # Which pairs get an adapter trained: "top" = the CKA top ``top_fraction`` of all pairs
+    # (the paper's pruning); "per_point" = for each injection point, its highest-CKA tap.
+    candidates: str = "top"
+    top_fraction: float = 0.1
     taps: tuple[str, ...] | None = None  # restrict the search to these INR taps (None: all)
     points: tuple[str, ...] | None = None  # ... and these injection points (None: all)
     hidden: int | None = None  # stacked adapter width; None = one 1x1 conv
@@ -68,6 +71,8 @@ class AdaptConfig:
             raise ValueError(f"init must be 'lstsq' or 'random'; got {self.init!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.val_every < 2 or self.patience < 1:
             raise ValueError("epochs >= 0, batch_size >= 1, val_every >= 2 and patience >= 1 are required")
+        if self.candidates not in ("top", "per_point"):
+            raise ValueError(f"candidates must be 'top' or 'per_point'; got {self.candidates!r}")
         if not 0 <= self.min_improvement < 1:
             raise ValueError(f"min_improvement must be in [0, 1); got {self.min_improvement}")
 
@@ -275,7 +280,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
 
     cka = cka_matrix(inr, backbone, frames, config.cka, taps=config.taps, points=config.points)
     seconds["cka"] = time.perf_counter() - t_start
-    top = cka.top(config.top_fraction)
+    top = cka.top(config.top_fraction) if config.candidates == "top" else cka.best_per_point()
 
     feats = _Features(inr, backbone, frames, config.decode_batch)
     val_mask = torch.zeros(frames.shape[0], dtype=torch.bool)

@@ -167,6 +167,12 @@ class CKAMatrix:
         ranked = self.ranked()
         return ranked[: max(1, math.ceil(fraction * len(ranked)))]
 
+    def best_per_point(self) -> list[tuple[str, str, float]]:
+        """For each injection point, the tap with the highest CKA; highest first."""
+        best = [(self.taps[int(self.values[:, j].argmax())], p, float(self.values[:, j].max()))
+                for j, p in enumerate(self.points)]
+        return sorted(best, key=lambda c: -c[2])
+
     def rank_of(self, tap: str, point: str) -> int:
         """1-based rank of a pair."""
         for r, (t, p, _) in enumerate(self.ranked(), start=1):
