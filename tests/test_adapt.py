@@ -99,7 +99,7 @@ def test_adapt_on_user_backbone(fitted_clip, tmp_path):
     frames, inr = fitted_clip
     uint8 = (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H, W, 3) as a decoder gives
     config = AdaptConfig(init="random", epochs=15, lr=3e-3, top_fraction=0.5, progress=False,
-                         cka=CKAConfig(frames=8, batch_size=4))
+                         cka=CKAConfig(frames=8, batch_size=4), max_adapter_percent=None)
     res = adapt(inr, uint8, _tiny_backbone(), config)
     pairs = len(inr.tap_names) * 2
     assert len(res.candidates) == math.ceil(0.5 * pairs)
@@ -125,7 +125,8 @@ def test_adapt_on_user_backbone(fitted_clip, tmp_path):
 
 def test_adapt_per_point_candidates(fitted_clip):
     frames, inr = fitted_clip
-    config = AdaptConfig(candidates="per_point", epochs=2, progress=False, cka=CKAConfig(frames=8, batch_size=4))
+    config = AdaptConfig(candidates="per_point", epochs=2, progress=False, cka=CKAConfig(frames=8, batch_size=4),
+                         max_adapter_percent=None)
     res = adapt(inr, frames, _tiny_backbone(), config)
     assert [(c.tap, c.point) for c in res.candidates] == [(t, p) for t, p, _ in sorted(
         res.cka.best_per_point(), key=lambda c: (inr.tap_names.index(c[0]), ["1", "3"].index(c[1])))]
@@ -133,10 +134,25 @@ def test_adapt_per_point_candidates(fitted_clip):
         AdaptConfig(candidates="all")
 
 
+def test_adapter_size_budget(fitted_clip):
+    frames, inr = fitted_clip
+    bb = _tiny_backbone()
+    limit = 100 * (12 * 24 + 24) / bb.num_parameters()  # admits taps of <= 12 channels into point "3"
+    config = AdaptConfig(top_fraction=1.0, epochs=1, progress=False, cka=CKAConfig(frames=8, batch_size=4),
+                         max_adapter_percent=limit)
+    res = adapt(inr, frames, bb, config)
+    shapes = inr.tap_shapes()
+    allowed = {(t, p) for t in inr.tap_names for p, c in (("1", 16), ("3", 24)) if shapes[t][0] * c + c <= 12 * 24 + 24}
+    assert {(c.tap, c.point) for c in res.candidates} == allowed and ("block1", "3") not in allowed
+    assert res.route.metrics["adapter_percent"] <= limit
+    with pytest.raises(ValueError, match="no \\(tap, point\\) pair has an adapter within"):
+        adapt(inr, frames, bb, AdaptConfig(progress=False, max_adapter_percent=0.01))
+
+
 def test_adapt_with_stacked_adapter(fitted_clip):
     frames, inr = fitted_clip
     config = AdaptConfig(hidden=8, epochs=5, lr=3e-3, top_fraction=0.1, progress=False,
-                         cka=CKAConfig(frames=8, batch_size=4))
+                         cka=CKAConfig(frames=8, batch_size=4), max_adapter_percent=None)
     res = adapt(inr, frames, _tiny_backbone(), config)
     r = res.route
     assert r.hidden == 8 and sorted(r.adapter) == ["bias0", "bias1", "weight0", "weight1"]
@@ -181,6 +197,9 @@ class MixedFeatures(torch.nn.Module):
         self.rgb = frames
         self.tap_names = ["mixed", "rgb"]
         self.num_frames = frames.shape[0]
+
+    def tap_shapes(self):
+        return {"mixed": tuple(self.mixed.shape[1:]), "rgb": tuple(self.rgb.shape[1:])}
 
     def decode(self, frame_idx, until=None):
         out = {"mixed": self.mixed[frame_idx]}

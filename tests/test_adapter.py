@@ -57,8 +57,8 @@ def test_stacked_form_is_conv_activation_conv_after_resize():
 def test_parameter_count_and_percent():
     single = MicroAdapter(AdapterSpec(16, 40, (28, 28)))
     stacked = MicroAdapter(AdapterSpec(16, 40, (28, 28), hidden=24))
-    assert single.num_parameters() == 16 * 40 + 40
-    assert stacked.num_parameters() == 16 * 24 + 24 + 24 * 40 + 40
+    assert single.num_parameters() == single.spec.num_parameters == 16 * 40 + 40
+    assert stacked.num_parameters() == stacked.spec.num_parameters == 16 * 24 + 24 + 24 * 40 + 40
     backbone = torch.nn.Linear(100, 100)  # 10100 parameters
     assert single.percent_of(backbone) == pytest.approx(100 * 680 / 10100)
     assert single.macs() == 16 * 40 * 28 * 28

@@ -54,6 +54,7 @@ class AdaptConfig:
     taps: tuple[str, ...] | None = None  # restrict the search to these INR taps (None: all)
     points: tuple[str, ...] | None = None  # ... and these injection points (None: all)
     hidden: int | None = None  # stacked adapter width; None = one 1x1 conv
+    max_adapter_percent: float | None = 1.0  # pairs whose adapter would exceed this % of the backbone are skipped
     # "lstsq": start the single-conv adapter at the ridge-regression solution of the
     # MSE term (closed form, seconds), then fine-tune with the full loss. "random":
     # PyTorch's default init, as the paper is silent on initialisation.
@@ -71,6 +72,8 @@ class AdaptConfig:
             raise ValueError(f"init must be 'lstsq' or 'random'; got {self.init!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.val_every < 2 or self.patience < 1:
             raise ValueError("epochs >= 0, batch_size >= 1, val_every >= 2 and patience >= 1 are required")
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1]; got {self.top_fraction}")
         if self.candidates not in ("top", "per_point"):
             raise ValueError(f"candidates must be 'top' or 'per_point'; got {self.candidates!r}")
         if not 0 <= self.min_improvement < 1:
@@ -259,7 +262,7 @@ def train_adapter(spec: AdapterSpec, x_tr: torch.Tensor, y_tr: torch.Tensor, x_v
 
 
 def _check_inr(inr, frames: torch.Tensor) -> None:
-    for attr in ("tap_names", "num_frames", "decode"):
+    for attr in ("tap_names", "num_frames", "decode", "tap_shapes"):
         if not hasattr(inr, attr):
             raise ValueError(f"the INR must provide {attr} (see the INR interface)")
     if inr.num_frames != frames.shape[0]:
@@ -280,7 +283,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
 
     cka = cka_matrix(inr, backbone, frames, config.cka, taps=config.taps, points=config.points)
     seconds["cka"] = time.perf_counter() - t_start
-    top = cka.top(config.top_fraction) if config.candidates == "top" else cka.best_per_point()
+    top = _candidates(cka, inr, backbone, config)
 
     feats = _Features(inr, backbone, frames, config.decode_batch)
     val_mask = torch.zeros(frames.shape[0], dtype=torch.bool)
@@ -352,6 +355,25 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
     route = Route(backbone.task, backbone.name, best.tap, best.point, adapter.spec.in_channels,
                   adapter.spec.out_channels, adapter.spec.size, adapter.spec.hidden, adapter.to_arrays(), metrics)
     return AdaptResult(route, candidates, cka, fid, pixel_fid, seconds)
+
+
+def _candidates(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig) -> list[tuple[str, str, float]]:
+    """The pairs to train: CKA top-K or best tap per point, among pairs within the adapter size budget."""
+    tap_channels = {t: shape[0] for t, shape in inr.tap_shapes().items()}
+    budget = None if config.max_adapter_percent is None else config.max_adapter_percent / 100 * backbone.num_parameters()
+
+    def fits(tap: str, point: str) -> bool:
+        spec = AdapterSpec(tap_channels[tap], backbone.point(point).channels, (1, 1), config.hidden)
+        return budget is None or spec.num_parameters <= budget
+
+    allowed = CKAMatrix(cka.taps, cka.points, np.where(
+        [[fits(t, p) for p in cka.points] for t in cka.taps], cka.values, -np.inf), cka.backbone)
+    if not np.isfinite(allowed.values).any():
+        raise ValueError(f"no (tap, point) pair has an adapter within {config.max_adapter_percent}% of {backbone.name}")
+    if config.candidates == "per_point":
+        return [c for c in allowed.best_per_point() if math.isfinite(c[2])]
+    k = math.ceil(config.top_fraction * cka.values.size)
+    return [c for c in allowed.ranked() if math.isfinite(c[2])][: max(1, k)]
 
 
 def select_route(candidates: list[Candidate], tolerance: float) -> Candidate:

@@ -43,6 +43,11 @@ class AdapterSpec:
     def stacked(self) -> bool:
         return self.hidden is not None
 
+    @property
+    def num_parameters(self) -> int:
+        widths = [self.in_channels] + ([self.hidden] if self.stacked else []) + [self.out_channels]
+        return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
 
 class MicroAdapter(nn.Module):
     def __init__(self, spec: AdapterSpec):
