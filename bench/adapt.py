@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from nvp_rt.atomic import atomic_write
 
-from nvp_export.adapt import AdaptConfig, adapt, select_route, train_adapter
+from nvp_export.adapt import AdaptConfig, adapt, candidate_pairs, select_route, train_adapter
 from nvp_export.adapter import AdapterSpec
 from nvp_export.clips import ClipSpec, make_clip
 from nvp_export.fidelity import fidelity
@@ -54,8 +54,11 @@ def search_ablation(inr, frames, backbone, config: AdaptConfig) -> dict:
     exhaustive = adapt(inr, frames, backbone, replace(config, top_fraction=1.0))
     by_pair = {(c.tap, c.point): c for c in exhaustive.candidates}
     ranked = exhaustive.cka.ranked()
-    strategies = [(f"top {f:.0%}", exhaustive.cka.top(f)) for f in TOP_FRACTIONS]
-    strategies += [("best tap per point", exhaustive.cka.best_per_point()), ("exhaustive", ranked)]
+    def pairs(**change):
+        return candidate_pairs(exhaustive.cka, inr, backbone, replace(config, **change))
+
+    strategies = [(f"top {f:.0%}", pairs(top_fraction=f)) for f in TOP_FRACTIONS]
+    strategies += [("best tap per point", pairs(candidates="per_point")), ("exhaustive", pairs(top_fraction=1.0))]
     rows = []
     for name, pairs in strategies:
         pool = [by_pair[(t, p)] for t, p, _ in pairs]
@@ -67,6 +70,7 @@ def search_ablation(inr, frames, backbone, config: AdaptConfig) -> dict:
     return {
         "rows": rows,
         "pairs": len(ranked),
+        "pairs_within_budget": len(exhaustive.candidates),
         "candidates": [{**{k: v for k, v in asdict(c).items() if k != "val_loss_history"},
                         "compute_saved": c.compute_saved} for c in exhaustive.candidates],
         "cka": exhaustive.cka.to_dict(),
@@ -123,7 +127,7 @@ def plot(report: dict, path: Path) -> None:
     b.set_title(f"loss ablation: {report['loss']['tap']} -> {report['loss']['point']}", fontsize=10)
     b.legend()
     fig.suptitle(f"adapt on {report['clip']} (HNeRV {report['inr_psnr_db']:.1f} dB), EfficientNet-Lite0, "
-                 f"{report['threads']} threads", fontsize=10)
+                 f"threads={report['threads']}", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -36,7 +36,8 @@ from .fidelity import Fidelity, fidelity
 from .flops import macs
 from .losses import FeatureLoss
 
-__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "train_adapter", "fit_linear", "select_route"]
+__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "train_adapter", "fit_linear", "select_route",
+           "candidate_pairs"]
 
 
 @dataclass(frozen=True)
@@ -283,7 +284,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
 
     cka = cka_matrix(inr, backbone, frames, config.cka, taps=config.taps, points=config.points)
     seconds["cka"] = time.perf_counter() - t_start
-    top = _candidates(cka, inr, backbone, config)
+    top = candidate_pairs(cka, inr, backbone, config)
 
     feats = _Features(inr, backbone, frames, config.decode_batch)
     val_mask = torch.zeros(frames.shape[0], dtype=torch.bool)
@@ -357,7 +358,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
     return AdaptResult(route, candidates, cka, fid, pixel_fid, seconds)
 
 
-def _candidates(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig) -> list[tuple[str, str, float]]:
+def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig) -> list[tuple[str, str, float]]:
     """The pairs to train: CKA top-K or best tap per point, among pairs within the adapter size budget."""
     tap_channels = {t: shape[0] for t, shape in inr.tap_shapes().items()}
     budget = None if config.max_adapter_percent is None else config.max_adapter_percent / 100 * backbone.num_parameters()
