@@ -5,12 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from nvp_rt import ops
+from reference import rel_err, resize_conv1x1
 
 from nvp_export.adapter import AdapterSpec, MicroAdapter
-
-
-def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
 
 
 @pytest.mark.parametrize(
@@ -22,19 +19,18 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
         ((2, 5, 4, 11, 13), (8, 8)),  # video (N, C, T, H, W), resized per frame
     ],
 )
-def test_single_conv_matches_fused_kernel(shape, size):
-    g = torch.Generator().manual_seed(sum(shape))
-    x = torch.randn(*shape, generator=g)
+def test_single_conv_matches_fused_kernel(shape, size, rng):
+    x = rng.standard_normal(shape).astype(np.float32)
+    weight = rng.standard_normal((24, shape[1])).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
     spec = AdapterSpec(in_channels=shape[1], out_channels=24, size=size)
-    adapter = MicroAdapter(spec)
+    adapter = MicroAdapter.from_arrays(spec, {"weight0": weight, "bias0": bias})
     with torch.no_grad():
-        adapter.convs[0].weight.normal_(generator=g)
-        adapter.convs[0].bias.normal_(generator=g)
-        mine = adapter(x).numpy()
-    arrays = adapter.to_arrays()
-    theirs = ops.resize_conv1x1(x.numpy(), arrays["weight0"], arrays["bias0"], size)
-    assert mine.shape == theirs.shape == (shape[0], 24, *shape[2:-2], *size)
-    assert _rel_err(mine, theirs) < 1e-5
+        mine = adapter(torch.from_numpy(x)).numpy()
+    kernel = ops.resize_conv1x1(x, weight, bias, size)
+    assert mine.shape == kernel.shape == (shape[0], 24, *shape[2:-2], *size)
+    assert rel_err(mine, kernel) < 1e-5
+    assert rel_err(mine, resize_conv1x1(x, weight, bias, size)) < 1e-5  # float64 reference
 
 
 def test_video_input_is_resized_frame_by_frame():
@@ -61,8 +57,8 @@ def test_stacked_form_is_conv_activation_conv_after_resize():
 def test_parameter_count_and_percent():
     single = MicroAdapter(AdapterSpec(16, 40, (28, 28)))
     stacked = MicroAdapter(AdapterSpec(16, 40, (28, 28), hidden=24))
-    assert single.num_parameters() == 16 * 40 + 40
-    assert stacked.num_parameters() == 16 * 24 + 24 + 24 * 40 + 40
+    assert single.num_parameters() == single.spec.num_parameters == 16 * 40 + 40
+    assert stacked.num_parameters() == stacked.spec.num_parameters == 16 * 24 + 24 + 24 * 40 + 40
     backbone = torch.nn.Linear(100, 100)  # 10100 parameters
     assert single.percent_of(backbone) == pytest.approx(100 * 680 / 10100)
     assert single.macs() == 16 * 40 * 28 * 28

@@ -2,9 +2,6 @@
 
 import json
 import math
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,8 +11,7 @@ from nvp_export.backbone import Backbone, Preprocess
 from nvp_export.cka import (CKAConfig, CKAMatrix, MinibatchCKA, cka_matrix, linear_cka, pooled, positions,
                             sample_indices, unbiased_hsic)
 
-sys.path.insert(0, str(Path(__file__).parent))
-from inr_standin import TinyINR  # noqa: E402
+from inr_standin import TinyINR
 
 
 def hsic1_direct(x: np.ndarray, y: np.ndarray) -> float:
@@ -53,16 +49,15 @@ def biased_minibatch_cka(x, y, batch):
     return xy / math.sqrt(xx * yy)
 
 
-def _correlated(n, p, q, seed, noise=1.0):
-    rng = np.random.default_rng(seed)
+def _correlated(n, p, q, rng, noise=1.0):
     z = rng.standard_normal((n, 6))
     x = z @ rng.standard_normal((6, p)) + noise * rng.standard_normal((n, p))
     y = np.tanh(z @ rng.standard_normal((6, q))) + noise * rng.standard_normal((n, q))
     return x, y
 
 
-def test_unbiased_hsic_matches_direct_formula():
-    x, y = _correlated(12, 30, 7, seed=1)
+def test_unbiased_hsic_matches_direct_formula(rng):
+    x, y = _correlated(12, 30, 7, rng)
     k, l = torch.from_numpy(x @ x.T), torch.from_numpy(y @ y.T)
     assert float(unbiased_hsic(k, l)) == pytest.approx(hsic1_direct(x, y), rel=1e-10)
     with pytest.raises(ValueError, match="at least 4"):
@@ -70,23 +65,23 @@ def test_unbiased_hsic_matches_direct_formula():
 
 
 @pytest.mark.parametrize("batch", [4, 8, 32])
-def test_minibatch_cka_matches_direct(batch):
-    x, y = _correlated(64, 50, 20, seed=batch)
+def test_minibatch_cka_matches_direct(batch, rng):
+    x, y = _correlated(64, 50, 20, rng)
     ours = linear_cka(torch.from_numpy(x), torch.from_numpy(y), batch_size=batch)
     assert ours == pytest.approx(cka_direct(x, y, batch), rel=1e-9, abs=1e-12)
 
 
-def test_invariant_to_orthogonal_transform_and_isotropic_scaling():
-    x, y = _correlated(48, 16, 12, seed=3)
-    q, _ = np.linalg.qr(np.random.default_rng(4).standard_normal((16, 16)))
+def test_invariant_to_orthogonal_transform_and_isotropic_scaling(rng):
+    x, y = _correlated(48, 16, 12, rng)
+    q, _ = np.linalg.qr(rng.standard_normal((16, 16)))
     base = linear_cka(torch.from_numpy(x), torch.from_numpy(y), batch_size=16)
     moved = linear_cka(torch.from_numpy(3.7 * x @ q), torch.from_numpy(0.02 * y), batch_size=16)
     assert moved == pytest.approx(base, rel=1e-9)
-    assert 0.2 < base < 0.99  # a real, non-degenerate value
+    assert 0.05 < base < 0.99  # a real, non-degenerate value
 
 
 def test_self_similarity_is_one_and_independent_is_near_zero():
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(5)  # fixed: the near-zero bound is statistical
     x = torch.from_numpy(rng.standard_normal((256, 40)))
     assert linear_cka(x, x, batch_size=8) == pytest.approx(1.0, abs=1e-12)
     noise = rng.standard_normal((256, 40))
@@ -97,7 +92,7 @@ def test_self_similarity_is_one_and_independent_is_near_zero():
 
 
 def test_unbiased_agrees_with_full_batch_kornblith_cka_at_large_n():
-    x, y = _correlated(3000, 8, 5, seed=6, noise=2.0)
+    x, y = _correlated(3000, 8, 5, np.random.default_rng(6), noise=2.0)  # fixed: statistical bound
     xc, yc = x - x.mean(0), y - y.mean(0)
     kornblith = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
     assert linear_cka(torch.from_numpy(x), torch.from_numpy(y), batch_size=500) == pytest.approx(kornblith, abs=0.02)
@@ -164,6 +159,10 @@ def test_cka_matrix_ranking_and_outputs(tmp_path):
     assert len(m.top(0.1)) == 1 and len(m.top(0.3)) == math.ceil(0.3 * 8)
     tap, point, _ = ranked[2]
     assert m.rank_of(tap, point) == 3
+    per_point = m.best_per_point()
+    assert sorted(p for _, p, _ in per_point) == sorted(m.points)
+    for t, p, v in per_point:
+        assert v == m.values[:, m.points.index(p)].max() and t == m.taps[int(m.values[:, m.points.index(p)].argmax())]
 
     m.save_json(tmp_path / "cka.json")
     data = json.loads((tmp_path / "cka.json").read_text())

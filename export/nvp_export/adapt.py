@@ -23,7 +23,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -36,7 +36,8 @@ from .fidelity import Fidelity, fidelity
 from .flops import macs
 from .losses import FeatureLoss
 
-__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "fit_linear"]
+__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "train_adapter", "fit_linear", "select_route",
+           "candidate_pairs"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,16 @@ class AdaptConfig:
     lr: float = 1e-4  # paper default
     batch_size: int = 4  # paper default
     patience: int = 5  # epochs without a better validation loss before stopping
+    min_improvement: float = 1e-3  # a validation loss counts as better only if lower by this fraction
     val_every: int = 5  # every val_every-th frame is held out for validation
-    top_fraction: float = 0.1  # CKA top-K share of pairs that get an adapter trained
+    # Which pairs get an adapter trained: "top" = the CKA top ``top_fraction`` of all pairs
+    # (the paper's pruning); "per_point" = for each injection point, its highest-CKA tap.
+    candidates: str = "top"
+    top_fraction: float = 0.1
+    taps: tuple[str, ...] | None = None  # restrict the search to these INR taps (None: all)
+    points: tuple[str, ...] | None = None  # ... and these injection points (None: all)
     hidden: int | None = None  # stacked adapter width; None = one 1x1 conv
+    max_adapter_percent: float | None = 1.0  # pairs whose adapter would exceed this % of the backbone are skipped
     # "lstsq": start the single-conv adapter at the ridge-regression solution of the
     # MSE term (closed form, seconds), then fine-tune with the full loss. "random":
     # PyTorch's default init, as the paper is silent on initialisation.
@@ -65,6 +73,12 @@ class AdaptConfig:
             raise ValueError(f"init must be 'lstsq' or 'random'; got {self.init!r}")
         if self.epochs < 0 or self.batch_size < 1 or self.val_every < 2 or self.patience < 1:
             raise ValueError("epochs >= 0, batch_size >= 1, val_every >= 2 and patience >= 1 are required")
+        if not 0 < self.top_fraction <= 1:
+            raise ValueError(f"top_fraction must be in (0, 1]; got {self.top_fraction}")
+        if self.candidates not in ("top", "per_point"):
+            raise ValueError(f"candidates must be 'top' or 'per_point'; got {self.candidates!r}")
+        if not 0 <= self.min_improvement < 1:
+            raise ValueError(f"min_improvement must be in [0, 1); got {self.min_improvement}")
 
 
 @dataclass
@@ -197,31 +211,50 @@ class _Features:
         self._points = {k: v for k, v in self._points.items() if k in keep_points}
 
 
-def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptConfig, bar) -> tuple[MicroAdapter, list[float]]:
-    """Adam on the feature-transfer loss with early stopping; returns the best adapter and the val loss history."""
+def train_adapter(spec: AdapterSpec, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
+                  config: AdaptConfig = AdaptConfig(), bar=None,
+                  on_epoch: Callable[[int, MicroAdapter, float], None] | None = None) -> tuple[MicroAdapter, list[float]]:
+    """Adam on the feature-transfer loss with early stopping on the validation loss.
+
+    x: INR tap features (N, C_in, h, w); y: the backbone's features at the injection point.
+    Returns the adapter with the best validation loss and the loss history (index 0: after
+    initialisation). ``on_epoch(epoch, adapter, val_loss)`` is called after init (epoch 0)
+    and after every epoch, e.g. to track task agreement while training.
+    """
     torch.manual_seed(config.seed)
     adapter = MicroAdapter(spec)
+    # The resize has no parameters: do it once, then train the 1x1 convs on cached inputs.
+    with torch.no_grad():
+        r_tr = _batched(lambda sl: resize(x_tr[sl], spec.size), x_tr.shape[0], config.decode_batch)
+        r_val = _batched(lambda sl: resize(x_val[sl], spec.size), x_val.shape[0], config.decode_batch)
     if config.init == "lstsq" and not spec.stacked:
-        adapter.set_linear(*fit_linear(x_tr, y_tr, spec.size, config.ridge, config.decode_batch))
+        adapter.set_linear(*fit_linear(r_tr, y_tr, spec.size, config.ridge, config.decode_batch))
     loss_fn = config.loss
     eval_batch = max(config.batch_size, config.decode_batch)
-    best_loss = _mean_loss(loss_fn, lambda sl: adapter(x_val[sl]), y_val, eval_batch)
+    best_loss = _mean_loss(loss_fn, lambda sl: adapter.pointwise(r_val[sl]), y_val, eval_batch)
     best_state, stale, history = copy.deepcopy(adapter.state_dict()), 0, [best_loss]
+    if on_epoch:
+        on_epoch(0, adapter, best_loss)
     opt = torch.optim.Adam(adapter.parameters(), lr=config.lr)
     gen = torch.Generator().manual_seed(config.seed)
     for epoch in range(config.epochs):
         adapter.train()
-        for order in torch.randperm(x_tr.shape[0], generator=gen).split(config.batch_size):
+        for order in torch.randperm(r_tr.shape[0], generator=gen).split(config.batch_size):
             opt.zero_grad(set_to_none=True)
-            loss_fn(adapter(x_tr[order]), y_tr[order]).backward()
+            loss_fn(adapter.pointwise(r_tr[order]), y_tr[order]).backward()
             opt.step()
         adapter.eval()
-        val = _mean_loss(loss_fn, lambda sl: adapter(x_val[sl]), y_val, eval_batch)
+        val = _mean_loss(loss_fn, lambda sl: adapter.pointwise(r_val[sl]), y_val, eval_batch)
         history.append(val)
-        bar.set_postfix_str(f"epoch {epoch + 1} val {val:.4g}")
-        if val < best_loss:
+        if on_epoch:
+            on_epoch(epoch + 1, adapter, val)
+        if bar is not None:
+            bar.set_postfix_str(f"epoch {epoch + 1} val {val:.4g}")
+        if val < best_loss * (1 - config.min_improvement):
             best_loss, best_state, stale = val, copy.deepcopy(adapter.state_dict()), 0
         else:
+            if val < best_loss:  # keep the better weights, but it does not reset the patience
+                best_loss, best_state = val, copy.deepcopy(adapter.state_dict())
             stale += 1
             if stale >= config.patience:
                 break
@@ -230,7 +263,7 @@ def _train_adapter(spec: AdapterSpec, x_tr, y_tr, x_val, y_val, config: AdaptCon
 
 
 def _check_inr(inr, frames: torch.Tensor) -> None:
-    for attr in ("tap_names", "num_frames", "decode"):
+    for attr in ("tap_names", "num_frames", "decode", "tap_shapes"):
         if not hasattr(inr, attr):
             raise ValueError(f"the INR must provide {attr} (see the INR interface)")
     if inr.num_frames != frames.shape[0]:
@@ -249,9 +282,9 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
 
-    cka = cka_matrix(inr, backbone, frames, config.cka)
+    cka = cka_matrix(inr, backbone, frames, config.cka, taps=config.taps, points=config.points)
     seconds["cka"] = time.perf_counter() - t_start
-    top = cka.top(config.top_fraction)
+    top = candidate_pairs(cka, inr, backbone, config)
 
     feats = _Features(inr, backbone, frames, config.decode_batch)
     val_mask = torch.zeros(frames.shape[0], dtype=torch.bool)
@@ -278,11 +311,12 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         seconds["features"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         spec = AdapterSpec(x.shape[1], y.shape[1], tuple(y.shape[-2:]), config.hidden)
-        adapter, history = _train_adapter(spec, x[tr_idx], y[tr_idx], x[val_idx], y[val_idx], config, bar)
+        adapter, history = train_adapter(spec, x[tr_idx], y[tr_idx], x[val_idx], y[val_idx], config, bar)
         train_s = time.perf_counter() - t0
         seconds["training"] += train_s
+        y_val = y[val_idx]
         mean_target = y[tr_idx].mean(dim=(0, *range(2, y.dim())), keepdim=True)
-        baseline = _mean_loss(config.loss, lambda sl: mean_target.expand_as(y[val_idx][sl]), y[val_idx], 16)
+        baseline = _mean_loss(config.loss, lambda sl: mean_target.expand_as(y_val[sl]), y_val, config.decode_batch)
         with torch.no_grad():
             val_out = backbone.suffix(adapter(x[val_idx]), point)
         val_fid = fidelity(val_out, reference[val_idx], backbone.task)
@@ -295,7 +329,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         upcoming = {c[0] for c in order[len(candidates):]}
         feats.release(keep_taps=upcoming, keep_points={c[1] for c in order[len(candidates):]})
 
-    best = _select(candidates, config.select_tolerance)
+    best = select_route(candidates, config.select_tolerance)
     adapter = adapters[(best.tap, best.point)]
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -315,6 +349,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         "adapter_params": adapter.num_parameters(), "adapter_percent": adapter.percent_of(backbone),
         "macs_nvp": best.macs_nvp, "macs_full": best.macs_full, "compute_saved": best.compute_saved,
         "top1_agreement": fid.top1_agreement, "top5_overlap": fid.top5_overlap, "cosine": fid.cosine,
+        "val_top1_agreement": best.val_top1_agreement,
         "pixel_top1_agreement": pixel_fid.top1_agreement, "train_seconds": seconds["training"],
         "backbone_pretrained": backbone.pretrained,
     }
@@ -323,7 +358,28 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
     return AdaptResult(route, candidates, cka, fid, pixel_fid, seconds)
 
 
-def _select(candidates: list[Candidate], tolerance: float) -> Candidate:
+def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig) -> list[tuple[str, str, float]]:
+    """The pairs to train: CKA top-K or best tap per point, among pairs within the adapter size budget."""
+    tap_channels = {t: shape[0] for t, shape in inr.tap_shapes().items()}
+    budget = None if config.max_adapter_percent is None else config.max_adapter_percent / 100 * backbone.num_parameters()
+
+    def fits(tap: str, point: str) -> bool:
+        spec = AdapterSpec(tap_channels[tap], backbone.point(point).channels, (1, 1), config.hidden)
+        return budget is None or spec.num_parameters <= budget
+
+    allowed = CKAMatrix(cka.taps, cka.points, np.where(
+        [[fits(t, p) for p in cka.points] for t in cka.taps], cka.values, -np.inf), cka.backbone)
+    if not np.isfinite(allowed.values).any():
+        raise ValueError(f"no (tap, point) pair has an adapter within {config.max_adapter_percent}% of {backbone.name}")
+    if config.candidates == "per_point":
+        return [c for c in allowed.best_per_point() if math.isfinite(c[2])]
+    k = math.ceil(config.top_fraction * cka.values.size)
+    return [c for c in allowed.ranked() if math.isfinite(c[2])][: max(1, k)]
+
+
+def select_route(candidates: list[Candidate], tolerance: float) -> Candidate:
+    """The cheapest candidate whose validation agreement is within ``tolerance`` of the best
+    (ties: lowest relative validation loss); see the module docstring."""
     scored = [c for c in candidates if c.val_top1_agreement is not None]
     if scored:
         best_top1 = max(c.val_top1_agreement for c in scored)

@@ -43,6 +43,11 @@ class AdapterSpec:
     def stacked(self) -> bool:
         return self.hidden is not None
 
+    @property
+    def num_parameters(self) -> int:
+        widths = [self.in_channels] + ([self.hidden] if self.stacked else []) + [self.out_channels]
+        return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+
 
 class MicroAdapter(nn.Module):
     def __init__(self, spec: AdapterSpec):
@@ -53,7 +58,10 @@ class MicroAdapter(nn.Module):
         self.activation = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = resize(x, self.spec.size)
+        return self.pointwise(resize(x, self.spec.size))
+
+    def pointwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 conv part alone, on features already at the target size (training caches the resize)."""
         video = x.dim() == 5
         if video:  # 1x1 convs act per frame; fold T into the batch
             n, c, t, h, w = x.shape

@@ -19,6 +19,7 @@ smooths the sub-pixel misalignment between the INR's grid and the backbone's.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic_write import atomic_write
+from nvp_rt.atomic import atomic_write
 
 __all__ = ["CKAConfig", "CKAMatrix", "MinibatchCKA", "unbiased_hsic", "linear_cka", "cka_matrix", "pooled", "positions"]
 
@@ -166,6 +167,12 @@ class CKAMatrix:
         ranked = self.ranked()
         return ranked[: max(1, math.ceil(fraction * len(ranked)))]
 
+    def best_per_point(self) -> list[tuple[str, str, float]]:
+        """For each injection point, the tap with the highest CKA; highest first."""
+        best = [(self.taps[int(self.values[:, j].argmax())], p, float(self.values[:, j].max()))
+                for j, p in enumerate(self.points)]
+        return sorted(best, key=lambda c: -c[2])
+
     def rank_of(self, tap: str, point: str) -> int:
         """1-based rank of a pair."""
         for r, (t, p, _) in enumerate(self.ranked(), start=1):
@@ -178,8 +185,7 @@ class CKAMatrix:
                 "cka": self.values.tolist(), "meta": self.meta}
 
     def save_json(self, path: str | os.PathLike) -> None:
-        with atomic_write(path) as f:
-            json.dump(self.to_dict(), f, indent=1)
+        atomic_write(path, json.dumps(self.to_dict(), indent=1).encode())
 
     def save_heatmap(self, path: str | os.PathLike, top_fraction: float | None = None) -> None:
         """PNG heatmap; pairs in the top ``top_fraction`` are outlined."""
@@ -207,9 +213,10 @@ class CKAMatrix:
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         fig.tight_layout()
-        with atomic_write(path, "wb") as f:
-            fig.savefig(f, format="png")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
         plt.close(fig)
+        atomic_write(path, buffer.getvalue())
 
 
 def sample_indices(num_frames: int, count: int, seed: int) -> torch.Tensor:
@@ -220,7 +227,7 @@ def sample_indices(num_frames: int, count: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfig(),
-               taps: Sequence[str] | None = None) -> CKAMatrix:
+               taps: Sequence[str] | None = None, points: Sequence[str] | None = None) -> CKAMatrix:
     """CKA between the INR's taps and the backbone's injection points on sampled frames.
 
     ``frames``: (T, 3, H, W) float in [0, 1], the original frames the INR encodes.
@@ -230,7 +237,10 @@ def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfi
     if unknown:
         raise ValueError(f"INR has no taps {unknown}; it has {inr.tap_names}")
     deepest = max(taps, key=inr.tap_names.index)
-    points = backbone.point_names
+    points = list(backbone.point_names if points is None else points)
+    unknown = [p for p in points if p not in backbone.point_names]
+    if unknown:
+        raise ValueError(f"{backbone.name} has no injection points {unknown}; it has {backbone.point_names}")
     idx = sample_indices(frames.shape[0], config.frames, config.seed)
     if len(idx) < 4:
         raise ValueError(f"CKA needs at least 4 frames; the clip has {frames.shape[0]}")

@@ -1,0 +1,171 @@
+"""Ablations of the adapt step on a 320x180 clip with EfficientNet-Lite0 (paper Fig. 5 and Fig. 6).
+
+  Fig. 5  CKA top-K (5, 10, 20%) and CKA's best tap per injection point vs exhaustive
+          search over all (INR tap, injection point) pairs: held-out top-1 agreement of
+          the pair each one picks, and its cost (CKA + adapter training, seconds).
+  Fig. 6  feature-transfer loss vs MSE alone: held-out top-1 agreement per epoch for
+          the pair exhaustive search picks, from PyTorch's default init, no early stop.
+
+It also times one default `adapt` run (the <= 2 min per task target) and reports the
+adapter's share of the backbone's parameters.
+
+The clip is made here (a scikit-image photo filmed by a smooth virtual camera) and an
+HNeRV is fitted to it for --fit-seconds; the figures describe that INR (its PSNR is in
+the JSON).
+
+    python bench/adapt.py [--photo coffee] [--fit-seconds 420] [--threads 2] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from nvp_rt.atomic import atomic_write
+
+from nvp_export.adapt import AdaptConfig, adapt, candidate_pairs, select_route, train_adapter
+from nvp_export.adapter import AdapterSpec
+from nvp_export.clips import ClipSpec, make_clip
+from nvp_export.fidelity import fidelity
+from nvp_export.fit import FitConfig, fit
+from nvp_export.inr import config_for_budget, from_config
+from nvp_export.losses import FeatureLoss
+from nvp_export.zoo import load_backbone
+
+TOP_FRACTIONS = (0.05, 0.1, 0.2)
+
+
+def fitted_inr(photo: str, seconds: float):
+    frames = make_clip(ClipSpec(photo=photo))
+    n, h, w, _ = frames.shape
+    target = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    result = fit(from_config(config_for_budget("hnerv", h, w, n, bpp=0.5)), target, FitConfig(time_limit_s=seconds))
+    return frames, result.inr, result.psnr
+
+
+def search_ablation(inr, frames, backbone, config: AdaptConfig) -> dict:
+    """Train every pair once (exhaustive); top-K picks among the same trained adapters."""
+    exhaustive = adapt(inr, frames, backbone, replace(config, top_fraction=1.0))
+    by_pair = {(c.tap, c.point): c for c in exhaustive.candidates}
+    ranked = exhaustive.cka.ranked()
+    def pairs(**change):
+        return candidate_pairs(exhaustive.cka, inr, backbone, replace(config, **change))
+
+    strategies = [(f"top {f:.0%}", pairs(top_fraction=f)) for f in TOP_FRACTIONS]
+    strategies += [("best tap per point", pairs(candidates="per_point")), ("exhaustive", pairs(top_fraction=1.0))]
+    rows = []
+    for name, pairs in strategies:
+        pool = [by_pair[(t, p)] for t, p, _ in pairs]
+        pick = select_route(pool, config.select_tolerance)
+        cost = sum(c.seconds for c in pool) + (exhaustive.seconds["cka"] if name != "exhaustive" else 0.0)
+        rows.append({"strategy": name, "pairs_trained": len(pool), "tap": pick.tap, "point": pick.point,
+                     "val_top1_agreement": pick.val_top1_agreement, "compute_saved": pick.compute_saved,
+                     "cost_seconds": cost})
+    return {
+        "rows": rows,
+        "pairs": len(ranked),
+        "pairs_within_budget": len(exhaustive.candidates),
+        "candidates": [{**{k: v for k, v in asdict(c).items() if k != "val_loss_history"},
+                        "compute_saved": c.compute_saved} for c in exhaustive.candidates],
+        "cka": exhaustive.cka.to_dict(),
+        "chosen": (exhaustive.route.inr_tap, exhaustive.route.injection_point),
+    }
+
+
+def loss_ablation(inr, frames, backbone, tap: str, point: str, config: AdaptConfig) -> dict:
+    """Held-out top-1 agreement per epoch with the feature-transfer loss and with MSE alone."""
+    unit = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    n = unit.shape[0]
+    val = torch.zeros(n, dtype=torch.bool)
+    val[config.val_every - 1 :: config.val_every] = True
+    with torch.no_grad():
+        x = torch.cat([inr.decode(torch.arange(s, min(s + 8, n)), until=tap)[tap] for s in range(0, n, 8)])
+        y = torch.cat([backbone.prefix(backbone.preprocess(unit[s : s + 8]), point) for s in range(0, n, 8)])
+        reference = backbone(backbone.preprocess(unit[val]))
+    spec = AdapterSpec(x.shape[1], y.shape[1], tuple(y.shape[-2:]))
+    curves = {}
+    for name, loss in (("feature_transfer", FeatureLoss()), ("mse", FeatureLoss(1.0, 0.0, 0.0))):
+        agreement, seconds = [], time.perf_counter()
+
+        def track(epoch, adapter, _val_loss, agreement=agreement):
+            with torch.no_grad():
+                agreement.append(fidelity(backbone.suffix(adapter(x[val]), point), reference).top1_agreement)
+
+        cfg = replace(config, init="random", loss=loss, patience=config.epochs + 1)
+        train_adapter(spec, x[~val], y[~val], x[val], y[val], cfg, on_epoch=track)
+        curves[name] = {"val_top1_agreement": agreement, "seconds": time.perf_counter() - seconds}
+    return {"tap": tap, "point": point, "curves": curves}
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    rows = report["search"]["rows"]
+    labels = [r["strategy"].replace("best tap per point", "per point") for r in rows]
+    a.bar(labels, [100 * r["val_top1_agreement"] for r in rows], color="tab:blue")
+    a.set_ylabel("held-out top-1 agreement (%)")
+    a.set_ylim(0, 105)
+    twin = a.twinx()
+    twin.plot(labels, [r["cost_seconds"] for r in rows], "o-", color="tab:red")
+    twin.set_ylabel("search cost (s)", color="tab:red")
+    a.set_title(f"CKA pruning vs exhaustive ({report['search']['pairs']} pairs)", fontsize=10)
+    curves = report["loss"]["curves"]
+    for name, style in (("feature_transfer", "-"), ("mse", "--")):
+        b.plot([100 * v for v in curves[name]["val_top1_agreement"]], style, label=name.replace("_", "-"))
+    b.set_xlabel("epoch")
+    b.set_ylabel("held-out top-1 agreement (%)")
+    b.set_title(f"loss ablation: {report['loss']['tap']} -> {report['loss']['point']}", fontsize=10)
+    b.legend()
+    fig.suptitle(f"adapt on {report['clip']} (HNeRV {report['inr_psnr_db']:.1f} dB), EfficientNet-Lite0, "
+                 f"threads={report['threads']}", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photo", default="coffee")
+    parser.add_argument("--fit-seconds", type=float, default=420.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    frames, inr, psnr = fitted_inr(args.photo, args.fit_seconds)
+    backbone = load_backbone("efficientnet_lite0")
+    config = AdaptConfig()
+    started = time.perf_counter()
+    default = adapt(inr, frames, backbone, config)
+    default_seconds = time.perf_counter() - started
+    search = search_ablation(inr, frames, backbone, config)
+    loss = loss_ablation(inr, frames, backbone, *search["chosen"], config)
+    report = {
+        "clip": f"{args.photo} 320x180x64", "inr_psnr_db": psnr, "inr_taps": inr.tap_shapes(),
+        "threads": args.threads, "machine": platform.processor() or platform.machine(),
+        "default_run": {"seconds": default_seconds, "stage_seconds": default.seconds,
+                        "route": {k: v for k, v in asdict(default.route).items() if k != "adapter"},
+                        "fidelity": default.fidelity.to_dict(), "pixel_fidelity": default.pixel_fidelity.to_dict()},
+        "search": search, "loss": loss,
+    }
+    atomic_write(args.out / "adapt.json", json.dumps(report, indent=1, default=str).encode())
+    plot(report, args.out / "adapt.png")
+    print(default.summary())
+    print(json.dumps(search["rows"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
