@@ -139,9 +139,9 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
         load_backbone("resnet50", weights=tmp_path / "garbage.pth")
     with pytest.raises(WeightsError, match="not found"):
         load_backbone("resnet50", weights=tmp_path / "missing.pth")
-    with pytest.raises(ValueError, match="unknown backbone 'resnet5'; presets"):
+    with pytest.raises(ValueError, match="unknown backbone 'resnet5'; presets") as unknown:
         load_backbone("resnet5")
-    assert sorted(PRESETS) == ["clip_rn50", "efficientnet_lite0", "resnet50", "vit_b_16"]
+    assert all(name in str(unknown.value) for name in PRESETS)
 
 
 def test_user_backbone_from_sequential():
