@@ -3,37 +3,21 @@
 NVP path: INR decode up to the tap -> adapter (resize + 1x1 conv per pathway) -> backbone suffix.
 Pixel path: full INR decode to RGB -> the backbone's preprocessing resize -> full backbone.
 Both are counted per sample (a frame, or a clip of the backbone's ``num_frames`` frames)
-by running them under torch's FLOP counter, 1 MAC = 1 FLOP as in the paper; unlike
-``flops.macs`` the bilinear resizes count too, at 4 MACs per output element (fvcore's rule).
+with ``flops.macs`` (1 MAC = 1 FLOP as in the paper, bilinear resizes included).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import Backbone
+from .flops import macs
 from .multipathway import PathwayAdapter, decode_clips
 
 __all__ = ["macs", "RouteCost", "route_cost"]
-
-_aten = torch.ops.aten
-
-
-def _bilinear_flops(*args, out_shape, **kwargs) -> int:
-    return 2 * 4 * math.prod(out_shape)  # 4 MACs per output element, in the counter's 2-FLOPs-per-MAC unit
-
-
-def macs(fn: Callable[..., Any], *args: Any) -> int:
-    """MACs of ``fn(*args)``: matmuls, convolutions, attention and bilinear resizes."""
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping={_aten.upsample_bilinear2d: _bilinear_flops}) as c:
-        fn(*args)
-    return c.get_total_flops() // 2
-
 
 @dataclass
 class RouteCost:
