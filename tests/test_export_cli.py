@@ -1,0 +1,71 @@
+"""`nvp-export --task`: select, train, and store a route in the .nvp without touching the video payload."""
+
+import nvp_rt  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
+
+import numpy as np
+import pytest
+
+from nvp_export.clips import ClipSpec, write_clip
+from nvp_export.cli import main as export_main
+from nvp_rt.cli import main as nvp_main
+from nvp_rt.nvpfile import INR_SECTION, NvpFile
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    clip = d / "clip.mp4"
+    write_clip(clip, ClipSpec("chelsea", width=64, height=64, frames=8, seed=1))
+    out = d / "clip.nvp"
+    assert nvp_main(["encode", str(clip), "-o", str(out), "--params", "60000", "--epochs", "40",
+                     "--threads", "1", "-q"]) == 0
+    return clip, out
+
+
+def test_export_writes_a_route_and_keeps_the_payload(encoded, tmp_path, capsys):
+    clip, out = encoded
+    before = NvpFile.open(out)
+    payload = before.sections[INR_SECTION]
+    args = ["--task", "efficientnet_lite0", str(out), "--source", str(clip), "--epochs", "2", "-q",
+            "--cka-out", str(tmp_path)]
+    assert export_main(args) == 0, capsys.readouterr().err
+    after = NvpFile.open(out)
+    routes = after.routes()
+    assert [r.task for r in routes] == ["efficientnet_lite0"]
+    route = routes[0]
+    assert route.backbone == "efficientnet_lite0"
+    assert route.tap in [t["name"] for t in after.manifest["taps"]]
+    weight = route.arrays["weight0"]
+    assert weight.shape == (route.metadata["out_channels"], route.metadata["in_channels"])
+    assert np.isfinite(weight).all()
+    # The video payload is carried over verbatim.
+    for name, array in payload.arrays.items():
+        np.testing.assert_array_equal(after.sections[INR_SECTION].arrays[name], array)
+    assert (tmp_path / "cka_efficientnet_lite0.json").is_file()
+    assert (tmp_path / "cka_efficientnet_lite0.png").stat().st_size > 0
+    # Exporting the same task again replaces its route rather than adding one.
+    assert export_main(args) == 0
+    assert len(NvpFile.open(out).routes()) == 1
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--task", "alexnet"], ["unknown task"]),
+    (["--task", "slowfast_r50"], ["classification"]),
+])
+def test_export_user_errors_are_one_line(encoded, capsys, argv, words):
+    _, out = encoded
+    capsys.readouterr()
+    assert export_main([*argv, str(out), "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(w in err[0] for w in words), err
+
+
+def test_export_rejects_a_tampered_file(encoded, tmp_path, capsys):
+    _, out = encoded
+    bad = tmp_path / "bad.nvp"
+    data = bytearray(out.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert export_main(["--task", "cls", str(bad), "-q"]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
