@@ -12,7 +12,6 @@ and a rate-distortion chart to --out.
 
 from __future__ import annotations
 
-import nvp_rt  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
 import argparse
 import json
 import os

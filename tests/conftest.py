@@ -1,4 +1,10 @@
-import secrets
+import os
+
+# Tests train small models on shared CI cores: idle OpenMP threads should sleep, not spin
+# (see nvp_rt.cli.passive_openmp_waits). Set before torch or the kernels load OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import secrets  # noqa: E402
 
 import numpy as np
 import pytest

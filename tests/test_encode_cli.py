@@ -1,7 +1,5 @@
 """End to end through the `nvp` command: encode -> info -> view, and one-line errors for bad input."""
 
-import nvp_rt  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
-
 import os
 import subprocess
 import sys

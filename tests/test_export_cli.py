@@ -1,7 +1,5 @@
 """`nvp-export --task`: select, train, and store a route in the .nvp without touching the video payload."""
 
-import nvp_rt  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
-
 import numpy as np
 import pytest
 

@@ -1,7 +1,5 @@
 """INR contracts: taps and shapes, partial decoding, frame independence, sizing, storage, fitting."""
 
-import nvp_rt  # noqa: F401, I001  (first: sets OpenMP's passive wait policy before torch loads)
-
 import math
 
 import numpy as np

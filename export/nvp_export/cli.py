@@ -16,6 +16,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from nvp_rt.cli import passive_openmp_waits
 from nvp_rt.nvpfile import NvpFile, Route, replace_routes
 from nvp_rt.video import FrameSelection, read_video
 
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    passive_openmp_waits()  # torch is imported lazily, in run()
     args = build_parser().parse_args(argv)
     try:
         run(args)

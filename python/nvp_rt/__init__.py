@@ -5,17 +5,10 @@ CUDA is loaded only when a CUDA array or device is asked for, so importing
 this package works on machines with no GPU and no driver.
 """
 
-import os
 from importlib.metadata import PackageNotFoundError, version
 
-# Idle OpenMP threads spin by default; where other jobs share the cores, spinning threads starve the
-# one holding a barrier. Measured on 2 shared cores: a training step took 2.6-5x longer with 2 spinning
-# threads than with 2 passive ones. libgomp reads this once, when the first library using it loads (our
-# kernels below, or torch), so it is set before either; a user's own setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from . import ops  # noqa: E402
-from ._C import build_info  # noqa: E402
+from . import ops
+from ._C import build_info
 from .device import CudaUnavailableError, cuda_is_available
 
 try:
