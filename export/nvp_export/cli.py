@@ -72,7 +72,7 @@ def run(args) -> None:
     print(backbone.weights_note, file=sys.stderr)
     frames = original_frames(nvp, args.source, inr)
     config = AdaptConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch, top_fraction=args.top,
-                         seed=args.seed, progress=not args.quiet)
+                         candidates=args.candidates, seed=args.seed, progress=not args.quiet)
     result = adapt(inr, frames, backbone, config)
     result.route = replace(result.route, task=args.name or args.task)
     if args.cka_out:
@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--candidates", choices=["top", "per_point"], default="top",
+                   help="pairs trained: the CKA top --top fraction (the paper's), or each injection point's best-CKA tap")
     p.add_argument("--top", type=float, default=0.1, help="fraction of (tap, point) pairs trained, by CKA rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka-out", help="folder for the CKA matrix (JSON) and heatmap (PNG)")
