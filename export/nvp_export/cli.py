@@ -16,16 +16,12 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from nvp_rt.cli import passive_openmp_waits
+from nvp_rt.cli import UserError, passive_openmp_waits, run_reporting_errors
 from nvp_rt.nvpfile import NvpFile, Route, replace_routes
 from nvp_rt.video import FrameSelection, read_video
 
 # Task kinds users may name instead of a preset.
 TASK_KINDS = {"cls": "efficientnet_lite0", "classification": "efficientnet_lite0"}
-
-
-class UserError(ValueError):
-    """A mistake in the command line or its inputs, reported in one line."""
 
 
 def original_frames(nvp: NvpFile, source: str | None, inr):
@@ -107,18 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     passive_openmp_waits()  # torch is imported lazily, in run()
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        print("nvp-export: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as e:  # user-facing: bad files, names, paths (see nvp_rt.cli)
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"nvp-export: error: {message}", file=sys.stderr)
-        return 1
-    return 0
-
+    return run_reporting_errors("nvp-export", run, build_parser().parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,7 @@ from .nvpfile import NvpFile
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi"}
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """A mistake in how nvp was called; reported as one line."""
 
 
@@ -188,19 +188,26 @@ def passive_openmp_waits() -> None:
 def main(argv: list[str] | None = None) -> int:
     passive_openmp_waits()  # encode and view import torch lazily, after this
     args = build_parser().parse_args(argv)
+    return run_reporting_errors(f"nvp {args.command}", args.run, args)
+
+
+def run_reporting_errors(prog: str, run, args) -> int:
+    """Run a command; a user-facing failure becomes one line on stderr and exit code 1.
+
+    User-facing failures (bad or tampered files, untileable sizes, paths, fits that collapse) are
+    raised as ValueError / OSError subclasses with a message meant for people; anything else is a bug
+    and keeps its traceback.
+    """
     try:
-        args.run(args)
+        run(args)
     except KeyboardInterrupt:
-        print("nvp: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, OSError) as e:
-        # User-facing failures (bad or tampered files, untileable sizes, paths, fits that collapse) are
-        # raised as ValueError / OSError subclasses with a message meant for people; anything else is a bug.
+    except (ValueError, OSError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"nvp {args.command}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
