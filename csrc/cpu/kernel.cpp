@@ -110,6 +110,18 @@ struct AxisTaps {
 
 typedef int32_t ivec __attribute__((vector_size(NVP_VEC_BYTES)));
 
+// Lanes of the 2-vector window (lo, hi) picked by idx. GCC lowers this to one
+// two-source permute (vpermt2ps on AVX-512); elsewhere a lane loop.
+inline vec permute(vec lo, vec hi, ivec idx) {
+#if defined(__GNUC__) && !defined(__clang__)
+  return __builtin_shuffle(lo, hi, idx);
+#else
+  vec out;
+  for (int l = 0; l < kLanes; ++l) out[l] = idx[l] < kLanes ? lo[idx[l]] : hi[idx[l] - kLanes];
+  return out;
+#endif
+}
+
 // The horizontal pass of a whole output row, one vector of outputs at a time.
 // When the sources of every vector fit a window of two vectors (any upscale,
 // downscales up to ~2x), each tap is a two-vector permute of the window
@@ -117,7 +129,6 @@ typedef int32_t ivec __attribute__((vector_size(NVP_VEC_BYTES)));
 class RowResampler {
  public:
   RowResampler(int64_t in, int64_t out) : taps_(in, out), in_(in), out_(out) {
-#if defined(__GNUC__) && !defined(__clang__)
     permutable_ = true;
     for (int64_t o = 0; o < out; o += kLanes) {
       const int base = std::min<int>(taps_.i0[o], std::max<int>(0, int(in) - 2 * kLanes));
@@ -132,34 +143,28 @@ class RowResampler {
       }
       blocks_.push_back(b);
     }
-#endif
   }
 
   const AxisTaps& taps() const { return taps_; }
+  bool permutable() const { return permutable_; }
   // Scratch a row needs: the input width padded so window loads stay in bounds.
   int64_t scratch_size() const { return in_ + 2 * kLanes; }
 
-  // dst[0..out) from the blended source row `row` (scratch_size() floats).
+  // dst[0..out) from the blended source row `row` (scratch_size() floats); only when permutable().
   void run(const float* __restrict__ row, float* __restrict__ dst) const {
-#if defined(__GNUC__) && !defined(__clang__)
-    if (permutable_) {
-      for (size_t k = 0; k < blocks_.size(); ++k) {
-        const Block& b = blocks_[k];
-        const vec lo = load(row + b.base), hi = load(row + b.base + kLanes);
-        const vec v = b.w0 * __builtin_shuffle(lo, hi, b.idx0) + b.w1 * __builtin_shuffle(lo, hi, b.idx1);
-        const int64_t o = int64_t(k) * kLanes;
-        if (o + kLanes <= out_) {
-          store(dst + o, v);
-        } else {
-          float tail[kLanes];
-          store(tail, v);
-          std::memcpy(dst + o, tail, sizeof(float) * (out_ - o));
-        }
+    for (size_t k = 0; k < blocks_.size(); ++k) {
+      const Block& b = blocks_[k];
+      const vec lo = load(row + b.base), hi = load(row + b.base + kLanes);
+      const vec v = b.w0 * permute(lo, hi, b.idx0) + b.w1 * permute(lo, hi, b.idx1);
+      const int64_t o = int64_t(k) * kLanes;
+      if (o + kLanes <= out_) {
+        store(dst + o, v);
+      } else {
+        float tail[kLanes];
+        store(tail, v);
+        std::memcpy(dst + o, tail, sizeof(float) * (out_ - o));
       }
-      return;
     }
-#endif
-    for (int64_t o = 0; o < out_; ++o) dst[o] = taps_.w0[o] * row[taps_.i0[o]] + taps_.w1[o] * row[taps_.i1[o]];
   }
 
  private:
@@ -174,13 +179,24 @@ class RowResampler {
   std::vector<Block> blocks_;
 };
 
-// Output row `oy` of one channel plane `src` (h x w) into dst[0..wo): blend
-// the two source rows (contiguous, vectorised), then resample horizontally.
+// Output row `oy` of one channel plane `src` (h x w) into dst[0..wo). Where
+// the permute path applies, blend the two source rows (contiguous,
+// vectorised) and resample the blend; for larger downscales, blending whole
+// rows would touch far more columns than the outputs use, so each output
+// gathers its four taps directly.
 inline void interpolate_row(const float* __restrict__ src, int64_t w, const AxisTaps& ty, const RowResampler& rx,
                             int64_t oy, float* __restrict__ dst, float* __restrict__ row) {
   const float* __restrict__ r0 = src + ty.i0[oy] * w;
   const float* __restrict__ r1 = src + ty.i1[oy] * w;
   const float wy0 = ty.w0[oy], wy1 = ty.w1[oy];
+  if (!rx.permutable()) {
+    const AxisTaps& tx = rx.taps();
+    for (size_t o = 0; o < tx.i0.size(); ++o) {
+      const int x0 = tx.i0[o], x1 = tx.i1[o];
+      dst[o] = wy0 * (tx.w0[o] * r0[x0] + tx.w1[o] * r0[x1]) + wy1 * (tx.w0[o] * r1[x0] + tx.w1[o] * r1[x1]);
+    }
+    return;
+  }
   for (int64_t x = 0; x < w; ++x) row[x] = wy0 * r0[x] + wy1 * r1[x];
   rx.run(row, dst);
 }
