@@ -8,6 +8,7 @@ path lands, `view` need the export side (torch), imported only when used.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import json
 import sys
@@ -48,10 +49,9 @@ def _range(text: str) -> tuple[int, int | None, int]:
 
 
 def _export():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise UserError("this command needs the export side (torch); install it with: pip install 'nvp[export]'") from None
+    """The export side (torch), for the commands that fit or decode with it; the runtime never loads it otherwise."""
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("this command needs the export side (torch); install it with: pip install 'nvp[export]'")
     import nvp_export.encode
 
     return nvp_export.encode
