@@ -218,7 +218,11 @@ class Backbone(nn.Module):
         x = torch.zeros((1, 3, h, w) if t == 1 else (1, 3, t, h, w))
         with torch.no_grad():
             feats = self.features(x, self._point_names)
-        return [InjectionPoint(n, tuple(feats[n].shape[1:])) for n in self._point_names]
+        return [self._injection_point(n, feats[n]) for n in self._point_names]
+
+    def _injection_point(self, name: str, features: torch.Tensor) -> InjectionPoint:
+        """The point ``name`` described from one sample's features there."""
+        return InjectionPoint(name, tuple(features.shape[1:]))
 
     def features(self, x: torch.Tensor, points: Sequence[str]) -> dict[str, torch.Tensor]:
         """Outputs at each of ``points`` from one pass that stops at the deepest of them."""

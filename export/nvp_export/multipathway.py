@@ -72,20 +72,10 @@ def as_pathways(features: Features) -> tuple[torch.Tensor, ...]:
 class MultiPathwayBackbone(Backbone):
     """A ``Backbone`` whose stage boundaries may carry a tuple of tensors (one per pathway)."""
 
-    def _probe_shapes(self) -> list[InjectionPoint]:
-        h, w = self.preprocess.input_size
-        t = self.preprocess.num_frames
-        x = torch.zeros((1, 3, h, w) if t == 1 else (1, 3, t, h, w))
-        with torch.no_grad():
-            feats = self.features(x, self._point_names)
-        points: list[InjectionPoint] = []
-        for name in self._point_names:
-            f = feats[name]
-            if isinstance(f, torch.Tensor):
-                points.append(InjectionPoint(name, tuple(f.shape[1:])))
-            else:
-                points.append(MultiPathwayPoint(name, tuple(tuple(p.shape[1:]) for p in f)))
-        return points
+    def _injection_point(self, name: str, features: Features) -> InjectionPoint:
+        if isinstance(features, torch.Tensor):
+            return super()._injection_point(name, features)
+        return MultiPathwayPoint(name, tuple(tuple(p.shape[1:]) for p in features))
 
 
 class PathwayAdapter(nn.Module):
