@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -36,6 +36,26 @@ def tiling_strides(height: int, width: int, max_stages: int = 5, min_grid: int =
             f"frame size {width}x{height} cannot be tiled: width and height must share a factor >= {min_factor} "
             f"built from 2, 3 and 5 (e.g. 320x180, 640x360); resize or crop the video")
     return strides
+
+
+@dataclass
+class GridConfig:
+    """What every INR config shares: the video's size and the upsampling from a small grid to it."""
+
+    height: int
+    width: int
+    num_frames: int
+    fc_dim: int
+    strides: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.strides:
+            self.strides = tiling_strides(self.height, self.width)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        p = math.prod(self.strides)
+        return self.height // p, self.width // p
 
 
 def check_config(cfg) -> None:

@@ -9,37 +9,22 @@ decoder and the embeddings.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .base import INR, RGBHead, UpBlock, tiling_strides
+from .base import INR, GridConfig, RGBHead, UpBlock
 
 
 @dataclass
-class HNeRVConfig:
-    height: int
-    width: int
-    num_frames: int
-    fc_dim: int
-    strides: list[int] = field(default_factory=list)
+class HNeRVConfig(GridConfig):
     embed_dim: int = 16
     reduction: float = 1.2
     lower_width: int = 12
     ks_first: int = 1
     ks_max: int = 5
     encoder_dim: int = 64
-
-    def __post_init__(self):
-        if not self.strides:
-            self.strides = tiling_strides(self.height, self.width)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        p = math.prod(self.strides)
-        return self.height // p, self.width // p
 
     def channels(self) -> list[int]:
         widths = [self.fc_dim]

@@ -10,36 +10,22 @@ channels fc_dim * expansion first, then max(C // reduction, lower_width); head
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .base import INR, RGBHead, UpBlock, tiling_strides
+from .base import INR, GridConfig, RGBHead, UpBlock
 
 
 @dataclass
-class NeRVConfig:
-    height: int
-    width: int
-    num_frames: int
-    fc_dim: int
-    strides: list[int] = field(default_factory=list)
+class NeRVConfig(GridConfig):
     mlp_hidden: int = 512
     pe_levels: int = 80
     pe_base: float = 1.25
     expansion: float = 1.0
     reduction: int = 2
     lower_width: int = 12  # NeRV's 96 assumes multi-megabyte models; ours fit a bpp budget
-
-    def __post_init__(self):
-        if not self.strides:
-            self.strides = tiling_strides(self.height, self.width)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        p = math.prod(self.strides)
-        return self.height // p, self.width // p
 
     def channels(self) -> list[int]:
         widths = [self.fc_dim, max(int(self.fc_dim * self.expansion), 1)]

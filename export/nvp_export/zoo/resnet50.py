@@ -13,8 +13,7 @@ import os
 from torch import nn
 
 from ..backbone import Backbone, Preprocess
-from .labels import imagenet_labels
-from .weights import find_cached, load_exact, read_state_dict
+from .weights import torchvision_classifier
 
 PREPROCESS = Preprocess(input_size=(224, 224))  # ImageNet mean/std
 # torchvision's file names for its V1 and V2 ImageNet weights, looked up in torch hub's cache.
@@ -84,16 +83,4 @@ class ResNet50(nn.Module):
 
 
 def build(weights: str | os.PathLike | None = None) -> Backbone:
-    net = ResNet50()
-    path = weights if weights is not None else find_cached(CACHED_NAMES)
-    if path is not None:
-        load_exact(net, read_state_dict(path), str(path))
-    return Backbone(
-        "resnet50",
-        net.stages(),
-        PREPROCESS,
-        task="classification",
-        labels=imagenet_labels(),
-        pretrained=path is not None,
-        weights_source=str(path) if path else "pass weights=PATH to a torchvision resnet50 state dict",
-    )
+    return torchvision_classifier("resnet50", ResNet50(), PREPROCESS, weights, CACHED_NAMES)

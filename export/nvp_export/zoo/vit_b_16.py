@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from ..backbone import Backbone, Preprocess
-from .labels import imagenet_labels
-from .weights import find_cached, load_exact, read_state_dict
+from .weights import torchvision_classifier
 
 PREPROCESS = Preprocess(input_size=(224, 224))  # ImageNet mean/std
 CACHED_NAMES = ("vit_b_16-c867db91.pth",)
@@ -84,16 +83,4 @@ class ViTB16(nn.Module):
 
 
 def build(weights: str | os.PathLike | None = None) -> Backbone:
-    net = ViTB16()
-    path = weights if weights is not None else find_cached(CACHED_NAMES)
-    if path is not None:
-        load_exact(net, read_state_dict(path), str(path))
-    return Backbone(
-        "vit_b_16",
-        net.stages(),
-        PREPROCESS,
-        task="classification",
-        labels=imagenet_labels(),
-        pretrained=path is not None,
-        weights_source=str(path) if path else "pass weights=PATH to a torchvision vit_b_16 state dict",
-    )
+    return torchvision_classifier("vit_b_16", ViTB16(), PREPROCESS, weights, CACHED_NAMES)
