@@ -15,11 +15,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..backbone import Preprocess
 from ..multipathway import MultiPathwayBackbone
-from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, kinetics400_labels
-from .slowfast_r50 import MEAN, STD
-from .weights import load_exact, read_state_dict
+from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, action_backbone
 
 
 @dataclass(frozen=True)
@@ -71,15 +68,4 @@ class I3D(nn.Module):
 
 
 def build(weights: str | os.PathLike | None = None, config: I3DConfig = I3DConfig()) -> MultiPathwayBackbone:
-    net = I3D(config)
-    if weights is not None:
-        load_exact(net, read_state_dict(weights), str(weights))
-    return MultiPathwayBackbone(
-        "i3d_r50",
-        net.stages(),
-        Preprocess(input_size=config.crop, mean=MEAN, std=STD, num_frames=config.frames),
-        task="action",
-        labels=kinetics400_labels() if config.num_classes == 400 else (),
-        pretrained=weights is not None,
-        weights_source=str(weights) if weights else "pass weights=PATH to pytorchvideo's I3D_8x8_R50.pyth",
-    )
+    return action_backbone("i3d_r50", I3D(config), config, weights, "I3D_8x8_R50.pyth")

@@ -13,6 +13,8 @@ from typing import Sequence
 
 from torch import nn
 
+KINETICS_MEAN, KINETICS_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+
 Triple = tuple[int, int, int]
 
 
@@ -122,3 +124,21 @@ def init_like_pytorchvideo(module: nn.Module) -> None:
             nn.init.normal_(m.weight, std=0.01)
             nn.init.zeros_(m.bias)
 
+
+def action_backbone(name: str, net: nn.Module, config, weights, checkpoint: str):
+    """A pytorchvideo-named action model as a Backbone of ``net.stages()``, Kinetics normalisation."""
+    from ..backbone import Preprocess
+    from ..multipathway import MultiPathwayBackbone
+    from .weights import load_exact, read_state_dict
+
+    if weights is not None:
+        load_exact(net, read_state_dict(weights), str(weights))
+    return MultiPathwayBackbone(
+        name,
+        net.stages(),
+        Preprocess(input_size=config.crop, mean=KINETICS_MEAN, std=KINETICS_STD, num_frames=config.frames),
+        task="action",
+        labels=kinetics400_labels() if config.num_classes == 400 else (),
+        pretrained=weights is not None,
+        weights_source=str(weights) if weights else f"pass weights=PATH to pytorchvideo's {checkpoint}",
+    )

@@ -18,12 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..backbone import Preprocess
 from ..multipathway import MultiPathwayBackbone, temporal_indices
-from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, kinetics400_labels
-from .weights import load_exact, read_state_dict
+from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, action_backbone
 
-MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
 
 
 @dataclass(frozen=True)
@@ -129,15 +126,4 @@ class SlowFast(nn.Module):
 
 
 def build(weights: str | os.PathLike | None = None, config: SlowFastConfig = SlowFastConfig()) -> MultiPathwayBackbone:
-    net = SlowFast(config)
-    if weights is not None:
-        load_exact(net, read_state_dict(weights), str(weights))
-    return MultiPathwayBackbone(
-        "slowfast_r50",
-        net.stages(),
-        Preprocess(input_size=config.crop, mean=MEAN, std=STD, num_frames=config.frames),
-        task="action",
-        labels=kinetics400_labels() if config.num_classes == 400 else (),
-        pretrained=weights is not None,
-        weights_source=str(weights) if weights else "pass weights=PATH to pytorchvideo's SLOWFAST_8x8_R50.pyth",
-    )
+    return action_backbone("slowfast_r50", SlowFast(config), config, weights, "SLOWFAST_8x8_R50.pyth")
