@@ -85,7 +85,10 @@ def test_encode_info_view(tiny, tmp_path):
     nvp_file = NvpFile.open(out)
     size = out.stat().st_size
     assert nvp_file.manifest["video"]["frames"] == 8
-    assert nvp_file.manifest["metrics"]["psnr_quantised_db"] > 22
+    # The fit must clearly beat the best answer that ignores time, the clip's mean frame (~16 dB here);
+    # a 60-epoch fit lands near 22 dB, varying by a few tenths from run to run.
+    mean_frame = np.broadcast_to(frames.mean(0).round().astype(np.uint8), frames.shape)
+    assert nvp_file.manifest["metrics"]["psnr_quantised_db"] > psnr(frames, mean_frame) + 4
 
     info = nvp("info", out).stdout
     assert f"{size} bytes" in info and f"{8 * size / (8 * 64 * 64):.4f} bpp" in info
