@@ -58,7 +58,7 @@ def tiny(tmp_path_factory):
     clip = d / "tiny.mp4"
     frames = write_clip(clip, ClipSpec("coffee", width=64, height=64, frames=8, seed=3))
     out = d / "tiny.nvp"
-    nvp("encode", clip, "-o", out, "--params", 60000, "--epochs", 60, "--threads", 1, "-q")
+    nvp("encode", clip, "-o", out, "--params", 60000, "--epochs", 100, "--threads", 1, "-q")
     return d, frames, out
 
 
@@ -85,8 +85,9 @@ def test_encode_info_view(tiny, tmp_path):
     nvp_file = NvpFile.open(out)
     size = out.stat().st_size
     assert nvp_file.manifest["video"]["frames"] == 8
-    # The fit must clearly beat the best answer that ignores time, the clip's mean frame (~16 dB here);
-    # a 60-epoch fit lands near 22 dB, varying by a few tenths from run to run.
+    # The fit must clearly beat the best answer that ignores time, the clip's mean frame (~16 dB here).
+    # HNeRV first settles on that mean frame and leaves it after a seed-dependent number of epochs:
+    # at 60 epochs 2 seeds in 12 were still there (16-20 dB); at 100 every seed tried reached 27-28 dB.
     mean_frame = np.broadcast_to(frames.mean(0).round().astype(np.uint8), frames.shape)
     assert nvp_file.manifest["metrics"]["psnr_quantised_db"] > psnr(frames, mean_frame) + 4
 
