@@ -106,6 +106,7 @@ class SessionCache:
         if self.threads:
             opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only: ORT warns on every optimised-graph save, which is intended here
         # Spinning threads would steal cores from nvp's own kernels between graph runs.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts

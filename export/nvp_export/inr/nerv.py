@@ -43,27 +43,36 @@ class NeRVConfig(GridConfig):
 
 
 class PositionalEncoding(nn.Module):
+    """[sin(t b^i pi), cos(t b^i pi)], computed in float64.
+
+    The highest levels' angles reach 1e7 and more, where float32 cannot even
+    resolve the angle; float64 keeps the encoding a function of t that the
+    runtime (``nvp_rt.prefix.positional_encoding``, numpy) reproduces exactly.
+    """
+
     def __init__(self, levels: int, base: float):
         super().__init__()
-        self.register_buffer("freqs", base ** torch.arange(levels, dtype=torch.float32) * math.pi, persistent=False)
+        freqs = base ** torch.arange(levels, dtype=torch.float64) * math.pi
+        self.register_buffer("freqs", freqs, persistent=False)
 
     def forward(self, t):
-        angles = t[:, None] * self.freqs
-        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+        angles = t.to(torch.float64)[:, None] * self.freqs.to(t.device)
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1).to(torch.float32)
 
 
 class NeRVStem(nn.Module):
+    """Positional encoding of t -> MLP -> (fc_dim, grid) feature map; the encoding is the stem's input."""
+
     def __init__(self, config: NeRVConfig):
         super().__init__()
         self.grid = config.grid
         self.fc_dim = config.fc_dim
-        self.pe = PositionalEncoding(config.pe_levels, config.pe_base)
         h, w = config.grid
         self.mlp = nn.Sequential(nn.Linear(2 * config.pe_levels, config.mlp_hidden), nn.GELU(),
                                  nn.Linear(config.mlp_hidden, config.fc_dim * h * w), nn.GELU())
 
-    def forward(self, t):
-        return self.mlp(self.pe(t)).view(-1, self.fc_dim, *self.grid)
+    def forward(self, encoding):
+        return self.mlp(encoding).view(-1, self.fc_dim, *self.grid)
 
 
 class NeRV(INR):
@@ -77,6 +86,7 @@ class NeRV(INR):
             stages[f"block{i + 1}"] = UpBlock(c[i], c[i + 1], s, 3)
         stages["rgb"] = RGBHead(c[-1], 1)
         self.stages = nn.ModuleDict(stages)
+        self.pe = PositionalEncoding(config.pe_levels, config.pe_base)
 
     def stem_input(self, frame_idx):
-        return frame_idx.to(torch.float32) / self.num_frames
+        return self.pe(frame_idx.to(torch.float64) / self.num_frames)

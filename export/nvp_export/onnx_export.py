@@ -1,0 +1,220 @@
+"""ONNX graphs for the runtime, written into the model store (layout in ``nvp_rt.store``).
+
+- ``inr/<arch>.<stage>.onnx``: one graph per INR decoder stage, keyed by
+  architecture; the stage's weights are graph *inputs* named by their
+  state-dict key, so each video binds its own weights at run time.
+- ``suffix/<backbone>@<point>.onnx``: the backbone from an injection point to
+  its raw task outputs; ``backbone/<backbone>.onnx``: the whole backbone from
+  normalised pixels (what the pixel-path baselines run);
+  ``backbone/<backbone>.json``: task, labels, preprocessing, output names.
+
+``<backbone>`` is the preset name plus a fingerprint of its weights, so two
+checkpoints of one preset never share graphs. Exporting is idempotent: graphs
+already in the store are not exported again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import json
+import logging
+import warnings
+from typing import Sequence
+
+import onnx
+import torch
+from torch import nn
+
+from nvp_rt.prefix import STAGE_INPUT, STAGE_OUTPUT, architecture_key
+from nvp_rt.store import ModelStore
+
+from .backbone import Backbone
+from .inr import INR
+from .multipathway import MultiPathwayPoint
+
+__all__ = ["backbone_key", "export_inr_graphs", "export_backbone_graphs", "export_route_graphs", "OUTPUT_NAMES"]
+
+# Raw outputs of each task kind's graphs, in the order the backbone returns them.
+OUTPUT_NAMES = {
+    "classification": ["logits"],
+    "action": ["logits"],
+    "segmentation": ["logits"],
+    "detection": ["logits", "boxes"],
+}
+OPSET = 18
+ADAPTER_TAIL = "gelu_conv1x1"  # nvp_rt.session reads it under this name
+
+
+def backbone_key(backbone: Backbone) -> str:
+    """``<name>-<first 10 hex of sha256 over the weights>``."""
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return f"{backbone.name}-{digest.hexdigest()[:10]}"
+
+
+def _to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: Sequence[str],
+             output_names: Sequence[str]) -> onnx.ModelProto:
+    """Export with a dynamic leading (batch) dimension on every input."""
+    dynamic = tuple({0: torch.export.Dim.DYNAMIC} for _ in example)
+    if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
+        dynamic = (dynamic,)  # torch.export wants *args' shapes as one tuple
+    with _quiet_exporter():
+        program = torch.onnx.export(module.eval(), example, None, input_names=list(input_names),
+                                    output_names=list(output_names), dynamic_shapes=dynamic, dynamo=True,
+                                    opset_version=OPSET, optimize=True, verbose=False)
+    return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints every step and logs every op it skips; callers report progress themselves."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def _weights_as_inputs(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
+    """Turn the initializers named ``prefix...`` (the stage's weights) into graph inputs."""
+    graph = model.graph
+    kept, moved = [], []
+    for init in graph.initializer:
+        (moved if init.name.startswith(prefix) else kept).append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for init in moved:
+        graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    return model
+
+
+class _Stage(nn.Module):
+    """One INR stage under its state-dict path, so the exported weight names are the file's tensor names."""
+
+    def __init__(self, name: str, stage: nn.Module):
+        super().__init__()
+        self.stages = nn.ModuleDict({name: stage})
+        self.name = name
+
+    def forward(self, x):
+        return self.stages[self.name](x)
+
+
+def export_inr_graphs(inr: INR, store: ModelStore, progress=None) -> str:
+    """Stage graphs of ``inr``'s architecture (weights unbound) into ``store``; returns the architecture key."""
+    key = architecture_key(inr.config_dict())
+    with torch.no_grad():
+        x = inr.stem_input(torch.arange(min(2, inr.num_frames)))
+        for name, stage in inr.stages.items():
+            module = _Stage(name, stage)
+            y = module(x)
+            if ("inr", f"{key}.{name}") not in store:
+                model = _to_onnx(module, (x,), [STAGE_INPUT], [STAGE_OUTPUT])
+                store.put("inr", f"{key}.{name}", _weights_as_inputs(model, f"stages.{name}.").SerializeToString())
+            if progress:
+                progress(f"INR stage {name}")
+            x = y
+    return key
+
+
+class _Suffix(nn.Module):
+    def __init__(self, backbone: Backbone, point: str, pathways: int):
+        super().__init__()
+        self.backbone, self.point, self.pathways = backbone, point, pathways
+
+    def forward(self, *features):
+        out = self.backbone.suffix(list(features) if self.pathways > 1 else features[0], self.point)
+        return tuple(out) if isinstance(out, (tuple, list)) else out
+
+
+def _pathway_shapes(backbone: Backbone, point: str) -> list[tuple[int, ...]]:
+    p = backbone.point(point)
+    return [tuple(s) for s in p.shape] if isinstance(p, MultiPathwayPoint) else [tuple(p.shape)]
+
+
+def _describe(backbone: Backbone, outputs: list[str]) -> dict:
+    pre = backbone.preprocess
+    return {
+        "name": backbone.name, "task": backbone.task, "labels": list(backbone.labels), "outputs": outputs,
+        "preprocess": {"input_size": list(pre.input_size), "mean": list(pre.mean), "std": list(pre.std),
+                       "num_frames": pre.num_frames},
+        "points": {p.name: [list(s) for s in _pathway_shapes(backbone, p.name)] for p in backbone.injection_points},
+        "pretrained": backbone.pretrained, "weights_note": backbone.weights_note,
+        **_postprocess_settings(backbone),
+    }
+
+
+def _postprocess_settings(backbone: Backbone) -> dict:
+    """Defaults of the preset's own post-processing that the runtime must apply the same way."""
+    threshold = inspect.signature(backbone.postprocess).parameters.get("threshold")
+    return {} if threshold is None else {"threshold": threshold.default}
+
+
+def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: ModelStore, progress=None) -> str:
+    """The full graph, the description and the suffix graph from each of ``points``; returns the backbone key."""
+    if backbone.task not in OUTPUT_NAMES:
+        raise ValueError(f"{backbone.name}: {backbone.task} backbones cannot be exported to ONNX yet "
+                         f"(exportable: {', '.join(OUTPUT_NAMES)})")
+    key = backbone_key(backbone)
+    outputs = OUTPUT_NAMES[backbone.task]
+    h, w = backbone.preprocess.input_size
+    t = backbone.preprocess.num_frames
+    pixels = torch.zeros((2, 3, h, w) if t == 1 else (2, 3, t, h, w))
+    if ("backbone", key) not in store:
+        store.put("backbone", key, _to_onnx(backbone, (pixels,), [STAGE_INPUT], outputs).SerializeToString())
+        if progress:
+            progress(f"{backbone.name} full graph")
+    store.put("backbone", key, json.dumps(_describe(backbone, outputs), indent=1).encode(), suffix=".json")
+    for point in points:
+        if ("suffix", f"{key}@{point}") in store:
+            continue
+        shapes = _pathway_shapes(backbone, point)
+        example = tuple(torch.randn(2, *s) for s in shapes)
+        names = ["features"] if len(shapes) == 1 else [f"features{i}" for i in range(len(shapes))]
+        model = _to_onnx(_Suffix(backbone, point, len(shapes)), example, names, outputs)
+        store.put("suffix", f"{key}@{point}", model.SerializeToString())
+        if progress:
+            progress(f"{backbone.name} suffix from {point}")
+    return key
+
+
+def export_adapter_tail(store: ModelStore) -> None:
+    """The stacked adapter's second half, GELU then a 1x1 conv, with the weights as inputs
+    ("weight" (C_out, C_hidden), "bias" (C_out,)); the runtime's kernel does the first half."""
+    if ("adapter", ADAPTER_TAIL) in store:
+        return
+    f = onnx.TensorProto.FLOAT
+    nodes = [
+        onnx.helper.make_node("Gelu", ["input"], ["activated"]),
+        onnx.helper.make_node("Constant", [], ["kernel_dims"], value_ints=[1, 1]),
+        onnx.helper.make_node("Shape", ["weight"], ["weight_dims"]),
+        onnx.helper.make_node("Concat", ["weight_dims", "kernel_dims"], ["kernel_shape"], axis=0),
+        onnx.helper.make_node("Reshape", ["weight", "kernel_shape"], ["kernel"]),
+        onnx.helper.make_node("Conv", ["activated", "kernel", "bias"], ["output"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes, "adapter_tail",
+        [onnx.helper.make_tensor_value_info("input", f, ["N", "C_hidden", "H", "W"]),
+         onnx.helper.make_tensor_value_info("weight", f, ["C_out", "C_hidden"]),
+         onnx.helper.make_tensor_value_info("bias", f, ["C_out"])],
+        [onnx.helper.make_tensor_value_info("output", f, ["N", "C_out", "H", "W"])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
+    onnx.checker.check_model(model, full_check=True)
+    store.put("adapter", ADAPTER_TAIL, model.SerializeToString())
+
+
+def export_route_graphs(inr: INR, backbone: Backbone, point: str, store: ModelStore, stacked: bool = False,
+                        progress=None) -> str:
+    """Everything a route of ``inr`` into ``backbone`` at ``point`` needs in the store; returns the backbone key."""
+    export_inr_graphs(inr, store, progress)
+    if stacked:
+        export_adapter_tail(store)
+    return export_backbone_graphs(backbone, [point], store, progress)

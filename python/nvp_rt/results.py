@@ -1,0 +1,131 @@
+"""What a query answers, per task kind, and the post-processing from raw head outputs to it.
+
+Post-processing follows the export side's torch definitions (``Backbone.postprocess``
+of each preset) operation for operation, in numpy; tests hold the two together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Classification", "Detection", "Action", "Segmentation", "postprocess", "bilinear_matrix"]
+
+TopK = list[tuple[int, str, float]]  # (class index, label, probability), best first
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _top_k(logits: np.ndarray, labels: list[str], k: int) -> list[TopK]:
+    probs = _softmax(logits.astype(np.float64))
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    return [[(int(i), labels[i] if labels else str(int(i)), float(p[i])) for i in row] for p, row in zip(probs, order)]
+
+
+@dataclass
+class Classification:
+    """Per frame: ``logits`` (N, K) and the ``top_k`` classes."""
+
+    frames: list[int]
+    logits: np.ndarray
+    top_k: list[TopK]
+
+
+@dataclass
+class Action:
+    """Per clip of consecutive requested frames: ``logits`` (clips, K) and the ``top_k`` actions."""
+
+    clips: list[list[int]]
+    logits: np.ndarray
+    top_k: list[TopK]
+
+
+@dataclass
+class FrameDetections:
+    boxes: np.ndarray  # (K, 4) x0, y0, x1, y1 in the video's pixels
+    scores: np.ndarray  # (K,)
+    labels: np.ndarray  # (K,) class ids
+    names: list[str]
+
+
+@dataclass
+class Detection:
+    """Per frame, the detections scoring above the head's threshold; raw ``logits``/``boxes`` kept too."""
+
+    frames: list[int]
+    detections: list[FrameDetections]
+    logits: np.ndarray
+    raw_boxes: np.ndarray  # (N, Q, 4) normalised cx, cy, w, h
+
+    @property
+    def boxes(self) -> list[np.ndarray]:
+        return [d.boxes for d in self.detections]
+
+    @property
+    def scores(self) -> list[np.ndarray]:
+        return [d.scores for d in self.detections]
+
+    @property
+    def labels(self) -> list[np.ndarray]:
+        return [d.labels for d in self.detections]
+
+
+@dataclass
+class Segmentation:
+    """Per frame, a class mask (N, H, W) at the video's resolution; ``logits`` at the head's resolution."""
+
+    frames: list[int]
+    masks: np.ndarray
+    logits: np.ndarray = field(repr=False)
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) bilinear resampling along one axis, half-pixel centres (torch align_corners=False)."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = src - lo
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), lo), 1 - frac)
+    np.add.at(m, (np.arange(n_out), hi), frac)
+    return m
+
+
+def _detections(logits: np.ndarray, boxes: np.ndarray, labels: list[str], threshold: float,
+                size: tuple[int, int]) -> list[FrameDetections]:
+    probs = _softmax(logits.astype(np.float64))[..., :-1]  # the last class is "no object"
+    scores, classes = probs.max(-1), probs.argmax(-1)
+    h, w = size
+    out = []
+    for s, c, b in zip(scores, classes, boxes.astype(np.float64)):
+        keep = s > threshold
+        cx, cy, bw, bh = b[keep].T
+        xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * [w, h, w, h]
+        out.append(FrameDetections(xyxy.astype(np.float32), s[keep].astype(np.float32), c[keep],
+                                   [labels[i] for i in c[keep]]))
+    return out
+
+
+def postprocess(task: str, outputs: dict[str, np.ndarray], description: dict[str, Any], frames: list,
+                video_size: tuple[int, int], k: int = 5):
+    """Raw head outputs of ``task`` kind -> its typed result. ``video_size`` is (H, W)."""
+    labels = list(description.get("labels", []))
+    if task == "classification":
+        return Classification(frames, outputs["logits"], _top_k(outputs["logits"], labels, k))
+    if task == "action":
+        return Action(frames, outputs["logits"], _top_k(outputs["logits"], labels, k))
+    if task == "detection":
+        threshold = float(description.get("threshold", 0.7))
+        dets = _detections(outputs["logits"], outputs["boxes"], labels, threshold, video_size)
+        return Detection(frames, dets, outputs["logits"], outputs["boxes"])
+    if task == "segmentation":
+        logits = outputs["logits"]
+        rows, cols = bilinear_matrix(logits.shape[2], video_size[0]), bilinear_matrix(logits.shape[3], video_size[1])
+        up = np.einsum("yh,nkhw,xw->nkyx", rows.astype(np.float32), logits, cols.astype(np.float32), optimize=True)
+        return Segmentation(frames, up.argmax(1), logits)
+    raise ValueError(f"no post-processing for task kind {task!r}")

@@ -1,0 +1,289 @@
+"""``Session``: answer tasks on a video's frames from one partial decode of its INR.
+
+    s = nvp_rt.Session("clip.nvp")            # device="auto"|"cpu"|"cuda", backend="auto"|"ort"|"trt"
+    out = s.run(["cls", "det"], frames=[0, 16, 32])
+    out["cls"].top_k[0]                        # [(index, label, probability), ...]
+    pixels = s.decode([0, 1])                  # uint8 (N, H, W, 3)
+
+A query, as data flows (each step one place in this file):
+
+1. ``_plan``: the routes of the asked tasks; the deepest INR tap any of them reads.
+2. ``_decode_prefix``: the INR's stage graphs run once, stem to that tap; every
+   shallower tap on the way is kept for the tasks that read it.
+3. ``_adapt``: each route's micro adapter, ``ops.resize_conv1x1`` (the fused
+   C++/CUDA kernel), once per pathway of its injection point.
+4. ``_Head.run``: the backbone suffix graph from the injection point;
+   ``results.postprocess`` turns its raw outputs into the task's answer.
+
+Graphs come from the model store and sessions from a cache keyed by graph
+content, so a second video of a known architecture compiles nothing. One
+Session serves concurrent ``run`` calls: ONNX Runtime sessions and the kernel
+are thread-safe, and a query keeps all its state in local variables.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from . import ops
+from .backends import Backend, SessionCache, resolve_backend
+from .nvpfile import NvpFile, NvpFormatError, Route
+from .prefix import STAGE_INPUT, STAGE_OUTPUT, VideoINR
+from .results import postprocess
+from .store import ModelStore
+
+__all__ = ["Session", "UnknownTaskError"]
+
+
+class UnknownTaskError(KeyError):
+    """A query names a task the file has no route for."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _temporal_indices(num_frames: int, out_frames: int) -> np.ndarray:
+    """The frames a pathway sampling ``out_frames`` of a ``num_frames`` clip sees (pytorchvideo's rule)."""
+    return np.linspace(0, num_frames - 1, out_frames).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _Pathway:
+    weights: list[tuple[np.ndarray, np.ndarray]]  # per 1x1 conv: (C_out, C_in), (C_out,)
+    size: tuple[int, int]
+    frames: int | None  # the pathway's clip length for video points, None for images
+
+
+class _Head:
+    """A backbone suffix from one injection point, with what post-processing needs to know."""
+
+    def __init__(self, sessions: SessionCache, store: ModelStore, backbone: str, point: str):
+        self.description = json.loads(store.get("backbone", backbone, suffix=".json").read_text())
+        self.session = sessions.get(store.get("suffix", f"{backbone}@{point}"))
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = list(self.description["outputs"])
+        self.task = self.description["task"]
+        self.clip_frames = int(self.description["preprocess"].get("num_frames", 1))
+
+    def run(self, features: list[np.ndarray]) -> dict[str, np.ndarray]:
+        values = self.session.run(self.outputs, dict(zip(self.inputs, features)))
+        return dict(zip(self.outputs, values))
+
+
+class _Route:
+    """A task's route as the runtime runs it: INR tap -> adapters -> head."""
+
+    def __init__(self, route: Route, head: _Head, tail, where: str):
+        self.task, self.tap, self.head, self.tail = route.task, route.tap, head, tail
+        meta = route.metadata
+        pathways = meta.get("pathways") or [{"size": meta.get("size"), "frames": None}]
+        try:
+            self.pathways = []
+            for i, p in enumerate(pathways):
+                prefix = f"pathway{i}/" if len(pathways) > 1 else ""
+                convs = 2 if meta.get("hidden") else 1
+                weights = [(np.ascontiguousarray(route.arrays[f"{prefix}weight{j}"], np.float32),
+                            np.ascontiguousarray(route.arrays[f"{prefix}bias{j}"], np.float32)) for j in range(convs)]
+                frames = p.get("frames")
+                self.pathways.append(_Pathway(weights, (int(p["size"][0]), int(p["size"][1])),
+                                              None if frames is None else int(frames)))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise NvpFormatError(f"{where}: route {route.task!r} is malformed ({e})") from None
+        if len(self.pathways) != len(head.inputs):
+            raise NvpFormatError(f"{where}: route {route.task!r} has {len(self.pathways)} adapter pathway(s) but "
+                                 f"its head takes {len(head.inputs)}")
+
+
+class Session:
+    """One video and the tasks routed in it; see the module docstring."""
+
+    def __init__(self, path, device: str = "auto", backend: str = "auto", store: ModelStore | str | None = None,
+                 threads: int = 0):
+        self.path = str(path)
+        self.store = store if isinstance(store, ModelStore) else ModelStore(store)
+        self.backend: Backend = resolve_backend(device, backend, self.store)
+        self.device = self.backend.device
+        self._sessions = _session_cache(self.backend, self.store, threads)
+        nvp = NvpFile.open(path)
+        self.video = nvp.manifest.get("video", {})
+        self.inr = VideoINR(nvp)
+        self.size = tuple(self.inr.tap("rgb").shape[1:])
+        self._stages = {name: self._stage(name) for name in self.inr.tap_names}
+        self._routes: dict[str, _Route] = {}
+        for route in nvp.routes():
+            head = _Head(self._sessions, self.store, route.backbone, route.injection_point)
+            tail = self._sessions.get(self.store.get("adapter", "gelu_conv1x1")) if route.metadata.get("hidden") else None
+            self._routes[route.task] = _Route(route, head, tail, self.path)
+            self.inr.tap(route.tap)  # a route into a tap the INR lacks is a malformed file
+        self._timings = threading.local()
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self._routes)
+
+    @property
+    def last_timings(self) -> dict[str, float]:
+        """Seconds per step of this thread's last query: prefix, adapters, heads, post, total, engine."""
+        return dict(getattr(self._timings, "value", {}))
+
+    def _stage(self, name: str):
+        session = self._sessions.get(self.store.get("inr", f"{self.inr.key}.{name}"))
+        weights = self.inr.stage_weights[name]
+        expected = {i.name: i.shape for i in session.get_inputs() if i.name != STAGE_INPUT}
+        if set(expected) != set(weights) or any(tuple(weights[k].shape) != tuple(s) for k, s in expected.items()):
+            raise NvpFormatError(f"{self.path}: the INR weights of stage {name!r} do not fit its architecture's graph")
+        return session, weights
+
+    # -- a query ---------------------------------------------------------------------------------------------
+
+    def _frames(self, frames) -> np.ndarray:
+        idx = np.arange(self.inr.num_frames) if frames is None else np.asarray(list(_flatten(frames)))
+        if idx.size == 0:
+            raise ValueError("no frames requested")
+        if idx.dtype.kind not in "iu":
+            raise ValueError(f"frame indices must be integers; got {idx.dtype}")
+        if idx.min() < 0 or idx.max() >= self.inr.num_frames:
+            raise IndexError(f"frame index out of range: the video has frames 0..{self.inr.num_frames - 1}")
+        return idx.astype(np.int64)
+
+    def _plan(self, tasks: Sequence[str]) -> tuple[list[_Route], str]:
+        missing = [t for t in tasks if t not in self._routes]
+        if missing:
+            raise UnknownTaskError(f"{self.path} has no route for task(s) {missing}; it has {self.tasks} "
+                                   "(add one with `nvp-export --task NAME`)")
+        routes = [self._routes[t] for t in tasks]
+        order = self.inr.tap_names
+        return routes, max((r.tap for r in routes), key=order.index)
+
+    def _decode_prefix(self, frames: np.ndarray, deepest: str, keep: set[str], clock: "_Clock") -> dict[str, np.ndarray]:
+        x, taps = self.inr.stem_input(frames), {}
+        for name in self.inr.stages_until(deepest):
+            session, weights = self._stages[name]
+            with clock.engine():
+                x = session.run([STAGE_OUTPUT], {STAGE_INPUT: x, **weights})[0]
+            if name in keep:
+                taps[name] = x
+        return taps
+
+    def _adapt(self, route: _Route, features: np.ndarray, clock: "_Clock") -> list[np.ndarray]:
+        """(N, C, h, w) tap features -> one input per head pathway, (N, C', H', W') or clips (n, C', T, H', W')."""
+        clip = route.head.clip_frames
+        if clip > 1:
+            n, c, h, w = features.shape
+            if n % clip:
+                raise ValueError(f"task {route.task!r} answers clips of {clip} consecutive frames; "
+                                 f"{n} frames were requested (ask for a multiple of {clip})")
+            features = np.ascontiguousarray(features.reshape(n // clip, clip, c, h, w).transpose(0, 2, 1, 3, 4))
+        out = []
+        for p in route.pathways:
+            x = features
+            if p.frames is not None and p.frames != x.shape[2]:
+                x = np.ascontiguousarray(x[:, :, _temporal_indices(x.shape[2], p.frames)])
+            (w0, b0), rest = p.weights[0], p.weights[1:]
+            with clock.engine():
+                y = ops.resize_conv1x1(x, w0, b0, size=p.size)
+                for w1, b1 in rest:  # the stacked form: GELU, then the second 1x1 conv, frame by frame
+                    y = _per_frame(lambda f: route.tail.run(None, {"input": f, "weight": w1, "bias": b1})[0], y)
+            out.append(y)
+        return out
+
+    def run(self, tasks: str | Sequence[str], frames: Iterable[int] | None = None, top_k: int = 5) -> dict[str, Any]:
+        """Answer ``tasks`` on ``frames`` (default: all); a dict task -> typed result (see ``nvp_rt.results``)."""
+        clock = _Clock()
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        if not tasks:
+            raise ValueError("no tasks requested")
+        idx = self._frames(frames)
+        routes, deepest = self._plan(tasks)
+        with clock.step("prefix"):
+            taps = self._decode_prefix(idx, deepest, {r.tap for r in routes}, clock)
+        answers = {}
+        for route in routes:
+            with clock.step("adapters"):
+                features = self._adapt(route, taps[route.tap], clock)
+            with clock.step("heads"), clock.engine():
+                raw = route.head.run(features)
+            with clock.step("post"):
+                frames_of = idx.tolist()
+                if route.head.clip_frames > 1:
+                    frames_of = idx.reshape(-1, route.head.clip_frames).tolist()
+                answers[route.task] = postprocess(route.head.task, raw, route.head.description, frames_of,
+                                                  self.size, top_k)
+        self._timings.value = clock.finish()
+        return answers
+
+    def decode(self, frames: Iterable[int] | None = None) -> np.ndarray:
+        """RGB frames for people: uint8 (N, H, W, 3), the INR decoded in full."""
+        idx = self._frames(frames)
+        clock = _Clock()
+        rgb = self._decode_prefix(idx, "rgb", {"rgb"}, clock)["rgb"]
+        return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def _per_frame(fn, x: np.ndarray) -> np.ndarray:
+    """Apply an (N, C, H, W) -> (N, C', H, W) function to (N, C, H, W) or clip (n, C, T, H, W) features."""
+    if x.ndim == 4:
+        return fn(x)
+    n, c, t, h, w = x.shape
+    y = fn(np.ascontiguousarray(x.transpose(0, 2, 1, 3, 4).reshape(n * t, c, h, w)))
+    return np.ascontiguousarray(y.reshape(n, t, -1, h, w).transpose(0, 2, 1, 3, 4))
+
+
+def _flatten(frames) -> Iterable[int]:
+    if isinstance(frames, (int, np.integer)):
+        yield int(frames)
+        return
+    for f in frames:
+        if not isinstance(f, (int, np.integer)):
+            raise ValueError(f"frame indices must be integers; got {f!r}")
+        yield int(f)
+
+
+class _Clock:
+    """Wall time per query step, and the part of it spent inside engines and kernels."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.steps: dict[str, float] = {}
+        self.engine_s = 0.0
+
+    class _Span:
+        def __init__(self, add):
+            self.add = add
+
+        def __enter__(self):
+            self.t0 = time.perf_counter()
+
+        def __exit__(self, *exc):
+            self.add(time.perf_counter() - self.t0)
+
+    def step(self, name: str):
+        return self._Span(lambda s: self.steps.__setitem__(name, self.steps.get(name, 0.0) + s))
+
+    def engine(self):
+        def add(s):
+            self.engine_s += s
+        return self._Span(add)
+
+    def finish(self) -> dict[str, float]:
+        return {**self.steps, "engine": self.engine_s, "total": time.perf_counter() - self.start}
+
+
+_CACHES: dict[tuple, SessionCache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def _session_cache(backend: Backend, store: ModelStore, threads: int) -> SessionCache:
+    """One cache per (backend, store, threads) in the process, shared by every Session: a second video of a
+    known architecture finds its compiled sessions here."""
+    key = (backend.key, repr(backend.providers), str(store.root.resolve()), threads)
+    with _CACHES_LOCK:
+        if key not in _CACHES:
+            _CACHES[key] = SessionCache(backend, store, threads)
+        return _CACHES[key]
