@@ -20,6 +20,7 @@ import copy
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -117,6 +118,16 @@ class PathwayAdapter(nn.Module):
 
     def percent_of(self, backbone: nn.Module) -> float:
         return 100.0 * self.num_parameters() / sum(p.numel() for p in backbone.parameters())
+
+    def to_route(self) -> tuple[dict[str, np.ndarray], dict]:
+        """(arrays, metadata) as a .nvp route stores them: ``weight{i}``/``bias{i}`` for one pathway,
+        ``pathway{p}/weight{i}`` for several; metadata "hidden" and per pathway its "size" and "frames"."""
+        arrays = {}
+        for p, adapter in enumerate(self.adapters):
+            prefix = "" if len(self.adapters) == 1 else f"pathway{p}/"
+            arrays.update({prefix + k: v for k, v in adapter.to_arrays().items()})
+        pathways = [{"size": list(a.spec.size), "frames": f} for a, f in zip(self.adapters, self.frames)]
+        return arrays, {"hidden": self.adapters[0].spec.hidden, "pathways": pathways}
 
 
 def temporal_indices(num_frames: int, out_frames: int, device=None) -> torch.Tensor:

@@ -126,12 +126,15 @@ def export_inr_graphs(inr: INR, store: ModelStore, progress=None) -> str:
 
 
 class _Suffix(nn.Module):
-    def __init__(self, backbone: Backbone, point: str, pathways: int):
+    """The suffix with one tensor argument per pathway (ONNX inputs are flat)."""
+
+    def __init__(self, backbone: Backbone, point: str):
         super().__init__()
-        self.backbone, self.point, self.pathways = backbone, point, pathways
+        self.backbone, self.point = backbone, point
+        self.multi = isinstance(backbone.point(point), MultiPathwayPoint)
 
     def forward(self, *features):
-        out = self.backbone.suffix(list(features) if self.pathways > 1 else features[0], self.point)
+        out = self.backbone.suffix(list(features) if self.multi else features[0], self.point)
         return tuple(out) if isinstance(out, (tuple, list)) else out
 
 
@@ -179,7 +182,7 @@ def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: Mod
         shapes = _pathway_shapes(backbone, point)
         example = tuple(torch.randn(2, *s) for s in shapes)
         names = ["features"] if len(shapes) == 1 else [f"features{i}" for i in range(len(shapes))]
-        model = _to_onnx(_Suffix(backbone, point, len(shapes)), example, names, outputs)
+        model = _to_onnx(_Suffix(backbone, point), example, names, outputs)
         store.put("suffix", f"{key}@{point}", model.SerializeToString())
         if progress:
             progress(f"{backbone.name} suffix from {point}")

@@ -1,0 +1,228 @@
+"""nvp_rt.Session against the torch reference path, for every exportable task kind and both INR families."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import nvp_rt
+from nvp_export.backbone import classify
+from nvp_export.inr import from_config, make_config
+from nvp_export.inr.store import quantise_inr, save_nvp
+from nvp_export.multipathway import PathwayAdapter, decode_clips
+from nvp_export.onnx_export import export_route_graphs
+from nvp_export.zoo import load_backbone
+from nvp_rt.nvpfile import NvpFormatError, Route, replace_routes
+from nvp_rt.session import UnknownTaskError
+from nvp_rt.store import ModelStore, StoreEntryMissing
+from test_task_presets import tiny_detr, tiny_i3d, tiny_segformer, tiny_slowfast
+
+pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
+
+FRAMES, HEIGHT, WIDTH = 8, 32, 48
+# task -> (backbone builder, INR tap, injection point, adapter hidden width)
+ROUTES = {
+    "cls": (lambda: load_backbone("efficientnet_lite0"), "block2", "stage3", None),
+    "cls_stacked": (lambda: load_backbone("efficientnet_lite0"), "block3", "stage2", 8),
+    "det": (tiny_detr, "block3", "stage2", None),
+    "act": (tiny_slowfast, "block2", "res3", None),
+    "act_i3d": (tiny_i3d, "block3", "res3", None),
+    "seg": (tiny_segformer, "block1", "stage2", None),
+}
+
+
+def _random_inr(family: str, seed: int):
+    torch.manual_seed(seed)
+    inr = from_config(make_config(family, height=HEIGHT, width=WIDTH, num_frames=FRAMES, fc_dim=16)).eval()
+    if family == "hnerv":
+        with torch.no_grad():
+            inr.embeddings.normal_()
+    return inr
+
+
+def _write_video(path, inr):
+    arrays, meta, quantised = quantise_inr(inr)
+    save_nvp(path, quantised, arrays, meta, {"video": {"frames": FRAMES, "height": HEIGHT, "width": WIDTH}})
+    return quantised
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """An HNeRV video with a route of every kind (random adapters: equality, not accuracy, is under test)."""
+    d = tmp_path_factory.mktemp("session")
+    store = ModelStore(d / "store")
+    inr = _write_video(d / "clip.nvp", _random_inr("hnerv", 0))
+    backbones, adapters, routes = {}, {}, []
+    for task, (build, tap, point, hidden) in ROUTES.items():
+        bb = backbones[task] = build()
+        torch.manual_seed(len(routes))
+        adapter = adapters[task] = PathwayAdapter(inr.tap_shapes()[tap][0], bb.point(point), hidden).eval()
+        key = export_route_graphs(inr, bb, point, store, stacked=hidden is not None)
+        arrays, meta = adapter.to_route()
+        routes.append(Route(task, key, tap, point, arrays, {"kind": bb.task, **meta}))
+    replace_routes(d / "clip.nvp", routes)
+    return d, store, inr, backbones, adapters
+
+
+def torch_reference(inr, backbone, adapter, task, frames):
+    _, tap, point, _ = ROUTES[task]
+    idx = torch.as_tensor(frames)
+    clip = backbone.preprocess.num_frames
+    with torch.no_grad():
+        taps = decode_clips(inr, idx.reshape(-1, clip) if clip > 1 else idx, tap)
+        out = backbone.suffix(adapter(taps), point)
+    return [o.numpy() for o in out] if isinstance(out, (tuple, list)) else [out.numpy()]
+
+
+def assert_close(a, b, rtol=1e-4):
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= rtol * np.abs(b).max(), np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize("task", list(ROUTES))
+def test_session_matches_the_torch_path(video, task, rng):
+    d, store, inr, backbones, adapters = video
+    session = nvp_rt.Session(d / "clip.nvp", store=store)
+    clip = backbones[task].preprocess.num_frames
+    frames = list(range(FRAMES)) if clip > 1 else rng.choice(FRAMES, 3, replace=False).tolist()
+    answer = session.run([task], frames=frames)[task]
+    ref = torch_reference(inr, backbones[task], adapters[task], task, frames)
+    assert_close(answer.logits, ref[0])
+    kind = backbones[task].task
+    if kind in ("classification", "action"):
+        expected = classify(torch.from_numpy(ref[0]), backbones[task].labels)
+        assert [[c for c, _, _ in row] for row in answer.top_k] == [[c for c, _, _ in row] for row in expected]
+    elif kind == "detection":
+        assert_close(answer.raw_boxes, ref[1])
+        # The reference post-processing on the Session's raw outputs: same boxes in the video's pixels.
+        expected = backbones[task].postprocess((torch.from_numpy(answer.logits), torch.from_numpy(answer.raw_boxes)),
+                                               (HEIGHT, WIDTH), threshold=0.0)
+        low = nvp_rt.results.postprocess("detection", {"logits": answer.logits, "boxes": answer.raw_boxes},
+                                         {"labels": backbones[task].labels, "threshold": 0.0}, frames, (HEIGHT, WIDTH))
+        for got, want in zip(low.detections, expected):
+            np.testing.assert_allclose(got.boxes, want.boxes.numpy(), rtol=1e-5, atol=1e-4)
+            np.testing.assert_array_equal(got.labels, want.labels.numpy())
+    elif kind == "segmentation":
+        masks = backbones[task].postprocess(torch.from_numpy(answer.logits), (HEIGHT, WIDTH)).numpy()
+        assert answer.masks.shape == (len(frames), HEIGHT, WIDTH)
+        assert (answer.masks == masks).mean() > 0.999  # argmax ties between float32 paths may differ
+
+
+@pytest.mark.parametrize("family", ["hnerv", "nerv"])
+def test_decode_matches_the_torch_decoder(tmp_path, family, rng):
+    store = ModelStore(tmp_path / "store")
+    inr = _write_video(tmp_path / "v.nvp", _random_inr(family, int(rng.integers(1 << 16))))
+    from nvp_export.onnx_export import export_inr_graphs
+
+    export_inr_graphs(inr, store)
+    session = nvp_rt.Session(tmp_path / "v.nvp", store=store)
+    frames = rng.choice(FRAMES, 4, replace=False)
+    taps = session._decode_prefix(frames, "rgb", set(session.inr.tap_names), _clock())
+    with torch.no_grad():
+        ref = inr.decode(torch.from_numpy(frames))
+    for name in inr.tap_names:
+        assert_close(taps[name], ref[name].numpy(), rtol=1e-5)
+    pixels = session.decode(frames)
+    assert np.abs(pixels.astype(int) - inr.render(frames)).max() <= 1  # rounding at exact .5 steps only
+
+
+def _clock():
+    from nvp_rt.session import _Clock
+
+    return _Clock()
+
+
+def test_shared_prefix_decodes_once_to_the_deepest_tap(video, monkeypatch):
+    d, store, *_ = video
+    session = nvp_rt.Session(d / "clip.nvp", store=store)
+    stages_run = []
+    for name, (graph, weights) in list(session._stages.items()):
+        class Counting:
+            def __init__(self, graph, name):
+                self.graph, self.name = graph, name
+
+            def run(self, *args):
+                stages_run.append(self.name)
+                return self.graph.run(*args)
+        session._stages[name] = (Counting(graph, name), weights)
+    session.run(["cls", "det", "seg"], frames=[1, 2])
+    assert stages_run == ["stem", "block1", "block2", "block3"]  # det's block3 is deepest; cls, seg reuse
+
+
+def test_concurrent_queries_equal_serial(video, rng):
+    d, store, *_ = video
+    session = nvp_rt.Session(d / "clip.nvp", store=store)
+    queries = [rng.choice(FRAMES, 2, replace=False).tolist() for _ in range(100)]
+    serial = [session.run(["cls", "det"], frames=q) for q in queries]
+    results, errors = [[None] * len(queries) for _ in range(8)], []
+
+    def worker(t):
+        try:
+            for i, q in enumerate(queries):
+                results[t][i] = session.run(["cls", "det"], frames=q)
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for per_thread in results:
+        for got, want in zip(per_thread, serial):
+            np.testing.assert_array_equal(got["cls"].logits, want["cls"].logits)
+            np.testing.assert_array_equal(got["det"].logits, want["det"].logits)
+
+
+def test_a_second_video_of_the_architecture_compiles_nothing(video, tmp_path):
+    d, store, inr, *_ = video
+    first = nvp_rt.Session(d / "clip.nvp", store=store)
+    compiled = len(first._sessions._sessions)
+    other = _random_inr("hnerv", 7)
+    other.load_state_dict({k: v for k, v in other.state_dict().items()})
+    _write_video(tmp_path / "other.nvp", other)
+    second = nvp_rt.Session(tmp_path / "other.nvp", store=store)
+    assert second._sessions is first._sessions and len(second._sessions._sessions) == compiled
+    assert not np.array_equal(second.decode([0]), first.decode([0]))
+
+
+def test_bad_queries_get_clear_errors(video, tmp_path):
+    d, store, *_ = video
+    session = nvp_rt.Session(d / "clip.nvp", store=store)
+    with pytest.raises(UnknownTaskError, match="no route for task"):
+        session.run(["nope"], frames=[0])
+    with pytest.raises(IndexError, match="out of range"):
+        session.run(["cls"], frames=[FRAMES])
+    with pytest.raises(ValueError, match="clips of 8"):
+        session.run(["act"], frames=[0, 1, 2])
+    with pytest.raises(StoreEntryMissing, match="nvp-export"):
+        nvp_rt.Session(d / "clip.nvp", store=ModelStore(tmp_path / "empty"))
+    data = (d / "clip.nvp").read_bytes()
+    (tmp_path / "cut.nvp").write_bytes(data[: len(data) // 2])
+    with pytest.raises(NvpFormatError, match="truncated"):
+        nvp_rt.Session(tmp_path / "cut.nvp", store=store)
+    if not nvp_rt.cuda_is_available():
+        with pytest.raises(nvp_rt.CudaUnavailableError):
+            nvp_rt.Session(d / "clip.nvp", store=store, device="cuda")
+
+
+def test_a_session_lifetime_never_imports_torch(video):
+    d, store, *_ = video
+    script = textwrap.dedent(f"""
+        import sys
+        import nvp_rt
+        s = nvp_rt.Session({str(d / "clip.nvp")!r}, store={str(store.root)!r})
+        out = s.run(["cls", "det", "act", "seg"], frames=range({FRAMES}))
+        s.decode([0, 1])
+        assert out["cls"].top_k and out["act"].logits.shape[0] == 1
+        leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+        print(leaked)
+        sys.exit(1 if leaked else 0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
