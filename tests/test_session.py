@@ -200,7 +200,7 @@ def test_bad_queries_get_clear_errors(video, tmp_path):
         session.run(["cls"], frames=[FRAMES])
     with pytest.raises(ValueError, match="clips of 8"):
         session.run(["act"], frames=[0, 1, 2])
-    with pytest.raises(StoreEntryMissing, match="nvp-export"):
+    with pytest.raises(StoreEntryMissing, match="has no inr"):
         nvp_rt.Session(d / "clip.nvp", store=ModelStore(tmp_path / "empty"))
     data = (d / "clip.nvp").read_bytes()
     (tmp_path / "cut.nvp").write_bytes(data[: len(data) // 2])
@@ -226,3 +226,27 @@ def test_a_session_lifetime_never_imports_torch(video):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_nvp_run_prints_the_session_answers_as_json(video, capsys):
+    import json
+
+    from nvp_rt.cli import main
+
+    d, store, *_ = video
+    assert main(["run", str(d / "clip.nvp"), "--tasks", "cls,det,act,seg", "--frames", "0:8", "--store",
+                 str(store.root)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = nvp_rt.Session(d / "clip.nvp", store=store).run(["cls", "det", "act", "seg"], frames=range(8))
+    assert printed["tasks"]["cls"] == json.loads(json.dumps(expected["cls"].to_dict()))
+    assert printed["tasks"]["act"]["clips"][0]["frames"] == list(range(8))
+    assert len(printed["tasks"]["det"]["frames"]) == 8 and len(printed["tasks"]["seg"]["frames"]) == 8
+    assert set(printed["timings_ms"]) >= {"prefix", "adapters", "heads", "total"}
+
+    here = ["--store", str(store.root)]
+    for args, words in [(["--tasks", "nope", *here], "no route"), (["--tasks", "cls", "--frames", "0:99", *here],
+                                                                   "out of range"),
+                        (["--tasks", "cls", "--store", str(d / "nowhere")], "model store")]:
+        assert main(["run", str(d / "clip.nvp"), *args]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err

@@ -41,11 +41,8 @@ from .store import ModelStore
 __all__ = ["Session", "UnknownTaskError"]
 
 
-class UnknownTaskError(KeyError):
+class UnknownTaskError(ValueError):
     """A query names a task the file has no route for."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def _temporal_indices(num_frames: int, out_frames: int) -> np.ndarray:
