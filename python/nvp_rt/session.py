@@ -79,7 +79,7 @@ class _Route:
     def __init__(self, route: Route, head: _Head, tail, where: str):
         self.task, self.tap, self.head, self.tail = route.task, route.tap, head, tail
         meta = route.metadata
-        pathways = meta.get("pathways") or [{"size": meta.get("size"), "frames": None}]
+        pathways = meta.get("pathways")
         try:
             self.pathways = []
             for i, p in enumerate(pathways):
