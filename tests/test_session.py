@@ -250,3 +250,16 @@ def test_nvp_run_prints_the_session_answers_as_json(video, capsys):
         assert main(["run", str(d / "clip.nvp"), *args]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("task", ["cls", "cls_stacked", "det", "act", "seg"])
+def test_cuda_session_matches_cpu(video, task):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has no CUDA execution provider (onnxruntime-gpu)")
+    d, store, *_ = video
+    cpu = nvp_rt.Session(d / "clip.nvp", store=store, device="cpu").run([task], frames=range(FRAMES))[task]
+    gpu = nvp_rt.Session(d / "clip.nvp", store=store, device="cuda").run([task], frames=range(FRAMES))[task]
+    assert_close(gpu.logits, cpu.logits, rtol=1e-3)  # cuDNN may pick other conv algorithms than MLAS

@@ -33,7 +33,7 @@ from nvp_rt.store import ModelStore
 
 from .backbone import Backbone
 from .inr import INR
-from .multipathway import MultiPathwayPoint
+from .multipathway import MultiPathwayPoint, temporal_indices
 
 __all__ = ["backbone_key", "export_inr_graphs", "export_backbone_graphs", "export_route_graphs", "OUTPUT_NAMES"]
 
@@ -126,16 +126,32 @@ def export_inr_graphs(inr: INR, store: ModelStore, progress=None) -> str:
 
 
 class _Suffix(nn.Module):
-    """The suffix with one tensor argument per pathway (ONNX inputs are flat)."""
+    """The suffix with one tensor argument per pathway (ONNX inputs are flat).
+
+    Video points take every pathway's features frame-major and at the clip's
+    full rate, (N, T, C, H, W): that is the layout the runtime's per-frame
+    adapters produce, so the graph, not the runtime, picks a slower pathway's
+    frames (pytorchvideo's rule, as ``PathwayAdapter``) and moves T behind C.
+    Selecting frames after the per-frame adapter equals selecting them before.
+    """
 
     def __init__(self, backbone: Backbone, point: str):
         super().__init__()
         self.backbone, self.point = backbone, point
         self.multi = isinstance(backbone.point(point), MultiPathwayPoint)
+        self.clip = backbone.preprocess.num_frames
+        self.frames = [s[1] if len(s) == 4 else None for s in _pathway_shapes(backbone, point)]
 
     def forward(self, *features):
+        if self.clip > 1:
+            features = [self._video_layout(f, t) for f, t in zip(features, self.frames)]
         out = self.backbone.suffix(list(features) if self.multi else features[0], self.point)
         return tuple(out) if isinstance(out, (tuple, list)) else out
+
+    def _video_layout(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        if frames != self.clip:
+            x = x.index_select(1, temporal_indices(self.clip, frames))
+        return x.transpose(1, 2)
 
 
 def _pathway_shapes(backbone: Backbone, point: str) -> list[tuple[int, ...]]:
@@ -180,6 +196,8 @@ def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: Mod
         if ("suffix", f"{key}@{point}") in store:
             continue
         shapes = _pathway_shapes(backbone, point)
+        if t > 1:  # frame-major, full clip rate: see _Suffix
+            shapes = [(t, s[0], *s[2:]) for s in shapes]
         example = tuple(torch.randn(2, *s) for s in shapes)
         names = ["features"] if len(shapes) == 1 else [f"features{i}" for i in range(len(shapes))]
         model = _to_onnx(_Suffix(backbone, point), example, names, outputs)
