@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Classification", "Detection", "Action", "Segmentation", "postprocess", "bilinear_matrix"]
+__all__ = ["Classification", "Detection", "Action", "Segmentation", "Captioning", "postprocess", "bilinear_matrix",
+           "detokenize"]
 
 TopK = list[tuple[int, str, float]]  # (class index, label, probability), best first
 
@@ -114,6 +115,44 @@ class Segmentation:
         return {"kind": "segmentation", "frames": frames}
 
 
+@dataclass
+class Captioning:
+    """Per frame, the caption's token ids (special tokens dropped) and, where the store holds the
+    checkpoint's vocabulary, its text."""
+
+    frames: list[int]
+    token_ids: list[list[int]]
+    texts: list[str] | None
+
+    def to_dict(self) -> dict:
+        return {"kind": "captioning", "frames": [
+            {"frame": f, "token_ids": ids, **({"text": self.texts[i]} if self.texts is not None else {})}
+            for i, (f, ids) in enumerate(zip(self.frames, self.token_ids))]}
+
+
+# WordPiece decoding as transformers' BERT tokenizer (BLIP's) does it with skip_special_tokens=True: the
+# tokenizers library's WordPiece decoder cleans each token as it joins them; the tokenizer may then clean the
+# whole string again (its clean_up_tokenization_spaces setting).
+_CLEANUPS = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
+
+
+def _clean(text: str) -> str:
+    for old, new in _CLEANUPS:
+        text = text.replace(old, new)
+    return text
+
+
+def detokenize(ids: list[int], vocab: list[str], clean_up_spaces: bool = False) -> str:
+    parts = []
+    for i, token in enumerate(vocab[j] for j in ids):
+        if i:
+            token = token[2:] if token.startswith("##") else " " + token
+        parts.append(_clean(token))
+    text = "".join(parts)
+    return _clean(text) if clean_up_spaces else text
+
+
 def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) bilinear resampling along one axis, half-pixel centres (torch align_corners=False)."""
     src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
@@ -158,4 +197,11 @@ def postprocess(task: str, outputs: dict[str, np.ndarray], description: dict[str
         rows, cols = bilinear_matrix(logits.shape[2], video_size[0]), bilinear_matrix(logits.shape[3], video_size[1])
         up = np.einsum("yh,nkhw,xw->nkyx", rows.astype(np.float32), logits, cols.astype(np.float32), optimize=True)
         return Segmentation(frames, up.argmax(1), logits, labels)
+    if task == "captioning":
+        settings = description["caption"]
+        special = set(settings["special_ids"])
+        ids = [[int(i) for i in row if int(i) not in special] for row in outputs["token_ids"]]
+        vocab = settings.get("vocab")
+        clean = bool(settings.get("clean_up_spaces"))
+        return Captioning(frames, ids, [detokenize(row, vocab, clean) for row in ids] if vocab else None)
     raise ValueError(f"no post-processing for task kind {task!r}")

@@ -65,10 +65,29 @@ class _Head:
         self.outputs = list(self.description["outputs"])
         self.task = self.description["task"]
         self.clip_frames = int(self.description["preprocess"].get("num_frames", 1))
+        self.text_step = sessions.get(store.get("decoder", backbone)) if self.task == "captioning" else None
 
     def run(self, device: "_Device", features: list) -> dict[str, np.ndarray]:
+        if self.text_step is not None:
+            embeds = device.run(self.session, dict(zip(self.inputs, features)), self.outputs)[0]
+            return {"token_ids": self._greedy_caption(device, embeds)}
         values = device.run(self.session, dict(zip(self.inputs, features)), self.outputs, to_host=True)
         return dict(zip(self.outputs, values))
+
+    def _greedy_caption(self, device: "_Device", embeds) -> np.ndarray:
+        """transformers' greedy ``generate`` (num_beams=1, no sampling): argmax token after token until every
+        caption has emitted the end token or ``max_tokens`` were generated; finished captions are padded."""
+        settings = self.description["caption"]
+        ids = np.full((embeds.shape[0], 1), settings["bos"], dtype=np.int64)
+        finished = np.zeros(embeds.shape[0], dtype=bool)
+        for _ in range(int(settings["max_tokens"])):
+            logits = device.run(self.text_step, {"input_ids": ids, "image_embeds": embeds}, ["logits"], to_host=True)[0]
+            token = np.where(finished, settings["pad"], logits.argmax(-1))
+            ids = np.concatenate([ids, token[:, None]], axis=1)
+            finished |= token == settings["eos"]
+            if finished.all():
+                break
+        return ids
 
 
 class _Route:
@@ -261,6 +280,8 @@ class _Device:
         for name, value in feeds.items():
             if isinstance(value, self._ort.OrtValue):
                 binding.bind_ortvalue_input(name, value)
+            elif isinstance(value, np.ndarray):  # small host inputs (token ids): ORT copies them over
+                binding.bind_cpu_input(name, value)
             else:
                 cai = value.__cuda_array_interface__
                 binding.bind_input(name, "cuda", 0, np.float32, list(cai["shape"]), cai["data"][0])
