@@ -284,3 +284,17 @@ def test_detokenize_matches_transformers_wordpiece(tmp_path, rng):
         for _ in range(50):
             ids = rng.integers(5, len(vocab), size=int(rng.integers(1, 12))).tolist()
             assert detokenize(ids, vocab, clean) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_a_route_that_does_not_fit_its_tap_is_rejected_at_open(video, tmp_path):
+    import shutil
+
+    d, store, *_ = video
+    bad = tmp_path / "bad.nvp"
+    shutil.copy(d / "clip.nvp", bad)
+    routes = nvp_rt.nvpfile.NvpFile.open(bad).routes()
+    cls = next(r for r in routes if r.task == "cls")
+    wider = {**cls.arrays, "weight0": np.zeros((cls.arrays["weight0"].shape[0], 3), np.float32)}
+    replace_routes(bad, [Route("cls", cls.backbone, cls.tap, cls.injection_point, wider, cls.metadata)])
+    with pytest.raises(NvpFormatError, match="does not fit tap"):
+        nvp_rt.Session(bad, store=store)

@@ -112,6 +112,19 @@ class _Route:
                                  f"its head takes {len(head.inputs)}")
 
 
+def _check_route_shapes(route: Route, tap, head: _Head, where: str) -> None:
+    """Adapter widths against the tap they read and the head they feed, at open rather than mid-query."""
+    pathways = len(head.inputs)
+    for p, head_input in enumerate(head.session.get_inputs()):
+        prefix = f"pathway{p}/" if pathways > 1 else ""
+        first = route.arrays[f"{prefix}weight0"]
+        last = route.arrays[f"{prefix}weight{1 if route.metadata.get('hidden') else 0}"]
+        channels = head_input.shape[2 if head.clip_frames > 1 else 1]  # video heads take (N, T, C, H, W)
+        if first.ndim != 2 or first.shape[1] != tap.shape[0] or (isinstance(channels, int) and last.shape[0] != channels):
+            raise NvpFormatError(f"{where}: route {route.task!r} adapter {tuple(first.shape)} does not fit tap "
+                                 f"{tap.name} ({tap.shape[0]} channels) and its head ({channels} channels)")
+
+
 class Session:
     """One video and the tasks routed in it; see the module docstring."""
 
@@ -133,7 +146,7 @@ class Session:
             head = _Head(self._sessions, self.store, route.backbone, route.injection_point)
             tail = self._sessions.get(self.store.get("adapter", "gelu_conv1x1")) if route.metadata.get("hidden") else None
             self._routes[route.task] = _Route(route, head, tail, self._device, self.path)
-            self.inr.tap(route.tap)  # a route into a tap the INR lacks is a malformed file
+            _check_route_shapes(route, self.inr.tap(route.tap), head, self.path)
         self._timings = threading.local()
 
     @property
