@@ -1,7 +1,7 @@
 """Task presets beyond classification (detection, action, captioning, segmentation) on tiny configurations.
 
-Each preset is built through its real ``build`` with a reduced config (fewer layers,
-smaller widths, small inputs): the same code path as the full-size preset.
+Each preset is built through its real ``build`` with its reduced config (``zoo.reduced``:
+fewer layers, smaller widths, small inputs): the same code path as the full-size preset.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from transformers import DetrForObjectDetection, ResNetConfig, SegformerForSemanticSegmentation
+from transformers import DetrForObjectDetection, SegformerForSemanticSegmentation
 
 from clip_inr_standin import StandinINR
 from nvp_export.losses import FeatureLoss
@@ -18,50 +18,19 @@ from nvp_export.multipathway import FitConfig, pathway_loss, MultiPathwayPoint, 
 from nvp_export.task_adapt import adapt_route
 from nvp_export.task_cost import macs, route_cost
 from nvp_export.task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
-from nvp_export.zoo import PRESETS, WeightsError
+from nvp_export.zoo import PRESETS, REDUCED, WeightsError, reduced
 from nvp_export.zoo import blip, detr_r50, i3d_r50, segformer_b0, slowfast_r50
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 torch.set_num_threads(1)  # the machine is shared; one thread avoids oversubscription stalls
 
-SIZE = (64, 96)  # backbone input (H, W) in the tests
+SIZE = reduced.INPUT_SIZE  # backbone input (H, W) in the tests
 FRAME = (32, 48)  # the stand-in INR's frames, deliberately not the backbone's size
 
 
-def tiny_detr():
-    return detr_r50.build(config=detr_r50.detr_config(
-        backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
-                                     out_features=["stage4"]),
-        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10), input_size=SIZE)
-
-
-def tiny_slowfast():
-    return slowfast_r50.build(config=slowfast_r50.SlowFastConfig(frames=8, crop=SIZE, width=16, depths=(1, 1, 1, 1),
-                                                                  num_classes=10))
-
-
-def tiny_i3d():
-    return i3d_r50.build(config=i3d_r50.I3DConfig(frames=8, crop=SIZE, width=8, depths=(1, 1, 1, 1), num_classes=10))
-
-
-def tiny_blip():
-    return blip.build(config=blip.blip_config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-                           image_size=64, patch_size=16),
-        text_config=dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, bos_token_id=100, sep_token_id=101, pad_token_id=0,
-                         encoder_hidden_size=32)))
-
-
-def tiny_segformer():
-    return segformer_b0.build(config=segformer_b0.segformer_config(
-        hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], decoder_hidden_size=16,
-        num_attention_heads=[1, 1, 1, 1], num_labels=5), input_size=SIZE)
-
-
-TINY = {"detr_r50": tiny_detr, "slowfast_r50": tiny_slowfast, "i3d_r50": tiny_i3d, "blip": tiny_blip,
-        "segformer_b0": tiny_segformer}
+tiny_detr, tiny_slowfast, tiny_i3d, tiny_blip, tiny_segformer = (
+    REDUCED[name] for name in ("detr_r50", "slowfast_r50", "i3d_r50", "blip", "segformer_b0"))
+TINY = REDUCED
 
 
 @pytest.fixture(scope="module")
