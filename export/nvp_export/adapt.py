@@ -364,8 +364,10 @@ def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig
     budget = None if config.max_adapter_percent is None else config.max_adapter_percent / 100 * backbone.num_parameters()
 
     def fits(tap: str, point: str) -> bool:
-        spec = AdapterSpec(tap_channels[tap], backbone.point(point).channels, (1, 1), config.hidden)
-        return budget is None or spec.num_parameters <= budget
+        shape = backbone.point(point).shape
+        pathways = shape if isinstance(shape[0], tuple) else (shape,)  # one adapter per pathway
+        size = sum(AdapterSpec(tap_channels[tap], s[0], (1, 1), config.hidden).num_parameters for s in pathways)
+        return budget is None or size <= budget
 
     allowed = CKAMatrix(cka.taps, cka.points, np.where(
         [[fits(t, p) for p in cka.points] for t in cka.taps], cka.values, -np.inf), cka.backbone)
