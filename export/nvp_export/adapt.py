@@ -61,7 +61,8 @@ class AdaptConfig:
     # PyTorch's default init, as the paper is silent on initialisation.
     init: str = "lstsq"
     ridge: float = 1e-3  # relative ridge for the lstsq start
-    select_tolerance: float = 0.02  # top-1 agreement within this of the best counts as equally good
+    # top-1 agreement (classifiers) or relative feature error (task presets) within this of the best counts as equally good
+    select_tolerance: float = 0.02
     loss: FeatureLoss = field(default_factory=FeatureLoss)
     cka: CKAConfig = field(default_factory=CKAConfig)
     decode_batch: int = 8  # frames per INR decode / backbone pass when precomputing features

@@ -3,9 +3,10 @@
 ``adapt_task`` selects the route as ``adapt.adapt`` does for classifiers: CKA ranks every
 (INR tap, injection point) pair (``cka.cka_matrix``: clips for video backbones, pathways
 averaged), the candidates of ``adapt.candidate_pairs`` (CKA top-K or each point's best tap,
-within the adapter size budget) are trained with ``adapt_route``, and the candidate with the
-lowest held-out feature loss relative to a bias-only adapter is kept (feature losses at
-different points have different scales).
+within the adapter size budget) are trained with ``adapt_route`` and scored by their held-out
+feature loss relative to a bias-only adapter's (feature losses at different points have
+different scales); among those within ``select_tolerance`` of the best score, the one that
+saves the most compute is kept.
 
 Samples are frames for image backbones and clips of ``preprocess.num_frames``
 consecutive frames for video backbones. The adapter (one micro adapter per
@@ -195,7 +196,7 @@ class TaskAdaptResult:
         agreement = ", ".join(f"{k} {v:.4g}" for k, v in r.fidelity.items())
         kind = "" if r.pretrained else " (random weights: output agreement with the original frames, not accuracy)"
         return (f"{cost.backbone}: INR tap {r.tap} -> {r.point} (CKA {c.cka:.3f}, rank {c.cka_rank}/{self.cka.values.size}; "
-                f"{len(self.candidates)} candidate(s) trained, kept by feature loss on {c.scored_on}), adapter "
+                f"{len(self.candidates)} candidate(s) trained, scored by feature loss on {c.scored_on}), adapter "
                 f"{cost.adapter_params} params ({cost.adapter_percent:.3f}% of backbone), "
                 f"{cost.macs_nvp / 1e9:.3f} vs {cost.macs_full / 1e9:.3f} GFLOPs per sample "
                 f"(NVP path / full pipeline {cost.macs_ratio:.3f}), trained in {self.seconds['training']:.1f}s\n"
@@ -207,7 +208,7 @@ def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = Adapt
     """Select an (INR tap, injection point) pair for a task preset, train its adapter, measure fidelity and cost.
 
     ``config``: as for ``adapt.adapt`` (candidates, top_fraction, taps/points, size budget, training
-    settings, ``val_every`` for the held-out samples); ``clip_stride``: frames between the starts of a
+    settings, ``val_every`` for the held-out samples, ``select_tolerance``); ``clip_stride``: frames between the starts of a
     video backbone's training clips (default: the clip length).
     """
     if config.hidden is not None:
@@ -234,6 +235,8 @@ def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = Adapt
         candidates.append(TaskCandidate(route, value, cka.rank_of(tap, point), score,
                                         "held-out samples" if held else "training samples"))
         bar.set_postfix_str(f"score {score:.4g}")
-    best = min(candidates, key=lambda c: c.score)
+    # As adapt.select_route: among the candidates about as good as the best, the one that saves the most compute.
+    good = min(c.score for c in candidates) + config.select_tolerance
+    best = min((c for c in candidates if c.score <= good), key=lambda c: (c.route.cost.macs_ratio, c.score))
     seconds["total"] = time.perf_counter() - t_start
     return TaskAdaptResult(best.route, candidates, cka, seconds)
