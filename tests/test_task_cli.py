@@ -3,7 +3,8 @@
 A tiny random HNeRV video is written with ``save_nvp`` (no encoding: the route's plumbing is
 under test, not the INR's quality); nvp-export runs in-process with ``--reduced`` (the
 presets' ``build`` with small configs) and the route it stores is checked against the
-runtime contract and against ``adapt_route`` retrained here with the same settings.
+runtime contract and against ``adapt_route`` retrained here with the same settings, and
+``nvp_rt.Session`` answers it through the exported graphs as the torch path does.
 """
 
 import shutil
@@ -12,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+import nvp_rt
 from nvp_export.adapter import MicroAdapter
 from nvp_export.cli import TASK_KINDS
 from nvp_export.cli import main as export_main
 from nvp_export.inr import from_config, load_nvp, make_config
 from nvp_export.inr.store import quantise_inr, save_nvp
-from nvp_export.multipathway import FitConfig, MultiPathwayPoint, PathwayAdapter
+from nvp_export.multipathway import FitConfig, MultiPathwayPoint, PathwayAdapter, decode_clips
 from nvp_export.onnx_export import backbone_key
 from nvp_export.task_adapt import adapt_route
 from nvp_export.zoo import REDUCED
@@ -105,6 +107,20 @@ def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rn
     for e, g in zip(expected if isinstance(expected, list) else [expected], got if isinstance(got, list) else [got]):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
     assert meta["features_rel_error"] == pytest.approx(reference.fidelity["features_rel_error"], rel=1e-4)
+
+    # The runtime answers the stored route through the exported graphs as the torch path does.
+    clip = backbone.preprocess.num_frames
+    frames = list(range(clip)) if clip > 1 else rng.choice(FRAMES, 3, replace=False).tolist()
+    answer = nvp_rt.Session(path).run([task], frames=frames)[task]
+    idx = torch.tensor(frames)
+    with torch.no_grad():
+        out = backbone.suffix(rebuilt(decode_clips(inr, idx.reshape(-1, clip) if clip > 1 else idx, route.tap)),
+                              route.injection_point)
+    if backbone.task == "captioning":
+        assert answer.token_ids == [[i for i in row if i not in backbone.special_ids] for row in out.tolist()]
+    else:
+        logits = (out[0] if backbone.task == "detection" else out).numpy()
+        assert np.abs(answer.logits - logits).max() <= 1e-4 * np.abs(logits).max()
 
 
 @pytest.mark.parametrize("argv,words", [
