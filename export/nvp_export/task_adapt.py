@@ -208,8 +208,8 @@ def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = Adapt
     """Select an (INR tap, injection point) pair for a task preset, train its adapter, measure fidelity and cost.
 
     ``config``: as for ``adapt.adapt`` (candidates, top_fraction, taps/points, size budget, training
-    settings, ``val_every`` for the held-out samples, ``select_tolerance``); ``clip_stride``: frames between the starts of a
-    video backbone's training clips (default: the clip length).
+    settings, ``val_every`` for the held-out samples, ``select_tolerance``); ``clip_stride``: frames
+    between the starts of a video backbone's training clips (default: the clip length).
     """
     if config.hidden is not None:
         raise ValueError("task routes train single-conv adapters; hidden must be None")
