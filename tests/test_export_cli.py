@@ -64,7 +64,7 @@ def test_export_writes_a_route_and_keeps_the_payload(encoded, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,words", [
     (["--task", "alexnet"], ["unknown task"]),
-    (["--task", "slowfast_r50"], ["classification"]),
+    (["--task", "slowfast_r50"], ["clips of 32 frames"]),
 ])
 def test_export_user_errors_are_one_line(encoded, capsys, argv, words):
     _, out = encoded

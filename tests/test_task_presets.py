@@ -1,67 +1,39 @@
 """Task presets beyond classification (detection, action, captioning, segmentation) on tiny configurations.
 
-Each preset is built through its real ``build`` with a reduced config (fewer layers,
-smaller widths, small inputs): the same code path as the full-size preset.
+Each preset is built through its real ``build`` with its reduced config (``zoo.reduced``:
+fewer layers, smaller widths, small inputs): the same code path as the full-size preset.
 """
 
 from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
-from transformers import DetrForObjectDetection, ResNetConfig, SegformerForSemanticSegmentation
+from transformers import DetrForObjectDetection, SegformerForSemanticSegmentation
 
 from clip_inr_standin import StandinINR
+from nvp_export.adapt import AdaptConfig
+from nvp_export.cka import CKAConfig, cka_matrix, linear_cka, positions, sample_clips, sample_indices
 from nvp_export.losses import FeatureLoss
 from nvp_export.multipathway import FitConfig, pathway_loss, MultiPathwayPoint, PathwayAdapter, decode_clips, fit_adapter, temporal_indices
-from nvp_export.task_adapt import adapt_route
+from nvp_export.task_adapt import adapt_route, adapt_task
 from nvp_export.task_cost import macs, route_cost
 from nvp_export.task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
-from nvp_export.zoo import PRESETS, WeightsError
+from nvp_export.zoo import PRESETS, REDUCED, WeightsError, reduced
 from nvp_export.zoo import blip, detr_r50, i3d_r50, segformer_b0, slowfast_r50
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 torch.set_num_threads(1)  # the machine is shared; one thread avoids oversubscription stalls
 
-SIZE = (64, 96)  # backbone input (H, W) in the tests
+SIZE = reduced.INPUT_SIZE  # backbone input (H, W) in the tests
 FRAME = (32, 48)  # the stand-in INR's frames, deliberately not the backbone's size
 
 
-def tiny_detr():
-    return detr_r50.build(config=detr_r50.detr_config(
-        backbone_config=ResNetConfig(embedding_size=8, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
-                                     out_features=["stage4"]),
-        d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=10), input_size=SIZE)
-
-
-def tiny_slowfast():
-    return slowfast_r50.build(config=slowfast_r50.SlowFastConfig(frames=8, crop=SIZE, width=16, depths=(1, 1, 1, 1),
-                                                                  num_classes=10))
-
-
-def tiny_i3d():
-    return i3d_r50.build(config=i3d_r50.I3DConfig(frames=8, crop=SIZE, width=8, depths=(1, 1, 1, 1), num_classes=10))
-
-
-def tiny_blip():
-    return blip.build(config=blip.blip_config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-                           image_size=64, patch_size=16),
-        text_config=dict(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, bos_token_id=100, sep_token_id=101, pad_token_id=0,
-                         encoder_hidden_size=32)))
-
-
-def tiny_segformer():
-    return segformer_b0.build(config=segformer_b0.segformer_config(
-        hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], decoder_hidden_size=16,
-        num_attention_heads=[1, 1, 1, 1], num_labels=5), input_size=SIZE)
-
-
-TINY = {"detr_r50": tiny_detr, "slowfast_r50": tiny_slowfast, "i3d_r50": tiny_i3d, "blip": tiny_blip,
-        "segformer_b0": tiny_segformer}
+tiny_detr, tiny_slowfast, tiny_i3d, tiny_blip, tiny_segformer = (
+    REDUCED[name] for name in ("detr_r50", "slowfast_r50", "i3d_r50", "blip", "segformer_b0"))
+TINY = REDUCED
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +347,58 @@ def test_detr_loads_a_state_dict_file_and_rejects_bad_weights(backbones, tmp_pat
         segformer_b0.build(weights=path)
     with pytest.raises(WeightsError, match="cannot load BLIP"):
         blip.build(weights=tmp_path)
+
+
+@pytest.mark.parametrize("name", ["slowfast_r50", "blip"])
+def test_cka_of_clips_and_pathways_against_a_direct_computation(backbones, name):
+    """One minibatch: each pathway's CKA equals linear_cka of row-aligned positions; a point scores their mean."""
+    bb = backbones[name]
+    t = bb.preprocess.num_frames
+    inr = StandinINR(num_frames=max(t, 8) + 3, size=FRAME)
+    frames = inr.frames()
+    config = CKAConfig(frames=8, batch_size=8, grid=3)
+    m = cka_matrix(inr, bb, frames, config)
+    assert m.meta["batches"] == 1
+    if t > 1:
+        (sel,) = sample_clips(inr.num_frames, t, 1, config.seed)
+    else:
+        sel = sample_indices(inr.num_frames, 8, config.seed)
+    pixels = frames[sel].transpose(0, 1)[None] if t > 1 else frames[sel]
+    with torch.no_grad():
+        feats = bb.features(bb.preprocess(pixels), bb.point_names)
+        taps = inr.decode(sel, until=inr.tap_names[-1])
+    for j, point in enumerate(bb.point_names):
+        pathways = feats[point] if isinstance(feats[point], (list, tuple)) else [feats[point]]
+        for i, tap in enumerate(inr.tap_names):
+            per_pathway = []
+            for y in pathways:
+                if y.dim() == 5:  # (1, C, T_p, h, w): the INR frames this pathway sees, frame by frame
+                    x = taps[tap][temporal_indices(t, y.shape[2])]
+                    y = y[0].transpose(0, 1)
+                else:
+                    x = taps[tap]
+                per_pathway.append(linear_cka(positions(x, 3), positions(y, 3)))
+            assert m.values[i, j] == pytest.approx(np.mean(per_pathway), rel=1e-9, abs=1e-12)
+
+
+def test_adapt_task_keeps_the_cheapest_candidate_about_as_good_as_the_best(backbones):
+    bb = backbones["segformer_b0"]
+    inr = StandinINR(num_frames=10, size=FRAME)
+    config = AdaptConfig(epochs=1, candidates="per_point", select_tolerance=0.05, progress=False,
+                         cka=CKAConfig(frames=8))
+    result = adapt_task(inr, inr.frames(), bb, config)
+    assert sorted(c.route.point for c in result.candidates) == sorted(bb.point_names)
+    assert all(c.scored_on == "held-out samples" for c in result.candidates)  # 10 frames: 2 held out
+    best = min(c.score for c in result.candidates)
+    chosen = result.chosen
+    assert chosen.score <= best + 0.05
+    assert all(chosen.route.cost.macs_ratio <= c.route.cost.macs_ratio
+               for c in result.candidates if c.score <= best + 0.05)
+    for c in result.candidates:
+        assert c.cka == pytest.approx(result.cka.values[result.cka.taps.index(c.route.tap),
+                                                        result.cka.points.index(c.route.point)])
+        fid = c.route.fidelity
+        assert c.score == pytest.approx(fid["holdout_features_rel_error"] / fid["holdout_features_rel_error_bias_only"])
+    metrics = result.metrics()
+    assert metrics["candidates_trained"] == 3 and metrics["cka_rank"] == chosen.cka_rank
+    assert "segformer_b0" in result.summary() and "output agreement" in result.summary()

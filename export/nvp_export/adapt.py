@@ -61,7 +61,8 @@ class AdaptConfig:
     # PyTorch's default init, as the paper is silent on initialisation.
     init: str = "lstsq"
     ridge: float = 1e-3  # relative ridge for the lstsq start
-    select_tolerance: float = 0.02  # top-1 agreement within this of the best counts as equally good
+    # top-1 agreement (classifiers) or relative feature error (task presets) within this of the best counts as equally good
+    select_tolerance: float = 0.02
     loss: FeatureLoss = field(default_factory=FeatureLoss)
     cka: CKAConfig = field(default_factory=CKAConfig)
     decode_batch: int = 8  # frames per INR decode / backbone pass when precomputing features
@@ -364,8 +365,10 @@ def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig
     budget = None if config.max_adapter_percent is None else config.max_adapter_percent / 100 * backbone.num_parameters()
 
     def fits(tap: str, point: str) -> bool:
-        spec = AdapterSpec(tap_channels[tap], backbone.point(point).channels, (1, 1), config.hidden)
-        return budget is None or spec.num_parameters <= budget
+        shape = backbone.point(point).shape
+        pathways = shape if isinstance(shape[0], tuple) else (shape,)  # one adapter per pathway
+        size = sum(AdapterSpec(tap_channels[tap], s[0], (1, 1), config.hidden).num_parameters for s in pathways)
+        return budget is None or size <= budget
 
     allowed = CKAMatrix(cka.taps, cka.points, np.where(
         [[fits(t, p) for p in cka.points] for t in cka.taps], cka.values, -np.inf), cka.backbone)

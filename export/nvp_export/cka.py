@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from nvp_rt.atomic import atomic_write
 
-__all__ = ["CKAConfig", "CKAMatrix", "MinibatchCKA", "unbiased_hsic", "linear_cka", "cka_matrix", "pooled", "positions"]
+__all__ = ["CKAConfig", "CKAMatrix", "MinibatchCKA", "unbiased_hsic", "linear_cka", "cka_matrix", "pooled", "positions",
+           "sample_indices", "sample_clips"]
 
 
 def unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -225,13 +226,41 @@ def sample_indices(num_frames: int, count: int, seed: int) -> torch.Tensor:
     return idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))]
 
 
+def sample_clips(num_frames: int, clip: int, count: int, seed: int) -> torch.Tensor:
+    """(n, clip) frame indices of ``count`` clips of ``clip`` consecutive frames spread evenly over the video."""
+    if num_frames < clip:
+        raise ValueError(f"clips of {clip} frames need a video of at least {clip} frames; it has {num_frames}")
+    starts = sample_indices(num_frames - clip + 1, count, seed)
+    return starts[:, None] + torch.arange(clip)
+
+
+def _pathway_frames(shape: tuple) -> list[int | None]:
+    """Per pathway of an injection point's shape, its frame count (None for image features)."""
+    shapes = shape if isinstance(shape[0], tuple) else (shape,)
+    return [s[1] if len(s) == 4 else None for s in shapes]
+
+
+def _frames_first(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, T, H, W) -> (N * T, C, H, W): each frame of a clip is a sample; image features unchanged."""
+    return x.movedim(2, 1).flatten(0, 1) if x.dim() == 5 else x
+
+
 @torch.no_grad()
 def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfig(),
                taps: Sequence[str] | None = None, points: Sequence[str] | None = None) -> CKAMatrix:
     """CKA between the INR's taps and the backbone's injection points on sampled frames.
 
     ``frames``: (T, 3, H, W) float in [0, 1], the original frames the INR encodes.
+
+    Video backbones (``preprocess.num_frames`` > 1) see clips of that many consecutive frames,
+    about ``config.frames`` frames in all (at least one clip); every frame of a pathway is a
+    sample, compared with the INR's features of the frames that pathway sees (the adapter's
+    ``temporal_indices`` rule). A point carrying several pathways scores the mean of its
+    pathways' CKA: the adapter maps each pathway on its own, so the route is as mappable as
+    its pathways are on average.
     """
+    from .multipathway import temporal_indices  # multipathway builds on adapt, which builds on this module
+
     taps = list(inr.tap_names if taps is None else taps)
     unknown = [t for t in taps if t not in inr.tap_names]
     if unknown:
@@ -241,18 +270,41 @@ def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfi
     unknown = [p for p in points if p not in backbone.point_names]
     if unknown:
         raise ValueError(f"{backbone.name} has no injection points {unknown}; it has {backbone.point_names}")
-    idx = sample_indices(frames.shape[0], config.frames, config.seed)
-    if len(idx) < 4:
-        raise ValueError(f"CKA needs at least 4 frames; the clip has {frames.shape[0]}")
-    batch = max(4, min(config.batch_size, len(idx)))
-    acc = MinibatchCKA(taps, points)
+    clip = backbone.preprocess.num_frames
+    if clip == 1:
+        idx = sample_indices(frames.shape[0], config.frames, config.seed)
+        if len(idx) < 4:
+            raise ValueError(f"CKA needs at least 4 frames; the clip has {frames.shape[0]}")
+        batch = max(4, min(config.batch_size, len(idx)))
+    else:
+        idx = sample_clips(frames.shape[0], clip, max(1, config.frames // clip), config.seed)
+        batch = max(1, min(config.batch_size // clip, len(idx)))
+    # One accumulator per pathway frame count: its samples are the frames of that rate.
+    columns = {(p, i): f for p in points for i, f in enumerate(_pathway_frames(backbone.point(p).shape))}
+    groups = {f: MinibatchCKA(taps, [c for c, g in columns.items() if g == f]) for f in set(columns.values())}
     for start in range(0, len(idx) - batch + 1, batch):
         sel = idx[start : start + batch]
-        inr_feats = inr.decode(sel, until=deepest)
-        bb_feats = backbone.features(backbone.preprocess(frames[sel]), points)
-        acc.update({t: config.flatten(inr_feats[t]) for t in taps},
-                   {p: config.flatten(bb_feats[p]) for p in points})
-    return CKAMatrix(taps, points, acc.values(), backbone=backbone.name,
-                     meta={"frames": len(idx), "batch_size": batch, "batches": acc.batches,
+        inr_feats = inr.decode(sel.reshape(-1), until=deepest)
+        pixels = frames[sel] if clip == 1 else frames[sel].transpose(1, 2)
+        bb_feats = backbone.features(backbone.preprocess(pixels), points)
+        for f, acc in groups.items():
+            def tap_at(t: str) -> torch.Tensor:
+                x = inr_feats[t]
+                if f is None:
+                    return x
+                x = x.reshape(len(sel), clip, *x.shape[1:])
+                return x.index_select(1, temporal_indices(clip, f)).flatten(0, 1)
+
+            ys = {}
+            for point, i in acc.y_names:
+                feats = bb_feats[point]
+                ys[(point, i)] = config.flatten(_frames_first(feats if isinstance(feats, torch.Tensor) else feats[i]))
+            acc.update({t: config.flatten(tap_at(t)) for t in taps}, ys)
+    per_column = {c: groups[f].values()[:, groups[f].y_names.index(c)] for c, f in columns.items()}
+    values = np.stack([np.mean([per_column[c] for c in columns if c[0] == p], axis=0) for p in points], axis=1)
+    first = next(iter(groups.values()))
+    return CKAMatrix(taps, points, values, backbone=backbone.name,
+                     meta={"frames": int(idx.numel()), "clip": clip, "batch_size": batch, "batches": first.batches,
                            "samples": config.samples, "grid": config.grid,
+                           "pathways": "mean of the pathways' CKA",
                            "estimator": "minibatch linear CKA, unbiased HSIC (Nguyen et al. 2021), float64"})

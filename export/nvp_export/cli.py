@@ -1,11 +1,14 @@
 """nvp-export: route an encoded video into a backbone and store the route in the .nvp.
 
     nvp-export --task efficientnet_lite0 clip.nvp --source video.mp4
+    nvp-export --task det clip.nvp            # detr_r50; also act/action, seg, cap (see TASK_KINDS)
 
 selects the (INR tap, injection point) pair by CKA, trains its micro adapter
-against the backbone's own features on the original frames, and rewrites the
-file's routes section in place (atomically; the video payload is copied
-verbatim). Without --source the teacher sees the INR's own full decode.
+against the backbone's own features on the original frames, writes the
+backbone's graphs into the model store and rewrites the file's routes section
+in place (atomically; the video payload is copied verbatim). Without --source
+the teacher sees the INR's own full decode. Classifiers go through
+``adapt.adapt``, the other task kinds through ``task_adapt.adapt_task``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
 # Task kinds users may name instead of a preset.
-TASK_KINDS = {"cls": "efficientnet_lite0", "classification": "efficientnet_lite0"}
+TASK_KINDS = {
+    "cls": "efficientnet_lite0", "classification": "efficientnet_lite0",
+    "det": "detr_r50", "detection": "detr_r50",
+    "act": "slowfast_r50", "action": "slowfast_r50",
+    "seg": "segformer_b0", "segmentation": "segformer_b0",
+    "cap": "blip", "captioning": "blip",
+}
 
 
 def original_frames(nvp: NvpFile, source: str | None, inr):
@@ -43,7 +52,7 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
 
 
 def to_file_route(route) -> Route:
-    """The adapt result's route as the .nvp container stores it."""
+    """A classification route (``adapt.Route``) as the .nvp container stores it."""
     metadata = {
         "kind": "classification", "in_channels": route.in_channels, "out_channels": route.out_channels,
         "hidden": route.hidden, "pathways": [{"size": list(route.size), "frames": None}],
@@ -52,36 +61,56 @@ def to_file_route(route) -> Route:
     return Route(route.task, route.backbone, route.inr_tap, route.injection_point, dict(route.adapter), metadata)
 
 
+def task_file_route(task: str, kind: str, result) -> Route:
+    """A task preset's route (``task_adapt.TaskAdaptResult``) as the .nvp container stores it."""
+    route = result.route
+    arrays, layout = route.adapter.to_route()
+    metadata = {"kind": kind, "in_channels": route.adapter.adapters[0].spec.in_channels, **layout,
+                **{k: v for k, v in result.metrics().items() if isinstance(v, (int, float, str))}}
+    return Route(task, route.cost.backbone, route.tap, route.point, arrays, metadata)
+
+
 def run(args) -> None:
+    import torch
+
     from .adapt import AdaptConfig, adapt
     from .inr import load_nvp
     from .onnx_export import export_route_graphs
+    from .task_adapt import adapt_task
     from .zoo import PRESETS, load_backbone
 
     preset = TASK_KINDS.get(args.task, args.task)
     if preset not in PRESETS:
-        raise UserError(f"unknown task {args.task!r}; presets: {', '.join(sorted(PRESETS))}")
+        raise UserError(f"unknown task {args.task!r}; presets: {', '.join(sorted(PRESETS))}; "
+                        f"task kinds: {', '.join(TASK_KINDS)}")
     nvp = NvpFile.open(args.file)  # validated before anything heavy runs
     inr = load_nvp(args.file)
+    torch.manual_seed(args.seed)  # a randomly initialised preset is the same for the same seed: its graphs are reused
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the weights note is printed below instead
-        backbone = load_backbone(preset, weights=args.weights)
-    if backbone.preprocess.num_frames > 1 or backbone.task != "classification":
-        raise UserError(f"{preset} is a {backbone.task} preset; nvp-export trains classification routes so far")
+        backbone = load_backbone(preset, weights=args.weights, reduced=args.reduced)
+    clip = backbone.preprocess.num_frames
+    if clip > inr.num_frames:
+        raise UserError(f"{preset} answers on clips of {clip} frames but {args.file} encodes {inr.num_frames}")
     print(backbone.weights_note, file=sys.stderr)
     frames = original_frames(nvp, args.source, inr)
     config = AdaptConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch, top_fraction=args.top,
                          candidates=args.candidates, seed=args.seed, progress=not args.quiet)
-    result = adapt(inr, frames, backbone, config)
-    result.route = replace(result.route, task=args.name or args.task)
+    task = args.name or args.task
+    if backbone.task == "classification" and clip == 1:
+        result = adapt(inr, frames, backbone, config)
+        result.route = replace(result.route, task=task)
+        route = to_file_route(result.route)
+    else:
+        result = adapt_task(inr, frames, backbone, config, clip_stride=args.clip_stride)
+        route = task_file_route(task, backbone.task, result)
     if args.cka_out:
         out = Path(args.cka_out)
         out.mkdir(parents=True, exist_ok=True)
         result.cka.save_json(out / f"cka_{preset}.json")
         result.cka.save_heatmap(out / f"cka_{preset}.png", top_fraction=args.top)
-    store = ModelStore(args.store)
-    route = to_file_route(result.route)
-    route = replace(route, backbone=export_route_graphs(inr, backbone, route.injection_point, store,
+    # The route's graphs (INR stages, backbone suffix from the point, full backbone) into the model store.
+    route = replace(route, backbone=export_route_graphs(inr, backbone, route.injection_point, ModelStore(args.store),
                                                         stacked=route.metadata.get("hidden") is not None))
     kept = [r for r in nvp.routes() if r.task != route.task]
     size = replace_routes(args.file, kept + [route])
@@ -92,7 +121,9 @@ def run(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvp-export", description=__doc__.splitlines()[0])
     p.add_argument("file", help="the .nvp file to add the route to (rewritten in place, atomically)")
-    p.add_argument("--task", required=True, help="a backbone preset (e.g. efficientnet_lite0) or 'cls'")
+    p.add_argument("--task", required=True,
+                   help="a backbone preset (e.g. efficientnet_lite0, detr_r50, slowfast_r50, i3d_r50, segformer_b0, "
+                        "blip) or a task kind: cls, det, act, seg, cap")
     p.add_argument("--name", help="the task name queries use (default: the --task value)")
     p.add_argument("--source", help="the original video, for the teacher features (default: the INR's decode)")
     p.add_argument("--weights", help="a checkpoint for the backbone (default: weights found locally)")
@@ -102,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", choices=["top", "per_point"], default="top",
                    help="pairs trained: the CKA top --top fraction (the paper's), or each injection point's best-CKA tap")
     p.add_argument("--top", type=float, default=0.1, help="fraction of (tap, point) pairs trained, by CKA rank")
+    p.add_argument("--clip-stride", type=int,
+                   help="video presets: frames between the starts of training clips (default: the clip length)")
+    p.add_argument("--reduced", action="store_true",
+                   help="the preset's reduced configuration (few layers, narrow, small input; see nvp_export.zoo.reduced): "
+                        "for tests and machines with little memory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka-out", help="folder for the CKA matrix (JSON) and heatmap (PNG)")
     p.add_argument("--store", help="model store for the task's graphs (default: $NVP_STORE, else ~/.cache/nvp)")

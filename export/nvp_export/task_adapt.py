@@ -1,4 +1,12 @@
-"""Adapter-only training and fidelity for one route of a task preset (detection, action, captioning, segmentation).
+"""Adapter-only training and fidelity for the routes of a task preset (detection, action, captioning, segmentation).
+
+``adapt_task`` selects the route as ``adapt.adapt`` does for classifiers: CKA ranks every
+(INR tap, injection point) pair (``cka.cka_matrix``: clips for video backbones, pathways
+averaged), the candidates of ``adapt.candidate_pairs`` (CKA top-K or each point's best tap,
+within the adapter size budget) are trained with ``adapt_route`` and scored by their held-out
+feature loss relative to a bias-only adapter's (feature losses at different points have
+different scales); among those within ``select_tolerance`` of the best score, the one that
+saves the most compute is kept.
 
 Samples are frames for image backbones and clips of ``preprocess.num_frames``
 consecutive frames for video backbones. The adapter (one micro adapter per
@@ -19,13 +27,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from .adapt import AdaptConfig, candidate_pairs
 from .backbone import Backbone, to_unit_frames
+from .cka import CKAMatrix, cka_matrix
 from .multipathway import FitConfig, PathwayAdapter, as_pathways, decode_clips, fit_adapter
 from .task_cost import RouteCost, route_cost
 from .task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
 
-__all__ = ["TaskRoute", "samples_of", "adapt_route", "task_fidelity"]
+__all__ = ["TaskRoute", "samples_of", "adapt_route", "task_fidelity", "TaskCandidate", "TaskAdaptResult", "adapt_task"]
 
 
 @dataclass
@@ -93,15 +104,33 @@ def task_fidelity(backbone: Backbone, nvp_out: Any, ref_out: Any, image_size: tu
     raise ValueError(f"no task fidelity for task {task!r}")
 
 
+def _feature_errors(adapted: Any, targets: Any, mask: torch.Tensor) -> tuple[float, float]:
+    """Relative error of the adapted features over the samples in ``mask`` (pathways pooled), and that of a
+    bias-only adapter (the per-channel mean of those samples' targets), as adapt.py scales its validation loss."""
+    pairs = [(a[mask], t[mask]) for a, t in zip(as_pathways(adapted), as_pathways(targets))]
+    flat = torch.cat([t.flatten() for _, t in pairs])
+    error = relative_error(torch.cat([a.flatten() for a, _ in pairs]), flat)
+    bias_only = relative_error(torch.cat([_channel_mean(t).expand_as(t).flatten() for _, t in pairs]), flat)
+    return error, bias_only
+
+
 def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, config: FitConfig = FitConfig(),
-                clip_stride: int | None = None) -> TaskRoute:
-    """Train the adapter of ``tap`` -> ``point`` on the clip the INR encodes and measure its fidelity and cost."""
+                clip_stride: int | None = None, holdout_every: int | None = None) -> TaskRoute:
+    """Train the adapter of ``tap`` -> ``point`` on the clip the INR encodes and measure its fidelity and cost.
+
+    ``holdout_every``: every such sample (frame or clip) is kept out of training, and the adapter's
+    feature errors on them are reported as ``holdout_features_rel_error`` (and ``..._bias_only``);
+    a clip with fewer samples than that trains on all of them.
+    """
     frames = to_unit_frames(frames)
     if inr.num_frames != frames.shape[0]:
         raise ValueError(f"the INR encodes {inr.num_frames} frames but {frames.shape[0]} original frames were given")
     if tap not in inr.tap_names:
         raise ValueError(f"the INR has no tap {tap!r}; it has {inr.tap_names}")
     idx = samples_of(backbone, frames.shape[0], clip_stride)
+    held = torch.zeros(idx.shape[0], dtype=torch.bool)
+    if holdout_every and idx.shape[0] >= holdout_every:
+        held[holdout_every - 1 :: holdout_every] = True
     with torch.no_grad():
         taps = decode_clips(inr, idx, tap)
         inputs = backbone.preprocess(_pixels(frames, idx))
@@ -109,23 +138,105 @@ def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, conf
         ref_out = backbone(inputs)
     adapter = PathwayAdapter(taps.shape[1], backbone.point(point))
     t0 = time.perf_counter()
-    history = fit_adapter(adapter, taps, targets, config)
+    history = fit_adapter(adapter, taps[~held], [t[~held] for t in as_pathways(targets)], config)
     train_s = time.perf_counter() - t0
     adapter.eval()
     with torch.no_grad():
         adapted = adapter(taps)
         nvp_out = backbone.suffix(adapted, point)
         fid = task_fidelity(backbone, nvp_out, ref_out, tuple(frames.shape[-2:]))
-        # How well the adapter reproduces the backbone's features at the point (pathways pooled), next to
-        # a bias-only adapter's error (the per-channel mean), as adapt.py scales its validation loss.
-        pairs = list(zip(as_pathways(adapted), as_pathways(targets)))
-        flat = torch.cat([t.flatten() for _, t in pairs])
-        fid["features_rel_error"] = relative_error(torch.cat([a.flatten() for a, _ in pairs]), flat)
-        fid["features_rel_error_bias_only"] = relative_error(
-            torch.cat([_channel_mean(t).expand_as(t).flatten() for _, t in pairs]), flat)
+        everything = torch.ones_like(held)
+        fid["features_rel_error"], fid["features_rel_error_bias_only"] = _feature_errors(adapted, targets, everything)
+        if held.any():
+            fid["holdout_features_rel_error"], fid["holdout_features_rel_error_bias_only"] = _feature_errors(
+                adapted, targets, held)
         if backbone.task == "captioning":  # random weights caption alike whatever they see: compare the vision features too
             ref_embeds = backbone.vision_embeds(targets, point)
-            fid["vision_rel_error"] = relative_error(backbone.vision_embeds(adapter(taps), point), ref_embeds)
+            fid["vision_rel_error"] = relative_error(backbone.vision_embeds(adapted, point), ref_embeds)
             fid["vision_rel_error_blind"] = _mean_baseline(ref_embeds)
     return TaskRoute(tap, point, adapter, history, fid, route_cost(inr, backbone, tap, point), train_s,
                      backbone.pretrained)
+
+
+@dataclass
+class TaskCandidate:
+    """One trained pair."""
+
+    route: TaskRoute
+    cka: float
+    cka_rank: int
+    # Feature rel. error / a bias-only adapter's, on held-out samples where the clip has them.
+    score: float
+    scored_on: str  # "held-out samples" or "training samples"
+
+
+@dataclass
+class TaskAdaptResult:
+    route: TaskRoute  # the chosen candidate's
+    candidates: list[TaskCandidate]
+    cka: CKAMatrix
+    seconds: dict[str, float]  # cka, training (all candidates), total
+
+    @property
+    def chosen(self) -> TaskCandidate:
+        return next(c for c in self.candidates if c.route is self.route)
+
+    def metrics(self) -> dict[str, Any]:
+        """Numbers and strings describing the route, as the .nvp route metadata keeps them."""
+        r, c, cost = self.route, self.chosen, self.route.cost
+        return {"cka": c.cka, "cka_rank": c.cka_rank, "pairs": int(self.cka.values.size),
+                "candidates_trained": len(self.candidates), "selection_score": c.score, "selected_on": c.scored_on,
+                "adapter_params": cost.adapter_params, "backbone_params": cost.backbone_params,
+                "adapter_percent": cost.adapter_percent, "macs_nvp": cost.macs_nvp, "macs_full": cost.macs_full,
+                "macs_ratio": cost.macs_ratio, "epochs": len(r.history) - 1, "train_seconds": self.seconds["training"],
+                "backbone_pretrained": r.pretrained, **r.fidelity}
+
+    def summary(self) -> str:
+        r, c, cost = self.route, self.chosen, self.route.cost
+        agreement = ", ".join(f"{k} {v:.4g}" for k, v in r.fidelity.items())
+        kind = "" if r.pretrained else " (random weights: output agreement with the original frames, not accuracy)"
+        return (f"{cost.backbone}: INR tap {r.tap} -> {r.point} (CKA {c.cka:.3f}, rank {c.cka_rank}/{self.cka.values.size}; "
+                f"{len(self.candidates)} candidate(s) trained, scored by feature loss on {c.scored_on}), adapter "
+                f"{cost.adapter_params} params ({cost.adapter_percent:.3f}% of backbone), "
+                f"{cost.macs_nvp / 1e9:.3f} vs {cost.macs_full / 1e9:.3f} GFLOPs per sample "
+                f"(NVP path / full pipeline {cost.macs_ratio:.3f}), trained in {self.seconds['training']:.1f}s\n"
+                f"fidelity{kind}: {agreement}")
+
+
+def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfig(),
+               clip_stride: int | None = None) -> TaskAdaptResult:
+    """Select an (INR tap, injection point) pair for a task preset, train its adapter, measure fidelity and cost.
+
+    ``config``: as for ``adapt.adapt`` (candidates, top_fraction, taps/points, size budget, training
+    settings, ``val_every`` for the held-out samples, ``select_tolerance``); ``clip_stride``: frames
+    between the starts of a video backbone's training clips (default: the clip length).
+    """
+    if config.hidden is not None:
+        raise ValueError("task routes train single-conv adapters; hidden must be None")
+    frames = to_unit_frames(frames)
+    samples_of(backbone, frames.shape[0], clip_stride)  # a clip too short fails here, before any work
+    t_start = time.perf_counter()
+    cka = cka_matrix(inr, backbone, frames, config.cka, taps=config.taps, points=config.points)
+    seconds = {"cka": time.perf_counter() - t_start, "training": 0.0}
+    fit = FitConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, patience=config.patience,
+                    loss=config.loss, init=config.init, ridge=config.ridge, seed=config.seed, progress=False)
+    candidates = []
+    bar = tqdm(candidate_pairs(cka, inr, backbone, config), desc=f"adapters for {backbone.name}", unit="pair",
+               disable=not config.progress)
+    for tap, point, value in bar:
+        bar.set_description_str(f"{tap} -> {point}")
+        route = adapt_route(inr, frames, backbone, tap, point, fit, clip_stride, holdout_every=config.val_every)
+        seconds["training"] += route.train_seconds
+        fid = route.fidelity
+        held = "holdout_features_rel_error" in fid
+        prefix = "holdout_" if held else ""
+        baseline = fid[prefix + "features_rel_error_bias_only"]
+        score = fid[prefix + "features_rel_error"] / baseline if baseline > 0 else float("inf")
+        candidates.append(TaskCandidate(route, value, cka.rank_of(tap, point), score,
+                                        "held-out samples" if held else "training samples"))
+        bar.set_postfix_str(f"score {score:.4g}")
+    # As adapt.select_route: among the candidates about as good as the best, the one that saves the most compute.
+    good = min(c.score for c in candidates) + config.select_tolerance
+    best = min((c for c in candidates if c.score <= good), key=lambda c: (c.route.cost.macs_ratio, c.score))
+    seconds["total"] = time.perf_counter() - t_start
+    return TaskAdaptResult(best.route, candidates, cka, seconds)

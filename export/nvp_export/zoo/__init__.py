@@ -7,6 +7,7 @@ from typing import Callable
 
 from ..backbone import Backbone
 from . import blip, clip_rn50, detr_r50, efficientnet_lite0, i3d_r50, resnet50, segformer_b0, slowfast_r50, vit_b_16
+from .reduced import REDUCED
 from .weights import WeightsError
 
 PRESETS: dict[str, Callable[..., Backbone]] = {
@@ -21,11 +22,16 @@ PRESETS: dict[str, Callable[..., Backbone]] = {
     "segformer_b0": segformer_b0.build,
 }
 
-__all__ = ["PRESETS", "load_backbone", "WeightsError"]
+__all__ = ["PRESETS", "REDUCED", "load_backbone", "WeightsError"]
 
 
-def load_backbone(name: str, weights: str | os.PathLike | None = None) -> Backbone:
-    """The preset ``name``, with the checkpoint ``weights`` if given, else the weights found locally."""
+def load_backbone(name: str, weights: str | os.PathLike | None = None, reduced: bool = False) -> Backbone:
+    """The preset ``name``, with the checkpoint ``weights`` if given, else the weights found locally;
+    ``reduced``: its reduced configuration (``zoo.reduced``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown backbone {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    if reduced:
+        if name not in REDUCED:
+            raise ValueError(f"{name} has no reduced configuration; presets that have one: {', '.join(sorted(REDUCED))}")
+        return REDUCED[name](weights)
     return PRESETS[name](weights=weights)
