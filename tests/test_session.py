@@ -19,7 +19,6 @@ from nvp_export.zoo import load_backbone
 from nvp_rt.nvpfile import NvpFormatError, Route, replace_routes
 from nvp_rt.session import UnknownTaskError
 from nvp_rt.store import ModelStore, StoreEntryMissing
-from test_task_presets import tiny_blip, tiny_detr, tiny_i3d, tiny_segformer, tiny_slowfast
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 
@@ -28,11 +27,11 @@ FRAMES, HEIGHT, WIDTH = 8, 32, 48
 ROUTES = {
     "cls": (lambda: load_backbone("efficientnet_lite0"), "block2", "stage3", None),
     "cls_stacked": (lambda: load_backbone("efficientnet_lite0"), "block3", "stage2", 8),
-    "det": (tiny_detr, "block3", "stage2", None),
-    "act": (tiny_slowfast, "block2", "res3", None),
-    "act_i3d": (tiny_i3d, "block3", "res3", None),
-    "seg": (tiny_segformer, "block1", "stage2", None),
-    "cap": (tiny_blip, "block2", "layer1", None),
+    "det": (lambda: load_backbone("detr_r50", reduced=True), "block3", "stage2", None),
+    "act": (lambda: load_backbone("slowfast_r50", reduced=True), "block2", "res3", None),
+    "act_i3d": (lambda: load_backbone("i3d_r50", reduced=True), "block3", "res3", None),
+    "seg": (lambda: load_backbone("segformer_b0", reduced=True), "block1", "stage2", None),
+    "cap": (lambda: load_backbone("blip", reduced=True), "block2", "layer1", None),
 }
 
 
