@@ -62,6 +62,7 @@ def run(args) -> None:
     if preset not in PRESETS:
         raise UserError(f"unknown task {args.task!r}; presets: {', '.join(sorted(PRESETS))}")
     nvp = NvpFile.open(args.file)  # validated before anything heavy runs
+    joint_config = joint_config_of(args) if args.joint else None
     inr = load_nvp(args.file)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the weights note is printed below instead
@@ -79,14 +80,54 @@ def run(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
         result.cka.save_json(out / f"cka_{preset}.json")
         result.cka.save_heatmap(out / f"cka_{preset}.png", top_fraction=args.top)
+    joint = run_joint(joint_config, inr, frames, backbone, result) if joint_config else None
     store = ModelStore(args.store)
     route = to_file_route(result.route)
     route = replace(route, backbone=export_route_graphs(inr, backbone, route.injection_point, store,
                                                         stacked=route.metadata.get("hidden") is not None))
     kept = [r for r in nvp.routes() if r.task != route.task]
-    size = replace_routes(args.file, kept + [route])
+    if joint is None:
+        size = replace_routes(args.file, kept + [route])
+    else:
+        from .joint import save_joint
+
+        size = save_joint(args.file, nvp.manifest, *joint, kept + [route])
+        if kept:
+            print(f"warning: route(s) {', '.join(r.task for r in kept)} were trained on the INR before joint "
+                  f"optimisation changed it; export them again to retrain their adapters", file=sys.stderr)
     print(result.summary())
+    if args.compare_pixels if args.compare_pixels is not None else args.source is not None:
+        print_pixel_fidelity(joint[0].inr if joint else inr, frames, backbone, nvp, result.route.metrics)
     print(f"{args.file}: {len(kept) + 1} route(s), {size} bytes")
+
+
+def joint_config_of(args):
+    from .joint import JointConfig
+
+    return JointConfig(epochs=args.joint_epochs, recon=args.lambda_recon, task=args.lambda_task,
+                       feat=args.lambda_feat, seed=args.seed, progress=not args.quiet)
+
+
+def run_joint(config, inr, frames, backbone, result):
+    """Joint optimisation of the chosen route; updates ``result.route``, returns (JointResult, JointConfig)."""
+    from .joint import joint_route
+
+    result.route, joint = joint_route(inr, frames, backbone, result.route, config)
+    print(joint.summary())
+    return joint, config
+
+
+def print_pixel_fidelity(inr, frames, backbone, nvp, metrics) -> None:
+    """The NVP path's fidelity next to the pixel paths' (full INR decode; H.264 at the INR payload's bpp)."""
+    from .fidelity import Fidelity
+    from .pixel_paths import compare_pixel_paths, format_table, payload_bpp
+
+    paths = compare_pixel_paths(inr, frames, backbone, payload_bpp(nvp))
+    nvp_fid = Fidelity(len(frames), metrics["top1_agreement"], metrics["top5_overlap"], metrics["cosine"])
+    rows = [("NVP path", nvp_fid, f"{metrics.get('compute_saved', 0):.1%} of the MACs saved")]
+    rows += [(p.name, p.fidelity, f"{p.detail}, {p.psnr:.2f} dB") for p in paths]
+    print(f"fidelity vs {backbone.name} on the original frames ({len(frames)} frames):")
+    print(format_table(rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka-out", help="folder for the CKA matrix (JSON) and heatmap (PNG)")
     p.add_argument("--store", help="model store for the task's graphs (default: $NVP_STORE, else ~/.cache/nvp)")
+    p.add_argument("--joint", action="store_true",
+                   help="then optimise the INR and the adapter together (rewrites the video payload; PSNR reported)")
+    p.add_argument("--joint-epochs", type=int, default=10, help="epochs of joint optimisation (paper: 100)")
+    p.add_argument("--lambda-recon", type=float, default=1.0, help="joint loss weight of the reconstruction term")
+    p.add_argument("--lambda-task", type=float, default=0.5, help="joint loss weight of the task term")
+    p.add_argument("--lambda-feat", type=float, default=0.2, help="joint loss weight of the feature-transfer term")
+    p.add_argument("--compare-pixels", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score full INR decode and H.264 at equal bpp (default: on when --source is given)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -5,6 +5,10 @@ the original frames coded at the bits per pixel the .nvp spends, decoded, and
 run through the full backbone. Rate is the coded stream's payload (no
 container) over frames x height x width, as bench/encode.py counts it. The GOP
 is fixed (``gop`` frames, no scene-cut keyframes) so the comparison states it.
+
+libx264 through PyAV is not bit-exact run to run here: the same CRF gave streams
+0.1-0.5% apart on a 320x180x64 clip (with one thread too), so rates and the
+agreement of a fragile clip move a little between runs.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ def joint_optimise(inr: INR, frames: Any, tasks: Sequence[JointTask], config: Jo
             loss.backward()
             optimiser.step()
             steps += 1
-            for key, value in (("total", float(loss)), ("recon", float(recon)), ("task", task_sum), ("feat", feat_sum)):
+            for key, value in (("total", loss.item()), ("recon", recon.item()), ("task", task_sum), ("feat", feat_sum)):
                 sums[key] += value
         history.append({k: v / steps for k, v in sums.items()})
         bar.set_postfix(loss=f"{history[-1]['total']:.4g}", task=f"{history[-1]['task']:.4g}")
