@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--candidates", choices=["top", "per_point"], default="top",
-                   help="pairs trained: the CKA top --top fraction (the paper's), or each injection point's best-CKA tap")
-    p.add_argument("--top", type=float, default=0.1, help="fraction of (tap, point) pairs trained, by CKA rank")
+    p.add_argument("--candidates", choices=["top", "per_point"], default="per_point",
+                   help="pairs trained: each injection point's best-CKA tap (default; see docs/adapt.md), "
+                        "or the CKA top --top fraction (the paper's)")
+    p.add_argument("--top", type=float, default=0.1, help="with --candidates top: fraction of pairs trained, by CKA rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka-out", help="folder for the CKA matrix (JSON) and heatmap (PNG)")
     p.add_argument("--store", help="model store for the task's graphs (default: $NVP_STORE, else ~/.cache/nvp)")
