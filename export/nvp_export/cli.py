@@ -6,6 +6,9 @@ selects the (INR tap, injection point) pair by CKA, trains its micro adapter
 against the backbone's own features on the original frames, and rewrites the
 file's routes section in place (atomically; the video payload is copied
 verbatim). Without --source the teacher sees the INR's own full decode.
+With --joint the INR is then optimised together with the route's adapter and
+the video payload rewritten too (PSNR before/after printed). With --source the
+NVP path's fidelity is printed next to full INR decode and H.264 at equal bpp.
 """
 
 from __future__ import annotations
