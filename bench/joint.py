@@ -58,8 +58,9 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
-    bars = [(f"NVP {s['candidates']}", s["fidelity"]["top1_agreement"]) for s in report["strategies"]]
-    bars += [(p["name"].replace(" at equal bpp", "\n@ equal bpp"), p["top1_agreement"]) for p in report["pixel_paths"]]
+    bars = [(f"NVP\n{s['candidates']}", s["fidelity"]["top1_agreement"]) for s in report["strategies"]]
+    bars += [(p["name"].replace(" at equal bpp", "\n@ equal bpp").replace("INR ", "INR\n"), p["top1_agreement"])
+             for p in report["pixel_paths"]]
     j = report["joint"]
     bars.append(("NVP +CE\nINR frozen", report["frozen_inr"]["fidelity_after"]["top1_agreement"]))
     bars.append(("NVP joint", j["fidelity_after"]["top1_agreement"]))
@@ -117,7 +118,7 @@ def main() -> None:
     inr = load_nvp(args.nvp)
     frames = source_frames(nvp, args.source)
     backbone = load_backbone("efficientnet_lite0")
-    report = {"clip": f"{nvp.manifest['video']['source']} ({args.nvp})", "threads": args.threads,
+    report = {"clip": nvp.manifest["video"]["source"], "nvp": str(args.nvp), "threads": args.threads,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
               "inr_psnr_db": nvp.manifest.get("metrics", {}).get("psnr_quantised_db"),
               "payload_bpp": payload_bpp(nvp), "strategies": []}
