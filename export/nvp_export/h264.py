@@ -6,9 +6,11 @@ run through the full backbone. Rate is the coded stream's payload (no
 container) over frames x height x width, as bench/encode.py counts it. The GOP
 is fixed (``gop`` frames, no scene-cut keyframes) so the comparison states it.
 
-libx264 through PyAV is not bit-exact run to run here: the same CRF gave streams
-0.1-0.5% apart on a 320x180x64 clip (with one thread too), so rates and the
-agreement of a fragile clip move a little between runs.
+libx264 through PyAV (18.1) is not bit-exact between encodes in one process: the
+first encode of a clip in a process is reproducible, later ones of the same frames
+at the same CRF differ (0.1-0.5% in size on a 320x180x64 clip, up to ~10% on tiny
+clips), with one thread too; the cause was not found. The search therefore reports
+the rate and frames of the very encode it picked.
 """
 
 from __future__ import annotations
