@@ -164,6 +164,7 @@ def test_detection_set_loss_against_pseudo_detections_and_a_joint_detr_route(enc
     changed = max(float((a - b).abs().max()) for a, b in zip(result.inr_float.state_dict().values(),
                                                              inr.state_dict().values()))
     assert changed > 1e-4 and "box_iou_agreement" in result.fidelity_after[0]
+    assert "box_iou_agreement" in result.summary()
 
 
 def test_bad_requests_are_refused(encoded):

@@ -119,7 +119,8 @@ class JointResult:
         lines = [f"joint optimisation: {len(self.history)} epochs in {self.seconds:.1f}s; PSNR {self.psnr_before:.2f} -> "
                  f"{self.psnr_after:.2f} dB (re-quantised; {self.psnr_after_float:.2f} dB before quantisation)"]
         for i, (before, after) in enumerate(zip(self.fidelity_before, self.fidelity_after)):
-            key = "top1_agreement" if before.get("top1_agreement") is not None else "cosine"
+            key = next(k for k in ("top1_agreement", "box_iou_agreement", "miou", "cosine", *before)
+                       if before.get(k) is not None)
             lines.append(f"  route {i}: {key} {before[key]:.1%} -> {after[key]:.1%}")
         return "\n".join(lines)
 
@@ -239,8 +240,7 @@ def joint_route(inr: INR, frames: Any, backbone: Backbone, route: Route,
     result = joint_optimise(inr, frames, [JointTask(backbone, route.inr_tap, route.injection_point,
                                                     route.build_adapter())], config)
     before, after = result.fidelity_before[0], result.fidelity_after[0]
-    metrics = {**route.metrics, "top1_agreement": after["top1_agreement"], "top5_overlap": after["top5_overlap"],
-               "cosine": after["cosine"], "adapter_only_top1_agreement": before["top1_agreement"],
+    metrics = {**route.metrics, **after, "adapter_only_top1_agreement": before.get("top1_agreement"),
                "joint_epochs": len(result.history), "joint_psnr_before_db": result.psnr_before,
                "joint_psnr_after_db": result.psnr_after}
     return replace(route, adapter=result.adapters[0].to_arrays(), metrics=metrics), result
