@@ -8,20 +8,21 @@ import pytest
 import torch
 from torch import nn
 
+import nvp_rt
 from nvp_export.adapter import AdapterSpec, MicroAdapter
 from nvp_export.backbone import Backbone, Preprocess
-from nvp_export.clips import PHOTOS, ClipSpec, make_clip
+from nvp_export.clips import ClipSpec, make_clip, write_clip
 from nvp_export.fidelity import fidelity
 from nvp_export.fit import FitConfig, fit
-from nvp_export.inr import load_nvp, make_config, from_config, quantise_inr
-from nvp_export.joint import TASK_LOSSES, JointConfig, JointTask, classification_loss, detection_loss, joint_optimise, save_joint
-from nvp_export.zoo import detr_r50
+from nvp_export.inr import from_config, load_nvp, make_config, quantise_inr
 from nvp_export.cli import main as export_main
+from nvp_export.joint import (TASK_LOSSES, JointConfig, JointTask, classification_loss, detection_loss, joint_optimise,
+                              save_joint)
+from nvp_export.zoo import load_backbone
 from nvp_rt.cli import main as nvp_main
 from nvp_rt.nvpfile import NvpFile, Route, replace_routes
 from nvp_rt.quality import psnr
 from nvp_rt.video import read_video
-import nvp_rt
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 N, SIZE = 8, (32, 48)
@@ -183,8 +184,6 @@ def test_bad_requests_are_refused(encoded):
 def encoded_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("joint_cli")
     clip, out = d / "clip.mp4", d / "clip.nvp"
-    from nvp_export.clips import write_clip
-
     write_clip(clip, ClipSpec("astronaut", width=64, height=64, frames=8, seed=4))
     assert nvp_main(["encode", str(clip), "-o", str(out), "--params", "60000", "--epochs", "20", "--threads", "1",
                      "-q"]) == 0
@@ -219,8 +218,6 @@ def test_export_joint_rewrites_the_video_and_compares_pixel_paths(encoded_file, 
     shutil.copy(out, alone)
     replace_routes(alone, [route])
     logits = nvp_rt.Session(alone).run(["cls"], frames=range(8))["cls"].logits
-    from nvp_export.zoo import load_backbone
-
     backbone = load_backbone("efficientnet_lite0")
     size = tuple(route.metadata["pathways"][0]["size"])
     weight = route.arrays["weight0"]
