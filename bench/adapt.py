@@ -51,14 +51,15 @@ def fitted_inr(photo: str, seconds: float):
 
 def search_ablation(inr, frames, backbone, config: AdaptConfig) -> dict:
     """Train every pair once (exhaustive); top-K picks among the same trained adapters."""
-    exhaustive = adapt(inr, frames, backbone, replace(config, top_fraction=1.0))
+    exhaustive = adapt(inr, frames, backbone, replace(config, candidates="top", top_fraction=1.0))
     by_pair = {(c.tap, c.point): c for c in exhaustive.candidates}
     ranked = exhaustive.cka.ranked()
     def pairs(**change):
         return candidate_pairs(exhaustive.cka, inr, backbone, replace(config, **change))
 
-    strategies = [(f"top {f:.0%}", pairs(top_fraction=f)) for f in TOP_FRACTIONS]
-    strategies += [("best tap per point", pairs(candidates="per_point")), ("exhaustive", pairs(top_fraction=1.0))]
+    strategies = [(f"top {f:.0%}", pairs(candidates="top", top_fraction=f)) for f in TOP_FRACTIONS]
+    strategies += [("best tap per point", pairs(candidates="per_point")),
+                   ("exhaustive", pairs(candidates="top", top_fraction=1.0))]
     rows = []
     for name, pairs in strategies:
         pool = [by_pair[(t, p)] for t, p, _ in pairs]

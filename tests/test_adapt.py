@@ -98,7 +98,7 @@ def fitted_clip():
 def test_adapt_on_user_backbone(fitted_clip, tmp_path):
     frames, inr = fitted_clip
     uint8 = (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H, W, 3) as a decoder gives
-    config = AdaptConfig(init="random", epochs=15, lr=3e-3, top_fraction=0.5, progress=False,
+    config = AdaptConfig(candidates="top", init="random", epochs=15, lr=3e-3, top_fraction=0.5, progress=False,
                          cka=CKAConfig(frames=8, batch_size=4), max_adapter_percent=None)
     res = adapt(inr, uint8, _tiny_backbone(), config)
     pairs = len(inr.tap_names) * 2
@@ -138,7 +138,7 @@ def test_adapter_size_budget(fitted_clip):
     frames, inr = fitted_clip
     bb = _tiny_backbone()
     limit = 100 * (12 * 24 + 24) / bb.num_parameters()  # admits taps of <= 12 channels into point "3"
-    config = AdaptConfig(top_fraction=1.0, epochs=1, progress=False, cka=CKAConfig(frames=8, batch_size=4),
+    config = AdaptConfig(candidates="top", top_fraction=1.0, epochs=1, progress=False, cka=CKAConfig(frames=8, batch_size=4),
                          max_adapter_percent=limit)
     res = adapt(inr, frames, bb, config)
     shapes = inr.tap_shapes()
@@ -151,7 +151,7 @@ def test_adapter_size_budget(fitted_clip):
 
 def test_adapt_with_stacked_adapter(fitted_clip):
     frames, inr = fitted_clip
-    config = AdaptConfig(hidden=8, epochs=5, lr=3e-3, top_fraction=0.1, progress=False,
+    config = AdaptConfig(candidates="top", hidden=8, epochs=5, lr=3e-3, top_fraction=0.1, progress=False,
                          cka=CKAConfig(frames=8, batch_size=4), max_adapter_percent=None)
     res = adapt(inr, frames, _tiny_backbone(), config)
     r = res.route
@@ -168,7 +168,7 @@ def test_adapt_efficientnet_lite0_on_fitted_inr(fitted_clip):
 
     frames, inr = fitted_clip
     lite0 = load_backbone("efficientnet_lite0")
-    config = AdaptConfig(epochs=4, progress=False, top_fraction=0.25, points=("stage6", "stage7", "head_conv"))
+    config = AdaptConfig(candidates="top", epochs=4, progress=False, top_fraction=0.25, points=("stage6", "stage7", "head_conv"))
     res = adapt(inr, frames, lite0, config)
     m = res.route.metrics
     assert res.cka.points == ["stage6", "stage7", "head_conv"] and m["pairs"] == 12

@@ -9,6 +9,10 @@ backbone's graphs into the model store and rewrites the file's routes section
 in place (atomically; the video payload is copied verbatim). Without --source
 the teacher sees the INR's own full decode. Classifiers go through
 ``adapt.adapt``, the other task kinds through ``task_adapt.adapt_task``.
+With --joint (classification) the INR is then optimised together with the
+route's adapter and the video payload rewritten too (PSNR before/after
+printed). With --source a classification route's fidelity is printed next to
+full INR decode and H.264 at equal bpp.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def run(args) -> None:
         raise UserError(f"unknown task {args.task!r}; presets: {', '.join(sorted(PRESETS))}; "
                         f"task kinds: {', '.join(TASK_KINDS)}")
     nvp = NvpFile.open(args.file)  # validated before anything heavy runs
+    joint_config = joint_config_of(args) if args.joint else None
     inr = load_nvp(args.file)
     torch.manual_seed(args.seed)  # a randomly initialised preset is the same for the same seed: its graphs are reused
     with warnings.catch_warnings():
@@ -97,7 +102,10 @@ def run(args) -> None:
     config = AdaptConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch, top_fraction=args.top,
                          candidates=args.candidates, seed=args.seed, progress=not args.quiet)
     task = args.name or args.task
-    if backbone.task == "classification" and clip == 1:
+    classifier = backbone.task == "classification" and clip == 1
+    if joint_config and not classifier:
+        raise UserError(f"--joint trains classification routes so far; {preset} is a {backbone.task} preset")
+    if classifier:
         result = adapt(inr, frames, backbone, config)
         result.route = replace(result.route, task=task)
         route = to_file_route(result.route)
@@ -109,13 +117,56 @@ def run(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
         result.cka.save_json(out / f"cka_{preset}.json")
         result.cka.save_heatmap(out / f"cka_{preset}.png", top_fraction=args.top)
+    joint = None
+    if joint_config:
+        joint = run_joint(joint_config, inr, frames, backbone, result)
+        route = to_file_route(result.route)
     # The route's graphs (INR stages, backbone suffix from the point, full backbone) into the model store.
     route = replace(route, backbone=export_route_graphs(inr, backbone, route.injection_point, ModelStore(args.store),
                                                         stacked=route.metadata.get("hidden") is not None))
     kept = [r for r in nvp.routes() if r.task != route.task]
-    size = replace_routes(args.file, kept + [route])
+    if joint is None:
+        size = replace_routes(args.file, kept + [route])
+    else:
+        from .joint import save_joint
+
+        size = save_joint(args.file, nvp.manifest, *joint, kept + [route])
+        if kept:
+            print(f"warning: route(s) {', '.join(r.task for r in kept)} were trained on the INR before joint "
+                  f"optimisation changed it; export them again to retrain their adapters", file=sys.stderr)
     print(result.summary())
+    if classifier and (args.compare_pixels if args.compare_pixels is not None else args.source is not None):
+        print_pixel_fidelity(joint[0].inr if joint else inr, frames, backbone, nvp, result.route.metrics)
     print(f"{args.file}: {len(kept) + 1} route(s), {size} bytes")
+
+
+def joint_config_of(args):
+    from .joint import JointConfig
+
+    return JointConfig(epochs=args.joint_epochs, recon=args.lambda_recon, task=args.lambda_task,
+                       feat=args.lambda_feat, seed=args.seed, progress=not args.quiet)
+
+
+def run_joint(config, inr, frames, backbone, result):
+    """Joint optimisation of the chosen route; updates ``result.route``, returns (JointResult, JointConfig)."""
+    from .joint import joint_route
+
+    result.route, joint = joint_route(inr, frames, backbone, result.route, config)
+    print(joint.summary())
+    return joint, config
+
+
+def print_pixel_fidelity(inr, frames, backbone, nvp, metrics) -> None:
+    """The NVP path's fidelity next to the pixel paths' (full INR decode; H.264 at the INR payload's bpp)."""
+    from .fidelity import Fidelity
+    from .pixel_paths import compare_pixel_paths, format_table, payload_bpp
+
+    paths = compare_pixel_paths(inr, frames, backbone, payload_bpp(nvp))
+    nvp_fid = Fidelity(len(frames), metrics["top1_agreement"], metrics["top5_overlap"], metrics["cosine"])
+    rows = [("NVP path", nvp_fid, f"{metrics.get('compute_saved', 0):.1%} of the MACs saved")]
+    rows += [(p.name, p.fidelity, f"{p.detail}, {p.psnr:.2f} dB") for p in paths]
+    print(f"fidelity vs {backbone.name} on the original frames ({len(frames)} frames):")
+    print(format_table(rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,9 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--candidates", choices=["top", "per_point"], default="top",
-                   help="pairs trained: the CKA top --top fraction (the paper's), or each injection point's best-CKA tap")
-    p.add_argument("--top", type=float, default=0.1, help="fraction of (tap, point) pairs trained, by CKA rank")
+    p.add_argument("--candidates", choices=["top", "per_point"], default="per_point",
+                   help="pairs trained: each injection point's best-CKA tap (default; see docs/adapt.md), "
+                        "or the CKA top --top fraction (the paper's)")
+    p.add_argument("--top", type=float, default=0.1, help="with --candidates top: fraction of pairs trained, by CKA rank")
     p.add_argument("--clip-stride", type=int,
                    help="video presets: frames between the starts of training clips (default: the clip length)")
     p.add_argument("--reduced", action="store_true",
@@ -141,6 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka-out", help="folder for the CKA matrix (JSON) and heatmap (PNG)")
     p.add_argument("--store", help="model store for the task's graphs (default: $NVP_STORE, else ~/.cache/nvp)")
+    p.add_argument("--joint", action="store_true",
+                   help="then optimise the INR and the adapter together (rewrites the video payload; PSNR reported)")
+    p.add_argument("--joint-epochs", type=int, default=10, help="epochs of joint optimisation (paper: 100)")
+    p.add_argument("--lambda-recon", type=float, default=1.0, help="joint loss weight of the reconstruction term")
+    p.add_argument("--lambda-task", type=float, default=0.5, help="joint loss weight of the task term")
+    p.add_argument("--lambda-feat", type=float, default=0.2, help="joint loss weight of the feature-transfer term")
+    p.add_argument("--compare-pixels", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score full INR decode and H.264 at equal bpp (default: on when --source is given)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
