@@ -56,9 +56,8 @@ def _fix_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> 
             raise ValueError(f"input {value.name!r} has dynamic dims; give its shape")
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
-    inferred = shape_inference.infer_shapes(model, data_prop=True)
-    g = inferred.graph
+def _known(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    g = model.graph
     out = {}
     for v in list(g.input) + list(g.value_info) + list(g.output):
         t = v.type.tensor_type
@@ -67,6 +66,21 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     for init in g.initializer:
         out[init.name] = tuple(init.dims)
     return out
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Static shapes of every value: ONNX's inference, then, for what it leaves open (DETR's attention reshapes),
+    ONNX Runtime's symbolic shape inference, which propagates shape-computing subgraphs further."""
+    shapes = _known(shape_inference.infer_shapes(model, data_prop=True))
+    needed = {n for node in model.graph.node if node.op_type in _COUNTED for n in (*node.input[:2], node.output[0]) if n}
+    if needed - set(shapes):
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        shapes.update(_known(SymbolicShapeInference.infer_shapes(model, auto_merge=True)))
+    return shapes
+
+
+_COUNTED = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Resize")
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
