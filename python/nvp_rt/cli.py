@@ -135,11 +135,11 @@ def cmd_view(args) -> None:
 
 
 def cmd_bench(args) -> None:
+    if args.threads < 1 or args.repeats is not None and args.repeats < 1:
+        raise UserError("--threads and --repeats must be at least 1")
     _export()
     from nvp_export.benchmark.run import BenchConfig, run_bench
 
-    if args.threads < 1 or args.repeats is not None and args.repeats < 1:
-        raise UserError("--threads and --repeats must be at least 1")
     out = Path(args.out or f"bench/results/{'quick' if args.quick else 'table1'}")
     overrides = {"out": out, "threads": args.threads, "store": Path(args.store) if args.store else None}
     if args.repeats is not None:

@@ -2,8 +2,8 @@
 
 Counted: Conv / ConvTranspose (output elements x input channels per group x kernel
 size), Gemm and MatMul (batched: output elements x the reduced dimension), and
-Resize in linear mode (4 MACs per output element for bilinear, 8 for trilinear:
-fvcore's rule) or cubic (16). Everything else (norms, activations, elementwise,
+Resize in linear mode (4 MACs per output element for bilinear on (N, C, H, W), 8 for
+trilinear: fvcore's rule) or cubic (16). Everything else (norms, activations, elementwise,
 softmax, pooling, nearest resize) counts 0, as torch's and fvcore's counters do.
 Shapes come from ``onnx.shape_inference`` after the graph's dynamic input dims are
 fixed to the given shapes.
@@ -112,9 +112,9 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
     if op == "Resize":
         mode = _attr(node, "mode", b"nearest")
         mode = mode.decode() if isinstance(mode, bytes) else mode
-        x, y = shape(node.input[0]), shape(node.output[0])
-        resized = sum(1 for a, b in zip(x, y) if a != b) or 2
-        per_output = {"linear": 2 ** resized, "cubic": 4 ** resized}.get(mode, 0)
+        y = shape(node.output[0])
+        spatial = max(len(y) - 2, 1)  # (N, C, *spatial): bilinear on 4-D, trilinear on 5-D, whatever the scales
+        per_output = {"linear": 2 ** spatial, "cubic": 4 ** spatial}.get(mode, 0)
         return math.prod(y) * per_output
     return 0
 
@@ -142,6 +142,7 @@ def resize_conv_graph(channels: int, in_size: Sequence[int], out_size: Sequence[
     so their cost is counted by the same rules as the backbones'.
     """
     f = TensorProto.FLOAT
+    in_size, out_size = [int(v) for v in in_size], [int(v) for v in out_size]
     x = helper.make_tensor_value_info("input", f, [batch, channels, *in_size])
     sizes = numpy_helper.from_array(np.array([batch, channels, *out_size], np.int64), "sizes")
     nodes = [helper.make_node("Resize", ["input", "", "", "sizes"], ["resized"], mode="linear",
