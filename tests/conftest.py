@@ -36,3 +36,11 @@ def pytest_runtest_makereport(item, call):
     seeds = [v for k, v in item.user_properties if k == "seed"]
     if report.failed and seeds:
         report.sections.append(("random seed", f"rng seed = {seeds[0]} (np.random.default_rng)"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def model_store(tmp_path_factory):
+    """Graphs the tests export go to a throwaway store, never the user's ~/.cache/nvp (subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("model_store")
+    os.environ["NVP_STORE"] = str(path)
+    return path

@@ -2,6 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
+
+import nvp_rt
+from nvp_export.adapter import AdapterSpec, MicroAdapter
+from nvp_export.inr import load_nvp
+from nvp_export.zoo import load_backbone
 
 from nvp_export.clips import ClipSpec, write_clip
 from nvp_export.cli import main as export_main
@@ -31,7 +37,7 @@ def test_export_writes_a_route_and_keeps_the_payload(encoded, tmp_path, capsys):
     routes = after.routes()
     assert [r.task for r in routes] == ["efficientnet_lite0"]
     route = routes[0]
-    assert route.backbone == "efficientnet_lite0"
+    assert route.backbone.startswith("efficientnet_lite0-")  # the preset plus its weights' fingerprint
     assert route.tap in [t["name"] for t in after.manifest["taps"]]
     weight = route.arrays["weight0"]
     assert weight.shape == (route.metadata["out_channels"], route.metadata["in_channels"])
@@ -41,6 +47,16 @@ def test_export_writes_a_route_and_keeps_the_payload(encoded, tmp_path, capsys):
         np.testing.assert_array_equal(after.sections[INR_SECTION].arrays[name], array)
     assert (tmp_path / "cka_efficientnet_lite0.json").is_file()
     assert (tmp_path / "cka_efficientnet_lite0.png").stat().st_size > 0
+    # The runtime answers through the exported graphs exactly as the torch path does.
+    session = nvp_rt.Session(out)
+    logits = session.run(["efficientnet_lite0"], frames=range(8))["efficientnet_lite0"].logits
+    backbone = load_backbone("efficientnet_lite0")
+    size = tuple(route.metadata["pathways"][0]["size"])
+    adapter = MicroAdapter.from_arrays(AdapterSpec(weight.shape[1], weight.shape[0], size), route.arrays)
+    with torch.no_grad():
+        taps = load_nvp(out).decode(torch.arange(8), until=route.tap)[route.tap]
+        reference = backbone.suffix(adapter(taps), route.injection_point).numpy()
+    assert np.abs(logits - reference).max() <= 1e-4 * np.abs(reference).max()
     # Exporting the same task again replaces its route rather than adding one.
     assert export_main(args) == 0
     assert len(NvpFile.open(out).routes()) == 1

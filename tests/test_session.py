@@ -19,7 +19,7 @@ from nvp_export.zoo import load_backbone
 from nvp_rt.nvpfile import NvpFormatError, Route, replace_routes
 from nvp_rt.session import UnknownTaskError
 from nvp_rt.store import ModelStore, StoreEntryMissing
-from test_task_presets import tiny_detr, tiny_i3d, tiny_segformer, tiny_slowfast
+from test_task_presets import tiny_blip, tiny_detr, tiny_i3d, tiny_segformer, tiny_slowfast
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 
@@ -32,6 +32,7 @@ ROUTES = {
     "act": (tiny_slowfast, "block2", "res3", None),
     "act_i3d": (tiny_i3d, "block3", "res3", None),
     "seg": (tiny_segformer, "block1", "stage2", None),
+    "cap": (tiny_blip, "block2", "layer1", None),
 }
 
 
@@ -91,8 +92,13 @@ def test_session_matches_the_torch_path(video, task, rng):
     frames = list(range(FRAMES)) if clip > 1 else rng.choice(FRAMES, 3, replace=False).tolist()
     answer = session.run([task], frames=frames)[task]
     ref = torch_reference(inr, backbones[task], adapters[task], task, frames)
-    assert_close(answer.logits, ref[0])
     kind = backbones[task].task
+    if kind == "captioning":  # the runtime's greedy loop over the exported text-decoder step = generate()
+        special = backbones[task].special_ids
+        assert answer.token_ids == [[int(i) for i in row if i not in special] for row in ref[0]]
+        assert any(answer.token_ids) and answer.texts is None  # random weights: ids, no vocabulary offline
+        return
+    assert_close(answer.logits, ref[0])
     if kind in ("classification", "action"):
         expected = classify(torch.from_numpy(ref[0]), backbones[task].labels)
         assert [[c for c, _, _ in row] for row in answer.top_k] == [[c for c, _, _ in row] for row in expected]
@@ -200,7 +206,7 @@ def test_bad_queries_get_clear_errors(video, tmp_path):
         session.run(["cls"], frames=[FRAMES])
     with pytest.raises(ValueError, match="clips of 8"):
         session.run(["act"], frames=[0, 1, 2])
-    with pytest.raises(StoreEntryMissing, match="nvp-export"):
+    with pytest.raises(StoreEntryMissing, match="has no inr"):
         nvp_rt.Session(d / "clip.nvp", store=ModelStore(tmp_path / "empty"))
     data = (d / "clip.nvp").read_bytes()
     (tmp_path / "cut.nvp").write_bytes(data[: len(data) // 2])
@@ -217,7 +223,7 @@ def test_a_session_lifetime_never_imports_torch(video):
         import sys
         import nvp_rt
         s = nvp_rt.Session({str(d / "clip.nvp")!r}, store={str(store.root)!r})
-        out = s.run(["cls", "det", "act", "seg"], frames=range({FRAMES}))
+        out = s.run(["cls", "det", "act", "seg", "cap"], frames=range({FRAMES}))
         s.decode([0, 1])
         assert out["cls"].top_k and out["act"].logits.shape[0] == 1
         leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
@@ -226,3 +232,69 @@ def test_a_session_lifetime_never_imports_torch(video):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_nvp_run_prints_the_session_answers_as_json(video, capsys):
+    import json
+
+    from nvp_rt.cli import main
+
+    d, store, *_ = video
+    assert main(["run", str(d / "clip.nvp"), "--tasks", "cls,det,act,seg", "--frames", "0:8", "--store",
+                 str(store.root)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    expected = nvp_rt.Session(d / "clip.nvp", store=store).run(["cls", "det", "act", "seg"], frames=range(8))
+    assert printed["tasks"]["cls"] == json.loads(json.dumps(expected["cls"].to_dict()))
+    assert printed["tasks"]["act"]["clips"][0]["frames"] == list(range(8))
+    assert len(printed["tasks"]["det"]["frames"]) == 8 and len(printed["tasks"]["seg"]["frames"]) == 8
+    assert set(printed["timings_ms"]) >= {"prefix", "adapters", "heads", "total"}
+
+    here = ["--store", str(store.root)]
+    for args, words in [(["--tasks", "nope", *here], "no route"), (["--tasks", "cls", "--frames", "0:99", *here],
+                                                                   "out of range"),
+                        (["--tasks", "cls", "--store", str(d / "nowhere")], "model store")]:
+        assert main(["run", str(d / "clip.nvp"), *args]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("task", ["cls", "cls_stacked", "det", "act", "seg"])
+def test_cuda_session_matches_cpu(video, task):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime has no CUDA execution provider (onnxruntime-gpu)")
+    d, store, *_ = video
+    cpu = nvp_rt.Session(d / "clip.nvp", store=store, device="cpu").run([task], frames=range(FRAMES))[task]
+    gpu = nvp_rt.Session(d / "clip.nvp", store=store, device="cuda").run([task], frames=range(FRAMES))[task]
+    assert_close(gpu.logits, cpu.logits, rtol=1e-3)  # cuDNN may pick other conv algorithms than MLAS
+
+
+def test_detokenize_matches_transformers_wordpiece(tmp_path, rng):
+    from transformers import BertTokenizer
+
+    from nvp_rt.results import detokenize
+
+    words = ["a", "cat", "sit", "##s", "on", "the", "mat", ".", ",", "dog", "'", "s", "n't", "play", "##ing", "!"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    for clean in (False, True):
+        tokenizer = BertTokenizer(str(tmp_path / "vocab.txt"), clean_up_tokenization_spaces=clean)
+        for _ in range(50):
+            ids = rng.integers(5, len(vocab), size=int(rng.integers(1, 12))).tolist()
+            assert detokenize(ids, vocab, clean) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_a_route_that_does_not_fit_its_tap_is_rejected_at_open(video, tmp_path):
+    import shutil
+
+    d, store, *_ = video
+    bad = tmp_path / "bad.nvp"
+    shutil.copy(d / "clip.nvp", bad)
+    routes = nvp_rt.nvpfile.NvpFile.open(bad).routes()
+    cls = next(r for r in routes if r.task == "cls")
+    wider = {**cls.arrays, "weight0": np.zeros((cls.arrays["weight0"].shape[0], 3), np.float32)}
+    replace_routes(bad, [Route("cls", cls.backbone, cls.tap, cls.injection_point, wider, cls.metadata)])
+    with pytest.raises(NvpFormatError, match="does not fit tap"):
+        nvp_rt.Session(bad, store=store)

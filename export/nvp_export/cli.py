@@ -18,6 +18,7 @@ from pathlib import Path
 
 from nvp_rt.cli import UserError, passive_openmp_waits, run_reporting_errors
 from nvp_rt.nvpfile import NvpFile, Route, replace_routes
+from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
 # Task kinds users may name instead of a preset.
@@ -44,8 +45,9 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
 def to_file_route(route) -> Route:
     """The adapt result's route as the .nvp container stores it."""
     metadata = {
-        "in_channels": route.in_channels, "out_channels": route.out_channels, "size": list(route.size),
-        "hidden": route.hidden, **{k: v for k, v in route.metrics.items() if isinstance(v, (int, float, str))},
+        "kind": "classification", "in_channels": route.in_channels, "out_channels": route.out_channels,
+        "hidden": route.hidden, "pathways": [{"size": list(route.size), "frames": None}],
+        **{k: v for k, v in route.metrics.items() if isinstance(v, (int, float, str))},
     }
     return Route(route.task, route.backbone, route.inr_tap, route.injection_point, dict(route.adapter), metadata)
 
@@ -53,6 +55,7 @@ def to_file_route(route) -> Route:
 def run(args) -> None:
     from .adapt import AdaptConfig, adapt
     from .inr import load_nvp
+    from .onnx_export import export_route_graphs
     from .zoo import PRESETS, load_backbone
 
     preset = TASK_KINDS.get(args.task, args.task)
@@ -76,8 +79,12 @@ def run(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
         result.cka.save_json(out / f"cka_{preset}.json")
         result.cka.save_heatmap(out / f"cka_{preset}.png", top_fraction=args.top)
-    kept = [r for r in nvp.routes() if r.task != result.route.task]
-    size = replace_routes(args.file, kept + [to_file_route(result.route)])
+    store = ModelStore(args.store)
+    route = to_file_route(result.route)
+    route = replace(route, backbone=export_route_graphs(inr, backbone, route.injection_point, store,
+                                                        stacked=route.metadata.get("hidden") is not None))
+    kept = [r for r in nvp.routes() if r.task != route.task]
+    size = replace_routes(args.file, kept + [route])
     print(result.summary())
     print(f"{args.file}: {len(kept) + 1} route(s), {size} bytes")
 
@@ -97,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=float, default=0.1, help="fraction of (tap, point) pairs trained, by CKA rank")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka-out", help="folder for the CKA matrix (JSON) and heatmap (PNG)")
+    p.add_argument("--store", help="model store for the task's graphs (default: $NVP_STORE, else ~/.cache/nvp)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -8,14 +8,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from nvp_rt.quality import psnr
+from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
 from .fit import FitConfig, FitError, fit
-from .inr import config_for_budget, from_config, load_nvp, quantise_inr, save_nvp
+from .inr import config_for_budget, from_config, quantise_inr, save_nvp
+from .onnx_export import export_inr_graphs
 
 DEFAULT_BPP = 0.5  # budget of quantised bits before entropy coding; the file lands below it
 
@@ -54,7 +55,9 @@ def check_output_path(output: str | os.PathLike) -> Path:
 
 
 def encode_video(source: str | os.PathLike, output: str | os.PathLike, selection: FrameSelection = FrameSelection(),
-                 cfg: EncodeConfig = EncodeConfig()) -> EncodeReport:
+                 cfg: EncodeConfig = EncodeConfig(), store: ModelStore | None = None) -> EncodeReport:
+    """Fit, quantise and write ``output``; the architecture's decoder graphs go into ``store`` (default: the
+    user's model store) so the runtime can decode and route the file at once."""
     started = time.perf_counter()
     output = check_output_path(output)  # before minutes of fitting
     cfg.fit.resolved_device()
@@ -78,10 +81,6 @@ def encode_video(source: str | os.PathLike, output: str | os.PathLike, selection
                      "fit_seconds": round(result.seconds, 2), "budget": budget, "fit": asdict(cfg.fit)},
     }
     size = save_nvp(output, quantised, arrays, meta, info)
+    export_inr_graphs(quantised, store or ModelStore())
     return EncodeReport(str(output), size, 8 * size / (n * h * w), psnr_float, psnr_quantised, result.epochs,
                         result.recoveries, result.seconds, time.perf_counter() - started, n, h, w)
-
-
-def decode_frames(path: str | os.PathLike, indices) -> np.ndarray:
-    """Pixels of the given frames of a .nvp video, uint8 (N, H, W, 3)."""
-    return load_nvp(path).render(indices)

@@ -33,7 +33,7 @@ from nvp_rt.store import ModelStore
 
 from .backbone import Backbone
 from .inr import INR
-from .multipathway import MultiPathwayPoint
+from .multipathway import MultiPathwayPoint, temporal_indices
 
 __all__ = ["backbone_key", "export_inr_graphs", "export_backbone_graphs", "export_route_graphs", "OUTPUT_NAMES"]
 
@@ -43,6 +43,7 @@ OUTPUT_NAMES = {
     "action": ["logits"],
     "segmentation": ["logits"],
     "detection": ["logits", "boxes"],
+    "captioning": ["image_embeds"],  # the text decoder's greedy loop runs in the runtime over decoder/<backbone>
 }
 OPSET = 18
 ADAPTER_TAIL = "gelu_conv1x1"  # nvp_rt.session reads it under this name
@@ -58,9 +59,10 @@ def backbone_key(backbone: Backbone) -> str:
 
 
 def _to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: Sequence[str],
-             output_names: Sequence[str]) -> onnx.ModelProto:
-    """Export with a dynamic leading (batch) dimension on every input."""
-    dynamic = tuple({0: torch.export.Dim.DYNAMIC} for _ in example)
+             output_names: Sequence[str], dynamic_dims: Sequence[Sequence[int]] | None = None) -> onnx.ModelProto:
+    """Export with dynamic ``dynamic_dims`` per input (default: the leading, batch, dimension)."""
+    dims = dynamic_dims or [(0,)] * len(example)
+    dynamic = tuple({d: torch.export.Dim.DYNAMIC for d in ds} for ds in dims)
     if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
         dynamic = (dynamic,)  # torch.export wants *args' shapes as one tuple
     with _quiet_exporter():
@@ -126,16 +128,53 @@ def export_inr_graphs(inr: INR, store: ModelStore, progress=None) -> str:
 
 
 class _Suffix(nn.Module):
-    """The suffix with one tensor argument per pathway (ONNX inputs are flat)."""
+    """The suffix with one tensor argument per pathway (ONNX inputs are flat).
+
+    Video points take every pathway's features frame-major and at the clip's
+    full rate, (N, T, C, H, W): that is the layout the runtime's per-frame
+    adapters produce, so the graph, not the runtime, picks a slower pathway's
+    frames (pytorchvideo's rule, as ``PathwayAdapter``) and moves T behind C.
+    Selecting frames after the per-frame adapter equals selecting them before.
+    """
 
     def __init__(self, backbone: Backbone, point: str):
         super().__init__()
         self.backbone, self.point = backbone, point
         self.multi = isinstance(backbone.point(point), MultiPathwayPoint)
+        self.clip = backbone.preprocess.num_frames
+        self.frames = [s[1] if len(s) == 4 else None for s in _pathway_shapes(backbone, point)]
 
     def forward(self, *features):
-        out = self.backbone.suffix(list(features) if self.multi else features[0], self.point)
+        if self.clip > 1:
+            features = [self._video_layout(f, t) for f, t in zip(features, self.frames)]
+        features = list(features) if self.multi else features[0]
+        if self.backbone.task == "captioning":  # up to the vision tower's output; the text loop is the runtime's
+            return self.backbone.vision_embeds(features, self.point)
+        out = self.backbone.suffix(features, self.point)
         return tuple(out) if isinstance(out, (tuple, list)) else out
+
+    def _video_layout(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        if frames != self.clip:
+            x = x.index_select(1, temporal_indices(self.clip, frames))
+        return x.transpose(1, 2)
+
+
+class _ImageEmbeds(nn.Module):
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, pixels):
+        return self.backbone.image_embeds(pixels)
+
+
+class _TextStep(nn.Module):
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, input_ids, embeds):
+        return self.backbone.text_step(input_ids, embeds)
 
 
 def _pathway_shapes(backbone: Backbone, point: str) -> list[tuple[int, ...]]:
@@ -157,6 +196,8 @@ def _describe(backbone: Backbone, outputs: list[str]) -> dict:
 
 def _postprocess_settings(backbone: Backbone) -> dict:
     """Defaults of the preset's own post-processing that the runtime must apply the same way."""
+    if backbone.task == "captioning":
+        return {"caption": backbone.caption_settings()}
     threshold = inspect.signature(backbone.postprocess).parameters.get("threshold")
     return {} if threshold is None else {"threshold": threshold.default}
 
@@ -172,14 +213,24 @@ def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: Mod
     t = backbone.preprocess.num_frames
     pixels = torch.zeros((2, 3, h, w) if t == 1 else (2, 3, t, h, w))
     if ("backbone", key) not in store:
-        store.put("backbone", key, _to_onnx(backbone, (pixels,), [STAGE_INPUT], outputs).SerializeToString())
+        full = _ImageEmbeds(backbone) if backbone.task == "captioning" else backbone
+        store.put("backbone", key, _to_onnx(full, (pixels,), [STAGE_INPUT], outputs).SerializeToString())
         if progress:
             progress(f"{backbone.name} full graph")
+    if backbone.task == "captioning" and ("decoder", key) not in store:
+        ids = torch.full((2, 2), backbone.caption_settings()["bos"], dtype=torch.long)
+        with torch.no_grad():
+            embeds = backbone.image_embeds(backbone.preprocess(torch.rand(2, 3, h, w)))
+        step = _to_onnx(_TextStep(backbone), (ids, embeds), ["input_ids", "image_embeds"], ["logits"],
+                        dynamic_dims=[(0, 1), (0,)])
+        store.put("decoder", key, step.SerializeToString())
     store.put("backbone", key, json.dumps(_describe(backbone, outputs), indent=1).encode(), suffix=".json")
     for point in points:
         if ("suffix", f"{key}@{point}") in store:
             continue
         shapes = _pathway_shapes(backbone, point)
+        if t > 1:  # frame-major, full clip rate: see _Suffix
+            shapes = [(t, s[0], *s[2:]) for s in shapes]
         example = tuple(torch.randn(2, *s) for s in shapes)
         names = ["features"] if len(shapes) == 1 else [f"features{i}" for i in range(len(shapes))]
         model = _to_onnx(_Suffix(backbone, point), example, names, outputs)

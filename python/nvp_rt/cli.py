@@ -1,8 +1,8 @@
-"""`nvp`: encode videos into .nvp files, inspect them, decode them for people.
+"""`nvp`: encode videos into .nvp files, inspect them, answer tasks on them, decode them for people.
 
 A thin layer over the libraries: parsing, dispatch, and turning user errors into
-one line on stderr with a non-zero exit. `encode`, `bench` and, until the runtime's
-ONNX path lands, `view` need the export side (torch), imported only when used.
+one line on stderr with a non-zero exit. `encode` and `bench` need the export side
+(torch), imported only then; `run`, `view` and `info` are the torch-free runtime.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+from .backends import BackendUnavailableError
+from .device import CudaUnavailableError
 from .nvpfile import NvpFile
+from .store import ModelStore
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi"}
 
@@ -69,7 +72,7 @@ def cmd_encode(args) -> None:
                     time_limit_s=args.time_limit or None, seed=args.seed, device=args.device, threads=args.threads,
                     progress=not args.quiet)
     cfg = export.EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
-    report = export.encode_video(args.input, args.output, selection, cfg)
+    report = export.encode_video(args.input, args.output, selection, cfg, store=ModelStore(args.store))
     print(f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
           f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
           f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s")
@@ -124,7 +127,7 @@ def cmd_view(args) -> None:
     if start >= total or stop > total:
         raise UserError(f"frames {start}:{stop} out of range: the video has {total} frames")
     indices = list(range(start, stop, step))
-    frames = _export().decode_frames(args.file, indices)
+    frames = _session(args).decode(indices)
     if is_video:
         fps = float(nvp.manifest.get("video", {}).get("fps") or 30) / step
         write_video(out, frames, fps, options={"crf": str(args.crf)})
@@ -132,6 +135,32 @@ def cmd_view(args) -> None:
     else:
         write_pngs(out, frames, start, step)
         print(f"{out}/: {len(indices)} PNG frames")
+
+
+def _session(args):
+    from .session import Session
+
+    return Session(args.file, device=getattr(args, "device", "auto"), backend=getattr(args, "backend", "auto"),
+                   store=ModelStore(args.store))
+
+
+def cmd_run(args) -> None:
+    import time
+
+    session = _session(args)
+    total = session.inr.num_frames
+    start, stop, step = args.frames
+    stop = total if stop is None else stop
+    if start >= total or stop > total:
+        raise UserError(f"frames {start}:{stop} out of range: the video has {total} frames")
+    tasks = [t for t in args.tasks.split(",") if t]
+    t0 = time.perf_counter()
+    answers = session.run(tasks, frames=range(start, stop, step), top_k=args.top_k)
+    elapsed = time.perf_counter() - t0
+    print(json.dumps({"file": args.file, "device": session.device, "backend": session.backend.name,
+                      "tasks": {t: a.to_dict() for t, a in answers.items()},
+                      "timings_ms": {k: round(v * 1e3, 3) for k, v in session.last_timings.items()},
+                      "query_ms": round(elapsed * 1e3, 3)}, indent=1))
 
 
 def cmd_bench(args) -> None:
@@ -174,7 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     e.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _store_option(e)
     e.set_defaults(run=cmd_encode)
+
+    r = sub.add_parser("run", help="answer tasks on frames of a .nvp file; prints JSON")
+    r.add_argument("file")
+    r.add_argument("--tasks", required=True, help="comma-separated task names routed in the file, e.g. cls,det")
+    r.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
+    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    r.add_argument("--backend", choices=["auto", "ort", "trt"], default="auto")
+    _store_option(r)
+    r.set_defaults(run=cmd_run)
 
     i = sub.add_parser("info", help="describe a .nvp file")
     i.add_argument("file")
@@ -186,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", required=True, help="out.mp4 (.mkv, .mov, .avi) or a folder for PNGs")
     v.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
     v.add_argument("--crf", type=int, default=12, help="x264 quality for video output (lower is better)")
+    _store_option(v)
     v.set_defaults(run=cmd_view)
 
     b = sub.add_parser("bench", help="H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2")
@@ -196,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--store", help="model store for the graphs (default: OUT/store)")
     b.set_defaults(run=cmd_bench)
     return p
+
+
+def _store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", help="model store folder (default: $NVP_STORE, else ~/.cache/nvp)")
 
 
 def passive_openmp_waits() -> None:
@@ -218,16 +263,17 @@ def main(argv: list[str] | None = None) -> int:
 def run_reporting_errors(prog: str, run, args) -> int:
     """Run a command; a user-facing failure becomes one line on stderr and exit code 1.
 
-    User-facing failures (bad or tampered files, untileable sizes, paths, fits that collapse) are
-    raised as ValueError / OSError subclasses with a message meant for people; anything else is a bug
-    and keeps its traceback.
+    User-facing failures (bad or tampered files, untileable sizes, paths, fits that collapse, missing
+    model-store entries, a device or backend this machine lacks) are raised as ValueError / OSError
+    subclasses or the two device errors, with a message meant for people; anything else is a bug and
+    keeps its traceback.
     """
     try:
         run(args)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, CudaUnavailableError, BackendUnavailableError) as e:
         message = str(e).splitlines()[0] if str(e) else type(e).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 1

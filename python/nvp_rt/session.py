@@ -11,9 +11,13 @@ A query, as data flows (each step one place in this file):
 2. ``_decode_prefix``: the INR's stage graphs run once, stem to that tap; every
    shallower tap on the way is kept for the tasks that read it.
 3. ``_adapt``: each route's micro adapter, ``ops.resize_conv1x1`` (the fused
-   C++/CUDA kernel), once per pathway of its injection point.
-4. ``_Head.run``: the backbone suffix graph from the injection point;
+   C++/CUDA kernel), frame by frame, once per pathway of its injection point.
+4. ``_Head.run``: the backbone suffix graph from the injection point (video
+   heads take clips frame-major, so no relayout happens between the stages);
    ``results.postprocess`` turns its raw outputs into the task's answer.
+
+On CUDA every stage reads and writes device memory (ONNX Runtime IOBinding,
+the kernel's ``__cuda_array_interface__``); only the heads' outputs come back.
 
 Graphs come from the model store and sessions from a cache keyed by graph
 content, so a second video of a known architecture compiles nothing. One
@@ -41,23 +45,14 @@ from .store import ModelStore
 __all__ = ["Session", "UnknownTaskError"]
 
 
-class UnknownTaskError(KeyError):
+class UnknownTaskError(ValueError):
     """A query names a task the file has no route for."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def _temporal_indices(num_frames: int, out_frames: int) -> np.ndarray:
-    """The frames a pathway sampling ``out_frames`` of a ``num_frames`` clip sees (pytorchvideo's rule)."""
-    return np.linspace(0, num_frames - 1, out_frames).astype(np.int64)
 
 
 @dataclass(frozen=True)
 class _Pathway:
-    weights: list[tuple[np.ndarray, np.ndarray]]  # per 1x1 conv: (C_out, C_in), (C_out,)
+    weights: list[tuple[Any, Any]]  # per 1x1 conv: (C_out, C_in), (C_out,), on the session's device
     size: tuple[int, int]
-    frames: int | None  # the pathway's clip length for video points, None for images
 
 
 class _Head:
@@ -70,34 +65,64 @@ class _Head:
         self.outputs = list(self.description["outputs"])
         self.task = self.description["task"]
         self.clip_frames = int(self.description["preprocess"].get("num_frames", 1))
+        self.text_step = sessions.get(store.get("decoder", backbone)) if self.task == "captioning" else None
 
-    def run(self, features: list[np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(self.outputs, dict(zip(self.inputs, features)))
+    def run(self, device: "_Device", features: list) -> dict[str, np.ndarray]:
+        if self.text_step is not None:
+            embeds = device.run(self.session, dict(zip(self.inputs, features)), self.outputs)[0]
+            return {"token_ids": self._greedy_caption(device, embeds)}
+        values = device.run(self.session, dict(zip(self.inputs, features)), self.outputs, to_host=True)
         return dict(zip(self.outputs, values))
+
+    def _greedy_caption(self, device: "_Device", embeds) -> np.ndarray:
+        """transformers' greedy ``generate`` (num_beams=1, no sampling): argmax token after token until every
+        caption has emitted the end token or ``max_tokens`` were generated; finished captions are padded."""
+        settings = self.description["caption"]
+        ids = np.full((embeds.shape[0], 1), settings["bos"], dtype=np.int64)
+        finished = np.zeros(embeds.shape[0], dtype=bool)
+        for _ in range(int(settings["max_tokens"])):
+            logits = device.run(self.text_step, {"input_ids": ids, "image_embeds": embeds}, ["logits"], to_host=True)[0]
+            token = np.where(finished, settings["pad"], logits.argmax(-1))
+            ids = np.concatenate([ids, token[:, None]], axis=1)
+            finished |= token == settings["eos"]
+            if finished.all():
+                break
+        return ids
 
 
 class _Route:
     """A task's route as the runtime runs it: INR tap -> adapters -> head."""
 
-    def __init__(self, route: Route, head: _Head, tail, where: str):
+    def __init__(self, route: Route, head: _Head, tail, device: "_Device", where: str):
         self.task, self.tap, self.head, self.tail = route.task, route.tap, head, tail
         meta = route.metadata
-        pathways = meta.get("pathways") or [{"size": meta.get("size"), "frames": None}]
+        pathways = meta.get("pathways")
         try:
             self.pathways = []
             for i, p in enumerate(pathways):
                 prefix = f"pathway{i}/" if len(pathways) > 1 else ""
                 convs = 2 if meta.get("hidden") else 1
-                weights = [(np.ascontiguousarray(route.arrays[f"{prefix}weight{j}"], np.float32),
-                            np.ascontiguousarray(route.arrays[f"{prefix}bias{j}"], np.float32)) for j in range(convs)]
-                frames = p.get("frames")
-                self.pathways.append(_Pathway(weights, (int(p["size"][0]), int(p["size"][1])),
-                                              None if frames is None else int(frames)))
+                weights = [(device.kernel_array(route.arrays[f"{prefix}weight{j}"]),
+                            device.kernel_array(route.arrays[f"{prefix}bias{j}"])) for j in range(convs)]
+                self.pathways.append(_Pathway(weights, (int(p["size"][0]), int(p["size"][1]))))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise NvpFormatError(f"{where}: route {route.task!r} is malformed ({e})") from None
         if len(self.pathways) != len(head.inputs):
             raise NvpFormatError(f"{where}: route {route.task!r} has {len(self.pathways)} adapter pathway(s) but "
                                  f"its head takes {len(head.inputs)}")
+
+
+def _check_route_shapes(route: Route, tap, head: _Head, where: str) -> None:
+    """Adapter widths against the tap they read and the head they feed, at open rather than mid-query."""
+    pathways = len(head.inputs)
+    for p, head_input in enumerate(head.session.get_inputs()):
+        prefix = f"pathway{p}/" if pathways > 1 else ""
+        first = route.arrays[f"{prefix}weight0"]
+        last = route.arrays[f"{prefix}weight{1 if route.metadata.get('hidden') else 0}"]
+        channels = head_input.shape[2 if head.clip_frames > 1 else 1]  # video heads take (N, T, C, H, W)
+        if first.ndim != 2 or first.shape[1] != tap.shape[0] or (isinstance(channels, int) and last.shape[0] != channels):
+            raise NvpFormatError(f"{where}: route {route.task!r} adapter {tuple(first.shape)} does not fit tap "
+                                 f"{tap.name} ({tap.shape[0]} channels) and its head ({channels} channels)")
 
 
 class Session:
@@ -110,6 +135,7 @@ class Session:
         self.backend: Backend = resolve_backend(device, backend, self.store)
         self.device = self.backend.device
         self._sessions = _session_cache(self.backend, self.store, threads)
+        self._device = _Device(self.device)
         nvp = NvpFile.open(path)
         self.video = nvp.manifest.get("video", {})
         self.inr = VideoINR(nvp)
@@ -119,8 +145,8 @@ class Session:
         for route in nvp.routes():
             head = _Head(self._sessions, self.store, route.backbone, route.injection_point)
             tail = self._sessions.get(self.store.get("adapter", "gelu_conv1x1")) if route.metadata.get("hidden") else None
-            self._routes[route.task] = _Route(route, head, tail, self.path)
-            self.inr.tap(route.tap)  # a route into a tap the INR lacks is a malformed file
+            self._routes[route.task] = _Route(route, head, tail, self._device, self.path)
+            _check_route_shapes(route, self.inr.tap(route.tap), head, self.path)
         self._timings = threading.local()
 
     @property
@@ -138,7 +164,7 @@ class Session:
         expected = {i.name: i.shape for i in session.get_inputs() if i.name != STAGE_INPUT}
         if set(expected) != set(weights) or any(tuple(weights[k].shape) != tuple(s) for k, s in expected.items()):
             raise NvpFormatError(f"{self.path}: the INR weights of stage {name!r} do not fit its architecture's graph")
-        return session, weights
+        return session, {k: self._device.graph_array(v) for k, v in weights.items()}
 
     # -- a query ---------------------------------------------------------------------------------------------
 
@@ -161,36 +187,33 @@ class Session:
         order = self.inr.tap_names
         return routes, max((r.tap for r in routes), key=order.index)
 
-    def _decode_prefix(self, frames: np.ndarray, deepest: str, keep: set[str], clock: "_Clock") -> dict[str, np.ndarray]:
-        x, taps = self.inr.stem_input(frames), {}
+    def _decode_prefix(self, frames: np.ndarray, deepest: str, keep: set[str], clock: "_Clock") -> dict[str, Any]:
+        x, taps = self._device.graph_array(self.inr.stem_input(frames)), {}
         for name in self.inr.stages_until(deepest):
             session, weights = self._stages[name]
             with clock.engine():
-                x = session.run([STAGE_OUTPUT], {STAGE_INPUT: x, **weights})[0]
+                x = self._device.run(session, {STAGE_INPUT: x, **weights}, [STAGE_OUTPUT])[0]
             if name in keep:
                 taps[name] = x
         return taps
 
-    def _adapt(self, route: _Route, features: np.ndarray, clock: "_Clock") -> list[np.ndarray]:
-        """(N, C, h, w) tap features -> one input per head pathway, (N, C', H', W') or clips (n, C', T, H', W')."""
+    def _adapt(self, route: _Route, features, clock: "_Clock") -> list:
+        """(N, C, h, w) tap features -> one input per head pathway: (N, C', H', W'), or clips frame-major
+        (N / T, T, C', H', W') for video heads."""
         clip = route.head.clip_frames
-        if clip > 1:
-            n, c, h, w = features.shape
-            if n % clip:
-                raise ValueError(f"task {route.task!r} answers clips of {clip} consecutive frames; "
-                                 f"{n} frames were requested (ask for a multiple of {clip})")
-            features = np.ascontiguousarray(features.reshape(n // clip, clip, c, h, w).transpose(0, 2, 1, 3, 4))
+        n = features.shape[0]
+        if n % clip:
+            raise ValueError(f"task {route.task!r} answers clips of {clip} consecutive frames; "
+                             f"{n} frames were requested (ask for a multiple of {clip})")
         out = []
         for p in route.pathways:
-            x = features
-            if p.frames is not None and p.frames != x.shape[2]:
-                x = np.ascontiguousarray(x[:, :, _temporal_indices(x.shape[2], p.frames)])
             (w0, b0), rest = p.weights[0], p.weights[1:]
             with clock.engine():
-                y = ops.resize_conv1x1(x, w0, b0, size=p.size)
-                for w1, b1 in rest:  # the stacked form: GELU, then the second 1x1 conv, frame by frame
-                    y = _per_frame(lambda f: route.tail.run(None, {"input": f, "weight": w1, "bias": b1})[0], y)
-            out.append(y)
+                y = ops.resize_conv1x1(features, w0, b0, size=p.size)
+                for w1, b1 in rest:  # the stacked form: GELU, then the second 1x1 conv
+                    y = self._device.run(route.tail, {"input": y, "weight": w1, "bias": b1}, ["output"])[0]
+                self._device.kernel_done()
+            out.append(y if clip == 1 else self._device.reshape(y, (n // clip, clip, *y.shape[1:])))
         return out
 
     def run(self, tasks: str | Sequence[str], frames: Iterable[int] | None = None, top_k: int = 5) -> dict[str, Any]:
@@ -208,7 +231,7 @@ class Session:
             with clock.step("adapters"):
                 features = self._adapt(route, taps[route.tap], clock)
             with clock.step("heads"), clock.engine():
-                raw = route.head.run(features)
+                raw = route.head.run(self._device, features)
             with clock.step("post"):
                 frames_of = idx.tolist()
                 if route.head.clip_frames > 1:
@@ -222,17 +245,8 @@ class Session:
         """RGB frames for people: uint8 (N, H, W, 3), the INR decoded in full."""
         idx = self._frames(frames)
         clock = _Clock()
-        rgb = self._decode_prefix(idx, "rgb", {"rgb"}, clock)["rgb"]
+        rgb = self._device.to_host(self._decode_prefix(idx, "rgb", {"rgb"}, clock)["rgb"])
         return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
-
-
-def _per_frame(fn, x: np.ndarray) -> np.ndarray:
-    """Apply an (N, C, H, W) -> (N, C', H, W) function to (N, C, H, W) or clip (n, C, T, H, W) features."""
-    if x.ndim == 4:
-        return fn(x)
-    n, c, t, h, w = x.shape
-    y = fn(np.ascontiguousarray(x.transpose(0, 2, 1, 3, 4).reshape(n * t, c, h, w)))
-    return np.ascontiguousarray(y.reshape(n, t, -1, h, w).transpose(0, 2, 1, 3, 4))
 
 
 def _flatten(frames) -> Iterable[int]:
@@ -243,6 +257,86 @@ def _flatten(frames) -> Iterable[int]:
         if not isinstance(f, (int, np.integer)):
             raise ValueError(f"frame indices must be integers; got {f!r}")
         yield int(f)
+
+
+class _Device:
+    """Where a query's arrays live between stages: numpy on the CPU; device memory on CUDA.
+
+    On CUDA, graph inputs and outputs are bound in place (IOBinding) and the
+    kernel reads and writes the same memory through ``__cuda_array_interface__``,
+    so features stay on the GPU from the stem to the heads.
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        if kind == "cuda":
+            import onnxruntime as ort
+
+            from .device import cuda_module
+
+            self._ort, self._cuda = ort, cuda_module()
+
+    def graph_array(self, a: np.ndarray):
+        """A host array as a graph input (weights are placed once, at open)."""
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        return a if self.kind == "cpu" else self._ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0)
+
+    def kernel_array(self, a: np.ndarray):
+        """A host array as an argument of the adapter kernel."""
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        return a if self.kind == "cpu" else self._cuda.DeviceArray.from_numpy(a, 0)
+
+    def run(self, graph, feeds: dict[str, Any], outputs: list[str], to_host: bool = False) -> list:
+        if self.kind == "cpu":
+            return graph.run(outputs, feeds)
+        binding = graph.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, self._ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            elif isinstance(value, np.ndarray):  # small host inputs (token ids): ORT copies them over
+                binding.bind_cpu_input(name, value)
+            else:
+                cai = value.__cuda_array_interface__
+                binding.bind_input(name, "cuda", 0, np.float32, list(cai["shape"]), cai["data"][0])
+        for name in outputs:
+            if to_host:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, "cuda", 0)
+        graph.run_with_iobinding(binding)
+        values = binding.get_outputs()
+        return [v.numpy() for v in values] if to_host else [_OrtCudaArray(v) for v in values]
+
+    def kernel_done(self) -> None:
+        """The kernel runs on the default stream, ONNX Runtime on its own: order them."""
+        if self.kind == "cuda":
+            self._cuda.synchronize(0)
+
+    def reshape(self, a, shape: tuple[int, ...]):
+        return a.reshape(shape) if self.kind == "cpu" else _CudaView(a, shape)
+
+    def to_host(self, a) -> np.ndarray:
+        return a if self.kind == "cpu" else a.numpy()
+
+
+class _CudaView:
+    """A contiguous CUDA array seen with another shape; keeps its owner alive."""
+
+    def __init__(self, owner, shape: tuple[int, ...]):
+        self.owner, self.shape = owner, tuple(int(d) for d in shape)
+        self.__cuda_array_interface__ = {**owner.__cuda_array_interface__, "shape": self.shape, "strides": None}
+
+
+class _OrtCudaArray:
+    """An ONNX Runtime output on the GPU, readable by the kernel and by the next graph."""
+
+    def __init__(self, value):
+        self.value, self.shape = value, tuple(value.shape())
+        self.__cuda_array_interface__ = {"shape": self.shape, "typestr": "<f4", "data": (value.data_ptr(), False),
+                                         "strides": None, "version": 3}
+
+    def numpy(self) -> np.ndarray:
+        return self.value.numpy()
 
 
 class _Clock:

@@ -19,7 +19,7 @@ from .atomic import atomic_write
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")
 
 
-class StoreEntryMissing(LookupError):
+class StoreEntryMissing(FileNotFoundError):
     """A graph the query needs is not in the model store."""
 
 
@@ -50,8 +50,8 @@ class ModelStore:
         path = self.path(kind, name, suffix)
         if not path.is_file():
             raise StoreEntryMissing(
-                f"the model store {self.root} has no {kind} '{name}'; run `nvp-export` for this task "
-                "with the same --store to create it"
+                f"the model store {self.root} has no {kind} '{name}'; `nvp-export` (task graphs) and "
+                "`nvp encode` (decoder graphs) write it: run them with this store (--store or $NVP_STORE)"
             )
         return path
 

@@ -128,6 +128,31 @@ class BlipBackbone(MultiPathwayBackbone):
             features = self.stages[name](features)
         return self.stages[names[-1]].image_embeds(features)
 
+    def image_embeds(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The vision tower's output from normalised pixels: the whole tower, as the pixel path runs it."""
+        first = self._stage_names()[0]
+        return self.vision_embeds(self.stages[first](pixels), first)
+
+    def text_step(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (N, vocab) after ``input_ids`` (N, L): one step of the greedy decoding in
+        ``generate``, recomputed over the whole prefix (the runtime's loop; no cache to export)."""
+        decoder = self.stages[self._stage_names()[-1]].model.text_decoder
+        mask = torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device)
+        out = decoder(input_ids=input_ids, encoder_hidden_states=embeds, encoder_attention_mask=mask, return_dict=True)
+        return out.logits[:, -1]
+
+    def caption_settings(self) -> dict:
+        """What the runtime's greedy loop and detokeniser need: the generate() settings and the vocabulary."""
+        caption = self.stages[self._stage_names()[-1]]
+        text = caption.model.config.text_config
+        vocab, clean = None, False
+        if self.tokenizer is not None:
+            vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            clean = bool(self.tokenizer.clean_up_tokenization_spaces)
+        return {"bos": text.bos_token_id, "eos": text.sep_token_id, "pad": text.pad_token_id,
+                "max_tokens": caption.max_tokens, "special_ids": sorted(self.special_ids), "vocab": vocab,
+                "clean_up_spaces": clean}
+
     def postprocess(self, token_ids: torch.Tensor) -> list[str] | list[list[int]]:
         """Caption token ids -> text with the checkpoint's tokenizer, else the ids without the start/pad tokens."""
         if self.tokenizer is not None:
