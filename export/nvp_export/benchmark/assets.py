@@ -22,6 +22,7 @@ from nvp_rt.store import ModelStore
 
 from ..adapt import AdaptConfig, adapt
 from ..backbone import to_unit_frames
+from ..cli import to_file_route
 from ..clips import ClipSpec, write_clip
 from ..encode import EncodeConfig, encode_video
 from ..fit import FitConfig
@@ -29,9 +30,12 @@ from ..inr import load_nvp
 from ..multipathway import FitConfig as AdapterFitConfig, PathwayAdapter, decode_clips, fit_adapter
 from ..onnx_export import backbone_key, export_route_graphs
 from ..task_adapt import samples_of
-from ..zoo import load_backbone
+from ..zoo import i3d_r50, load_backbone, slowfast_r50
 
 __all__ = ["TaskSpec", "VideoSpec", "Video", "prepare_video", "tap_for"]
+
+_VIDEO_PRESETS = {"i3d_r50": (i3d_r50.build, i3d_r50.I3DConfig), "slowfast_r50": (slowfast_r50.build,
+                                                                                  slowfast_r50.SlowFastConfig)}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,15 @@ class TaskSpec:
     preset: str  # backbone preset
     point: str | None = None  # None: adapt selects tap and point by CKA (classification presets)
     tap: str | None = None  # None with a point: ``tap_for``
+    clip_frames: int | None = None  # video presets: frames per clip (None: the preset's)
+
+    def backbone(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random-weight presets say so in the report instead
+            if self.clip_frames is None:
+                return load_backbone(self.preset)
+            build, config = _VIDEO_PRESETS[self.preset]
+            return build(config=config(frames=self.clip_frames))
 
 
 @dataclass(frozen=True)
@@ -81,12 +94,10 @@ def tap_for(tap_shapes: dict[str, tuple[int, ...]], point_shape: tuple[int, ...]
 
 def _selected_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) -> tuple[Route, dict]:
     result = adapt(inr, frames, backbone, AdaptConfig(epochs=epochs, progress=False))
-    r = result.route
-    meta = {"kind": backbone.task, "size": list(r.size), "hidden": r.hidden,
-            **{k: v for k, v in r.metrics.items() if isinstance(v, (int, float, str))}}
+    r = replace(result.route, task=task.name, backbone=key)
     info = {"tap": r.inr_tap, "point": r.injection_point, "selected_by": "CKA + adapter training (nvp_export.adapt)",
             "top1_agreement_torch": r.metrics.get("top1_agreement")}
-    return Route(task.name, key, r.inr_tap, r.injection_point, dict(r.adapter), meta), info
+    return to_file_route(r), info
 
 
 def _fitted_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) -> tuple[Route, dict]:
@@ -117,14 +128,13 @@ def prepare_video(spec: VideoSpec, folder: Path, store: ModelStore,
     frames = write_clip(source, spec.clip)
     nvp_path = folder / f"{spec.name}.nvp"
     progress(f"encode {spec.name}")
-    report = encode_video(source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit))
+    report = encode_video(source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit),
+                          store=store)
     inr = load_nvp(nvp_path)
     routes, infos = [], {}
     for task in spec.tasks:
         progress(f"route {task.name} ({task.preset})")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # random-weight presets say so in the report instead
-            backbone = load_backbone(task.preset)
+        backbone = task.backbone()
         build = _selected_route if task.point is None else _fitted_route
         key = backbone_key(backbone)
         route, info = build(inr, frames, backbone, task, key, spec.adapter_epochs)

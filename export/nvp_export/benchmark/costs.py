@@ -80,16 +80,11 @@ def route_flops(nvp_path, task: str, store: ModelStore) -> RouteFlops:
     backbone = graph_macs(store.get("backbone", route.backbone), {"input": pixel_input}).total
 
     tap = inr.tap(route.tap)
-    shapes = description["points"][route.injection_point]
-    pathways = route.metadata.get("pathways") or [{"size": route.metadata["size"], "frames": None}]
-    adapter, suffix_inputs = 0, {}
-    names = ["features"] if len(shapes) == 1 else [f"features{i}" for i in range(len(shapes))]
-    for name, shape, p in zip(names, shapes, pathways):
-        frames = p.get("frames") or clip
-        per_frame = graph_macs(resize_conv_graph(tap.shape[0], tap.shape[1:], shape[-2:], shape[0])).total
-        adapter += frames * per_frame
-        suffix_inputs[name] = (1, *shape)
-    suffix = graph_macs(store.get("suffix", f"{route.backbone}@{route.injection_point}"), suffix_inputs).total
+    # The runtime adapts every requested frame for each pathway (a slower pathway's frames are picked inside the
+    # suffix graph), so each pathway's adapter runs ``clip`` times per sample.
+    adapter = sum(clip * graph_macs(resize_conv_graph(tap.shape[0], tap.shape[1:], shape[-2:], shape[0])).total
+                  for shape in description["points"][route.injection_point])
+    suffix = graph_macs(store.get("suffix", f"{route.backbone}@{route.injection_point}"), batch=1).total
     prefix = clip * _stage_macs(store, inr, route.tap)
     full_decode = clip * _stage_macs(store, inr, "rgb")
     resize = clip * graph_macs(resize_conv_graph(3, inr.tap("rgb").shape[1:], (h, w))).total

@@ -39,7 +39,7 @@ def _load(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     return onnx.load(str(model), load_external_data=False)
 
 
-def _fix_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> None:
+def _fix_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]], batch: int | None = None) -> None:
     initializers = {i.name for i in model.graph.initializer}
     for value in model.graph.input:
         if value.name in initializers:
@@ -52,6 +52,9 @@ def _fix_inputs(model: onnx.ModelProto, shapes: Mapping[str, Sequence[int]]) -> 
             for d, size in zip(dims, wanted):
                 d.Clear()
                 d.dim_value = int(size)
+        elif batch is not None and len(dims) and all(d.HasField("dim_value") for d in dims[1:]):
+            dims[0].Clear()
+            dims[0].dim_value = batch
         elif any(not d.HasField("dim_value") for d in dims):
             raise ValueError(f"input {value.name!r} has dynamic dims; give its shape")
 
@@ -119,10 +122,12 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
     return 0
 
 
-def graph_macs(model: onnx.ModelProto | str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] = {}) -> GraphMacs:
-    """MACs of one run of ``model`` with its inputs of ``input_shapes`` (dynamic inputs must be given)."""
+def graph_macs(model: onnx.ModelProto | str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] = {},
+               batch: int | None = None) -> GraphMacs:
+    """MACs of one run of ``model`` with its inputs of ``input_shapes``; inputs not given whose only dynamic dim
+    is the leading one get ``batch`` there (None: every dynamic input must be given)."""
     model = _load(model)
-    _fix_inputs(model, input_shapes)
+    _fix_inputs(model, input_shapes, batch)
     shapes = _shapes(model)
     counts: Counter[str] = Counter()
     for node in model.graph.node:
