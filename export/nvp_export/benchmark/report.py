@@ -100,7 +100,9 @@ def table2_markdown(results: dict) -> str:
     rows = {}
     for p in matched:
         rows.setdefault(p["pipeline"], {})[p["bpp_budget"]] = p
-    head = "| Path | " + " | ".join(f"budget {b:g} bpp" for b in budgets) + " |\n|---" + "|---" * len(budgets) + "|"
+    family = {p["bpp_budget"]: p.get("family", "") for p in matched}
+    head = ("| Path | " + " | ".join(f"{family[b]} budget {b:g} bpp" for b in budgets) + " |\n|---"
+            + "|---" * len(budgets) + "|")
     lines = [head]
     for name, by_budget in rows.items():
         cells = [f"{by_budget[b]['accuracy']['cls']['top1_agreement']:.1%} @ {by_budget[b]['bpp']:.3f}"
