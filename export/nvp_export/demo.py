@@ -44,7 +44,8 @@ def run_demo(config: DemoConfig = DemoConfig(), say=print) -> None:
     store = ModelStore(config.out / "store")
     spec = VideoSpec(config.clip, config.bpp,
                      (TaskSpec("cls", "efficientnet_lite0"), TaskSpec("det", "detr_r50", point="stage1")),
-                     fit=FitConfig(epochs=300, time_limit_s=config.fit_seconds, threads=config.threads, progress=False),
+                     fit=FitConfig(epochs=300, time_limit_s=config.fit_seconds, threads=config.threads,
+                                   progress=False),
                      adapter_epochs=10)
     say(f"1-2. generate {config.clip.name}, encode it ({config.fit_seconds:.0f} s fit), route cls and det")
     video = prepare_video(spec, config.out, store, lambda m: say(f"   {m}"))
