@@ -177,6 +177,22 @@ def test_preprocessing_normalises_like_a_float64_reference(video, rng):
     np.testing.assert_allclose(got, want.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
 
 
+def test_h264_frames_reach_the_input_size_without_an_extra_colour_shift(video, tmp_path, rng):
+    """Resized frames are off the resized originals by what the 4:2:0 round trip costs at full size, no more
+    (swscale's one-call yuv420p -> rgb24 + resize added about -2 levels in red and blue)."""
+    d, store, *_ = video
+    runner = BackboneRunner(SessionCache(resolve_backend("cpu"), store), store, _key(d))
+    frames = make_clip(ClipSpec(str(rng.choice(["chelsea", "coffee", "astronaut"])), 320, 180, 4,
+                                seed=int(rng.integers(100))))
+    encode_h264(frames, tmp_path / "c.mp4", H264Settings(crf=0))
+    with av.open(str(tmp_path / "c.mp4")) as c:
+        decoded = list(c.decode(c.streams.video[0]))
+    full_size = np.mean([f.to_ndarray(format="rgb24") - o.astype(float) for f, o in zip(decoded, frames)], (0, 1, 2))
+    resized = np.mean([runner.rgb(f) - runner.rgb(av.VideoFrame.from_ndarray(o, format="rgb24")).astype(float)
+                       for f, o in zip(decoded, frames)], (0, 1, 2))
+    np.testing.assert_allclose(resized, full_size, atol=0.25)
+
+
 def _key(d: Path) -> str:
     return nvp_rt.nvpfile.NvpFile.open(d / "clip.nvp").routes()[0].backbone
 
