@@ -1,8 +1,8 @@
 """`nvp`: encode videos into .nvp files, inspect them, answer tasks on them, decode them for people.
 
 A thin layer over the libraries: parsing, dispatch, and turning user errors into
-one line on stderr with a non-zero exit. `encode` needs the export side (torch),
-imported only then; `run`, `view` and `info` are the torch-free runtime.
+one line on stderr with a non-zero exit. `encode` and `bench` need the export side
+(torch), imported only then; `run`, `view` and `info` are the torch-free runtime.
 """
 
 from __future__ import annotations
@@ -163,6 +163,22 @@ def cmd_run(args) -> None:
                       "query_ms": round(elapsed * 1e3, 3)}, indent=1))
 
 
+def cmd_bench(args) -> None:
+    if args.threads < 1 or args.repeats is not None and args.repeats < 1:
+        raise UserError("--threads and --repeats must be at least 1")
+    _export()
+    from nvp_export.benchmark.run import BenchConfig, run_bench
+
+    out = Path(args.out or f"bench/results/{'quick' if args.quick else 'table1'}")
+    overrides = {"out": out, "threads": args.threads, "store": Path(args.store) if args.store else None}
+    if args.repeats is not None:
+        overrides["repeats"] = args.repeats
+    config = (BenchConfig.quick if args.quick else BenchConfig.full)(**overrides)
+    run_bench(config)
+    print((out / "bench.md").read_text())
+    print(f"results: {out}/bench.json, bench.md, latency.png, rate_accuracy.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -212,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--crf", type=int, default=12, help="x264 quality for video output (lower is better)")
     _store_option(v)
     v.set_defaults(run=cmd_view)
+
+    b = sub.add_parser("bench", help="H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2")
+    b.add_argument("--quick", action="store_true", help="tiny clips, few epochs, classification only (CI; < 2 min)")
+    b.add_argument("--out", help="results folder (default bench/results/table1, or bench/results/quick)")
+    b.add_argument("--threads", type=int, default=2, help="CPU threads for every pipeline (default 2)")
+    b.add_argument("--repeats", type=int, help="warm queries per workload and pipeline")
+    b.add_argument("--store", help="model store for the graphs (default: OUT/store)")
+    b.set_defaults(run=cmd_bench)
     return p
 
 

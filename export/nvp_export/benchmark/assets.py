@@ -1,0 +1,147 @@
+"""The benchmark's videos: a generated clip, its .nvp (encoded, with task routes) and its H.264 files.
+
+Routes: a task with no tap given goes through ``adapt`` (CKA selection over every
+(tap, point) pair, then adapter training: what ``nvp-export`` does); a task with a
+point but no tap gets the shallowest INR tap at least as large as the point's spatial
+size (the adapter then only downsamples, as the cheap routes CKA favours do); its
+adapter is fitted with ``multipathway.fit_adapter`` on the clip's original frames.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nvp_rt.nvpfile import NvpFile, Route, replace_routes
+from nvp_rt.store import ModelStore
+
+from ..adapt import AdaptConfig, adapt
+from ..backbone import to_unit_frames
+from ..cli import to_file_route
+from ..clips import ClipSpec, write_clip
+from ..encode import EncodeConfig, encode_video
+from ..fit import FitConfig
+from ..inr import load_nvp
+from ..multipathway import FitConfig as AdapterFitConfig, PathwayAdapter, decode_clips, fit_adapter
+from ..onnx_export import backbone_key, export_route_graphs
+from ..task_adapt import samples_of
+from ..zoo import i3d_r50, load_backbone, slowfast_r50
+
+__all__ = ["TaskSpec", "VideoSpec", "Video", "prepare_video", "tap_for"]
+
+_VIDEO_PRESETS = {"i3d_r50": (i3d_r50.build, i3d_r50.I3DConfig), "slowfast_r50": (slowfast_r50.build,
+                                                                                  slowfast_r50.SlowFastConfig)}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str  # what queries call it
+    preset: str  # backbone preset
+    point: str | None = None  # None: adapt selects tap and point by CKA (classification presets)
+    tap: str | None = None  # None with a point: ``tap_for``
+    clip_frames: int | None = None  # video presets: frames per clip (None: the preset's)
+
+    def backbone(self):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # random-weight presets say so in the report instead
+            if self.clip_frames is None:
+                return load_backbone(self.preset)
+            build, config = _VIDEO_PRESETS[self.preset]
+            return build(config=config(frames=self.clip_frames))
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    clip: ClipSpec
+    bpp: float  # INR size budget (nvp encode --bpp)
+    tasks: tuple[TaskSpec, ...]
+    fit: FitConfig = field(default_factory=FitConfig)
+    adapter_epochs: int = 30
+    family: str = "hnerv"
+
+    @property
+    def name(self) -> str:
+        return f"{self.clip.name}.{self.family}.bpp{self.bpp:g}"
+
+
+@dataclass
+class Video:
+    spec: VideoSpec
+    source: Path  # lossless mp4 of the clip
+    frames: np.ndarray  # uint8 (N, H, W, 3): the originals every pipeline is judged against
+    nvp: Path
+    bpp: float  # of the encoded video (INR payload + manifest), before routes are added
+    psnr: float
+    epochs: int
+    fit_seconds: float
+    routes: dict[str, dict]  # task -> {"tap", "point", "backbone", ...metrics}
+
+
+def tap_for(tap_shapes: dict[str, tuple[int, ...]], point_shape: tuple[int, ...]) -> str:
+    """The shallowest tap whose (h, w) covers the point's (h, w); the deepest feature tap if none does."""
+    h, w = point_shape[-2:]
+    features = [name for name in tap_shapes if name != "rgb"]
+    for name in features:
+        if tap_shapes[name][-2] >= h and tap_shapes[name][-1] >= w:
+            return name
+    return features[-1]
+
+
+def _selected_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) -> tuple[Route, dict]:
+    result = adapt(inr, frames, backbone, AdaptConfig(epochs=epochs, progress=False))
+    r = replace(result.route, task=task.name, backbone=key)
+    info = {"tap": r.inr_tap, "point": r.injection_point, "selected_by": "CKA + adapter training (nvp_export.adapt)",
+            "top1_agreement_torch": r.metrics.get("top1_agreement")}
+    return to_file_route(r), info
+
+
+def _fitted_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) -> tuple[Route, dict]:
+    shape = backbone.point(task.point).shape
+    if isinstance(shape[0], tuple):  # several pathways: they share the spatial size
+        shape = shape[0]
+    tap = task.tap or tap_for({k: tuple(v) for k, v in inr.tap_shapes().items()}, shape)
+    idx = samples_of(backbone, inr.num_frames)
+    pixels = to_unit_frames(frames)
+    with torch.no_grad():
+        taps = decode_clips(inr, idx, tap)
+        x = pixels[idx]
+        targets = backbone.prefix(backbone.preprocess(x.permute(0, 2, 1, 3, 4) if idx.dim() == 2 else x), task.point)
+    adapter = PathwayAdapter(taps.shape[1], backbone.point(task.point))
+    history = fit_adapter(adapter, taps, targets, AdapterFitConfig(epochs=epochs, progress=False))
+    arrays, meta = adapter.eval().to_route()
+    info = {"tap": tap, "point": task.point, "selected_by": "shallowest tap covering the point (assets.tap_for)",
+            "adapter_loss": [history[0], min(history)]}
+    return Route(task.name, key, tap, task.point, arrays, {"kind": backbone.task, **meta}), info
+
+
+def prepare_video(spec: VideoSpec, folder: Path, store: ModelStore,
+                  progress: Callable[[str], None] = lambda _: None) -> Video:
+    """Generate, encode and route ``spec``'s video into ``folder`` (graphs into ``store``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    source = folder / f"{spec.clip.name}.mp4"
+    progress(f"clip {spec.clip.name}")
+    frames = write_clip(source, spec.clip)
+    nvp_path = folder / f"{spec.name}.nvp"
+    progress(f"encode {spec.name}")
+    report = encode_video(source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit),
+                          store=store)
+    inr = load_nvp(nvp_path)
+    routes, infos = [], {}
+    for task in spec.tasks:
+        progress(f"route {task.name} ({task.preset})")
+        backbone = task.backbone()
+        build = _selected_route if task.point is None else _fitted_route
+        key = backbone_key(backbone)
+        route, info = build(inr, frames, backbone, task, key, spec.adapter_epochs)
+        export_route_graphs(inr, backbone, route.injection_point, store)
+        routes.append(route)
+        infos[task.name] = {**info, "backbone": key, "preset": task.preset, "pretrained": backbone.pretrained,
+                            "weights_note": backbone.weights_note}
+    replace_routes(nvp_path, routes)
+    return Video(spec, source, frames, nvp_path, report.bpp, report.psnr_quantised, report.epochs,
+                 report.fit_seconds, infos)
