@@ -98,6 +98,7 @@ def run(args) -> None:
     if clip > inr.num_frames:
         raise UserError(f"{preset} answers on clips of {clip} frames but {args.file} encodes {inr.num_frames}")
     print(backbone.weights_note, file=sys.stderr)
+    clip_scorer = clip_scorer_of(args, backbone)
     frames = original_frames(nvp, args.source, inr)
     config = AdaptConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch, top_fraction=args.top,
                          candidates=args.candidates, seed=args.seed, progress=not args.quiet)
@@ -110,7 +111,8 @@ def run(args) -> None:
         result.route = replace(result.route, task=task)
         route = to_file_route(result.route)
     else:
-        result = adapt_task(inr, frames, backbone, config, clip_stride=args.clip_stride)
+        result = adapt_task(inr, frames, backbone, config, clip_stride=args.clip_stride,
+                            clip_scorer=clip_scorer)
         route = task_file_route(task, backbone.task, result)
     if args.cka_out:
         out = Path(args.cka_out)
@@ -138,6 +140,19 @@ def run(args) -> None:
     if classifier and (args.compare_pixels if args.compare_pixels is not None else args.source is not None):
         print_pixel_fidelity(joint[0].inr if joint else inr, frames, backbone, nvp, result.route.metrics)
     print(f"{args.file}: {len(kept) + 1} route(s), {size} bytes")
+
+
+def clip_scorer_of(args, backbone):
+    """The CLIP model that scores a captioning preset's captions, where the user has one."""
+    if not args.clip_weights:
+        return None
+    if backbone.task != "captioning":
+        raise UserError(f"--clip-weights scores captions; {backbone.name} is a {backbone.task} preset")
+    if getattr(backbone, "tokenizer", None) is None:
+        raise UserError("--clip-weights needs text captions: pass --weights DIR of a BLIP checkpoint with its tokenizer")
+    from .clip_score import ClipScorer
+
+    return ClipScorer.load(args.clip_weights)
 
 
 def joint_config_of(args):
@@ -178,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the task name queries use (default: the --task value)")
     p.add_argument("--source", help="the original video, for the teacher features (default: the INR's decode)")
     p.add_argument("--weights", help="a checkpoint for the backbone (default: weights found locally)")
+    p.add_argument("--clip-weights", metavar="DIR",
+                   help="captioning: a local CLIP save_pretrained directory; captions are then CLIP-scored too")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=4)

@@ -17,7 +17,8 @@ answers on the original frames, in the task's own terms:
 - action: relative error of the logits and top-1 agreement;
 - detection: relative error of the class logits and box IoU agreement of the detections;
 - segmentation: relative error of the logits and mIoU of the masks at the frame size;
-- captioning: relative error of the vision tower's output and BLEU-4 / token F1 of the captions.
+- captioning: relative error of the vision tower's output and BLEU-4 / token F1 of the captions;
+  with a ``ClipScorer`` and text captions, the CLIP-score of both paths' captions on the original frames.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from .adapt import AdaptConfig, candidate_pairs
 from .backbone import Backbone, to_unit_frames
 from .cka import CKAMatrix, cka_matrix
+from .clip_score import ClipScorer
 from .multipathway import FitConfig, PathwayAdapter, as_pathways, decode_clips, fit_adapter
 from .task_cost import RouteCost, route_cost
 from .task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
@@ -77,8 +79,12 @@ def _channel_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def task_fidelity(backbone: Backbone, nvp_out: Any, ref_out: Any, image_size: tuple[int, int]) -> dict[str, float]:
+def task_fidelity(backbone: Backbone, nvp_out: Any, ref_out: Any, image_size: tuple[int, int],
+                  clip_scorer: ClipScorer | None = None, pixels: torch.Tensor | None = None) -> dict[str, float]:
     """Agreement of the NVP path's outputs with those from the original frames, in the task's terms.
+
+    ``clip_scorer`` with ``pixels`` (the samples' original frames, (N, 3, H, W) in [0, 1]): text captions
+    are CLIP-scored against them too.
 
     ``*_rel_error_blind`` is the relative error an input-blind path (the mean reference output) would
     have: random backbones vary little with their input, so a rel. error means something only below it.
@@ -100,7 +106,12 @@ def task_fidelity(backbone: Backbone, nvp_out: Any, ref_out: Any, image_size: tu
                 "miou": mean_iou(masks, ref, len(backbone.labels)),
                 "pixel_agreement": float((masks == ref).double().mean())}
     if task == "captioning":
-        return caption_agreement(backbone.postprocess(nvp_out), backbone.postprocess(ref_out))
+        captions, ref = backbone.postprocess(nvp_out), backbone.postprocess(ref_out)
+        fid = caption_agreement(captions, ref)
+        if clip_scorer is not None and pixels is not None and captions and isinstance(captions[0], str):
+            fid["clip_score"] = float(clip_scorer.score(pixels, captions).mean())
+            fid["clip_score_ref"] = float(clip_scorer.score(pixels, ref).mean())
+        return fid
     raise ValueError(f"no task fidelity for task {task!r}")
 
 
@@ -115,12 +126,13 @@ def _feature_errors(adapted: Any, targets: Any, mask: torch.Tensor) -> tuple[flo
 
 
 def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, config: FitConfig = FitConfig(),
-                clip_stride: int | None = None, holdout_every: int | None = None) -> TaskRoute:
+                clip_stride: int | None = None, holdout_every: int | None = None,
+                clip_scorer: ClipScorer | None = None) -> TaskRoute:
     """Train the adapter of ``tap`` -> ``point`` on the clip the INR encodes and measure its fidelity and cost.
 
     ``holdout_every``: every such sample (frame or clip) is kept out of training, and the adapter's
     feature errors on them are reported as ``holdout_features_rel_error`` (and ``..._bias_only``);
-    a clip with fewer samples than that trains on all of them.
+    a clip with fewer samples than that trains on all of them. ``clip_scorer``: CLIP-scores captions.
     """
     frames = to_unit_frames(frames)
     if inr.num_frames != frames.shape[0]:
@@ -144,7 +156,8 @@ def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, conf
     with torch.no_grad():
         adapted = adapter(taps)
         nvp_out = backbone.suffix(adapted, point)
-        fid = task_fidelity(backbone, nvp_out, ref_out, tuple(frames.shape[-2:]))
+        fid = task_fidelity(backbone, nvp_out, ref_out, tuple(frames.shape[-2:]), clip_scorer,
+                            _pixels(frames, idx) if clip_scorer else None)
         everything = torch.ones_like(held)
         fid["features_rel_error"], fid["features_rel_error_bias_only"] = _feature_errors(adapted, targets, everything)
         if held.any():
@@ -204,12 +217,13 @@ class TaskAdaptResult:
 
 
 def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfig(),
-               clip_stride: int | None = None) -> TaskAdaptResult:
+               clip_stride: int | None = None, clip_scorer: ClipScorer | None = None) -> TaskAdaptResult:
     """Select an (INR tap, injection point) pair for a task preset, train its adapter, measure fidelity and cost.
 
     ``config``: as for ``adapt.adapt`` (candidates, top_fraction, taps/points, size budget, training
     settings, ``val_every`` for the held-out samples, ``select_tolerance``); ``clip_stride``: frames
-    between the starts of a video backbone's training clips (default: the clip length).
+    between the starts of a video backbone's training clips (default: the clip length); ``clip_scorer``:
+    CLIP-scores a captioning preset's captions (text captions only).
     """
     if config.hidden is not None:
         raise ValueError("task routes train single-conv adapters; hidden must be None")
@@ -225,7 +239,8 @@ def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = Adapt
                disable=not config.progress)
     for tap, point, value in bar:
         bar.set_description_str(f"{tap} -> {point}")
-        route = adapt_route(inr, frames, backbone, tap, point, fit, clip_stride, holdout_every=config.val_every)
+        route = adapt_route(inr, frames, backbone, tap, point, fit, clip_stride, holdout_every=config.val_every,
+                             clip_scorer=clip_scorer)
         seconds["training"] += route.train_seconds
         fid = route.fidelity
         held = "holdout_features_rel_error" in fid
