@@ -15,13 +15,15 @@ the rate and frames of the very encode it picked.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Callable
 
 import av
 import numpy as np
 
-__all__ = ["H264Config", "H264Result", "code", "at_bpp"]
+__all__ = ["H264Config", "H264Result", "code", "search_crf", "at_bpp"]
 
 MAX_CRF = 51.0  # libx264's range for 8-bit video is [0, 51]
 
@@ -83,30 +85,47 @@ def code(frames: np.ndarray, crf: float, config: H264Config = H264Config()) -> t
     return np.stack([f.to_ndarray(format="rgb24") for f in decoded]), sum(p.size for p in packets)
 
 
-def at_bpp(frames: np.ndarray, target_bpp: float, config: H264Config = H264Config()) -> H264Result:
-    """Code ``frames`` at the CRF whose stream lands closest to ``target_bpp`` (bpp falls as CRF rises)."""
+def search_crf(bpp_at: Callable[[float], float], target_bpp: float, integer: bool = False,
+               tolerance: float = 0.0, max_steps: int = 14) -> float:
+    """The CRF in [0, 51] whose encode lands closest to ``target_bpp`` (in log ratio), by bisection.
+
+    ``bpp_at(crf)`` encodes at that CRF and returns the rate; it is called once per CRF tried,
+    both ends first (a target outside their range returns the nearest end). bpp falls as CRF
+    rises. ``integer``: CRFs are whole numbers (both neighbours of the target are tried);
+    otherwise the search stops at the first CRF within ``tolerance`` (relative) or after
+    ``max_steps`` steps.
+    """
     if not target_bpp > 0:
         raise ValueError(f"target bpp must be positive; got {target_bpp}")
-    n, h, w, _ = frames.shape
-    pixels = n * h * w
-    tried: dict[float, tuple[np.ndarray, float]] = {}
+    tried: dict[float, float] = {}
 
-    def trial(crf: float) -> float:
-        decoded, size = code(frames, crf, config)
-        tried[crf] = (decoded, 8 * size / pixels)
-        return tried[crf][1]
+    def at(crf: float) -> float:
+        if crf not in tried:
+            tried[crf] = bpp_at(crf)
+        return tried[crf]
 
-    def off(crf: float) -> float:
-        return abs(tried[crf][1] / target_bpp - 1)
-
-    lo, hi = 0.0, MAX_CRF  # bpp(lo) >= bpp(hi)
-    if trial(hi) < target_bpp and trial(lo) > target_bpp:
-        for _ in range(config.max_steps):
-            mid = (lo + hi) / 2
-            bpp = trial(mid)
-            if off(mid) <= config.tolerance:
+    lo, hi = 0, int(MAX_CRF)  # bpp(lo) >= bpp(hi)
+    if at(hi) < target_bpp and at(lo) > target_bpp:
+        for _ in range(max_steps):
+            if integer and hi - lo <= 1:
                 break
-            lo, hi = (mid, hi) if bpp > target_bpp else (lo, mid)
-    best = min(tried, key=off)
-    decoded, bpp = tried[best]
-    return H264Result(decoded, bpp, best, target_bpp, config.gop or n, config.preset, len(tried), config.tolerance)
+            mid = (lo + hi) // 2 if integer else (lo + hi) / 2
+            if abs(at(mid) / target_bpp - 1) <= tolerance:
+                break
+            lo, hi = (mid, hi) if tried[mid] > target_bpp else (lo, mid)
+    return min(tried, key=lambda crf: abs(math.log(tried[crf] / target_bpp)))
+
+
+def at_bpp(frames: np.ndarray, target_bpp: float, config: H264Config = H264Config()) -> H264Result:
+    """Code ``frames`` at the CRF whose stream lands closest to ``target_bpp`` (``search_crf``)."""
+    n, h, w, _ = frames.shape
+    coded: dict[float, tuple[np.ndarray, float]] = {}
+
+    def bpp_at(crf: float) -> float:
+        decoded, size = code(frames, crf, config)
+        coded[crf] = (decoded, 8 * size / (n * h * w))
+        return coded[crf][1]
+
+    best = search_crf(bpp_at, target_bpp, tolerance=config.tolerance, max_steps=config.max_steps)
+    decoded, bpp = coded[best]
+    return H264Result(decoded, bpp, best, target_bpp, config.gop or n, config.preset, len(coded), config.tolerance)

@@ -16,10 +16,9 @@ import numpy as np
 
 from nvp_rt.video import write_video
 
+from ..h264 import search_crf
+
 __all__ = ["H264Settings", "H264File", "encode_h264", "encode_at_bpp"]
-
-CRF_RANGE = (0, 51)
-
 
 @dataclass(frozen=True)
 class H264Settings:
@@ -53,21 +52,16 @@ def encode_h264(frames: np.ndarray, path: str | os.PathLike, settings: H264Setti
 
 def encode_at_bpp(frames: np.ndarray, path: str | os.PathLike, bpp: float, gop: int = 250, preset: str = "medium",
                   fps: float = 30.0) -> H264File:
-    """The encode whose bpp is closest to ``bpp``, by bisection on the (integer) CRF; bpp falls as CRF rises."""
-    lo, hi = CRF_RANGE
-    tried: dict[int, H264File] = {}
-    on_disk: list[int] = []
+    """The encode whose bpp is closest to ``bpp`` among whole-number CRFs (``h264.search_crf``)."""
+    encodes: dict[int, H264File] = {}
+    last: list[int] = []  # the file on disk is the last encode
 
-    def at(crf: int) -> H264File:
-        if crf not in tried:
-            tried[crf] = encode_h264(frames, path, H264Settings(crf, gop, preset), fps)
-            on_disk.append(crf)
-        return tried[crf]
+    def bpp_at(crf: int) -> float:
+        encodes[crf] = encode_h264(frames, path, H264Settings(crf, gop, preset), fps)
+        last.append(crf)
+        return encodes[crf].bpp
 
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if at(mid).bpp > bpp else (lo, mid)
-    best = min((at(lo), at(hi)), key=lambda f: abs(np.log(f.bpp / bpp)))
-    if on_disk[-1] != best.settings.crf:  # the file on disk is the last encode tried
+    best = encodes[search_crf(bpp_at, bpp, integer=True)]
+    if last[-1] != best.settings.crf:
         best = encode_h264(frames, path, best.settings, fps)
     return best

@@ -120,20 +120,26 @@ def table2_markdown(results: dict) -> str:
             f"- INR PSNR per budget: {psnrs}.\n")
 
 
+# The workloads the issue's classification targets are stated for (run.BenchConfig names them so).
+CLS_WORKLOAD = "classification, random frame"
+CLS_EARLY_WORKLOAD = "classification, random frame, early injection (stage3)"
+
+
 def targets(results: dict) -> list[dict]:
     """The issue's targets, where this run lands."""
     out = []
     rows = {(r["workload"], r["pipeline"]): r for r in results["latency"]["rows"]}
-    key = "classification, random frame"
-    nvp = rows.get((key, "NVP"))
-    if nvp and (key, "H.264 CPU") in rows:
-        r = nvp["ratios"]["H.264 CPU"]
-        out.append({"target": "NVP input process <= 0.1x H.264 CPU", "value": r["process"], "met": r["process"] <= 0.1})
-        out.append({"target": "NVP total <= 0.3x H.264 CPU", "value": r["total"], "met": r["total"] <= 0.3})
-    if nvp and (key, "INR full decode") in rows:
-        g = nvp["ratios"]["INR full decode"].get("gflops")
+    for key in (CLS_WORKLOAD, CLS_EARLY_WORKLOAD):
+        nvp = rows.get((key, "NVP"))
+        where = "" if key == CLS_WORKLOAD else " (early injection)"
+        if nvp and (key, "H.264 CPU") in rows:
+            r = nvp["ratios"]["H.264 CPU"]
+            out.append({"target": f"NVP{where} input process <= 0.1x H.264 CPU", "value": r["process"],
+                        "met": r["process"] <= 0.1})
+            out.append({"target": f"NVP{where} total <= 0.3x H.264 CPU", "value": r["total"], "met": r["total"] <= 0.3})
+        g = nvp["ratios"].get("INR full decode", {}).get("gflops") if nvp else None
         if g is not None:
-            out.append({"target": "NVP GFLOPs <= 0.25x full INR", "value": g, "met": g <= 0.25})
+            out.append({"target": f"NVP{where} GFLOPs <= 0.25x full INR", "value": g, "met": g <= 0.25})
     for p in results["accuracy"]["points"]:
         if p["pipeline"] != "NVP" or p["bpp"] > 0.1 or "cls" not in p["accuracy"]:
             continue
