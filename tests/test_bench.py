@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import nvp_rt
 from nvp_export.benchmark.accuracy import agreement
+from nvp_export.benchmark.accuracy import constant_answer_agreement
 from nvp_export.benchmark.assets import TaskSpec, VideoSpec, tap_for
 from nvp_export.benchmark.costs import route_flops
 from nvp_export.benchmark.graph_flops import graph_macs, resize_conv_graph
@@ -23,7 +24,7 @@ from nvp_export.benchmark.pipelines import BackboneRunner, H264Pipeline, H264Rea
 from nvp_export.benchmark.run import BenchConfig, run_bench
 from nvp_export.benchmark.timing import measure
 from nvp_export.benchmark.workloads import Workload
-from nvp_export.clips import ClipSpec, make_clip
+from nvp_export.clips import PHOTOS, ClipSpec, make_clip
 from nvp_export.fit import FitConfig
 from nvp_export.inr import from_config, make_config
 from nvp_export.inr.store import quantise_inr, save_nvp
@@ -302,6 +303,7 @@ def test_a_tiny_bench_run_writes_tables_and_charts(video, tmp_path):
     assert {p["pipeline"] for p in saved["accuracy"]["points"]} == {"NVP", "INR full decode", "H.264 CPU"}
     table = (tmp_path / "out" / "bench.md").read_text()
     assert "| classification, random frame | NVP |" in table and "## Table 2" in table
+    assert "| constant answer (the clip's most frequent label) |" in table
     for chart in ("latency.png", "rate_accuracy.png"):
         assert (tmp_path / "out" / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -310,3 +312,18 @@ def test_nvp_bench_rejects_bad_arguments_in_one_line():
     proc = subprocess.run([sys.executable, "-m", "nvp_rt.cli", "bench", "--quick", "--threads", "0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stderr.strip() == "nvp bench: error: --threads and --repeats must be at least 1"
+
+
+def test_constant_answer_agreement_is_the_most_frequent_labels_share(rng):
+    labels = rng.integers(0, 5, size=40)
+    references = [{"logits": np.eye(5)[chunk] + rng.random((len(chunk), 5)) * 0.1} for chunk in np.split(labels, 4)]
+    assert constant_answer_agreement(references) == pytest.approx(np.bincount(labels).max() / labels.size)
+
+
+def test_montage_films_every_photo_in_turn(rng):
+    spec = ClipSpec("montage", 48, 32, 8, seed=int(rng.integers(100)))
+    frames = make_clip(spec)
+    assert frames.shape == (8, 32, 48, 3)
+    shots = [make_clip(ClipSpec(photo, 48, 32, 2, seed=spec.seed + k)) for k, photo in enumerate(PHOTOS)]
+    np.testing.assert_array_equal(frames, np.concatenate(shots))
+    np.testing.assert_array_equal(frames, make_clip(spec))  # deterministic

@@ -2,7 +2,9 @@
 
 The camera pans along a straight line and zooms, both eased with a smoothstep so
 motion starts and ends gently; the path is drawn from a seeded generator, so a
-(photo, size, frames, seed) always gives the same clip.
+(photo, size, frames, seed) always gives the same clip. ``"montage"`` films every
+photo in turn, one shot each with hard cuts: a classifier's answers then differ
+between frames, so agreement with them is not won by repeating one label.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from skimage.transform import rescale
 from nvp_rt.video import write_video
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+MONTAGE = "montage"
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,18 @@ class ClipSpec:
 
 def make_clip(spec: ClipSpec) -> np.ndarray:
     """Frames uint8 (N, H, W, 3)."""
+    if spec.photo == MONTAGE:
+        shots = np.array_split(np.arange(spec.frames), len(PHOTOS))
+        return np.concatenate([_shot(photo, spec, len(idx), spec.seed + k)
+                               for k, (photo, idx) in enumerate(zip(PHOTOS, shots))])
     if spec.photo not in PHOTOS:
-        raise ValueError(f"unknown photo {spec.photo!r}; choose from {PHOTOS}")
-    photo = getattr(skdata, spec.photo)()[..., :3].astype(np.float64) / 255
+        raise ValueError(f"unknown photo {spec.photo!r}; choose from {(*PHOTOS, MONTAGE)}")
+    return _shot(spec.photo, spec, spec.frames, spec.seed)
+
+
+def _shot(name: str, spec: ClipSpec, count: int, seed: int) -> np.ndarray:
+    """``count`` frames of the photo ``name`` through one camera move drawn from ``seed``."""
+    photo = getattr(skdata, name)()[..., :3].astype(np.float64) / 255
     # Shrink the photo (anti-aliased) so that the widest view, which keeps the output aspect ratio
     # inside it, maps one photo pixel to one output pixel; zooming in then only interpolates.
     fit_scale = min(spec.width / photo.shape[1], spec.height / photo.shape[0])
@@ -46,16 +58,16 @@ def make_clip(spec: ClipSpec) -> np.ndarray:
         photo = rescale(photo, fit_scale * 1.0001, anti_aliasing=True, channel_axis=2)
     coefficients = [ndimage.spline_filter(photo[..., c], order=3, mode="nearest") for c in range(3)]
     ph, pw = photo.shape[:2]
-    rng = np.random.default_rng(spec.seed)
+    rng = np.random.default_rng(seed)
     zoom = rng.uniform(1.0, spec.max_zoom, size=2)  # start, end
     base = min(pw / spec.width, ph / spec.height)
     centres = []
     for z in zoom:
         half_w, half_h = spec.width * base / z / 2, spec.height * base / z / 2
         centres.append((rng.uniform(half_w, pw - half_w), rng.uniform(half_h, ph - half_h)))
-    frames = np.empty((spec.frames, spec.height, spec.width, 3), np.uint8)
-    for i in range(spec.frames):
-        u = i / max(spec.frames - 1, 1)
+    frames = np.empty((count, spec.height, spec.width, 3), np.uint8)
+    for i in range(count):
+        u = i / max(count - 1, 1)
         u = u * u * (3 - 2 * u)  # smoothstep easing
         z = zoom[0] * (zoom[1] / zoom[0]) ** u
         cx, cy = (1 - u) * np.array(centres[0]) + u * np.array(centres[1])

@@ -19,7 +19,7 @@ from nvp_rt.results import postprocess
 from ..task_fidelity import box_agreement, relative_error
 from .pipelines import Answers, BackboneRunner
 
-__all__ = ["reference_outputs", "agreement"]
+__all__ = ["reference_outputs", "agreement", "constant_answer_agreement"]
 
 
 def reference_outputs(runner: BackboneRunner, frames: np.ndarray, indices: Sequence[int]) -> dict[str, np.ndarray]:
@@ -48,3 +48,10 @@ def agreement(runner: BackboneRunner, task: str, answers: list[Answers], referen
                 "logits_rel_error": relative_error(torch.from_numpy(got["logits"]), torch.from_numpy(ref["logits"])),
                 "detections_ref": float(sum(len(b) for b in theirs.boxes))}
     raise ValueError(f"no agreement measure for task kind {kind!r}")
+
+
+def constant_answer_agreement(references: list[dict[str, np.ndarray]]) -> float:
+    """Top-1 agreement of always answering the references' most frequent label: what a path that ignores its
+    input can score, so agreement means something only above it."""
+    labels = np.concatenate([r["logits"].argmax(-1) for r in references])
+    return float(np.bincount(labels).max() / labels.size)

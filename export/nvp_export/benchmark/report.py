@@ -109,6 +109,10 @@ def table2_markdown(results: dict) -> str:
         cells = [f"{by_budget[b]['accuracy']['cls']['top1_agreement']:.1%} @ {by_budget[b]['bpp']:.3f}"
                  if b in by_budget else "-" for b in budgets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    constant = {p["bpp_budget"]: p["constant_answer"]["cls"] for p in matched if "cls" in p.get("constant_answer", {})}
+    if constant:
+        lines.append("| constant answer (the clip's most frequent label) | "
+                     + " | ".join(f"{constant[b]:.1%}" if b in constant else "-" for b in budgets) + " |")
     sweep = sorted((p for p in points if not p.get("bpp_matched", True)), key=lambda p: p["bpp"])
     if sweep:
         lines.append("| H.264 CRF sweep | " + ", ".join(f"{p['accuracy']['cls']['top1_agreement']:.1%} @ "
@@ -116,7 +120,8 @@ def table2_markdown(results: dict) -> str:
     psnrs = ", ".join(f"{b:g}: {next(p['psnr_db'] for p in matched if p['bpp_budget'] == b):.1f} dB" for b in budgets)
     return ("\n".join(lines) + "\n\n- Top-1 agreement of EfficientNet-Lite0 (ImageNet weights) with itself on the "
             "original frames, every frame of the clip; cells: agreement @ measured bpp (.nvp: whole encoded file "
-            "before routes; H.264: coded stream, CRF bisected to the .nvp's bpp).\n"
+            "before routes; H.264: coded stream, CRF bisected to the .nvp's bpp); a path ignoring its input scores "
+            "the constant answer's agreement.\n"
             f"- INR PSNR per budget: {psnrs}.\n")
 
 
@@ -191,6 +196,9 @@ def _charts(results: dict, out: Path) -> None:
         if mine:
             ax.plot([p["bpp"] for p in mine], [100 * p["accuracy"]["cls"]["top1_agreement"] for p in mine], style,
                     color=colour, label=name + (" (CRF sweep + bpp-matched)" if name.startswith("H.264") else ""))
+    constant = [p["constant_answer"]["cls"] for p in points if "cls" in p.get("constant_answer", {})]
+    if constant:
+        ax.axhline(100 * max(constant), color="grey", linestyle=":", label="constant answer (most frequent label)")
     ax.set_xscale("log")
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("top-1 agreement with original frames (%)")

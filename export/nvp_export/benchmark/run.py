@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from nvp_rt.atomic import atomic_write
 from nvp_rt.store import ModelStore
 
-from ..clips import ClipSpec
+from ..clips import MONTAGE, ClipSpec
 from ..fit import FitConfig
-from .accuracy import agreement, reference_outputs
+from .accuracy import agreement, constant_answer_agreement, reference_outputs
 from .assets import TaskSpec, Video, VideoSpec, prepare_video
 from .costs import query_flops, route_flops
 from .h264 import H264Settings, encode_at_bpp, encode_h264
@@ -73,7 +73,7 @@ class BenchConfig:
         # HNeRV stores a 16x9x16 embedding per frame: at 320x180 that alone is 0.24 bpp before entropy coding,
         # so the budgets at and below 0.1 bpp are NeRV's (no per-frame data).
         fit = FitConfig(epochs=300, time_limit_s=90, progress=False)
-        clip = ClipSpec("astronaut", 320, 180, 64)
+        clip = ClipSpec(MONTAGE, 320, 180, 64)  # four shots, so the classifier's answers differ between frames
         accuracy = tuple(VideoSpec(clip, bpp=b, tasks=(CLS,), fit=fit, family=family)
                          for family, b in (("nerv", 0.05), ("nerv", 0.1), ("hnerv", 0.3), ("hnerv", 0.5)))
         workloads = (Workload(CLS_WORKLOAD, ("cls",)),
@@ -225,7 +225,9 @@ def _accuracy(config: BenchConfig, videos: _Videos) -> dict:
         refs = {t: [reference_outputs(h264_cpu.backbones[t], video.frames, list(range(s, min(s + batch, n))))
                     for s in range(0, n, batch)] for t in tasks}
         runners = h264_cpu.backbones
-        base = {"bpp_budget": spec.bpp, "family": spec.family, "clip": spec.clip.name, "psnr_db": video.psnr}
+        base = {"bpp_budget": spec.bpp, "family": spec.family, "clip": spec.clip.name, "psnr_db": video.psnr,
+                "constant_answer": {t: constant_answer_agreement(refs[t]) for t in tasks
+                                    if h264_cpu.backbones[t].task == "classification"}}
         for pipe, bpp, extra in [(NVPPipeline(video.nvp, store, "cpu", config.threads), video.bpp, {"routes": video.routes}),
                                  (INRPipeline(video.nvp, store, "cpu", config.threads), video.bpp, {}),
                                  (h264_cpu, matched.bpp, {"settings": matched.settings.describe(), "bpp_matched": True})]:
