@@ -161,6 +161,7 @@ def _charts(results: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = results["latency"]["rows"]
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
@@ -189,7 +190,7 @@ def _charts(results: dict, out: Path) -> None:
     points = [p for p in results["accuracy"]["points"] if "cls" in p["accuracy"]]
     if not points:
         return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.8))
     styles = {"NVP": ("C2", "o-"), "INR full decode": ("C0", "s--"), "H.264 CPU": ("C3", "^-")}
     for name, (colour, style) in styles.items():
         mine = sorted((p for p in points if p["pipeline"] == name), key=lambda p: p["bpp"])
@@ -200,12 +201,16 @@ def _charts(results: dict, out: Path) -> None:
     if constant:
         ax.axhline(100 * max(constant), color="grey", linestyle=":", label="constant answer (most frequent label)")
     ax.set_xscale("log")
+    # Log-axis minor labels overlap over a decade or two: label a fixed set of rates instead.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks([t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2) if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("top-1 agreement with original frames (%)")
     c = points[0]["clip"]
     ax.set_title(f"Rate vs accuracy, EfficientNet-Lite0, {c}", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: the curves fill the axes
     fig.tight_layout()
     _save(fig, out / "rate_accuracy.png")
 
