@@ -19,7 +19,7 @@ from nvp_export.cli import TASK_KINDS
 from nvp_export.cli import main as export_main
 from nvp_export.inr import from_config, load_nvp, make_config
 from nvp_export.inr.store import quantise_inr, save_nvp
-from nvp_export.multipathway import FitConfig, MultiPathwayPoint, PathwayAdapter, decode_clips
+from nvp_export.multipathway import FitConfig, PathwayAdapter, decode_clips
 from nvp_export.onnx_export import backbone_key
 from nvp_export.task_adapt import adapt_route
 from nvp_export.zoo import REDUCED
@@ -49,10 +49,6 @@ def video(tmp_path_factory):
     return path
 
 
-def _pathway_shapes(point):
-    return point.shape if isinstance(point, MultiPathwayPoint) else (point.shape,)
-
-
 @pytest.mark.parametrize("task,preset", [("det", "detr_r50"), ("act", "slowfast_r50"), ("i3d_r50", "i3d_r50"),
                                          ("seg", "segformer_b0"), ("cap", "blip")])
 def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rng, task, preset):
@@ -74,7 +70,7 @@ def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rn
     meta = route.metadata
     assert meta["kind"] == backbone.task and meta["hidden"] is None
     point = backbone.point(route.injection_point)
-    shapes = _pathway_shapes(point)
+    shapes = point.pathway_shapes
     assert meta["pathways"] == [{"size": list(s[-2:]), "frames": s[1] if len(s) == 4 else None} for s in shapes]
     c_in = inr.tap_shapes()[route.tap][0]
     prefixes = [""] if len(shapes) == 1 else [f"pathway{i}/" for i in range(len(shapes))]

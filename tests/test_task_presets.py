@@ -17,7 +17,7 @@ from clip_inr_standin import StandinINR
 from nvp_export.adapt import AdaptConfig
 from nvp_export.cka import CKAConfig, cka_matrix, linear_cka, positions, sample_clips, sample_indices
 from nvp_export.losses import FeatureLoss
-from nvp_export.multipathway import FitConfig, pathway_loss, MultiPathwayPoint, PathwayAdapter, decode_clips, fit_adapter, temporal_indices
+from nvp_export.multipathway import FitConfig, pathway_loss, PathwayAdapter, decode_clips, fit_adapter, temporal_indices
 from nvp_export.task_adapt import adapt_route, adapt_task
 from nvp_export.task_cost import macs, route_cost
 from nvp_export.task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
@@ -71,7 +71,7 @@ def test_prefix_then_suffix_is_the_full_forward(backbones, name):
         full = bb(x)
         for p in bb.point_names:
             feats = bb.prefix(x, p)
-            shapes = bb.point(p).shape if isinstance(bb.point(p), MultiPathwayPoint) else (bb.point(p).shape,)
+            shapes = bb.point(p).pathway_shapes
             got = [f.shape[1:] for f in (feats if isinstance(feats, (list, tuple)) else [feats])]
             assert [tuple(s) for s in got] == [tuple(s) for s in shapes]
             assert_same(bb.suffix(feats, p), full)

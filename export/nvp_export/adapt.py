@@ -367,9 +367,8 @@ def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig
     budget = None if config.max_adapter_percent is None else config.max_adapter_percent / 100 * backbone.num_parameters()
 
     def fits(tap: str, point: str) -> bool:
-        shape = backbone.point(point).shape
-        pathways = shape if isinstance(shape[0], tuple) else (shape,)  # one adapter per pathway
-        size = sum(AdapterSpec(tap_channels[tap], s[0], (1, 1), config.hidden).num_parameters for s in pathways)
+        size = sum(AdapterSpec(tap_channels[tap], s[0], (1, 1), config.hidden).num_parameters  # one per pathway
+                   for s in backbone.point(point).pathway_shapes)
         return budget is None or size <= budget
 
     allowed = CKAMatrix(cka.taps, cka.points, np.where(

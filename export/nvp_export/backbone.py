@@ -89,6 +89,16 @@ class InjectionPoint:
     def spatial_size(self) -> tuple[int, int]:
         return tuple(self.shape[-2:])
 
+    @property
+    def pathway_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Per-pathway shapes: a single-tensor point is one pathway (``MultiPathwayPoint`` has several)."""
+        return (tuple(self.shape),)
+
+    @property
+    def pathway_frames(self) -> tuple[int | None, ...]:
+        """Per pathway, its frame count; None for image features."""
+        return tuple(s[1] if len(s) == 4 else None for s in self.pathway_shapes)
+
 
 def to_unit_frames(frames: Any) -> torch.Tensor:
     """Frames as float32 (T, 3, H, W) in [0, 1].
@@ -114,6 +124,11 @@ def to_unit_frames(frames: Any) -> torch.Tensor:
     if frames.numel() and (frames.min() < 0 or frames.max() > 1):
         raise ValueError("float frames must lie in [0, 1]")
     return frames.contiguous()
+
+
+def to_uint8_frames(frames: torch.Tensor) -> np.ndarray:
+    """Float (T, 3, H, W) frames in [0, 1] (values outside are clipped) as uint8 (T, H, W, 3): what a viewer gets."""
+    return (frames.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def classify(logits: torch.Tensor, labels: Sequence[str], k: int = 5) -> list[list[tuple[int, str, float]]]:

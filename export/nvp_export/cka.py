@@ -234,12 +234,6 @@ def sample_clips(num_frames: int, clip: int, count: int, seed: int) -> torch.Ten
     return starts[:, None] + torch.arange(clip)
 
 
-def _pathway_frames(shape: tuple) -> list[int | None]:
-    """Per pathway of an injection point's shape, its frame count (None for image features)."""
-    shapes = shape if isinstance(shape[0], tuple) else (shape,)
-    return [s[1] if len(s) == 4 else None for s in shapes]
-
-
 def _frames_first(x: torch.Tensor) -> torch.Tensor:
     """(N, C, T, H, W) -> (N * T, C, H, W): each frame of a clip is a sample; image features unchanged."""
     return x.movedim(2, 1).flatten(0, 1) if x.dim() == 5 else x
@@ -280,7 +274,7 @@ def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfi
         idx = sample_clips(frames.shape[0], clip, max(1, config.frames // clip), config.seed)
         batch = max(1, min(config.batch_size // clip, len(idx)))
     # One accumulator per pathway frame count: its samples are the frames of that rate.
-    columns = {(p, i): f for p in points for i, f in enumerate(_pathway_frames(backbone.point(p).shape))}
+    columns = {(p, i): f for p in points for i, f in enumerate(backbone.point(p).pathway_frames)}
     groups = {f: MinibatchCKA(taps, [c for c, g in columns.items() if g == f]) for f in set(columns.values())}
     for start in range(0, len(idx) - batch + 1, batch):
         sel = idx[start : start + batch]

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from nvp_rt.quality import psnr
 
 from .adapt import Route
-from .backbone import Backbone, to_unit_frames
+from .backbone import Backbone, to_uint8_frames, to_unit_frames
 from .fidelity import fidelity
 from .fit import reconstruction_loss
 from .inr import INR, quantise_inr, save_nvp
@@ -150,10 +150,6 @@ def _route_outputs(inr, task: JointTask, n: int, batch: int) -> Outputs:
                  for s in range(0, n, batch)])
 
 
-def _to_uint8(frames: torch.Tensor) -> np.ndarray:
-    return (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def joint_optimise(inr: INR, frames: Any, tasks: Sequence[JointTask], config: JointConfig = JointConfig()) -> JointResult:
     """Train ``inr`` (a copy; the argument is left as it is) and the tasks' adapters (in place) together.
 
@@ -174,7 +170,7 @@ def joint_optimise(inr: INR, frames: Any, tasks: Sequence[JointTask], config: Jo
         if t.tap not in inr.tap_names:
             raise ValueError(f"the INR has no tap {t.tap!r}; it has {inr.tap_names}")
     n, image_size = frames.shape[0], tuple(frames.shape[-2:])
-    original = _to_uint8(frames)
+    original = to_uint8_frames(frames)
 
     # The teacher: each backbone's features at its injection point and its answers, on the original frames.
     targets, references = [], []

@@ -33,7 +33,6 @@ from .losses import FeatureLoss
 __all__ = [
     "MultiPathwayPoint",
     "MultiPathwayBackbone",
-    "pathway_shapes",
     "as_pathways",
     "PathwayAdapter",
     "decode_clips",
@@ -60,10 +59,9 @@ class MultiPathwayPoint(InjectionPoint):
     def spatial_size(self) -> tuple[tuple[int, int], ...]:
         return tuple(tuple(s[-2:]) for s in self.shape)
 
-
-def pathway_shapes(point: InjectionPoint) -> tuple[tuple[int, ...], ...]:
-    """Per-pathway shapes of any point (a single-tensor point is one pathway)."""
-    return point.shape if isinstance(point, MultiPathwayPoint) else (point.shape,)
+    @property
+    def pathway_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(s) for s in self.shape)
 
 
 def as_pathways(features: Features) -> tuple[torch.Tensor, ...]:
@@ -90,8 +88,8 @@ class PathwayAdapter(nn.Module):
         super().__init__()
         self.point = point
         self.single = not isinstance(point, MultiPathwayPoint)
-        shapes = pathway_shapes(point)
-        self.frames = [s[1] if len(s) == 4 else None for s in shapes]  # per-pathway frame count (video)
+        shapes = point.pathway_shapes
+        self.frames = list(point.pathway_frames)
         self.adapters = nn.ModuleList(
             MicroAdapter(AdapterSpec(in_channels, s[0], tuple(s[-2:]), hidden)) for s in shapes
         )

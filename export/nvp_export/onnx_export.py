@@ -142,7 +142,7 @@ class _Suffix(nn.Module):
         self.backbone, self.point = backbone, point
         self.multi = isinstance(backbone.point(point), MultiPathwayPoint)
         self.clip = backbone.preprocess.num_frames
-        self.frames = [s[1] if len(s) == 4 else None for s in _pathway_shapes(backbone, point)]
+        self.frames = list(backbone.point(point).pathway_frames)
 
     def forward(self, *features):
         if self.clip > 1:
@@ -177,18 +177,13 @@ class _TextStep(nn.Module):
         return self.backbone.text_step(input_ids, embeds)
 
 
-def _pathway_shapes(backbone: Backbone, point: str) -> list[tuple[int, ...]]:
-    p = backbone.point(point)
-    return [tuple(s) for s in p.shape] if isinstance(p, MultiPathwayPoint) else [tuple(p.shape)]
-
-
 def _describe(backbone: Backbone, outputs: list[str]) -> dict:
     pre = backbone.preprocess
     return {
         "name": backbone.name, "task": backbone.task, "labels": list(backbone.labels), "outputs": outputs,
         "preprocess": {"input_size": list(pre.input_size), "mean": list(pre.mean), "std": list(pre.std),
                        "num_frames": pre.num_frames},
-        "points": {p.name: [list(s) for s in _pathway_shapes(backbone, p.name)] for p in backbone.injection_points},
+        "points": {p.name: [list(s) for s in p.pathway_shapes] for p in backbone.injection_points},
         "pretrained": backbone.pretrained, "weights_note": backbone.weights_note,
         **_postprocess_settings(backbone),
     }
@@ -228,7 +223,7 @@ def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: Mod
     for point in points:
         if ("suffix", f"{key}@{point}") in store:
             continue
-        shapes = _pathway_shapes(backbone, point)
+        shapes = backbone.point(point).pathway_shapes
         if t > 1:  # frame-major, full clip rate: see _Suffix
             shapes = [(t, s[0], *s[2:]) for s in shapes]
         example = tuple(torch.randn(2, *s) for s in shapes)

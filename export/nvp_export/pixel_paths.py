@@ -20,7 +20,7 @@ import torch
 from nvp_rt.nvpfile import NvpFile
 from nvp_rt.quality import psnr
 
-from .backbone import Backbone, to_unit_frames
+from .backbone import Backbone, to_uint8_frames, to_unit_frames
 from .fidelity import Fidelity, fidelity
 from .h264 import H264Config, at_bpp
 
@@ -59,7 +59,7 @@ def compare_pixel_paths(inr, original: Any, backbone: Backbone, bpp: float | Non
                         h264: H264Config = H264Config(), reference: torch.Tensor | None = None) -> list[PixelPath]:
     """Full INR decode and (when ``bpp`` is given) H.264 at ``bpp``, scored against ``reference``
     (default: the backbone on ``original``)."""
-    original_u8 = (to_unit_frames(original) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    original_u8 = to_uint8_frames(to_unit_frames(original))
     if reference is None:
         reference = backbone_outputs(backbone, original_u8)
     decoded = inr.render(range(inr.num_frames))

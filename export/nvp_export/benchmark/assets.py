@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from nvp_rt.nvpfile import NvpFile, Route, replace_routes
+from nvp_rt.nvpfile import Route, replace_routes
 from nvp_rt.store import ModelStore
 
 from ..adapt import AdaptConfig, adapt
@@ -101,9 +101,7 @@ def _selected_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int
 
 
 def _fitted_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) -> tuple[Route, dict]:
-    shape = backbone.point(task.point).shape
-    if isinstance(shape[0], tuple):  # several pathways: they share the spatial size
-        shape = shape[0]
+    shape = backbone.point(task.point).pathway_shapes[0]  # several pathways share the spatial size
     tap = task.tap or tap_for({k: tuple(v) for k, v in inr.tap_shapes().items()}, shape)
     idx = samples_of(backbone, inr.num_frames)
     pixels = to_unit_frames(frames)

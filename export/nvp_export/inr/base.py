@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..backbone import to_uint8_frames
+
 MAX_SIDE = 8192
 MAX_FRAMES = 1 << 20
 
@@ -166,5 +168,5 @@ class INR(nn.Module):
         out = []
         for chunk in frame_idx.split(batch):
             rgb = self.decode(chunk)["rgb"]
-            out.append((rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+            out.append(to_uint8_frames(rgb))
         return np.concatenate(out) if out else np.zeros((0, self.config.height, self.config.width, 3), np.uint8)
