@@ -38,6 +38,17 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(("random seed", f"rng seed = {seeds[0]} (np.random.default_rng)"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Adapter training is many small ops: on a shared 2-core machine a second thread spins more than it helps."""
+    import torch  # here, not at the top: the runtime's tests must not find torch imported
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def model_store(tmp_path_factory):
     """Graphs the tests export go to a throwaway store, never the user's ~/.cache/nvp (subprocesses inherit it)."""

@@ -19,13 +19,7 @@ from nvp_export.losses import FeatureLoss, feature_transfer_loss
 from inr_standin import TinyINR, fit, pan_clip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Adapter training is many small ops: on a shared 2-core machine a second thread spins more than it helps."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_feature_transfer_loss_matches_formula():

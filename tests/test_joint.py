@@ -24,16 +24,9 @@ from nvp_rt.nvpfile import NvpFile, Route, replace_routes
 from nvp_rt.quality import psnr
 from nvp_rt.video import read_video
 
-pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]
 N, SIZE = 8, (32, 48)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
