@@ -127,12 +127,14 @@ def _feature_errors(adapted: Any, targets: Any, mask: torch.Tensor) -> tuple[flo
 
 def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, config: FitConfig = FitConfig(),
                 clip_stride: int | None = None, holdout_every: int | None = None,
-                clip_scorer: ClipScorer | None = None) -> TaskRoute:
+                clip_scorer: ClipScorer | None = None, reference: Any = None) -> TaskRoute:
     """Train the adapter of ``tap`` -> ``point`` on the clip the INR encodes and measure its fidelity and cost.
 
     ``holdout_every``: every such sample (frame or clip) is kept out of training, and the adapter's
     feature errors on them are reported as ``holdout_features_rel_error`` (and ``..._bias_only``);
     a clip with fewer samples than that trains on all of them. ``clip_scorer``: CLIP-scores captions.
+    ``reference``: the full backbone's outputs on the samples' original frames, where the caller
+    already has them (``adapt_task`` computes them once for all its candidates).
     """
     frames = to_unit_frames(frames)
     if inr.num_frames != frames.shape[0]:
@@ -147,7 +149,7 @@ def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, conf
         taps = decode_clips(inr, idx, tap)
         inputs = backbone.preprocess(_pixels(frames, idx))
         targets = backbone.prefix(inputs, point)
-        ref_out = backbone(inputs)
+        ref_out = backbone(inputs) if reference is None else reference
     adapter = PathwayAdapter(taps.shape[1], backbone.point(point))
     t0 = time.perf_counter()
     history = fit_adapter(adapter, taps[~held], [t[~held] for t in as_pathways(targets)], config)
@@ -228,10 +230,12 @@ def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = Adapt
     if config.hidden is not None:
         raise ValueError("task routes train single-conv adapters; hidden must be None")
     frames = to_unit_frames(frames)
-    samples_of(backbone, frames.shape[0], clip_stride)  # a clip too short fails here, before any work
+    idx = samples_of(backbone, frames.shape[0], clip_stride)  # a clip too short fails here, before any work
     t_start = time.perf_counter()
     cka = cka_matrix(inr, backbone, frames, config.cka, taps=config.taps, points=config.points)
     seconds = {"cka": time.perf_counter() - t_start, "training": 0.0}
+    with torch.no_grad():  # the teacher's answers, the same for every candidate
+        reference = backbone(backbone.preprocess(_pixels(frames, idx)))
     fit = FitConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, patience=config.patience,
                     loss=config.loss, init=config.init, ridge=config.ridge, seed=config.seed, progress=False)
     candidates = []
@@ -240,7 +244,7 @@ def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = Adapt
     for tap, point, value in bar:
         bar.set_description_str(f"{tap} -> {point}")
         route = adapt_route(inr, frames, backbone, tap, point, fit, clip_stride, holdout_every=config.val_every,
-                             clip_scorer=clip_scorer)
+                             clip_scorer=clip_scorer, reference=reference)
         seconds["training"] += route.train_seconds
         fid = route.fidelity
         held = "holdout_features_rel_error" in fid
