@@ -20,7 +20,6 @@ the JSON).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import time
@@ -32,6 +31,7 @@ from nvp_rt.atomic import atomic_write
 
 from nvp_export.adapt import AdaptConfig, adapt, candidate_pairs, select_route, train_adapter
 from nvp_export.adapter import AdapterSpec
+from nvp_export.charts import save_png
 from nvp_export.clips import ClipSpec, make_clip
 from nvp_export.fidelity import fidelity
 from nvp_export.fit import FitConfig, fit
@@ -143,10 +143,7 @@ def plot(report: dict, path: Path) -> None:
     fig.suptitle(f"adapt on {report['clip']} (HNeRV {report['inr_psnr_db']:.1f} dB), EfficientNet-Lite0, "
                  f"threads={report['threads']}", fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nvp_export.charts import save_png
 from nvp_export.clips import PHOTOS, ClipSpec, write_clip
 from nvp_export.encode import EncodeConfig, encode_video
 from nvp_export.fit import FitConfig
@@ -88,7 +89,7 @@ def chart(results: list[dict], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
 
 
 def markdown(results: list[dict], meta: dict) -> str:

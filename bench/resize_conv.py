@@ -33,6 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 import nvp_rt
+from nvp_export.charts import save_png
 from nvp_rt import ops
 
 # (name, input shape, C_out, (Ho, Wo)): INR taps feeding backbone stage inputs.
@@ -255,7 +256,7 @@ def plot(rows: list[Row], threads: int, path: Path) -> None:
     ax.set_title(f"resize + 1x1 conv on CPU, {threads} threads")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path)
 
 
 def main() -> None:

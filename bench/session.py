@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import nvp_rt  # noqa: E402
+from nvp_export.charts import save_png  # noqa: E402
 from nvp_export.encode import DEFAULT_BPP  # noqa: E402
 from nvp_export.inr import config_for_budget, from_config  # noqa: E402
 from nvp_export.inr.store import quantise_inr, save_nvp  # noqa: E402
@@ -207,9 +208,7 @@ def main() -> None:
     ax.set_xlabel("median ms per query")
     ax.set_title(f"nvp_rt.Session, {size[0]}x{size[1]}, {CLIP} frames")
     fig.tight_layout()
-    buf = (out / "session.png")
-    fig.savefig(buf.with_suffix(".tmp.png"), dpi=120)
-    buf.with_suffix(".tmp.png").replace(buf)
+    save_png(fig, out / "session.png")
     print("\n".join(lines))
 
 

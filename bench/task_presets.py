@@ -23,7 +23,6 @@ suffix alone), then compares its outputs with those of the original frames.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import platform
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from nvp_rt.atomic import atomic_write
 
+from nvp_export.charts import save_png
 from nvp_export.multipathway import FitConfig
 from nvp_export.task_adapt import adapt_route
 from nvp_export.task_cost import macs, route_cost
@@ -185,9 +185,7 @@ def plot(costs: list[dict], path: Path) -> None:
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    atomic_write(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ smooths the sub-pixel misalignment between the INR's grid and the backbone's.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -31,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from nvp_rt.atomic import atomic_write
+
+from .charts import save_png
 
 __all__ = ["CKAConfig", "CKAMatrix", "MinibatchCKA", "unbiased_hsic", "linear_cka", "cka_matrix", "pooled", "positions",
            "sample_indices", "sample_clips"]
@@ -214,10 +215,7 @@ class CKAMatrix:
         ax.set_title(title, fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        atomic_write(path, buffer.getvalue())
+        save_png(fig, path)
 
 
 def sample_indices(num_frames: int, count: int, seed: int) -> torch.Tensor:

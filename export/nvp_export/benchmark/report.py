@@ -11,6 +11,8 @@ import numpy as np
 
 from nvp_rt.atomic import atomic_write
 
+from ..charts import save_png
+
 __all__ = ["machine", "write_report", "table1_markdown", "table2_markdown", "targets"]
 
 
@@ -188,7 +190,7 @@ def _charts(results: dict, out: Path) -> None:
     fig.suptitle(f"Latency, {v['width']}x{v['height']}, {results['machine']['threads']} threads of "
                  f"{results['machine']['cpu']}", fontsize=9)
     fig.tight_layout()
-    _save(fig, out / "latency.png")
+    save_png(fig, out / "latency.png")
 
     points = [p for p in results["accuracy"]["points"] if "cls" in p["accuracy"]]
     if not points:
@@ -215,18 +217,8 @@ def _charts(results: dict, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: the curves fill the axes
     fig.tight_layout()
-    _save(fig, out / "rate_accuracy.png")
+    save_png(fig, out / "rate_accuracy.png")
 
-
-def _save(fig, path: Path) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
 
 
 def write_report(results: dict, out: Path) -> str:
