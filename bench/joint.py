@@ -19,7 +19,6 @@ JSON + markdown + PNG in --out (default bench/results).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -33,7 +32,8 @@ from nvp_rt.nvpfile import NvpFile
 from nvp_rt.video import read_video
 
 from nvp_export.adapt import AdaptConfig, adapt
-from nvp_export.clips import PHOTOS, ClipSpec, make_clip
+from nvp_export.charts import save_png
+from nvp_export.clips import ClipSpec, make_clip
 from nvp_export.inr import load_nvp
 from nvp_export.joint import JointConfig, joint_route
 from nvp_export.pixel_paths import compare_pixel_paths, payload_bpp
@@ -44,11 +44,10 @@ def source_frames(nvp: NvpFile, source: str | None):
     if source:
         return read_video(source)[0]
     name = nvp.manifest["video"]["source"]  # e.g. astronaut_320x180x64_s0.mp4, as clips.ClipSpec names it
-    photo, size, seed = Path(name).stem.rsplit("_", 2)
-    if photo not in PHOTOS:
-        raise SystemExit(f"{name} is not a clip made by nvp_export.clips; pass --source")
-    width, height, frames = map(int, size.split("x"))
-    return make_clip(ClipSpec(photo, width, height, frames, int(seed.lstrip("s"))))
+    try:
+        return make_clip(ClipSpec.from_name(Path(name).stem))
+    except ValueError:
+        raise SystemExit(f"{name} is not a clip made by nvp_export.clips; pass --source") from None
 
 
 def plot(report: dict, path: Path) -> None:
@@ -78,10 +77,7 @@ def plot(report: dict, path: Path) -> None:
     b.legend()
     fig.suptitle(f"{report['clip']}, EfficientNet-Lite0, threads={report['threads']}", fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def markdown(report: dict) -> str:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
@@ -326,3 +327,13 @@ def test_montage_films_every_photo_in_turn(rng):
     shots = [make_clip(ClipSpec(photo, 48, 32, 2, seed=spec.seed + k)) for k, photo in enumerate(PHOTOS)]
     np.testing.assert_array_equal(frames, np.concatenate(shots))
     np.testing.assert_array_equal(frames, make_clip(spec))  # deterministic
+
+
+def test_a_clip_name_gives_back_its_spec(rng):
+    spec = ClipSpec(PHOTOS[rng.integers(len(PHOTOS))], int(rng.integers(8, 400)), int(rng.integers(8, 400)),
+                    int(rng.integers(1, 99)), int(rng.integers(1000)))
+    assert ClipSpec.from_name(spec.name) == spec
+    assert ClipSpec.from_name(replace(spec, photo="montage").name).photo == "montage"
+    for bad in ("cat_32x32x4_s0", "astronaut_32x32_s0", "astronaut_32x32x4_0"):
+        with pytest.raises(ValueError, match="not a clip name"):
+            ClipSpec.from_name(bad)

@@ -36,6 +36,18 @@ class ClipSpec:
     def name(self) -> str:
         return f"{self.photo}_{self.width}x{self.height}x{self.frames}_s{self.seed}"
 
+    @classmethod
+    def from_name(cls, name: str) -> "ClipSpec":
+        """The spec whose ``name`` is ``name`` (e.g. astronaut_320x180x64_s0); ValueError if it names none."""
+        try:
+            photo, size, seed = name.rsplit("_", 2)
+            width, height, frames = map(int, size.split("x"))
+            if photo not in (*PHOTOS, MONTAGE) or not seed.startswith("s"):
+                raise ValueError
+            return cls(photo, width, height, frames, int(seed[1:]))
+        except ValueError:
+            raise ValueError(f"{name!r} is not a clip name of nvp_export.clips") from None
+
 
 def make_clip(spec: ClipSpec) -> np.ndarray:
     """Frames uint8 (N, H, W, 3)."""
