@@ -2,7 +2,7 @@
 
 Costs (full-size presets, per sample: a frame, or a 32-frame clip for SlowFast / I3D)
 for every (INR tap, injection point) pair, counted by running both paths under
-torch's FLOP counter (``nvp_export.task_cost``: 1 MAC = 1 FLOP, bilinear resizes
+torch's FLOP counter (``nvp_export.route.task_cost``: 1 MAC = 1 FLOP, bilinear resizes
 at 4 MACs per output element). Shapes only: models run on the meta device; BLIP's
 greedy decoding stops on values, so its text decoder (the same on both paths) is
 counted once on real values and added to both.
@@ -37,9 +37,9 @@ from tqdm import tqdm
 from nvp_rt.atomic import atomic_write
 
 from nvp_export.charts import save_png
-from nvp_export.multipathway import FitConfig
-from nvp_export.task_adapt import adapt_route
-from nvp_export.task_cost import macs, route_cost
+from nvp_export.route.multipathway import FitConfig
+from nvp_export.route.task_adapt import adapt_route
+from nvp_export.route.task_cost import macs, route_cost
 from nvp_export.zoo import PRESETS
 
 TASK_PRESETS = ["slowfast_r50", "i3d_r50", "detr_r50", "segformer_b0", "blip"]

@@ -1,15 +1,25 @@
 import os
 
 # Tests train small models on shared CI cores: idle OpenMP threads should sleep, not spin
-# (see nvp_rt.cli.passive_openmp_waits). Set before torch or the kernels load OpenMP.
+# (see nvp_rt.command.passive_openmp_waits). Set before torch or the kernels load OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import secrets  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import numpy as np
-import pytest
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
-import nvp_rt
+import nvp_rt  # noqa: E402
+from dist_info import write_distribution  # noqa: E402
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -55,3 +65,20 @@ def model_store(tmp_path_factory):
     path = tmp_path_factory.mktemp("model_store")
     os.environ["NVP_STORE"] = str(path)
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def tree_metadata(tmp_path_factory):
+    """This tree's entry points (pyproject.toml), ahead of whatever nvp is installed.
+
+    The tests run this tree's code, which may not be the installed checkout (PYTHONPATH over an
+    editable install of another one): `nvp encode` would then find the installed metadata's
+    ``nvp.commands``, not this tree's. importlib.metadata takes the first distribution of a name
+    on sys.path, so this one wins, here and in subprocesses (PYTHONPATH).
+    """
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    site = tmp_path_factory.mktemp("site")
+    write_distribution(site, project["name"], project["version"], project["entry-points"])
+    sys.path.insert(0, str(site))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return site

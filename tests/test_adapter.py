@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from nvp_rt import ops
 from reference import rel_err, resize_conv1x1
 
-from nvp_export.adapter import AdapterSpec, MicroAdapter
+from nvp_export.route.adapter import AdapterSpec, MicroAdapter
 
 
 @pytest.mark.parametrize(

@@ -25,12 +25,12 @@ from nvp_export.benchmark.run import BenchConfig, run_bench
 from nvp_export.benchmark.timing import measure
 from nvp_export.benchmark.workloads import Workload
 from nvp_export.clips import PHOTOS, ClipSpec, make_clip
-from nvp_export.fit import FitConfig
+from nvp_export.inr.fit import FitConfig
 from nvp_export.inr import from_config, make_config
 from nvp_export.inr.store import quantise_inr, save_nvp
-from nvp_export.multipathway import PathwayAdapter
+from nvp_export.route.multipathway import PathwayAdapter
 from nvp_export.onnx_export import export_route_graphs
-from nvp_export.task_cost import route_cost
+from nvp_export.route.task_cost import route_cost
 from nvp_export.zoo import load_backbone
 from nvp_rt.backends import SessionCache, resolve_backend
 from nvp_rt.nvpfile import Route, replace_routes

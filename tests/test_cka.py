@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from nvp_export.backbone import Backbone, Preprocess
-from nvp_export.cka import (CKAConfig, CKAMatrix, MinibatchCKA, cka_matrix, linear_cka, pooled, positions,
+from nvp_export.route.cka import (CKAConfig, CKAMatrix, MinibatchCKA, cka_matrix, linear_cka, pooled, positions,
                             sample_indices, unbiased_hsic)
 
 from inr_standin import TinyINR

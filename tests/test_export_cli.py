@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import nvp_rt
-from nvp_export.adapter import AdapterSpec, MicroAdapter
+from nvp_export.route.adapter import AdapterSpec, MicroAdapter
 from nvp_export.inr import load_nvp
 from nvp_export.zoo import load_backbone
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from nvp_export.clips import PHOTOS, ClipSpec, make_clip
-from nvp_export.h264 import H264Config, at_bpp, code
+from nvp_export.fidelity.h264 import H264Config, at_bpp, code
 from nvp_rt.quality import psnr
 
 

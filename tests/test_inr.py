@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nvp_export import fit as fit_module
-from nvp_export.fit import FitConfig, fit, lr_factor
+from nvp_export.inr import fit as fit_module
+from nvp_export.inr.fit import FitConfig, fit, lr_factor
 from nvp_export.inr import (UntileableSizeError, config_for_budget, from_config, load_nvp,
                             make_config, quantise_inr, save_nvp, stored_bits, tiling_strides)
 from nvp_export.inr.nerv import PositionalEncoding

@@ -14,13 +14,13 @@ import torch
 from transformers import DetrForObjectDetection, SegformerForSemanticSegmentation
 
 from clip_inr_standin import StandinINR
-from nvp_export.adapt import AdaptConfig
-from nvp_export.cka import CKAConfig, cka_matrix, linear_cka, positions, sample_clips, sample_indices
-from nvp_export.losses import FeatureLoss
-from nvp_export.multipathway import FitConfig, pathway_loss, PathwayAdapter, decode_clips, fit_adapter, temporal_indices
-from nvp_export.task_adapt import adapt_route, adapt_task
-from nvp_export.task_cost import macs, route_cost
-from nvp_export.task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
+from nvp_export.route.adapt import AdaptConfig
+from nvp_export.route.cka import CKAConfig, cka_matrix, linear_cka, positions, sample_clips, sample_indices
+from nvp_export.route.losses import FeatureLoss
+from nvp_export.route.multipathway import FitConfig, pathway_loss, PathwayAdapter, decode_clips, fit_adapter, temporal_indices
+from nvp_export.route.task_adapt import adapt_route, adapt_task
+from nvp_export.route.task_cost import macs, route_cost
+from nvp_export.fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
 from nvp_export.zoo import PRESETS, REDUCED, WeightsError, reduced
 from nvp_export.zoo import blip, detr_r50, i3d_r50, segformer_b0, slowfast_r50
 

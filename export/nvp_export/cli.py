@@ -1,4 +1,6 @@
-"""nvp-export: route an encoded video into a backbone and store the route in the .nvp.
+"""The export side's command lines: `nvp-export`, and the `nvp encode` / `nvp bench` subcommands.
+
+`nvp-export` routes an encoded video into a backbone and stores the route in the .nvp:
 
     nvp-export --task efficientnet_lite0 clip.nvp --source video.mp4
     nvp-export --task det clip.nvp            # detr_r50; also act/action, seg, cap (see TASK_KINDS)
@@ -13,18 +15,24 @@ With --joint (classification) the INR is then optimised together with the
 route's adapter and the video payload rewritten too (PSNR before/after
 printed). With --source a classification route's fidelity is printed next to
 full INR decode and H.264 at equal bpp.
+
+`nvp encode` and `nvp bench` need torch; this module adds them to the runtime's `nvp` through
+the entry-point group ``nvp.commands`` (pyproject.toml: ``add_encode``, ``add_bench``), so the
+runtime never imports the export side. Importing this module does not import torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from nvp_rt.cli import UserError, passive_openmp_waits, run_reporting_errors
-from nvp_rt.nvpfile import NvpFile, Route, replace_routes
+from nvp_rt.command import (UserError, add_store_option, parse_frame_range, parse_size, passive_openmp_waits,
+                            run_reporting_errors)
+from nvp_rt.nvpfile import NvpFile, replace_routes
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
@@ -55,32 +63,13 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
     return frames
 
 
-def to_file_route(route) -> Route:
-    """A classification route (``adapt.Route``) as the .nvp container stores it."""
-    metadata = {
-        "kind": "classification", "in_channels": route.in_channels, "out_channels": route.out_channels,
-        "hidden": route.hidden, "pathways": [{"size": list(route.size), "frames": None}],
-        **{k: v for k, v in route.metrics.items() if isinstance(v, (int, float, str))},
-    }
-    return Route(route.task, route.backbone, route.inr_tap, route.injection_point, dict(route.adapter), metadata)
-
-
-def task_file_route(task: str, kind: str, result) -> Route:
-    """A task preset's route (``task_adapt.TaskAdaptResult``) as the .nvp container stores it."""
-    route = result.route
-    arrays, layout = route.adapter.to_route()
-    metadata = {"kind": kind, "in_channels": route.adapter.adapters[0].spec.in_channels, **layout,
-                **{k: v for k, v in result.metrics().items() if isinstance(v, (int, float, str))}}
-    return Route(task, route.cost.backbone, route.tap, route.point, arrays, metadata)
-
-
 def run(args) -> None:
     import torch
 
-    from .adapt import AdaptConfig, adapt
+    from .route.adapt import AdaptConfig, adapt, to_file_route
     from .inr import load_nvp
     from .onnx_export import export_route_graphs
-    from .task_adapt import adapt_task
+    from .route.task_adapt import adapt_task, task_file_route
     from .zoo import PRESETS, load_backbone
 
     preset = TASK_KINDS.get(args.task, args.task)
@@ -130,7 +119,7 @@ def run(args) -> None:
     if joint is None:
         size = replace_routes(args.file, kept + [route])
     else:
-        from .joint import save_joint
+        from .route.joint import save_joint
 
         size = save_joint(args.file, nvp.manifest, *joint, kept + [route])
         if kept:
@@ -150,13 +139,13 @@ def clip_scorer_of(args, backbone):
         raise UserError(f"--clip-weights scores captions; {backbone.name} is a {backbone.task} preset")
     if getattr(backbone, "tokenizer", None) is None:
         raise UserError("--clip-weights needs text captions: pass --weights DIR of a BLIP checkpoint with its tokenizer")
-    from .clip_score import ClipScorer
+    from .fidelity.clip_score import ClipScorer
 
     return ClipScorer.load(args.clip_weights)
 
 
 def joint_config_of(args):
-    from .joint import JointConfig
+    from .route.joint import JointConfig
 
     return JointConfig(epochs=args.joint_epochs, recon=args.lambda_recon, task=args.lambda_task,
                        feat=args.lambda_feat, seed=args.seed, progress=not args.quiet)
@@ -164,7 +153,7 @@ def joint_config_of(args):
 
 def run_joint(config, inr, frames, backbone, result):
     """Joint optimisation of the chosen route; updates ``result.route``, returns (JointResult, JointConfig)."""
-    from .joint import joint_route
+    from .route.joint import joint_route
 
     result.route, joint = joint_route(inr, frames, backbone, result.route, config)
     print(joint.summary())
@@ -173,8 +162,8 @@ def run_joint(config, inr, frames, backbone, result):
 
 def print_pixel_fidelity(inr, frames, backbone, nvp, metrics) -> None:
     """The NVP path's fidelity next to the pixel paths' (full INR decode; H.264 at the INR payload's bpp)."""
-    from .fidelity import Fidelity
-    from .pixel_paths import compare_pixel_paths, format_table, payload_bpp
+    from .fidelity.agreement import Fidelity
+    from .fidelity.pixel_paths import compare_pixel_paths, format_table, payload_bpp
 
     paths = compare_pixel_paths(inr, frames, backbone, payload_bpp(nvp))
     nvp_fid = Fidelity(len(frames), metrics["top1_agreement"], metrics["top5_overlap"], metrics["cosine"])
@@ -225,6 +214,81 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     passive_openmp_waits()  # torch is imported lazily, in run()
     return run_reporting_errors("nvp-export", run, build_parser().parse_args(argv))
+
+def _needs_torch() -> None:
+    if importlib.util.find_spec("torch") is None:
+        raise UserError("this command needs the export side (torch); install it with: pip install 'nvp[export]'")
+
+
+def cmd_encode(args) -> None:
+    _needs_torch()
+    from .encode import EncodeConfig, encode_video
+    from .inr.fit import FitConfig
+
+    start, stop, step = args.frames
+    selection = FrameSelection(start, stop, step, crop=args.crop, size=args.size)
+    fit = FitConfig(epochs=args.epochs, lr=args.lr, batch=args.batch, target_psnr=args.target_psnr,
+                    time_limit_s=args.time_limit or None, seed=args.seed, device=args.device, threads=args.threads,
+                    progress=not args.quiet)
+    cfg = EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
+    report = encode_video(args.input, args.output, selection, cfg, store=ModelStore(args.store))
+    print(f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
+          f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
+          f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s")
+
+
+def add_encode(sub) -> None:
+    """`nvp encode`, for the entry-point group ``nvp.commands``."""
+    e = sub.add_parser("encode", help="fit a video into an INR and write a .nvp file")
+    e.add_argument("input", help="any video FFmpeg reads")
+    e.add_argument("-o", "--output", required=True, help="the .nvp file to write")
+    e.add_argument("--family", choices=["hnerv", "nerv"], default="hnerv")
+    budget = e.add_mutually_exclusive_group()
+    budget.add_argument("--params", type=int, help="size budget: stored values (weights + embeddings)")
+    budget.add_argument("--bpp", type=float, help="size budget in bits per pixel (default 0.5)")
+    e.add_argument("--frames", type=parse_frame_range, default=(0, None, 1), metavar="START:STOP:STEP")
+    e.add_argument("--crop", type=parse_size, metavar="WxH", help="centre crop before resizing")
+    e.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to this size")
+    e.add_argument("--epochs", type=int, default=300)
+    e.add_argument("--target-psnr", type=float, help="stop when the training PSNR reaches this (dB)")
+    e.add_argument("--time-limit", type=float, default=540.0, metavar="SECONDS",
+                   help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)")
+    e.add_argument("--lr", type=float, help="learning rate (default: the family's reference rate)")
+    e.add_argument("--batch", type=int, default=1, help="frames per step")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    e.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_store_option(e)
+    e.set_defaults(run=cmd_encode)
+
+
+def cmd_bench(args) -> None:
+    if args.threads < 1 or args.repeats is not None and args.repeats < 1:
+        raise UserError("--threads and --repeats must be at least 1")
+    _needs_torch()
+    from .benchmark.run import BenchConfig, run_bench
+
+    out = Path(args.out or f"bench/results/{'quick' if args.quick else 'table1'}")
+    overrides = {"out": out, "threads": args.threads, "store": Path(args.store) if args.store else None}
+    if args.repeats is not None:
+        overrides["repeats"] = args.repeats
+    config = (BenchConfig.quick if args.quick else BenchConfig.full)(**overrides)
+    run_bench(config)
+    print((out / "bench.md").read_text())
+    print(f"results: {out}/bench.json, bench.md, latency.png, rate_accuracy.png")
+
+
+def add_bench(sub) -> None:
+    """`nvp bench`, for the entry-point group ``nvp.commands``."""
+    b = sub.add_parser("bench", help="H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2")
+    b.add_argument("--quick", action="store_true", help="tiny clips, few epochs, classification only (CI; < 2 min)")
+    b.add_argument("--out", help="results folder (default bench/results/table1, or bench/results/quick)")
+    b.add_argument("--threads", type=int, default=2, help="CPU threads for every pipeline (default 2)")
+    b.add_argument("--repeats", type=int, help="warm queries per workload and pipeline")
+    b.add_argument("--store", help="model store for the graphs (default: OUT/store)")
+    b.set_defaults(run=cmd_bench)
+
 
 if __name__ == "__main__":
     sys.exit(main())

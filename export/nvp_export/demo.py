@@ -24,7 +24,7 @@ from nvp_rt.video import write_pngs
 from .benchmark.assets import TaskSpec, VideoSpec, prepare_video
 from .benchmark.run import BenchConfig, run_bench
 from .clips import ClipSpec
-from .fit import FitConfig
+from .inr.fit import FitConfig
 
 __all__ = ["DemoConfig", "run_demo"]
 

@@ -14,7 +14,7 @@ from nvp_rt.quality import psnr
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
-from .fit import FitConfig, FitError, fit
+from .inr.fit import FitConfig, FitError, fit
 from .inr import config_for_budget, from_config, quantise_inr, save_nvp
 from .onnx_export import export_inr_graphs
 

@@ -33,7 +33,7 @@ from nvp_rt.store import ModelStore
 
 from .backbone import Backbone
 from .inr import INR
-from .multipathway import MultiPathwayPoint, temporal_indices
+from .route.multipathway import MultiPathwayPoint, temporal_indices
 
 __all__ = ["backbone_key", "export_inr_graphs", "export_backbone_graphs", "export_route_graphs", "OUTPUT_NAMES"]
 

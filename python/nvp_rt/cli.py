@@ -1,81 +1,31 @@
 """`nvp`: encode videos into .nvp files, inspect them, answer tasks on them, decode them for people.
 
 A thin layer over the libraries: parsing, dispatch, and turning user errors into
-one line on stderr with a non-zero exit. `encode` and `bench` need the export side
-(torch), imported only then; `run`, `view` and `info` are the torch-free runtime.
+one line on stderr with a non-zero exit. `run`, `view` and `info` are the torch-free
+runtime; `encode` and `bench` are the export side's (torch), registered by it under the
+entry-point group ``nvp.commands`` (see ``command``), so this module never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import json
 import sys
 from pathlib import Path
 
-from .backends import BackendUnavailableError
-from .device import CudaUnavailableError
+from .command import (AddCommand, UserError, add_store_option, parse_frame_range, passive_openmp_waits, registered_commands,
+                      run_reporting_errors)
 from .nvpfile import NvpFile
 from .store import ModelStore
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi"}
 
 
-class UserError(ValueError):
-    """A mistake in how nvp was called; reported as one line."""
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return w, h
-
-
-def _range(text: str) -> tuple[int, int | None, int]:
-    """'a:b:s' with any part optional, like a Python slice over frame indices."""
-    parts = text.split(":")
-    try:
-        if len(parts) > 3:
-            raise ValueError
-        values = [int(p) if p else None for p in parts] + [None] * (3 - len(parts))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP:STEP, got {text!r}") from None
-    start, stop, step = values[0] or 0, values[1], values[2] or 1
-    if start < 0 or step < 1 or (stop is not None and stop <= start):
-        raise argparse.ArgumentTypeError(f"bad frame range {text!r}")
-    return start, stop, step
-
-
-def _export():
-    """The export side (torch), for the commands that fit or decode with it; the runtime never loads it otherwise."""
-    if importlib.util.find_spec("torch") is None:
-        raise UserError("this command needs the export side (torch); install it with: pip install 'nvp[export]'")
-    import nvp_export.encode
-
-    return nvp_export.encode
-
-
-def cmd_encode(args) -> None:
-    from .video import FrameSelection
-
-    export = _export()
-    from nvp_export.fit import FitConfig
-
-    start, stop, step = args.frames
-    selection = FrameSelection(start, stop, step, crop=args.crop, size=args.size)
-    fit = FitConfig(epochs=args.epochs, lr=args.lr, batch=args.batch, target_psnr=args.target_psnr,
-                    time_limit_s=args.time_limit or None, seed=args.seed, device=args.device, threads=args.threads,
-                    progress=not args.quiet)
-    cfg = export.EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
-    report = export.encode_video(args.input, args.output, selection, cfg, store=ModelStore(args.store))
-    print(f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
-          f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
-          f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s")
+# The export side's subcommands: named here only to say what to install when they are missing.
+EXPORT_COMMANDS = {
+    "encode": "fit a video into an INR and write a .nvp file",
+    "bench": "H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2",
+}
 
 
 def cmd_info(args) -> None:
@@ -163,57 +113,29 @@ def cmd_run(args) -> None:
                       "query_ms": round(elapsed * 1e3, 3)}, indent=1))
 
 
-def cmd_bench(args) -> None:
-    if args.threads < 1 or args.repeats is not None and args.repeats < 1:
-        raise UserError("--threads and --repeats must be at least 1")
-    _export()
-    from nvp_export.benchmark.run import BenchConfig, run_bench
-
-    out = Path(args.out or f"bench/results/{'quick' if args.quick else 'table1'}")
-    overrides = {"out": out, "threads": args.threads, "store": Path(args.store) if args.store else None}
-    if args.repeats is not None:
-        overrides["repeats"] = args.repeats
-    config = (BenchConfig.quick if args.quick else BenchConfig.full)(**overrides)
-    run_bench(config)
-    print((out / "bench.md").read_text())
-    print(f"results: {out}/bench.json, bench.md, latency.png, rate_accuracy.png")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.ArgumentParser:
+    """`nvp`'s parser; ``commands``: the subcommands other packages add (default: those registered)."""
     p = argparse.ArgumentParser(prog="nvp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
+    commands = registered_commands() if commands is None else commands
+    for add in commands.values():
+        add(sub)
+    for name, summary in EXPORT_COMMANDS.items():
+        if name not in sub.choices:
+            # No option characters: whatever follows, --help included, gets the one-line error.
+            missing = sub.add_parser(name, help=f"{summary} (needs the export side)", add_help=False, prefix_chars="\0")
+            missing.add_argument("arguments", nargs="*")
+            missing.set_defaults(run=_needs_export(name))
 
-    e = sub.add_parser("encode", help="fit a video into an INR and write a .nvp file")
-    e.add_argument("input", help="any video FFmpeg reads")
-    e.add_argument("-o", "--output", required=True, help="the .nvp file to write")
-    e.add_argument("--family", choices=["hnerv", "nerv"], default="hnerv")
-    budget = e.add_mutually_exclusive_group()
-    budget.add_argument("--params", type=int, help="size budget: stored values (weights + embeddings)")
-    budget.add_argument("--bpp", type=float, help="size budget in bits per pixel (default 0.5)")
-    e.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
-    e.add_argument("--crop", type=_size, metavar="WxH", help="centre crop before resizing")
-    e.add_argument("--size", type=_size, metavar="WxH", help="resize frames to this size")
-    e.add_argument("--epochs", type=int, default=300)
-    e.add_argument("--target-psnr", type=float, help="stop when the training PSNR reaches this (dB)")
-    e.add_argument("--time-limit", type=float, default=540.0, metavar="SECONDS",
-                   help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)")
-    e.add_argument("--lr", type=float, help="learning rate (default: the family's reference rate)")
-    e.add_argument("--batch", type=int, default=1, help="frames per step")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    e.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
-    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _store_option(e)
-    e.set_defaults(run=cmd_encode)
 
     r = sub.add_parser("run", help="answer tasks on frames of a .nvp file; prints JSON")
     r.add_argument("file")
     r.add_argument("--tasks", required=True, help="comma-separated task names routed in the file, e.g. cls,det")
-    r.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
+    r.add_argument("--frames", type=parse_frame_range, default=(0, None, 1), metavar="START:STOP:STEP")
     r.add_argument("--top-k", type=int, default=5)
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     r.add_argument("--backend", choices=["auto", "ort", "trt"], default="auto")
-    _store_option(r)
+    add_store_option(r)
     r.set_defaults(run=cmd_run)
 
     i = sub.add_parser("info", help="describe a .nvp file")
@@ -224,60 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("view", help="decode a .nvp file to a video or a folder of PNGs")
     v.add_argument("file")
     v.add_argument("-o", "--output", required=True, help="out.mp4 (.mkv, .mov, .avi) or a folder for PNGs")
-    v.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
+    v.add_argument("--frames", type=parse_frame_range, default=(0, None, 1), metavar="START:STOP:STEP")
     v.add_argument("--crf", type=int, default=12, help="x264 quality for video output (lower is better)")
-    _store_option(v)
+    add_store_option(v)
     v.set_defaults(run=cmd_view)
 
-    b = sub.add_parser("bench", help="H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2")
-    b.add_argument("--quick", action="store_true", help="tiny clips, few epochs, classification only (CI; < 2 min)")
-    b.add_argument("--out", help="results folder (default bench/results/table1, or bench/results/quick)")
-    b.add_argument("--threads", type=int, default=2, help="CPU threads for every pipeline (default 2)")
-    b.add_argument("--repeats", type=int, help="warm queries per workload and pipeline")
-    b.add_argument("--store", help="model store for the graphs (default: OUT/store)")
-    b.set_defaults(run=cmd_bench)
     return p
 
 
-def _store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", help="model store folder (default: $NVP_STORE, else ~/.cache/nvp)")
+def _needs_export(name: str):
+    def run(args) -> None:
+        raise UserError(f"nvp {name} needs the export side: pip install 'nvp[export]'")
 
-
-def passive_openmp_waits() -> None:
-    """Make idle OpenMP threads sleep rather than spin, for training commands; call before torch loads.
-
-    Where other jobs share the cores, spinning threads starve the one holding a barrier (measured on 2
-    shared cores: an HNeRV training step took 2.6-5x longer). A user's OMP_WAIT_POLICY wins. The
-    library itself leaves the policy alone: spinning keeps the kernels' per-call latency low on
-    dedicated cores (passive waits made a 0.06 ms adapter call 0.14 ms with 2 threads).
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
-    passive_openmp_waits()  # encode and view import torch lazily, after this
+    passive_openmp_waits()  # the export side's commands import torch lazily, after this
     args = build_parser().parse_args(argv)
     return run_reporting_errors(f"nvp {args.command}", args.run, args)
 
-
-def run_reporting_errors(prog: str, run, args) -> int:
-    """Run a command; a user-facing failure becomes one line on stderr and exit code 1.
-
-    User-facing failures (bad or tampered files, untileable sizes, paths, fits that collapse, missing
-    model-store entries, a device or backend this machine lacks) are raised as ValueError / OSError
-    subclasses or the two device errors, with a message meant for people; anything else is a bug and
-    keeps its traceback.
-    """
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, CudaUnavailableError, BackendUnavailableError) as e:
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 1
-    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

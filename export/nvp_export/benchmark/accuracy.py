@@ -16,7 +16,7 @@ import torch
 
 from nvp_rt.results import postprocess
 
-from ..task_fidelity import box_agreement, relative_error
+from ..fidelity.task_agreement import box_agreement, relative_error
 from .pipelines import Answers, BackboneRunner
 
 __all__ = ["reference_outputs", "agreement", "constant_answer_agreement"]

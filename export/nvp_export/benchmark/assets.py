@@ -20,16 +20,15 @@ import torch
 from nvp_rt.nvpfile import Route, replace_routes
 from nvp_rt.store import ModelStore
 
-from ..adapt import AdaptConfig, adapt
+from ..route.adapt import AdaptConfig, adapt, to_file_route
 from ..backbone import to_unit_frames
-from ..cli import to_file_route
 from ..clips import ClipSpec, write_clip
 from ..encode import EncodeConfig, encode_video
-from ..fit import FitConfig
+from ..inr.fit import FitConfig
 from ..inr import load_nvp
-from ..multipathway import FitConfig as AdapterFitConfig, PathwayAdapter, decode_clips, fit_adapter
+from ..route.multipathway import FitConfig as AdapterFitConfig, PathwayAdapter, decode_clips, fit_adapter
 from ..onnx_export import backbone_key, export_route_graphs
-from ..task_adapt import samples_of
+from ..route.task_adapt import samples_of
 from ..zoo import i3d_r50, load_backbone, slowfast_r50
 
 __all__ = ["TaskSpec", "VideoSpec", "Video", "prepare_video", "tap_for"]
@@ -95,7 +94,7 @@ def tap_for(tap_shapes: dict[str, tuple[int, ...]], point_shape: tuple[int, ...]
 def _selected_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) -> tuple[Route, dict]:
     result = adapt(inr, frames, backbone, AdaptConfig(epochs=epochs, progress=False))
     r = replace(result.route, task=task.name, backbone=key)
-    info = {"tap": r.inr_tap, "point": r.injection_point, "selected_by": "CKA + adapter training (nvp_export.adapt)",
+    info = {"tap": r.inr_tap, "point": r.injection_point, "selected_by": "CKA + adapter training (nvp_export.route.adapt)",
             "top1_agreement_torch": r.metrics.get("top1_agreement")}
     return to_file_route(r), info
 

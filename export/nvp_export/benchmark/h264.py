@@ -16,7 +16,7 @@ import numpy as np
 
 from nvp_rt.video import write_video
 
-from ..h264 import search_crf
+from ..fidelity.h264 import search_crf
 
 __all__ = ["H264Settings", "H264File", "encode_h264", "encode_at_bpp"]
 

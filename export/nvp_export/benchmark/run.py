@@ -26,7 +26,7 @@ from nvp_rt.atomic import atomic_write
 from nvp_rt.store import ModelStore
 
 from ..clips import MONTAGE, ClipSpec
-from ..fit import FitConfig
+from ..inr.fit import FitConfig
 from .accuracy import agreement, constant_answer_agreement, reference_outputs
 from .assets import TaskSpec, Video, VideoSpec, prepare_video
 from .costs import query_flops, route_flops

@@ -2,6 +2,10 @@
 
     inr.decode(frame_idx, until="block2") -> {"stem": ..., "block1": ..., "block2": ...}
     inr.tap_shapes() -> {"stem": (C, H, W), ..., "rgb": (3, H, W)}
+
+The families (``base``, ``nerv``, ``hnerv``; ``FAMILIES``), sizing to a budget
+(``config_for_budget``), fitting to a video (``fit``), and quantisation into the .nvp
+payload and back (``store``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Backbone presets by name: ``load_backbone("efficientnet_lite0")``."""
+"""Backbone presets by name: ``load_backbone("efficientnet_lite0")``.
+
+One module per preset (architecture, preprocessing, named stages and injection points, where
+its weights come from); ``PRESETS`` maps names to their builders, ``reduced`` holds the small
+configurations tests use, ``weights`` the checkpoint loading they share. The ``Backbone``
+interface itself is ``nvp_export.backbone``: the INRs, routes and fidelity use it too.
+"""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import AutoTokenizer, BlipConfig, BlipForConditionalGeneration
 
 from ..backbone import Preprocess
-from ..multipathway import MultiPathwayBackbone
+from ..route.multipathway import MultiPathwayBackbone
 from .weights import WeightsError
 
 __all__ = ["blip_config", "build", "BlipBackbone", "clip_frame_indices", "CLIP_FRAMES", "MAX_TOKENS"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..multipathway import MultiPathwayBackbone
+from ..route.multipathway import MultiPathwayBackbone
 from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, action_backbone
 
 

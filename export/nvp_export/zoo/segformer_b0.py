@@ -23,7 +23,7 @@ from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
 from ..backbone import Preprocess
-from ..multipathway import MultiPathwayBackbone
+from ..route.multipathway import MultiPathwayBackbone
 from .weights import WeightsError
 
 __all__ = ["segformer_config", "build", "SegformerBackbone"]

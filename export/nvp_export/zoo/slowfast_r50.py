@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..multipathway import MultiPathwayBackbone, temporal_indices
+from ..route.multipathway import MultiPathwayBackbone, temporal_indices
 from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, action_backbone
 
 

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from nvp_rt.atomic import atomic_write
 
-from .charts import save_png
+from ..charts import save_png
+from .multipathway import temporal_indices
 
 __all__ = ["CKAConfig", "CKAMatrix", "MinibatchCKA", "unbiased_hsic", "linear_cka", "cka_matrix", "pooled", "positions",
            "sample_indices", "sample_clips"]
@@ -251,8 +252,6 @@ def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfi
     pathways' CKA: the adapter maps each pathway on its own, so the route is as mappable as
     its pathways are on average.
     """
-    from .multipathway import temporal_indices  # multipathway builds on adapt, which builds on this module
-
     taps = list(inr.tap_names if taps is None else taps)
     unknown = [t for t in taps if t not in inr.tap_names]
     if unknown:

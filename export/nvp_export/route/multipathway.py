@@ -25,9 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .adapt import fit_linear
-from .adapter import AdapterSpec, MicroAdapter
-from .backbone import Backbone, InjectionPoint
+from ..backbone import Backbone, InjectionPoint
+from .adapter import AdapterSpec, MicroAdapter, fit_linear
 from .losses import FeatureLoss
 
 __all__ = [

@@ -29,15 +29,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .adapter import AdapterSpec, MicroAdapter, resize
-from .backbone import Backbone, to_unit_frames
+from nvp_rt.nvpfile import Route as FileRoute
+
+from ..backbone import Backbone, to_unit_frames
+from ..fidelity.agreement import Fidelity, fidelity
+from .adapter import AdapterSpec, MicroAdapter, fit_linear, resize
 from .cka import CKAConfig, CKAMatrix, cka_matrix
-from .fidelity import Fidelity, fidelity
 from .flops import macs
 from .losses import FeatureLoss
 
-__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "train_adapter", "fit_linear", "select_route",
-           "candidate_pairs"]
+__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "train_adapter", "select_route",
+           "candidate_pairs", "to_file_route"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,16 @@ class Route:
         return MicroAdapter.from_arrays(self.adapter_spec(), self.adapter)
 
 
+def to_file_route(route) -> FileRoute:
+    """A classification route (``Route``) as the .nvp container stores it."""
+    metadata = {
+        "kind": "classification", "in_channels": route.in_channels, "out_channels": route.out_channels,
+        "hidden": route.hidden, "pathways": [{"size": list(route.size), "frames": None}],
+        **{k: v for k, v in route.metrics.items() if isinstance(v, (int, float, str))},
+    }
+    return FileRoute(route.task, route.backbone, route.inr_tap, route.injection_point, dict(route.adapter), metadata)
+
+
 @dataclass
 class Candidate:
     """One trained pair of the CKA top-K."""
@@ -145,29 +157,6 @@ class AdaptResult:
                 f"(CKA {m['cka']:.3f}, rank {m['cka_rank']}/{m['pairs']}), adapter {m['adapter_params']} params "
                 f"({m['adapter_percent']:.3f}% of backbone), compute saved {m['compute_saved']:.1%}, "
                 f"top-1 agreement {top1}, trained in {self.seconds['training']:.1f}s")
-
-
-def fit_linear(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], ridge: float,
-               batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ridge-regression 1x1 conv from resize(x, size) to y, per position, in float64.
-
-    Returns weight (C_out, C_in) and bias (C_out,) minimising the mean squared error
-    plus ridge * mean(diag(X'X)) * |W|^2.
-    """
-    c_in, c_out = x.shape[1], y.shape[1]
-    gram = torch.zeros(c_in + 1, c_in + 1, dtype=torch.float64)
-    cross = torch.zeros(c_in + 1, c_out, dtype=torch.float64)
-    for start in range(0, x.shape[0], batch):
-        xs = resize(x[start : start + batch], size).double()
-        xs = xs.movedim(1, -1).reshape(-1, c_in)
-        xs = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], dim=1)
-        ys = y[start : start + batch].double().movedim(1, -1).reshape(-1, c_out)
-        gram += xs.T @ xs
-        cross += xs.T @ ys
-    reg = ridge * gram.diagonal()[:-1].mean().clamp_min(1e-12)
-    gram[:-1, :-1] += reg * torch.eye(c_in, dtype=torch.float64)
-    solution = torch.linalg.solve(gram, cross)
-    return solution[:-1].T.float().contiguous(), solution[-1].float().contiguous()
 
 
 @torch.no_grad()

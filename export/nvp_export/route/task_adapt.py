@@ -30,15 +30,18 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from nvp_rt.nvpfile import Route as FileRoute
+
 from .adapt import AdaptConfig, candidate_pairs
-from .backbone import Backbone, to_unit_frames
+from ..backbone import Backbone, to_unit_frames
 from .cka import CKAMatrix, cka_matrix
-from .clip_score import ClipScorer
+from ..fidelity.clip_score import ClipScorer
 from .multipathway import FitConfig, PathwayAdapter, as_pathways, decode_clips, fit_adapter
 from .task_cost import RouteCost, route_cost
-from .task_fidelity import box_agreement, caption_agreement, mean_iou, relative_error
+from ..fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
 
-__all__ = ["TaskRoute", "samples_of", "adapt_route", "task_fidelity", "TaskCandidate", "TaskAdaptResult", "adapt_task"]
+__all__ = ["TaskRoute", "samples_of", "adapt_route", "task_fidelity", "TaskCandidate", "TaskAdaptResult", "adapt_task",
+           "task_file_route"]
 
 
 @dataclass
@@ -216,6 +219,15 @@ class TaskAdaptResult:
                 f"{cost.macs_nvp / 1e9:.3f} vs {cost.macs_full / 1e9:.3f} GFLOPs per sample "
                 f"(NVP path / full pipeline {cost.macs_ratio:.3f}), trained in {self.seconds['training']:.1f}s\n"
                 f"fidelity{kind}: {agreement}")
+
+
+def task_file_route(task: str, kind: str, result) -> FileRoute:
+    """A task preset's route (``TaskAdaptResult``) as the .nvp container stores it."""
+    route = result.route
+    arrays, layout = route.adapter.to_route()
+    metadata = {"kind": kind, "in_channels": route.adapter.adapters[0].spec.in_channels, **layout,
+                **{k: v for k, v in result.metrics().items() if isinstance(v, (int, float, str))}}
+    return FileRoute(task, route.cost.backbone, route.tap, route.point, arrays, metadata)
 
 
 def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfig(),

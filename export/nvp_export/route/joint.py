@@ -32,10 +32,10 @@ from tqdm.auto import tqdm
 from nvp_rt.quality import psnr
 
 from .adapt import Route
-from .backbone import Backbone, to_uint8_frames, to_unit_frames
-from .fidelity import fidelity
-from .fit import reconstruction_loss
-from .inr import INR, quantise_inr, save_nvp
+from ..backbone import Backbone, to_uint8_frames, to_unit_frames
+from ..fidelity.agreement import fidelity
+from ..inr.fit import reconstruction_loss
+from ..inr import INR, quantise_inr, save_nvp
 from .losses import FeatureLoss
 
 __all__ = ["JointConfig", "JointTask", "JointResult", "TASK_LOSSES", "classification_loss", "detection_loss",
@@ -75,7 +75,7 @@ def classification_loss(backbone: Backbone, outputs: torch.Tensor, reference: to
 
 def detection_loss(backbone: Backbone, outputs: Outputs, reference: Outputs) -> torch.Tensor:
     """DETR's set loss (Hungarian matching; class CE + L1 + GIoU) against the original frames' confident detections."""
-    from .zoo.detr_r50 import pseudo_targets
+    from ..zoo.detr_r50 import pseudo_targets
 
     if not hasattr(backbone, "task_loss"):
         raise ValueError(f"{backbone.name} is a detection backbone without a set loss (task_loss)")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from tqdm.auto import tqdm
 
-from .inr import INR, HNeRV, HNeRVEncoder
+from . import INR, HNeRV, HNeRVEncoder
 
 
 @dataclass

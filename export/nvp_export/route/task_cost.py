@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from .backbone import Backbone
+from ..backbone import Backbone
 from .flops import macs
 from .multipathway import PathwayAdapter, decode_clips
 

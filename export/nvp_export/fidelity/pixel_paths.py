@@ -20,8 +20,8 @@ import torch
 from nvp_rt.nvpfile import NvpFile
 from nvp_rt.quality import psnr
 
-from .backbone import Backbone, to_uint8_frames, to_unit_frames
-from .fidelity import Fidelity, fidelity
+from ..backbone import Backbone, to_uint8_frames, to_unit_frames
+from .agreement import Fidelity, fidelity
 from .h264 import H264Config, at_bpp
 
 __all__ = ["PixelPath", "payload_bpp", "backbone_outputs", "compare_pixel_paths", "format_table"]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
-from .zoo.weights import WeightsError
+from ..zoo.weights import WeightsError
 
 __all__ = ["ClipScorer"]
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AdapterSpec", "MicroAdapter", "resize"]
+__all__ = ["AdapterSpec", "MicroAdapter", "resize", "fit_linear"]
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -117,3 +117,26 @@ class MicroAdapter(nn.Module):
                 conv.weight.copy_(torch.from_numpy(w).reshape(conv.weight.shape))
                 conv.bias.copy_(torch.from_numpy(b))
         return adapter
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], ridge: float,
+               batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge-regression 1x1 conv from resize(x, size) to y, per position, in float64.
+
+    Returns weight (C_out, C_in) and bias (C_out,) minimising the mean squared error
+    plus ridge * mean(diag(X'X)) * |W|^2.
+    """
+    c_in, c_out = x.shape[1], y.shape[1]
+    gram = torch.zeros(c_in + 1, c_in + 1, dtype=torch.float64)
+    cross = torch.zeros(c_in + 1, c_out, dtype=torch.float64)
+    for start in range(0, x.shape[0], batch):
+        xs = resize(x[start : start + batch], size).double()
+        xs = xs.movedim(1, -1).reshape(-1, c_in)
+        xs = torch.cat([xs, xs.new_ones(xs.shape[0], 1)], dim=1)
+        ys = y[start : start + batch].double().movedim(1, -1).reshape(-1, c_out)
+        gram += xs.T @ xs
+        cross += xs.T @ ys
+    reg = ridge * gram.diagonal()[:-1].mean().clamp_min(1e-12)
+    gram[:-1, :-1] += reg * torch.eye(c_in, dtype=torch.float64)
+    solution = torch.linalg.solve(gram, cross)
+    return solution[:-1].T.float().contiguous(), solution[-1].float().contiguous()
