@@ -55,26 +55,39 @@ def search_ablation(inr, frames, backbone, config: AdaptConfig) -> dict:
     exhaustive = adapt(inr, frames, backbone, replace(config, candidates="top", top_fraction=1.0))
     by_pair = {(c.tap, c.point): c for c in exhaustive.candidates}
     ranked = exhaustive.cka.ranked()
+
     def pairs(**change):
         return candidate_pairs(exhaustive.cka, inr, backbone, replace(config, **change))
 
     strategies = [(f"top {f:.0%}", pairs(candidates="top", top_fraction=f)) for f in TOP_FRACTIONS]
-    strategies += [("best tap per point", pairs(candidates="per_point")),
-                   ("exhaustive", pairs(candidates="top", top_fraction=1.0))]
+    strategies += [
+        ("best tap per point", pairs(candidates="per_point")),
+        ("exhaustive", pairs(candidates="top", top_fraction=1.0)),
+    ]
     rows = []
     for name, pairs in strategies:
         pool = [by_pair[(t, p)] for t, p, _ in pairs]
         pick = select_route(pool, config.select_tolerance)
         cost = sum(c.seconds for c in pool) + (exhaustive.seconds["cka"] if name != "exhaustive" else 0.0)
-        rows.append({"strategy": name, "pairs_trained": len(pool), "tap": pick.tap, "point": pick.point,
-                     "val_top1_agreement": pick.val_top1_agreement, "compute_saved": pick.compute_saved,
-                     "cost_seconds": cost})
+        rows.append(
+            {
+                "strategy": name,
+                "pairs_trained": len(pool),
+                "tap": pick.tap,
+                "point": pick.point,
+                "val_top1_agreement": pick.val_top1_agreement,
+                "compute_saved": pick.compute_saved,
+                "cost_seconds": cost,
+            }
+        )
     return {
         "rows": rows,
         "pairs": len(ranked),
         "pairs_within_budget": len(exhaustive.candidates),
-        "candidates": [{**{k: v for k, v in asdict(c).items() if k != "val_loss_history"},
-                        "compute_saved": c.compute_saved} for c in exhaustive.candidates],
+        "candidates": [
+            {**{k: v for k, v in asdict(c).items() if k != "val_loss_history"}, "compute_saved": c.compute_saved}
+            for c in exhaustive.candidates
+        ],
         "cka": exhaustive.cka.to_dict(),
         "chosen": (exhaustive.route.inr_tap, exhaustive.route.injection_point),
     }
@@ -140,16 +153,22 @@ def plot(report: dict, path: Path) -> None:
     b.set_ylabel("held-out top-1 agreement (%)")
     b.set_title(f"loss ablation: {report['loss']['tap']} -> {report['loss']['point']}", fontsize=10)
     b.legend(fontsize=8)
-    fig.suptitle(f"adapt on {report['clip']} (HNeRV {report['inr_psnr_db']:.1f} dB), EfficientNet-Lite0, "
-                 f"threads={report['threads']}", fontsize=10)
+    fig.suptitle(
+        f"adapt on {report['clip']} (HNeRV {report['inr_psnr_db']:.1f} dB), EfficientNet-Lite0, "
+        f"threads={report['threads']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     save_png(fig, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--photo", default="montage",
-                        help="a scikit-image photo, or montage (one shot of each: answers differ between frames)")
+    parser.add_argument(
+        "--photo",
+        default="montage",
+        help="a scikit-image photo, or montage (one shot of each: answers differ between frames)",
+    )
     parser.add_argument("--fit-seconds", type=float, default=420.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -166,12 +185,20 @@ def main() -> None:
     search = search_ablation(inr, frames, backbone, config)
     loss = loss_ablation(inr, frames, backbone, *search["chosen"], config)
     report = {
-        "clip": f"{args.photo} 320x180x64", "inr_psnr_db": psnr, "inr_taps": inr.tap_shapes(),
-        "threads": args.threads, "machine": platform.processor() or platform.machine(),
-        "default_run": {"seconds": default_seconds, "stage_seconds": default.seconds,
-                        "route": {k: v for k, v in asdict(default.route).items() if k != "adapter"},
-                        "fidelity": default.fidelity.to_dict(), "pixel_fidelity": default.pixel_fidelity.to_dict()},
-        "search": search, "loss": loss,
+        "clip": f"{args.photo} 320x180x64",
+        "inr_psnr_db": psnr,
+        "inr_taps": inr.tap_shapes(),
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "default_run": {
+            "seconds": default_seconds,
+            "stage_seconds": default.seconds,
+            "route": {k: v for k, v in asdict(default.route).items() if k != "adapter"},
+            "fidelity": default.fidelity.to_dict(),
+            "pixel_fidelity": default.pixel_fidelity.to_dict(),
+        },
+        "search": search,
+        "loss": loss,
         "constant_answer_val_top1_agreement": constant_answer(frames, backbone, config.val_every),
     }
     atomic_write(args.out / "adapt.json", json.dumps(report, indent=1, default=str).encode())

@@ -1,6 +1,6 @@
 """The README's main job as one command: clip -> .nvp -> cls + det routes -> a multi-task query -> PNG -> quick bench.
 
-    python bench/demo.py [--out demo] [--fit-seconds 60] [--no-bench]
+python bench/demo.py [--out demo] [--fit-seconds 60] [--no-bench]
 """
 
 import argparse

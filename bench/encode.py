@@ -42,8 +42,14 @@ def x264_curve(frames: np.ndarray, folder: Path) -> list[dict]:
         path = folder / f"x264_crf{crf}.mp4"
         payload = write_video(path, frames, 30, options={"crf": str(crf), "preset": "medium"})
         decoded, _ = read_video(path)
-        points.append({"crf": crf, "bpp": 8 * payload / (n * h * w),
-                       "bpp_with_container": 8 * path.stat().st_size / (n * h * w), "psnr": psnr(frames, decoded)})
+        points.append(
+            {
+                "crf": crf,
+                "bpp": 8 * payload / (n * h * w),
+                "bpp_with_container": 8 * path.stat().st_size / (n * h * w),
+                "psnr": psnr(frames, decoded),
+            }
+        )
         path.unlink()
     return points
 
@@ -78,8 +84,14 @@ def chart(results: list[dict], path: Path) -> None:
         colour = f"C{i}"
         xs = [p["bpp"] for p in r["x264"]]
         ax.plot(xs, [p["psnr"] for p in r["x264"]], "-", color=colour, alpha=0.6, label=f"{r['clip']} x264")
-        ax.plot([r["bpp"]], [r["psnr_quantised"]], "*", color=colour, markersize=14,
-                label=f"{r['clip']} {r['family']} ({r['psnr_quantised']:.1f} dB)")
+        ax.plot(
+            [r["bpp"]],
+            [r["psnr_quantised"]],
+            "*",
+            color=colour,
+            markersize=14,
+            label=f"{r['clip']} {r['family']} ({r['psnr_quantised']:.1f} dB)",
+        )
     ax.axhline(30, color="grey", ls=":", lw=1)
     ax.axvline(0.5, color="grey", ls=":", lw=1)
     ax.set_xscale("log")
@@ -93,16 +105,23 @@ def chart(results: list[dict], path: Path) -> None:
 
 
 def markdown(results: list[dict], meta: dict) -> str:
-    rows = ["| clip | family | params | PSNR quant (dB) | PSNR float (dB) | bpp | encode (s) | epochs | "
-            "decode FPS b=1 | decode FPS b=8 | x264 PSNR @ same bpp (dB) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| clip | family | params | PSNR quant (dB) | PSNR float (dB) | bpp | encode (s) | epochs | "
+        "decode FPS b=1 | decode FPS b=8 | x264 PSNR @ same bpp (dB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         x = f"{r['x264_psnr_at_bpp']:.2f}" if r["x264_psnr_at_bpp"] is not None else "outside sweep"
-        rows.append(f"| {r['clip']} | {r['family']} | {r['stored_values']} | {r['psnr_quantised']:.2f} | "
-                    f"{r['psnr_float']:.2f} | {r['bpp']:.4f} | {r['encode_seconds']:.0f} | {r['epochs']} | "
-                    f"{r['decode_fps_batch1']:.1f} | {r['decode_fps_batch8']:.1f} | {x} |")
-    return (f"# Encode benchmark\n\n{meta['machine']}; torch threads {meta['threads']}; command `{meta['command']}`\n\n"
-            + "\n".join(rows) + "\n")
+        rows.append(
+            f"| {r['clip']} | {r['family']} | {r['stored_values']} | {r['psnr_quantised']:.2f} | "
+            f"{r['psnr_float']:.2f} | {r['bpp']:.4f} | {r['encode_seconds']:.0f} | {r['epochs']} | "
+            f"{r['decode_fps_batch1']:.1f} | {r['decode_fps_batch8']:.1f} | {x} |"
+        )
+    return (
+        f"# Encode benchmark\n\n{meta['machine']}; torch threads {meta['threads']}; command `{meta['command']}`\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )
 
 
 def main() -> None:
@@ -111,22 +130,32 @@ def main() -> None:
     p.add_argument("--family", default="hnerv", choices=["hnerv", "nerv"])
     p.add_argument("--bpp", type=float, help="budget (default: nvp encode's)")
     p.add_argument("--epochs", type=int, default=FitConfig.epochs)
-    p.add_argument("--time-limit", type=float, default=FitConfig.time_limit_s,
-                   help="training time budget per clip (s); 0: epochs only")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=FitConfig.time_limit_s,
+        help="training time budget per clip (s); 0: epochs only",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", default="320x180")
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--out", type=Path, default=Path("bench/results/encode"))
-    p.add_argument("--reuse", action="store_true",
-                   help="keep .nvp files already in --out (encode time and epochs from the previous encode.json); "
-                        "everything else is measured again")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep .nvp files already in --out (encode time and epochs from the previous encode.json); "
+        "everything else is measured again",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.split("x"))
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible "
-                       f"(shared with other jobs), torch {torch.__version__}",
-            "threads": args.threads, "command": " ".join(["python", *sys.argv])}
+    meta = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible "
+        f"(shared with other jobs), torch {torch.__version__}",
+        "threads": args.threads,
+        "command": " ".join(["python", *sys.argv]),
+    }
     previous = {}
     if args.reuse and (args.out / "encode.json").exists():
         previous = {r["clip"]: r for r in json.loads((args.out / "encode.json").read_text())["results"]}
@@ -135,27 +164,46 @@ def main() -> None:
         spec = ClipSpec(name, width, height, args.frames)
         source = args.out / f"{spec.name}.mp4"
         frames = write_clip(source, spec)
-        cfg = EncodeConfig(family=args.family, bpp=args.bpp,
-                           fit=FitConfig(epochs=args.epochs, time_limit_s=args.time_limit or None, threads=args.threads))
+        cfg = EncodeConfig(
+            family=args.family,
+            bpp=args.bpp,
+            fit=FitConfig(epochs=args.epochs, time_limit_s=args.time_limit or None, threads=args.threads),
+        )
         output = args.out / f"{spec.name}.{args.family}.nvp"
         if name in previous and output.exists():
             old = previous[name]
             encoded = {k: old[k] for k in ("psnr_float", "encode_seconds", "fit_seconds", "epochs", "recoveries")}
         else:
             report = encode_video(source, output, cfg=cfg)
-            encoded = {"psnr_float": report.psnr_float, "encode_seconds": report.total_seconds,
-                       "fit_seconds": report.fit_seconds, "epochs": report.epochs, "recoveries": report.recoveries}
+            encoded = {
+                "psnr_float": report.psnr_float,
+                "encode_seconds": report.total_seconds,
+                "fit_seconds": report.fit_seconds,
+                "epochs": report.epochs,
+                "recoveries": report.recoveries,
+            }
         inr = load_nvp(output)
         decoded = inr.render(range(inr.num_frames))
         curve = x264_curve(frames, args.out)
         bpp = 8 * output.stat().st_size / (frames.shape[0] * height * width)
-        results.append({
-            "clip": name, "family": args.family, "frames": args.frames, "size": args.size,
-            "stored_values": sum(inr.config.stored_values()), "bytes": output.stat().st_size, "bpp": bpp,
-            "psnr_quantised": psnr(frames, decoded), **encoded,
-            "decode_fps_batch1": decode_fps(output, 1), "decode_fps_batch8": decode_fps(output, 8),
-            "x264_psnr_at_bpp": psnr_at(curve, bpp), "x264": curve, "fit_config": asdict(cfg.fit),
-        })
+        results.append(
+            {
+                "clip": name,
+                "family": args.family,
+                "frames": args.frames,
+                "size": args.size,
+                "stored_values": sum(inr.config.stored_values()),
+                "bytes": output.stat().st_size,
+                "bpp": bpp,
+                "psnr_quantised": psnr(frames, decoded),
+                **encoded,
+                "decode_fps_batch1": decode_fps(output, 1),
+                "decode_fps_batch8": decode_fps(output, 8),
+                "x264_psnr_at_bpp": psnr_at(curve, bpp),
+                "x264": curve,
+                "fit_config": asdict(cfg.fit),
+            }
+        )
         print(json.dumps({k: v for k, v in results[-1].items() if k not in ("x264", "fit_config")}), flush=True)
         # Written after every clip, so a long run that is stopped still leaves its finished clips.
         (args.out / "encode.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

@@ -58,8 +58,10 @@ def plot(report: dict, path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     bars = [(f"NVP\n{s['candidates']}", s["fidelity"]["top1_agreement"]) for s in report["strategies"]]
-    bars += [(p["name"].replace(" at equal bpp", "\n@ equal bpp").replace("INR ", "INR\n"), p["top1_agreement"])
-             for p in report["pixel_paths"]]
+    bars += [
+        (p["name"].replace(" at equal bpp", "\n@ equal bpp").replace("INR ", "INR\n"), p["top1_agreement"])
+        for p in report["pixel_paths"]
+    ]
     j = report["joint"]
     bars.append(("NVP +CE\nINR frozen", report["frozen_inr"]["fidelity_after"]["top1_agreement"]))
     bars.append(("NVP joint", j["fidelity_after"]["top1_agreement"]))
@@ -84,18 +86,24 @@ def markdown(report: dict) -> str:
     lines = ["| path | top-1 agreement | top-5 overlap | detail |", "|---|---|---|---|"]
     for s in report["strategies"]:
         r = s["route"]
-        lines.append(f"| NVP, candidates={s['candidates']} | {s['fidelity']['top1_agreement']:.1%} | "
-                     f"{s['fidelity']['top5_overlap']:.1%} | {r['inr_tap']} -> {r['injection_point']}, adapter "
-                     f"{r['metrics']['adapter_percent']:.3f}% of backbone, adapt {s['seconds']:.1f} s "
-                     f"(training {s['stage_seconds']['training']:.1f} s) |")
+        lines.append(
+            f"| NVP, candidates={s['candidates']} | {s['fidelity']['top1_agreement']:.1%} | "
+            f"{s['fidelity']['top5_overlap']:.1%} | {r['inr_tap']} -> {r['injection_point']}, adapter "
+            f"{r['metrics']['adapter_percent']:.3f}% of backbone, adapt {s['seconds']:.1f} s "
+            f"(training {s['stage_seconds']['training']:.1f} s) |"
+        )
     for p in report["pixel_paths"]:
-        lines.append(f"| {p['name']} | {p['top1_agreement']:.1%} | {p['top5_overlap']:.1%} | "
-                     f"{p['detail']}, {p['psnr_db']:.2f} dB |")
+        lines.append(
+            f"| {p['name']} | {p['top1_agreement']:.1%} | {p['top5_overlap']:.1%} | "
+            f"{p['detail']}, {p['psnr_db']:.2f} dB |"
+        )
     for key, name in (("joint", "NVP after joint"), ("frozen_inr", "NVP, same budget, INR frozen")):
         j = report[key]
-        lines.append(f"| {name} ({len(j['history'])} epochs) | {j['fidelity_after']['top1_agreement']:.1%} | "
-                     f"{j['fidelity_after']['top5_overlap']:.1%} | PSNR {j['psnr_before_db']:.2f} -> "
-                     f"{j['psnr_after_db']:.2f} dB, {j['seconds']:.0f} s |")
+        lines.append(
+            f"| {name} ({len(j['history'])} epochs) | {j['fidelity_after']['top1_agreement']:.1%} | "
+            f"{j['fidelity_after']['top5_overlap']:.1%} | PSNR {j['psnr_before_db']:.2f} -> "
+            f"{j['psnr_after_db']:.2f} dB, {j['seconds']:.0f} s |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -114,40 +122,64 @@ def main() -> None:
     inr = load_nvp(args.nvp)
     frames = source_frames(nvp, args.source)
     backbone = load_backbone("efficientnet_lite0")
-    report = {"clip": nvp.manifest["video"]["source"], "nvp": str(args.nvp), "threads": args.threads,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
-              "inr_psnr_db": nvp.manifest.get("metrics", {}).get("psnr_quantised_db"),
-              "payload_bpp": payload_bpp(nvp), "strategies": []}
+    report = {
+        "clip": nvp.manifest["video"]["source"],
+        "nvp": str(args.nvp),
+        "threads": args.threads,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "inr_psnr_db": nvp.manifest.get("metrics", {}).get("psnr_quantised_db"),
+        "payload_bpp": payload_bpp(nvp),
+        "strategies": [],
+    }
     results = {}
     for candidates in ("top", "per_point"):
         started = time.perf_counter()
         result = adapt(inr, frames, backbone, AdaptConfig(candidates=candidates))
         seconds = time.perf_counter() - started
         results[candidates] = result
-        report["strategies"].append({
-            "candidates": candidates, "seconds": seconds, "stage_seconds": result.seconds,
-            "route": {k: v for k, v in asdict(result.route).items() if k != "adapter"},
-            "fidelity": result.fidelity.to_dict(), "candidates_trained": len(result.candidates)})
+        report["strategies"].append(
+            {
+                "candidates": candidates,
+                "seconds": seconds,
+                "stage_seconds": result.seconds,
+                "route": {k: v for k, v in asdict(result.route).items() if k != "adapter"},
+                "fidelity": result.fidelity.to_dict(),
+                "candidates_trained": len(result.candidates),
+            }
+        )
         print(f"[{candidates}] {result.summary()} ({seconds:.1f} s)", flush=True)
 
     paths = compare_pixel_paths(inr, frames, backbone, report["payload_bpp"])
     report["pixel_paths"] = [p.to_dict() for p in paths]
     for p in paths:
-        print(f"[{p.name}] top-1 {p.fidelity.top1_agreement:.1%}, top-5 {p.fidelity.top5_overlap:.1%}, {p.detail}, "
-              f"{p.psnr:.2f} dB", flush=True)
+        print(
+            f"[{p.name}] top-1 {p.fidelity.top1_agreement:.1%}, top-5 {p.fidelity.top5_overlap:.1%}, {p.detail}, "
+            f"{p.psnr:.2f} dB",
+            flush=True,
+        )
 
     best = max(results.values(), key=lambda r: r.fidelity.top1_agreement)
     # Joint as specified, and the same budget with the INR frozen (inr_lr 0): what the INR's freedom adds.
-    for key, config in (("joint", JointConfig(epochs=args.joint_epochs)),
-                        ("frozen_inr", JointConfig(epochs=args.joint_epochs, inr_lr=0.0))):
+    for key, config in (
+        ("joint", JointConfig(epochs=args.joint_epochs)),
+        ("frozen_inr", JointConfig(epochs=args.joint_epochs, inr_lr=0.0)),
+    ):
         route, joint = joint_route(inr, frames, backbone, best.route, config)
-        report[key] = {"route": f"{route.inr_tap} -> {route.injection_point}", "config": {
-            k: v for k, v in asdict(config).items() if k not in ("feature_loss", "progress")},
-            "psnr_before_db": joint.psnr_before, "psnr_after_db": joint.psnr_after,
-            "psnr_after_float_db": joint.psnr_after_float, "fidelity_before": joint.fidelity_before[0],
-            "fidelity_after": joint.fidelity_after[0], "history": joint.history, "seconds": joint.seconds,
-            "inr_max_abs_change": max(float((a - b).abs().max()) for a, b in
-                                      zip(joint.inr.state_dict().values(), inr.state_dict().values()))}
+        report[key] = {
+            "route": f"{route.inr_tap} -> {route.injection_point}",
+            "config": {k: v for k, v in asdict(config).items() if k not in ("feature_loss", "progress")},
+            "psnr_before_db": joint.psnr_before,
+            "psnr_after_db": joint.psnr_after,
+            "psnr_after_float_db": joint.psnr_after_float,
+            "fidelity_before": joint.fidelity_before[0],
+            "fidelity_after": joint.fidelity_after[0],
+            "history": joint.history,
+            "seconds": joint.seconds,
+            "inr_max_abs_change": max(
+                float((a - b).abs().max()) for a, b in zip(joint.inr.state_dict().values(), inr.state_dict().values())
+            ),
+        }
         print(f"[{key}] {joint.summary()}", flush=True)
 
     atomic_write(args.out / "joint.json", json.dumps(report, indent=1, default=str).encode())

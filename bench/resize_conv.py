@@ -76,7 +76,10 @@ def ort_two_op(x: np.ndarray, w: np.ndarray, b: np.ndarray, size, threads: int) 
     graph = helper.make_graph(
         [
             helper.make_node(
-                "Resize", ["x", "", "", "sizes"], ["r"], mode="linear",
+                "Resize",
+                ["x", "", "", "sizes"],
+                ["r"],
+                mode="linear",
                 coordinate_transformation_mode="half_pixel",
             ),
             helper.make_node("Conv", ["r", "w", "b"], ["y"]),
@@ -152,8 +155,17 @@ def bench_cpu(threads: int, iters: int, warmup: int) -> list[Row]:
         med = {k: statistics.median(v) for k, v in times.items()}
         rows.append(
             Row(
-                name, xs, c_out, size, ops.chosen_order(xs, w.shape, size), med["fused"], iqr(times["fused"]),
-                med["torch"], med["ort"], med["torch"] / med["fused"], med["ort"] / med["fused"],
+                name,
+                xs,
+                c_out,
+                size,
+                ops.chosen_order(xs, w.shape, size),
+                med["fused"],
+                iqr(times["fused"]),
+                med["torch"],
+                med["ort"],
+                med["torch"] / med["fused"],
+                med["ort"] / med["fused"],
                 max(rel_diff(y_fused, y_torch), rel_diff(y_ort, y_torch)),
             )
         )
@@ -194,12 +206,20 @@ def bench_cuda(iters: int, warmup: int) -> list[dict]:
             err = float((y.double() - ref).abs().max() / ref.abs().max())
             moved = (x.numel() + y.numel()) * x.element_size()
             f_ms, t_ms = statistics.median(fused), statistics.median(two_op)
-            rows.append({
-                "name": name, "dtype": str(dtype).split(".")[-1], "fused_ms": f_ms, "torch_ms": t_ms,
-                "torch_ratio": t_ms / f_ms, "achieved_gbs": moved / f_ms / 1e6, "copy_gbs": copy_gbs,
-                "bandwidth_fraction": moved / f_ms / 1e6 / copy_gbs, "max_rel_err": err,
-                "order": ops.chosen_order(xs, w.shape, size),
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "dtype": str(dtype).split(".")[-1],
+                    "fused_ms": f_ms,
+                    "torch_ms": t_ms,
+                    "torch_ratio": t_ms / f_ms,
+                    "achieved_gbs": moved / f_ms / 1e6,
+                    "copy_gbs": copy_gbs,
+                    "bandwidth_fraction": moved / f_ms / 1e6 / copy_gbs,
+                    "max_rel_err": err,
+                    "order": ops.chosen_order(xs, w.shape, size),
+                }
+            )
     return rows
 
 
@@ -213,8 +233,12 @@ def machine() -> dict:
     except OSError:
         pass
     info = {
-        "cpu": cpu, "logical_cpus": os.cpu_count(), "kernel_isa": ops.cpu_capability(),
-        "python": sys.version.split()[0], "torch": torch.__version__, "onnxruntime": ort.__version__,
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "kernel_isa": ops.cpu_capability(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
         "nvp": nvp_rt.__version__,
     }
     if torch.cuda.is_available():
@@ -249,7 +273,9 @@ def plot(rows: list[Row], threads: int, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4))
     xs = np.arange(len(rows))
-    for i, (key, label) in enumerate([("fused_ms", "nvp fused"), ("torch_ms", "torch two-op"), ("ort_ms", "ORT two-op")]):
+    for i, (key, label) in enumerate(
+        [("fused_ms", "nvp fused"), ("torch_ms", "torch two-op"), ("ort_ms", "ORT two-op")]
+    ):
         ax.bar(xs + (i - 1) * 0.27, [getattr(r, key) for r in rows], 0.27, label=label)
     ax.set_xticks(xs, [r.name for r in rows], rotation=15)
     ax.set_ylabel("median latency (ms)")
@@ -276,9 +302,11 @@ def main() -> None:
         print("| shape | dtype | order | fused ms | torch ms | torch/fused | GB/s | of copy BW | max rel err |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in report["cuda"]:
-            print(f"| {r['name']} | {r['dtype']} | {r['order']} | {r['fused_ms']:.4f} | {r['torch_ms']:.4f} | "
-                  f"{r['torch_ratio']:.2f}x | {r['achieved_gbs']:.0f} | {100 * r['bandwidth_fraction']:.0f}% | "
-                  f"{r['max_rel_err']:.1e} |")
+            print(
+                f"| {r['name']} | {r['dtype']} | {r['order']} | {r['fused_ms']:.4f} | {r['torch_ms']:.4f} | "
+                f"{r['torch_ratio']:.2f}x | {r['achieved_gbs']:.0f} | {100 * r['bandwidth_fraction']:.0f}% | "
+                f"{r['max_rel_err']:.1e} |"
+            )
     else:
         print("\nCUDA: skipped (no CUDA device or nvp built without CUDA)")
     args.out.mkdir(parents=True, exist_ok=True)

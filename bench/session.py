@@ -90,8 +90,9 @@ def add_routes(path: Path, inr, store: ModelStore) -> list[dict]:
         key = export_route_graphs(inr, backbone, point, store)
         arrays, meta = adapter.to_route()
         routes.append(Route(task, key, tap, point, arrays, {"kind": backbone.task, **meta}))
-        described.append({"task": task, "backbone": backbone.name, "tap": tap, "point": point,
-                          "pretrained": backbone.pretrained})
+        described.append(
+            {"task": task, "backbone": backbone.name, "tap": tap, "point": point, "pretrained": backbone.pretrained}
+        )
     replace_routes(path, routes)
     return described
 
@@ -160,44 +161,63 @@ def main() -> None:
     first = time.perf_counter()
     warm = timed(lambda: fresh.run(["cls"], frames=[0]), args.runs)
     steps.update()
-    process = json.loads(subprocess.run([sys.executable, "-c", COLD_SCRIPT, str(work / "b.nvp"), str(store.root)],
-                                        capture_output=True, text=True, check=True).stdout)
+    process = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", COLD_SCRIPT, str(work / "b.nvp"), str(store.root)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
     steps.update()
     steps.close()
 
     sum_single = sum(s["median_ms"] for s in single.values())
     report = {
-        "machine": machine(), "video": {"size": list(size), "frames": args.frames, "inr": inr.config_dict()},
+        "machine": machine(),
+        "video": {"size": list(size), "frames": args.frames, "inr": inr.config_dict()},
         "note": "INR and adapters have random weights (latency does not depend on values); detection and action "
-                "backbones are randomly initialised offline",
-        "routes": routes, "query_frames": frames,
-        "single": single, "shared": shared, "sum_of_singles_ms": sum_single,
+        "backbones are randomly initialised offline",
+        "routes": routes,
+        "query_frames": frames,
+        "single": single,
+        "shared": shared,
+        "sum_of_singles_ms": sum_single,
         "sharing_ratio": shared["median_ms"] / sum_single,
         "overhead_fraction_median": statistics.median(overheads),
         # Where a shared query's time goes: the ratio above is (prefix + heads) / (3 prefix + heads) at best.
         "shared_steps_median_ms": {k: statistics.median(t[k] for t in shared_steps) * 1e3 for k in shared_steps[0]},
-        "cold_in_process": {"open_ms": (opened - t0) * 1e3, "first_query_ms": (first - opened) * 1e3,
-                            "warm_query_ms": warm["median_ms"],
-                            "first_over_warm": (first - opened) * 1e3 / warm["median_ms"]},
+        "cold_in_process": {
+            "open_ms": (opened - t0) * 1e3,
+            "first_query_ms": (first - opened) * 1e3,
+            "warm_query_ms": warm["median_ms"],
+            "first_over_warm": (first - opened) * 1e3 / warm["median_ms"],
+        },
         "cold_new_process": {**process, "first_over_warm": process["first_ms"] / process["warm_ms"]},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "session.json", json.dumps(report, indent=1).encode())
-    lines = [f"Session latency, {size[0]}x{size[1]}, {CLIP} frames per query; {report['machine']['cpu']}, "
-             f"{report['machine']['logical_cpus']} logical CPUs. {report['note']}.", "",
-             "| query | median ms | IQR ms |", "|---|---|---|"]
+    lines = [
+        f"Session latency, {size[0]}x{size[1]}, {CLIP} frames per query; {report['machine']['cpu']}, "
+        f"{report['machine']['logical_cpus']} logical CPUs. {report['note']}.",
+        "",
+        "| query | median ms | IQR ms |",
+        "|---|---|---|",
+    ]
     for name, s in [*single.items(), ("cls+det+act (shared prefix)", shared)]:
         lines.append(f"| {name} | {s['median_ms']:.1f} | {s['iqr_ms'][0]:.1f}-{s['iqr_ms'][1]:.1f} |")
     steps_ms = report["shared_steps_median_ms"]
-    lines += ["", "shared query, median ms per step: " + ", ".join(f"{k} {v:.1f}" for k, v in steps_ms.items()),
-              f"sharing ratio shared / sum of singles: {report['sharing_ratio']:.2f} (target <= 0.7; the INR prefix "
-              f"is {100 * steps_ms['prefix'] / steps_ms['total']:.0f}% of the shared query, and only it is shared)",
-              f"runtime overhead outside engines and kernel: {100 * report['overhead_fraction_median']:.2f}% "
-              "(target <= 5%)",
-              f"first query on a fresh .nvp of a known architecture / warm: in process "
-              f"{report['cold_in_process']['first_over_warm']:.2f}x, new process "
-              f"{report['cold_new_process']['first_over_warm']:.2f}x (target <= 2x)"]
+    lines += [
+        "",
+        "shared query, median ms per step: " + ", ".join(f"{k} {v:.1f}" for k, v in steps_ms.items()),
+        f"sharing ratio shared / sum of singles: {report['sharing_ratio']:.2f} (target <= 0.7; the INR prefix "
+        f"is {100 * steps_ms['prefix'] / steps_ms['total']:.0f}% of the shared query, and only it is shared)",
+        f"runtime overhead outside engines and kernel: {100 * report['overhead_fraction_median']:.2f}% (target <= 5%)",
+        f"first query on a fresh .nvp of a known architecture / warm: in process "
+        f"{report['cold_in_process']['first_over_warm']:.2f}x, new process "
+        f"{report['cold_new_process']['first_over_warm']:.2f}x (target <= 2x)",
+    ]
     atomic_write(out / "session.md", ("\n".join(lines) + "\n").encode())
 
     fig, ax = plt.subplots(figsize=(7, 3.2))

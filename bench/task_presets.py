@@ -45,8 +45,13 @@ from nvp_export.zoo import PRESETS
 TASK_PRESETS = ["slowfast_r50", "i3d_r50", "detr_r50", "segformer_b0", "blip"]
 RESOLUTIONS = {"180p": ((180, 320), (5, 2, 2)), "720p": ((720, 1280), (5, 4, 2, 2))}
 # The route each preset adapts in the fidelity run: an early tap into an early point (cheap and CKA-plausible).
-FIDELITY_ROUTES = {"slowfast_r50": ("block2", "res2"), "i3d_r50": ("block2", "res2"), "detr_r50": ("block3", "stage1"),
-                   "segformer_b0": ("block3", "stage1"), "blip": ("block2", "patch_embed")}
+FIDELITY_ROUTES = {
+    "slowfast_r50": ("block2", "res2"),
+    "i3d_r50": ("block2", "res2"),
+    "detr_r50": ("block3", "stage1"),
+    "segformer_b0": ("block3", "stage1"),
+    "blip": ("block2", "patch_embed"),
+}
 
 
 class HNeRVStandin(nn.Module):
@@ -129,35 +134,65 @@ def fidelity_rows(frames_per_preset: dict[str, int], epochs: int) -> list[dict]:
         inr = HNeRVStandin(frames_per_preset[name], "180p")
         tap, point = FIDELITY_ROUTES[name]
         t0 = time.perf_counter()
-        route = adapt_route(inr, inr.decode(torch.arange(inr.num_frames))["rgb"], backbone, tap, point,
-                            FitConfig(epochs=epochs), clip_stride=max(t // 4, 1))
-        rows.append({"backbone": name, "tap": tap, "point": point, "pretrained": route.pretrained,
-                     "samples_frames": inr.num_frames, "epochs_run": len(route.history) - 1,
-                     "loss_start": route.history[0], "loss_best": min(route.history), **route.fidelity,
-                     "adapter_percent": route.cost.adapter_percent, "macs_ratio_180p": route.cost.macs_ratio,
-                     "train_seconds": route.train_seconds, "total_seconds": time.perf_counter() - t0})
+        route = adapt_route(
+            inr,
+            inr.decode(torch.arange(inr.num_frames))["rgb"],
+            backbone,
+            tap,
+            point,
+            FitConfig(epochs=epochs),
+            clip_stride=max(t // 4, 1),
+        )
+        rows.append(
+            {
+                "backbone": name,
+                "tap": tap,
+                "point": point,
+                "pretrained": route.pretrained,
+                "samples_frames": inr.num_frames,
+                "epochs_run": len(route.history) - 1,
+                "loss_start": route.history[0],
+                "loss_best": min(route.history),
+                **route.fidelity,
+                "adapter_percent": route.cost.adapter_percent,
+                "macs_ratio_180p": route.cost.macs_ratio,
+                "train_seconds": route.train_seconds,
+                "total_seconds": time.perf_counter() - t0,
+            }
+        )
         print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
         del backbone, inr, route
     return rows
 
 
 def markdown(costs: list[dict], fidelity: list[dict], machine: str) -> str:
-    lines = [f"# Task presets: adapter size, MACs, fidelity\n\nMachine: {machine}. MACs per sample "
-             "(frame, or 32-frame clip for SlowFast/I3D), 1 MAC = 1 FLOP, resizes included.\n"]
+    lines = [
+        f"# Task presets: adapter size, MACs, fidelity\n\nMachine: {machine}. MACs per sample "
+        "(frame, or 32-frame clip for SlowFast/I3D), 1 MAC = 1 FLOP, resizes included.\n"
+    ]
     for res in sorted({r["resolution"] for r in costs}):
-        lines += [f"\n## Costs with an HNeRV-shaped INR at {res}\n",
-                  "| backbone | INR tap | point | adapter params | adapter % | GMACs NVP | GMACs full | NVP / full |",
-                  "|---|---|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"\n## Costs with an HNeRV-shaped INR at {res}\n",
+            "| backbone | INR tap | point | adapter params | adapter % | GMACs NVP | GMACs full | NVP / full |",
+            "|---|---|---|---:|---:|---:|---:|---:|",
+        ]
         for r in (r for r in costs if r["resolution"] == res):
-            lines.append(f"| {r['backbone']} | {r['tap']} | {r['point']} | {r['adapter_params']:,} | "
-                         f"{r['adapter_percent']:.3f} | {r['macs_nvp'] / 1e9:.2f} | {r['macs_full'] / 1e9:.2f} | "
-                         f"{r['macs_ratio']:.3f} |")
+            lines.append(
+                f"| {r['backbone']} | {r['tap']} | {r['point']} | {r['adapter_params']:,} | "
+                f"{r['adapter_percent']:.3f} | {r['macs_nvp'] / 1e9:.2f} | {r['macs_full'] / 1e9:.2f} | "
+                f"{r['macs_ratio']:.3f} |"
+            )
     if fidelity:
-        lines += ["\n## Fidelity (random weights unless pretrained: output agreement, not accuracy)\n",
-                  "| backbone | route | agreement |", "|---|---|---|"]
+        lines += [
+            "\n## Fidelity (random weights unless pretrained: output agreement, not accuracy)\n",
+            "| backbone | route | agreement |",
+            "|---|---|---|",
+        ]
         skip = {"backbone", "tap", "point"}
         for r in fidelity:
-            vals = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k not in skip)
+            vals = ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items() if k not in skip
+            )
             lines.append(f"| {r['backbone']} | {r['tap']} -> {r['point']} | {vals} |")
     return "\n".join(lines) + "\n"
 
@@ -196,15 +231,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     text_macs = caption_macs()
     costs = [row for res in args.resolution for row in cost_table(res, text_macs)]
     # SlowFast/I3D: 64-frame clip of the reference workload -> 9 clips at stride 8 is too slow here; 40 frames -> 3 clips.
-    fidelity = fidelity_rows({"slowfast_r50": 40, "i3d_r50": 40, "detr_r50": 8, "segformer_b0": 16, "blip": 8},
-                             args.epochs) if args.fidelity else []
+    fidelity = (
+        fidelity_rows({"slowfast_r50": 40, "i3d_r50": 40, "detr_r50": 8, "segformer_b0": 16, "blip": 8}, args.epochs)
+        if args.fidelity
+        else []
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(args.out / "task_presets.json",
-                 json.dumps({"machine": machine, "costs": costs, "fidelity": fidelity}, indent=1).encode())
+    atomic_write(
+        args.out / "task_presets.json",
+        json.dumps({"machine": machine, "costs": costs, "fidelity": fidelity}, indent=1).encode(),
+    )
     atomic_write(args.out / "task_presets.md", markdown(costs, fidelity, machine).encode())
     plot(costs, args.out / "task_presets.png")
     print(markdown(costs, fidelity, machine))

@@ -13,7 +13,9 @@ from torch import nn
 
 
 class TinyINR(nn.Module):
-    def __init__(self, num_frames: int, size=(64, 64), channels=(24, 16, 12), strides=(2, 2, 2), embed: int = 8, seed: int = 0):
+    def __init__(
+        self, num_frames: int, size=(64, 64), channels=(24, 16, 12), strides=(2, 2, 2), embed: int = 8, seed: int = 0
+    ):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         scale = int(np.prod(strides))

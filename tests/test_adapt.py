@@ -63,8 +63,11 @@ def _candidate(tap, point, top1, saved, rel):
 
 
 def test_selection_prefers_cheapest_among_equally_faithful():
-    cands = [_candidate("a", "p1", 1.00, 0.2, 0.1), _candidate("b", "p2", 0.99, 0.6, 0.5),
-             _candidate("c", "p3", 0.80, 0.9, 0.1)]
+    cands = [
+        _candidate("a", "p1", 1.00, 0.2, 0.1),
+        _candidate("b", "p2", 0.99, 0.6, 0.5),
+        _candidate("c", "p3", 0.80, 0.9, 0.1),
+    ]
     assert select_route(cands, tolerance=0.02).tap == "b"  # within 2 points of the best, saves most
     assert select_route(cands, tolerance=0.0).tap == "a"
 
@@ -72,12 +75,23 @@ def test_selection_prefers_cheapest_among_equally_faithful():
 def _tiny_backbone():
     torch.manual_seed(0)
     seq = nn.Sequential(
-        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10),
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 24, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 10),
     )
-    return Backbone.from_sequential("tiny", seq, points=["1", "3"], preprocess=Preprocess((32, 32)),
-                                    labels=[str(i) for i in range(10)], pretrained=True, weights_source="test")
+    return Backbone.from_sequential(
+        "tiny",
+        seq,
+        points=["1", "3"],
+        preprocess=Preprocess((32, 32)),
+        labels=[str(i) for i in range(10)],
+        pretrained=True,
+        weights_source="test",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +106,16 @@ def fitted_clip():
 def test_adapt_on_user_backbone(fitted_clip, tmp_path):
     frames, inr = fitted_clip
     uint8 = (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H, W, 3) as a decoder gives
-    config = AdaptConfig(candidates="top", init="random", epochs=15, lr=3e-3, top_fraction=0.5, progress=False,
-                         cka=CKAConfig(frames=8, batch_size=4), max_adapter_percent=None)
+    config = AdaptConfig(
+        candidates="top",
+        init="random",
+        epochs=15,
+        lr=3e-3,
+        top_fraction=0.5,
+        progress=False,
+        cka=CKAConfig(frames=8, batch_size=4),
+        max_adapter_percent=None,
+    )
     res = adapt(inr, uint8, _tiny_backbone(), config)
     pairs = len(inr.tap_names) * 2
     assert len(res.candidates) == math.ceil(0.5 * pairs)
@@ -119,11 +141,20 @@ def test_adapt_on_user_backbone(fitted_clip, tmp_path):
 
 def test_adapt_per_point_candidates(fitted_clip):
     frames, inr = fitted_clip
-    config = AdaptConfig(candidates="per_point", epochs=2, progress=False, cka=CKAConfig(frames=8, batch_size=4),
-                         max_adapter_percent=None)
+    config = AdaptConfig(
+        candidates="per_point",
+        epochs=2,
+        progress=False,
+        cka=CKAConfig(frames=8, batch_size=4),
+        max_adapter_percent=None,
+    )
     res = adapt(inr, frames, _tiny_backbone(), config)
-    assert [(c.tap, c.point) for c in res.candidates] == [(t, p) for t, p, _ in sorted(
-        res.cka.best_per_point(), key=lambda c: (inr.tap_names.index(c[0]), ["1", "3"].index(c[1])))]
+    assert [(c.tap, c.point) for c in res.candidates] == [
+        (t, p)
+        for t, p, _ in sorted(
+            res.cka.best_per_point(), key=lambda c: (inr.tap_names.index(c[0]), ["1", "3"].index(c[1]))
+        )
+    ]
     with pytest.raises(ValueError, match="candidates must be"):
         AdaptConfig(candidates="all")
 
@@ -132,8 +163,14 @@ def test_adapter_size_budget(fitted_clip):
     frames, inr = fitted_clip
     bb = _tiny_backbone()
     limit = 100 * (12 * 24 + 24) / bb.num_parameters()  # admits taps of <= 12 channels into point "3"
-    config = AdaptConfig(candidates="top", top_fraction=1.0, epochs=1, progress=False, cka=CKAConfig(frames=8, batch_size=4),
-                         max_adapter_percent=limit)
+    config = AdaptConfig(
+        candidates="top",
+        top_fraction=1.0,
+        epochs=1,
+        progress=False,
+        cka=CKAConfig(frames=8, batch_size=4),
+        max_adapter_percent=limit,
+    )
     res = adapt(inr, frames, bb, config)
     shapes = inr.tap_shapes()
     allowed = {(t, p) for t in inr.tap_names for p, c in (("1", 16), ("3", 24)) if shapes[t][0] * c + c <= 12 * 24 + 24}
@@ -145,8 +182,16 @@ def test_adapter_size_budget(fitted_clip):
 
 def test_adapt_with_stacked_adapter(fitted_clip):
     frames, inr = fitted_clip
-    config = AdaptConfig(candidates="top", hidden=8, epochs=5, lr=3e-3, top_fraction=0.1, progress=False,
-                         cka=CKAConfig(frames=8, batch_size=4), max_adapter_percent=None)
+    config = AdaptConfig(
+        candidates="top",
+        hidden=8,
+        epochs=5,
+        lr=3e-3,
+        top_fraction=0.1,
+        progress=False,
+        cka=CKAConfig(frames=8, batch_size=4),
+        max_adapter_percent=None,
+    )
     res = adapt(inr, frames, _tiny_backbone(), config)
     r = res.route
     assert r.hidden == 8 and sorted(r.adapter) == ["bias0", "bias1", "weight0", "weight1"]
@@ -162,7 +207,9 @@ def test_adapt_efficientnet_lite0_on_fitted_inr(fitted_clip):
 
     frames, inr = fitted_clip
     lite0 = load_backbone("efficientnet_lite0")
-    config = AdaptConfig(candidates="top", epochs=4, progress=False, top_fraction=0.25, points=("stage6", "stage7", "head_conv"))
+    config = AdaptConfig(
+        candidates="top", epochs=4, progress=False, top_fraction=0.25, points=("stage6", "stage7", "head_conv")
+    )
     res = adapt(inr, frames, lite0, config)
     m = res.route.metrics
     assert res.cka.points == ["stage6", "stage7", "head_conv"] and m["pairs"] == 12
@@ -207,9 +254,19 @@ def test_adapt_finds_and_fits_a_linearly_related_pair():
 
     lite0 = load_backbone("efficientnet_lite0")
     photos = ["coffee", "chelsea", "astronaut", "rocket", "camera", "horse", "coffee", "chelsea", "astronaut", "rocket"]
-    frames = torch.cat([pan_clip(np.stack([getattr(skimage.data, p)()] * 3, -1) if p in ("camera", "horse")
-                                 else getattr(skimage.data, p)(), 1, size=(96, 96), zoom=z)
-                        for p, z in zip(photos, [0.9] * 5 + [0.7] * 5)])
+    frames = torch.cat(
+        [
+            pan_clip(
+                np.stack([getattr(skimage.data, p)()] * 3, -1)
+                if p in ("camera", "horse")
+                else getattr(skimage.data, p)(),
+                1,
+                size=(96, 96),
+                zoom=z,
+            )
+            for p, z in zip(photos, [0.9] * 5 + [0.7] * 5)
+        ]
+    )
     inr = MixedFeatures(lite0, frames)
     res = adapt(inr, frames, lite0, AdaptConfig(epochs=3, progress=False))
     assert res.cka.ranked()[0][:2] == ("mixed", "stage4")
@@ -226,7 +283,8 @@ def test_adapt_rejects_bad_input(fitted_clip):
         adapt(inr, frames[:9], _tiny_backbone(), AdaptConfig(progress=False))
     with pytest.raises(ValueError, match="init must be"):
         AdaptConfig(init="zeros")
-    video = Backbone("v", [("a", nn.Conv3d(3, 4, 1)), ("b", nn.Flatten())],
-                     Preprocess((8, 8), num_frames=2), pretrained=True)
+    video = Backbone(
+        "v", [("a", nn.Conv3d(3, 4, 1)), ("b", nn.Flatten())], Preprocess((8, 8), num_frames=2), pretrained=True
+    )
     with pytest.raises(ValueError, match="video model"):
         adapt(inr, frames, video, AdaptConfig(progress=False))

@@ -38,8 +38,14 @@ def test_efficientnet_lite0_has_real_weights_and_stage_shapes(lite0):
     assert lite0.pretrained and lite0.weights_source.endswith("efficientnet-lite0-57934424.pth")
     shapes = {p.name: p.shape for p in lite0.injection_points}
     assert shapes == {
-        "stem": (32, 112, 112), "stage1": (16, 112, 112), "stage2": (24, 56, 56), "stage3": (40, 28, 28),
-        "stage4": (80, 14, 14), "stage5": (112, 14, 14), "stage6": (192, 7, 7), "stage7": (320, 7, 7),
+        "stem": (32, 112, 112),
+        "stage1": (16, 112, 112),
+        "stage2": (24, 56, 56),
+        "stage3": (40, 28, 28),
+        "stage4": (80, 14, 14),
+        "stage5": (112, 14, 14),
+        "stage6": (192, 7, 7),
+        "stage7": (320, 7, 7),
         "head_conv": (1280, 7, 7),
     }
     assert lite0.num_parameters() == 4_652_008
@@ -71,13 +77,34 @@ def test_efficientnet_lite0_classifies_sample_photos(lite0):
     assert answers[1][0][0] in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
 
 
-@pytest.mark.parametrize("name,shapes,test_size", [
-    ("resnet50", {"stem": (64, 56, 56), "layer1": (256, 56, 56), "layer2": (512, 28, 28),
-                  "layer3": (1024, 14, 14), "layer4": (2048, 7, 7)}, 64),  # any size runs; small is quick
-    ("vit_b_16", {"patch_embed": (768, 14, 14)}, 224),
-    ("clip_rn50", {"stem": (64, 56, 56), "layer1": (256, 56, 56), "layer2": (512, 28, 28),
-                   "layer3": (1024, 14, 14), "layer4": (2048, 7, 7)}, 224),
-])
+@pytest.mark.parametrize(
+    "name,shapes,test_size",
+    [
+        (
+            "resnet50",
+            {
+                "stem": (64, 56, 56),
+                "layer1": (256, 56, 56),
+                "layer2": (512, 28, 28),
+                "layer3": (1024, 14, 14),
+                "layer4": (2048, 7, 7),
+            },
+            64,
+        ),  # any size runs; small is quick
+        ("vit_b_16", {"patch_embed": (768, 14, 14)}, 224),
+        (
+            "clip_rn50",
+            {
+                "stem": (64, 56, 56),
+                "layer1": (256, 56, 56),
+                "layer2": (512, 28, 28),
+                "layer3": (1024, 14, 14),
+                "layer4": (2048, 7, 7),
+            },
+            224,
+        ),
+    ],
+)
 def test_offline_presets_run_random_and_say_so(name, shapes, test_size):
     with pytest.warns(RandomWeightsWarning, match="RANDOMLY INITIALISED"):
         bb = load_backbone(name)
@@ -96,9 +123,15 @@ def test_public_checkpoint_parameter_names():
         vit = load_backbone("vit_b_16")
     vit_keys = vit.stages["encoder"].vit.state_dict()
     assert len(vit_keys) == 152  # torchvision vit_b_16's state dict size
-    for key in ("conv_proj.weight", "class_token", "encoder.pos_embedding", "encoder.ln.weight", "heads.head.bias",
-                "encoder.layers.encoder_layer_11.self_attention.in_proj_weight",
-                "encoder.layers.encoder_layer_0.mlp.3.weight"):
+    for key in (
+        "conv_proj.weight",
+        "class_token",
+        "encoder.pos_embedding",
+        "encoder.ln.weight",
+        "heads.head.bias",
+        "encoder.layers.encoder_layer_11.self_attention.in_proj_weight",
+        "encoder.layers.encoder_layer_0.mlp.3.weight",
+    ):
         assert key in vit_keys, key
     clip = ModifiedResNet().state_dict()
     assert clip["attnpool.positional_embedding"].shape == (50, 2048)
@@ -147,13 +180,25 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
 def test_user_backbone_from_sequential():
     torch.manual_seed(0)
     seq = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
     )
     seq.eval()
-    bb = Backbone.from_sequential("mine", seq, points=["2", "4"], preprocess=Preprocess((32, 48)),
-                                  labels=["a", "b", "c", "d"], pretrained=True, weights_source="test")
+    bb = Backbone.from_sequential(
+        "mine",
+        seq,
+        points=["2", "4"],
+        preprocess=Preprocess((32, 48)),
+        labels=["a", "b", "c", "d"],
+        pretrained=True,
+        weights_source="test",
+    )
     assert [(p.name, p.shape) for p in bb.injection_points] == [("2", (8, 16, 24)), ("4", (16, 8, 12))]
     x = torch.randn(3, 3, 32, 48)
     with torch.no_grad():

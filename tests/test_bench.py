@@ -55,10 +55,14 @@ def test_graph_macs_matches_a_hand_count(rng):
     def const(name, shape):
         return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
 
-    inits = [const("wc", (c_out, c // groups, k, k)), const("wt", (c_out, up_c, up_k, up_k)),
-             const("wg", (d_out, d_in)), const("wm", (3, d_out, 5)),
-             numpy_helper.from_array(np.array([n, c_out, oh, ow], np.int64), "sizes"),
-             numpy_helper.from_array(np.array([-1, d_in], np.int64), "flat")]
+    inits = [
+        const("wc", (c_out, c // groups, k, k)),
+        const("wt", (c_out, up_c, up_k, up_k)),
+        const("wg", (d_out, d_in)),
+        const("wm", (3, d_out, 5)),
+        numpy_helper.from_array(np.array([n, c_out, oh, ow], np.int64), "sizes"),
+        numpy_helper.from_array(np.array([-1, d_in], np.int64), "flat"),
+    ]
     nodes = [
         helper.make_node("Conv", ["x", "wc"], ["a"], group=groups, pads=[k // 2] * 4),
         helper.make_node("Relu", ["a"], ["r"]),
@@ -70,8 +74,10 @@ def test_graph_macs_matches_a_hand_count(rng):
         helper.make_node("MatMul", ["g", "wm"], ["m"]),  # (N, d_out) @ (3, d_out, 5) broadcasts to (3, N, 5)
     ]
     outs = [helper.make_tensor_value_info(o, f, None) for o in ("lin", "near", "up", "m")]
-    model = helper.make_model(helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, ["N", c, h, w])],
-                                                outs, initializer=inits), opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, ["N", c, h, w])], outs, initializer=inits),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
     counted = graph_macs(model, {"x": (n, c, h, w)})
     expected = {
         "Conv": n * c_out * h * w * (c // groups) * k * k,
@@ -113,7 +119,9 @@ def video(tmp_path_factory):
     adapter = PathwayAdapter(inr.tap_shapes()[tap][0], backbone.point(point)).eval()
     key = export_route_graphs(inr, backbone, point, store)
     route_arrays, route_meta = adapter.to_route()
-    replace_routes(d / "clip.nvp", [Route("cls", key, tap, point, route_arrays, {"kind": "classification", **route_meta})])
+    replace_routes(
+        d / "clip.nvp", [Route("cls", key, tap, point, route_arrays, {"kind": "classification", **route_meta})]
+    )
     frames = inr.render(range(FRAMES))
     h264 = encode_h264(frames, d / "clip.mp4", H264Settings(crf=18, gop=4))
     return d, store, inr, backbone, h264, (tap, point)
@@ -158,8 +166,11 @@ def test_encode_at_bpp_lands_on_the_closest_crf(tmp_path, rng):
     frames = make_clip(ClipSpec("coffee", 64, 36, 6, seed=int(rng.integers(100))))
     target = float(np.exp(rng.uniform(np.log(0.3), np.log(2.0))))
     got = encode_at_bpp(frames, tmp_path / "m.mp4", target, gop=6)
-    neighbours = [encode_h264(frames, tmp_path / f"n{c}.mp4", H264Settings(c, 6)).bpp
-                  for c in (got.settings.crf - 1, got.settings.crf + 1) if 0 <= c <= 51]
+    neighbours = [
+        encode_h264(frames, tmp_path / f"n{c}.mp4", H264Settings(c, 6)).bpp
+        for c in (got.settings.crf - 1, got.settings.crf + 1)
+        if 0 <= c <= 51
+    ]
     assert all(abs(np.log(got.bpp / target)) <= abs(np.log(b / target)) for b in neighbours)
     with av.open(str(got.path)) as c:  # the file on disk is the chosen encode (the muxer may add a byte or two)
         assert sum(p.size for p in c.demux(c.streams.video[0])) == pytest.approx(got.payload_bytes, rel=0.01)
@@ -183,14 +194,20 @@ def test_h264_frames_reach_the_input_size_without_an_extra_colour_shift(video, t
     (swscale's one-call yuv420p -> rgb24 + resize added about -2 levels in red and blue)."""
     d, store, *_ = video
     runner = BackboneRunner(SessionCache(resolve_backend("cpu"), store), store, _key(d))
-    frames = make_clip(ClipSpec(str(rng.choice(["chelsea", "coffee", "astronaut"])), 320, 180, 4,
-                                seed=int(rng.integers(100))))
+    frames = make_clip(
+        ClipSpec(str(rng.choice(["chelsea", "coffee", "astronaut"])), 320, 180, 4, seed=int(rng.integers(100)))
+    )
     encode_h264(frames, tmp_path / "c.mp4", H264Settings(crf=0))
     with av.open(str(tmp_path / "c.mp4")) as c:
         decoded = list(c.decode(c.streams.video[0]))
     full_size = np.mean([f.to_ndarray(format="rgb24") - o.astype(float) for f, o in zip(decoded, frames)], (0, 1, 2))
-    resized = np.mean([runner.rgb(f) - runner.rgb(av.VideoFrame.from_ndarray(o, format="rgb24")).astype(float)
-                       for f, o in zip(decoded, frames)], (0, 1, 2))
+    resized = np.mean(
+        [
+            runner.rgb(f) - runner.rgb(av.VideoFrame.from_ndarray(o, format="rgb24")).astype(float)
+            for f, o in zip(decoded, frames)
+        ],
+        (0, 1, 2),
+    )
     np.testing.assert_allclose(resized, full_size, atol=0.25)
 
 
@@ -208,7 +225,9 @@ def test_h264_pipeline_answers_as_the_backbone_on_sequentially_decoded_frames(vi
     for _ in range(3):
         idx = rng.choice(FRAMES, 2, replace=False).tolist()
         answers, timing = pipe.query(["cls"], idx)
-        np.testing.assert_array_equal(answers["cls"]["logits"], runner.run(runner.preprocess([decoded[i] for i in idx]))["logits"])
+        np.testing.assert_array_equal(
+            answers["cls"]["logits"], runner.run(runner.preprocess([decoded[i] for i in idx]))["logits"]
+        )
         assert timing.process > 0 and timing.inference > 0
     pipe.close()
 
@@ -277,8 +296,13 @@ def test_classification_agreement_is_the_top1_match_rate(rng):
     got = ref.copy()
     flip = rng.choice(12, int(rng.integers(1, 12)), replace=False)
     got[flip] = -got[flip]  # argmax becomes the old argmin: a different class
-    result = agreement(runner, "cls", [{"cls": {"logits": got[:6]}}, {"cls": {"logits": got[6:]}}],
-                       [{"logits": ref[:6]}, {"logits": ref[6:]}], (36, 64))
+    result = agreement(
+        runner,
+        "cls",
+        [{"cls": {"logits": got[:6]}}, {"cls": {"logits": got[6:]}}],
+        [{"logits": ref[:6]}, {"logits": ref[6:]}],
+        (36, 64),
+    )
     assert result["top1_agreement"] == pytest.approx(1 - len(flip) / 12)
 
 
@@ -286,10 +310,16 @@ def test_classification_agreement_is_the_top1_match_rate(rng):
 
 
 def test_a_tiny_bench_run_writes_tables_and_charts(video, tmp_path):
-    spec = VideoSpec(ClipSpec("astronaut", 160, 90, 10), bpp=2.0, tasks=(TaskSpec("cls", "efficientnet_lite0"),),
-                     fit=FitConfig(epochs=2, time_limit_s=None, progress=False), adapter_epochs=1)
-    config = BenchConfig.quick(latency=spec, accuracy=(spec,), repeats=3, crf_sweep=(30,), out=tmp_path / "out",
-                               store=video[1].root)  # EfficientNet-Lite0's graphs are already there
+    spec = VideoSpec(
+        ClipSpec("astronaut", 160, 90, 10),
+        bpp=2.0,
+        tasks=(TaskSpec("cls", "efficientnet_lite0"),),
+        fit=FitConfig(epochs=2, time_limit_s=None, progress=False),
+        adapter_epochs=1,
+    )
+    config = BenchConfig.quick(
+        latency=spec, accuracy=(spec,), repeats=3, crf_sweep=(30,), out=tmp_path / "out", store=video[1].root
+    )  # EfficientNet-Lite0's graphs are already there
     results = run_bench(config)
     rows = {r["pipeline"]: r for r in results["latency"]["rows"]}
     assert set(rows) == {"H.264 CPU", "INR full decode", "NVP"}
@@ -309,9 +339,15 @@ def test_a_tiny_bench_run_writes_tables_and_charts(video, tmp_path):
 
 
 def test_nvp_bench_rejects_bad_arguments_in_one_line():
-    proc = subprocess.run([sys.executable, "-m", "nvp_rt.cli", "bench", "--quick", "--threads", "0"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stderr.strip() == "nvp bench: error: --threads and --repeats must be at least 1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "nvp_rt.cli", "bench", "--quick", "--threads", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        proc.returncode == 1 and proc.stderr.strip() == "nvp bench: error: --threads and --repeats must be at least 1"
+    )
 
 
 def test_constant_answer_agreement_is_the_most_frequent_labels_share(rng):
@@ -330,8 +366,13 @@ def test_montage_films_every_photo_in_turn(rng):
 
 
 def test_a_clip_name_gives_back_its_spec(rng):
-    spec = ClipSpec(PHOTOS[rng.integers(len(PHOTOS))], int(rng.integers(8, 400)), int(rng.integers(8, 400)),
-                    int(rng.integers(1, 99)), int(rng.integers(1000)))
+    spec = ClipSpec(
+        PHOTOS[rng.integers(len(PHOTOS))],
+        int(rng.integers(8, 400)),
+        int(rng.integers(8, 400)),
+        int(rng.integers(1, 99)),
+        int(rng.integers(1000)),
+    )
     assert ClipSpec.from_name(spec.name) == spec
     assert ClipSpec.from_name(replace(spec, photo="montage").name).photo == "montage"
     for bad in ("cat_32x32x4_s0", "astronaut_32x32_s0", "astronaut_32x32x4_0"):

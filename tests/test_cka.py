@@ -8,8 +8,17 @@ import torch
 from torch import nn
 
 from nvp_export.backbone import Backbone, Preprocess
-from nvp_export.route.cka import (CKAConfig, CKAMatrix, MinibatchCKA, cka_matrix, linear_cka, pooled, positions,
-                            sample_indices, unbiased_hsic)
+from nvp_export.route.cka import (
+    CKAConfig,
+    CKAMatrix,
+    MinibatchCKA,
+    cka_matrix,
+    linear_cka,
+    pooled,
+    positions,
+    sample_indices,
+    unbiased_hsic,
+)
 
 from inr_standin import TinyINR
 
@@ -122,9 +131,13 @@ def test_positions_put_every_map_on_one_grid():
 def _tiny_backbone():
     torch.manual_seed(0)
     seq = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
     )
     with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
         return Backbone.from_sequential("tiny", seq, points=["1", "3"], preprocess=Preprocess((32, 32)))

@@ -31,7 +31,9 @@ WORDS = ["a", "dog", "cat", "on", "grass", "runs", "sits", "red", "car"]
 
 def _clip_tokenizer(directory) -> CLIPTokenizer:
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for token in [w + "</w>" for w in WORDS] + [c + e for c in "abcdefghijklmnopqrstuvwxyz0123456789" for e in ("", "</w>")]:
+    for token in [w + "</w>" for w in WORDS] + [
+        c + e for c in "abcdefghijklmnopqrstuvwxyz0123456789" for e in ("", "</w>")
+    ]:
         vocab.setdefault(token, len(vocab))
     (directory / "vocab.json").write_text(json.dumps(vocab))
     (directory / "merges.txt").write_text("#version: 0.2\n")
@@ -45,12 +47,27 @@ def clip_dir(tmp_path_factory):
     tokenizer = _clip_tokenizer(root)
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=IMAGE_SIZE, patch_size=8),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
     CLIPModel(config).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     return root / "model"
@@ -64,8 +81,9 @@ def _reference_scores(model: CLIPModel, tokenizer, pixels: torch.Tensor, caption
     std = torch.tensor((0.26862954, 0.26130258, 0.27577711), dtype=torch.float64).view(1, 3, 1, 1)
     image = model.visual_projection(model.vision_model(pixel_values=(pixels.double() - mean) / std).pooler_output)
     tokens = tokenizer(list(captions), padding=True, return_tensors="pt")
-    text = model.text_projection(model.text_model(input_ids=tokens.input_ids,
-                                                  attention_mask=tokens.attention_mask).pooler_output)
+    text = model.text_projection(
+        model.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
+    )
     cos = (image * text).sum(-1) / (image.norm(dim=-1) * text.norm(dim=-1))
     return 100 * cos.clamp_min(0)
 
@@ -81,8 +99,9 @@ def test_clip_score_matches_a_float64_computation(clip_dir, rng):
     frames = torch.from_numpy(rng.random((n, 3, IMAGE_SIZE, IMAGE_SIZE + 2 * pad))).float()
     captions = _captions(rng, n)
     got = scorer.score(frames, captions)
-    want = _reference_scores(CLIPModel.from_pretrained(clip_dir), scorer.tokenizer,
-                             frames[..., pad : pad + IMAGE_SIZE], captions)
+    want = _reference_scores(
+        CLIPModel.from_pretrained(clip_dir), scorer.tokenizer, frames[..., pad : pad + IMAGE_SIZE], captions
+    )
     assert got.shape == (n,)
     np.testing.assert_allclose(got.double().numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
     assert (got >= 0).all() and (got <= 100).all()

@@ -21,8 +21,13 @@ def test_quantisation_error_is_at_most_half_a_step(bits, axis):
     half_step = q.step.astype(np.float64) / 2 * (1 + 1e-3) + 1e-6 * np.abs(x).max()
     assert np.all(err <= np.broadcast_to(half_step, err.shape))
     # The grid spans the data: no value lies outside [low, low + step * levels].
-    assert np.all(q.low.astype(np.float64) <= x.astype(np.float64).min(axis=None if axis is None else tuple(
-        i for i in range(4) if i != axis), keepdims=True) + 1e-12)
+    assert np.all(
+        q.low.astype(np.float64)
+        <= x.astype(np.float64).min(
+            axis=None if axis is None else tuple(i for i in range(4) if i != axis), keepdims=True
+        )
+        + 1e-12
+    )
 
 
 def test_best_mode_errs_least():
@@ -40,9 +45,11 @@ def test_best_mode_errs_least():
 
 def test_bitstream_round_trip_is_exact_and_near_entropy():
     rng = np.random.default_rng()
-    tensors = {"conv.weight": (rng.laplace(size=(48, 32, 3, 3)) * 0.05).astype(np.float32),
-               "conv.bias": rng.normal(size=48).astype(np.float32),
-               "embeddings": rng.normal(size=(16, 16, 3, 5)).astype(np.float32)}
+    tensors = {
+        "conv.weight": (rng.laplace(size=(48, 32, 3, 3)) * 0.05).astype(np.float32),
+        "conv.bias": rng.normal(size=48).astype(np.float32),
+        "embeddings": rng.normal(size=(16, 16, 3, 5)).astype(np.float32),
+    }
     bits = {"conv.weight": 8, "conv.bias": 8, "embeddings": 6}
     arrays, meta = encode_tensors(tensors, bits)
     decoded = decode_tensors(arrays, meta)
@@ -78,6 +85,8 @@ def test_inconsistent_payload_is_rejected(damage):
 
 
 def test_runtime_modules_do_not_import_torch():
-    code = ("import sys, nvp_rt.codec, nvp_rt.nvpfile, nvp_rt.cli, nvp_rt.video, nvp_rt.quality; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, nvp_rt.codec, nvp_rt.nvpfile, nvp_rt.cli, nvp_rt.video, nvp_rt.quality; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -25,7 +25,8 @@ def test_a_package_adds_a_subcommand(tmp_path, monkeypatch, capsys):
         "def add(sub):\n"
         "    p = sub.add_parser('hello', help='says hello')\n"
         "    p.add_argument('--to', required=True)\n"
-        "    p.set_defaults(run=lambda args: print('hello', args.to))\n")
+        "    p.set_defaults(run=lambda args: print('hello', args.to))\n"
+    )
     write_distribution(tmp_path, name, "1.0", {COMMANDS_GROUP: {"hello": f"{name}:add"}})
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "hello" in registered_commands()

@@ -16,8 +16,9 @@ from nvp_rt.video import FrameSelection, read_video, write_video
 
 def nvp(*args, check_ok=True):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    proc = subprocess.run([sys.executable, "-m", "nvp_rt.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nvp_rt.cli", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
     if check_ok:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -161,6 +162,7 @@ def test_bad_videos(tmp_path, nvp_fast):
 
 def _has_cuda():
     import torch
+
     return torch.cuda.is_available()
 
 
@@ -176,5 +178,6 @@ def test_odd_pixel_formats_are_converted(tmp_path):
 def test_encode_without_torch_says_what_to_install(tmp_path, nvp_fast, monkeypatch):
     write_clip(tmp_path / "c.mp4", ClipSpec("coffee", 64, 64, 2))
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as if it were not installed
-    assert_one_line_error(nvp_fast("encode", tmp_path / "c.mp4", "-o", tmp_path / "c.nvp", check_ok=False),
-                          "pip install 'nvp[export]'")
+    assert_one_line_error(
+        nvp_fast("encode", tmp_path / "c.mp4", "-o", tmp_path / "c.nvp", check_ok=False), "pip install 'nvp[export]'"
+    )

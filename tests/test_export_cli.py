@@ -21,8 +21,10 @@ def encoded(tmp_path_factory):
     clip = d / "clip.mp4"
     write_clip(clip, ClipSpec("chelsea", width=64, height=64, frames=8, seed=1))
     out = d / "clip.nvp"
-    assert nvp_main(["encode", str(clip), "-o", str(out), "--params", "60000", "--epochs", "40",
-                     "--threads", "1", "-q"]) == 0
+    assert (
+        nvp_main(["encode", str(clip), "-o", str(out), "--params", "60000", "--epochs", "40", "--threads", "1", "-q"])
+        == 0
+    )
     return clip, out
 
 
@@ -30,8 +32,18 @@ def test_export_writes_a_route_and_keeps_the_payload(encoded, tmp_path, capsys):
     clip, out = encoded
     before = NvpFile.open(out)
     payload = before.sections[INR_SECTION]
-    args = ["--task", "efficientnet_lite0", str(out), "--source", str(clip), "--epochs", "2", "-q",
-            "--cka-out", str(tmp_path)]
+    args = [
+        "--task",
+        "efficientnet_lite0",
+        str(out),
+        "--source",
+        str(clip),
+        "--epochs",
+        "2",
+        "-q",
+        "--cka-out",
+        str(tmp_path),
+    ]
     assert export_main(args) == 0, capsys.readouterr().err
     after = NvpFile.open(out)
     routes = after.routes()
@@ -62,10 +74,13 @@ def test_export_writes_a_route_and_keeps_the_payload(encoded, tmp_path, capsys):
     assert len(NvpFile.open(out).routes()) == 1
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--task", "alexnet"], ["unknown task"]),
-    (["--task", "slowfast_r50"], ["clips of 32 frames"]),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--task", "alexnet"], ["unknown task"]),
+        (["--task", "slowfast_r50"], ["clips of 32 frames"]),
+    ],
+)
 def test_export_user_errors_are_one_line(encoded, capsys, argv, words):
     _, out = encoded
     capsys.readouterr()

@@ -8,15 +8,30 @@ import torch
 
 from nvp_export.inr import fit as fit_module
 from nvp_export.inr.fit import FitConfig, fit, lr_factor
-from nvp_export.inr import (UntileableSizeError, config_for_budget, from_config, load_nvp,
-                            make_config, quantise_inr, save_nvp, stored_bits, tiling_strides)
+from nvp_export.inr import (
+    UntileableSizeError,
+    config_for_budget,
+    from_config,
+    load_nvp,
+    make_config,
+    quantise_inr,
+    save_nvp,
+    stored_bits,
+    tiling_strides,
+)
 from nvp_export.inr.nerv import PositionalEncoding
 from nvp_rt.nvpfile import NvpFormatError
 
 
 def _tiny(family, frames=6):
-    cfg = make_config(family, height=32, width=48, num_frames=frames, fc_dim=20,
-                      **({"mlp_hidden": 16, "pe_levels": 8} if family == "nerv" else {"ks_max": 3}))
+    cfg = make_config(
+        family,
+        height=32,
+        width=48,
+        num_frames=frames,
+        fc_dim=20,
+        **({"mlp_hidden": 16, "pe_levels": 8} if family == "nerv" else {"ks_max": 3}),
+    )
     torch.manual_seed(0)
     inr = from_config(cfg)
     if family == "hnerv":
@@ -53,8 +68,8 @@ def test_taps_shapes_and_partial_decoding(family):
         calls.clear()
         with torch.no_grad():
             part = inr.decode(torch.tensor([1, 4]), until=until)
-        assert list(part) == names[:k + 1]
-        assert set(calls) == set(names[:k + 1])  # nothing deeper ran
+        assert list(part) == names[: k + 1]
+        assert set(calls) == set(names[: k + 1])  # nothing deeper ran
         torch.testing.assert_close(part[until], full[until])
     with pytest.raises(KeyError):
         inr.decode(torch.tensor([0]), until="nope")
@@ -116,9 +131,15 @@ def test_load_rejects_a_config_that_does_not_match_the_weights(tmp_path):
     path = tmp_path / "v.nvp"
     save_nvp(path, quantised, arrays, meta, {})
     from nvp_rt.nvpfile import NvpFile, write_nvp
+
     nvp = NvpFile.open(path)
-    for bad in ({**nvp.manifest["inr"], "fc_dim": 21}, {**nvp.manifest["inr"], "fc_dim": 1 << 20}, {**nvp.manifest["inr"], "height": -4},
-                {**nvp.manifest["inr"], "family": "other"}, {**nvp.manifest["inr"], "bogus": 1}):
+    for bad in (
+        {**nvp.manifest["inr"], "fc_dim": 21},
+        {**nvp.manifest["inr"], "fc_dim": 1 << 20},
+        {**nvp.manifest["inr"], "height": -4},
+        {**nvp.manifest["inr"], "family": "other"},
+        {**nvp.manifest["inr"], "bogus": 1},
+    ):
         write_nvp(path, {**nvp.manifest, "inr": bad}, nvp.inr.arrays, nvp.inr.meta)
         with pytest.raises(NvpFormatError):
             load_nvp(path)
@@ -135,14 +156,22 @@ def _clip(frames=6):
     g = torch.Generator().manual_seed(1)
     base = torch.rand(3, 8, 12, generator=g)
     big = torch.nn.functional.interpolate(base[None], size=(40, 56), mode="bicubic", align_corners=False)[0]
-    return torch.stack([big[:, 2 + i // 2: 34 + i // 2, 2 + i: 50 + i] for i in range(frames)]).clamp(0, 1)
+    return torch.stack([big[:, 2 + i // 2 : 34 + i // 2, 2 + i : 50 + i] for i in range(frames)]).clamp(0, 1)
 
 
 @pytest.mark.parametrize("family", ["hnerv", "nerv"])
 def test_fit_learns_the_clip(family):
     frames = _clip()
-    inr = from_config(make_config(family, height=32, width=48, num_frames=6, fc_dim=24,
-                                  **({"mlp_hidden": 32, "pe_levels": 16} if family == "nerv" else {})))
+    inr = from_config(
+        make_config(
+            family,
+            height=32,
+            width=48,
+            num_frames=6,
+            fc_dim=24,
+            **({"mlp_hidden": 32, "pe_levels": 16} if family == "nerv" else {}),
+        )
+    )
     lr = 5e-3 if family == "nerv" else None  # NeRV's 5e-4 needs far more than this test's 360 steps
     result = fit(inr, frames, FitConfig(epochs=60, lr=lr, progress=False))
     with torch.no_grad():

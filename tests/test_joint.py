@@ -16,16 +16,25 @@ from nvp_export.fidelity.agreement import fidelity
 from nvp_export.inr.fit import FitConfig, fit
 from nvp_export.inr import from_config, load_nvp, make_config, quantise_inr
 from nvp_export.cli import main as export_main
-from nvp_export.route.joint import (TASK_LOSSES, JointConfig, JointTask, classification_loss, detection_loss, joint_optimise,
-                              save_joint)
+from nvp_export.route.joint import (
+    TASK_LOSSES,
+    JointConfig,
+    JointTask,
+    classification_loss,
+    detection_loss,
+    joint_optimise,
+    save_joint,
+)
 from nvp_export.zoo import load_backbone
 from nvp_rt.cli import main as nvp_main
 from nvp_rt.nvpfile import NvpFile, Route, replace_routes
 from nvp_rt.quality import psnr
 from nvp_rt.video import read_video
 
-pytestmark = [pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning"),
-              pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning"),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 N, SIZE = 8, (32, 48)
 
 
@@ -41,10 +50,24 @@ def encoded():
 
 def tiny_classifier(seed=0):
     torch.manual_seed(seed)
-    seq = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 24, 3, stride=2, padding=1),
-                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
-    return Backbone.from_sequential("tiny", seq, points=["1", "3"], preprocess=Preprocess((32, 32)),
-                                    labels=[str(i) for i in range(10)], pretrained=True, weights_source="test")
+    seq = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 24, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(24, 10),
+    )
+    return Backbone.from_sequential(
+        "tiny",
+        seq,
+        points=["1", "3"],
+        preprocess=Preprocess((32, 32)),
+        labels=[str(i) for i in range(10)],
+        pretrained=True,
+        weights_source="test",
+    )
 
 
 def task_for(inr, backbone, tap="block2", point="1", seed=0):
@@ -79,8 +102,10 @@ def test_rates_psnr_and_the_written_file(encoded, tmp_path):
     result = joint_optimise(inr, frames, [task], config)
     for name, value in inr.state_dict().items():  # the INR given is left as it was
         torch.testing.assert_close(value, inr_before[name], rtol=0, atol=0)
-    for params, before, lr in ((result.inr_float.state_dict(), inr_before, config.inr_lr),
-                               (task.adapter.state_dict(), adapter_before, config.adapter_lr)):
+    for params, before, lr in (
+        (result.inr_float.state_dict(), inr_before, config.inr_lr),
+        (task.adapter.state_dict(), adapter_before, config.adapter_lr),
+    ):
         step = torch.cat([(params[k] - before[k]).abs().flatten() for k in before])
         assert float(step.max()) <= lr * (1 + 1e-3)
         assert float(step.median()) >= 0.5 * lr, (float(step.median()), lr)
@@ -146,7 +171,9 @@ def test_detection_set_loss_against_pseudo_detections_and_a_joint_detr_route(enc
     reference = (logits, boxes)
     own = detection_loss(bb, reference, reference)
     perm = torch.randperm(queries, generator=g)
-    assert float(detection_loss(bb, (logits[:, perm], boxes[:, perm]), reference)) == pytest.approx(float(own), rel=1e-5)
+    assert float(detection_loss(bb, (logits[:, perm], boxes[:, perm]), reference)) == pytest.approx(
+        float(own), rel=1e-5
+    )
     moved = boxes.clone()
     moved[:, :3] += 0.1
     assert detection_loss(bb, (logits, moved), reference) > own + 0.1
@@ -155,8 +182,9 @@ def test_detection_set_loss_against_pseudo_detections_and_a_joint_detr_route(enc
     task = task_for(inr, bb, tap="block3", point="stage1")
     result = joint_optimise(inr, frames, [task], JointConfig(epochs=1, batch_size=4, inr_lr=1e-3, progress=False))
     assert all(np.isfinite(v) for v in result.history[0].values())
-    changed = max(float((a - b).abs().max()) for a, b in zip(result.inr_float.state_dict().values(),
-                                                             inr.state_dict().values()))
+    changed = max(
+        float((a - b).abs().max()) for a, b in zip(result.inr_float.state_dict().values(), inr.state_dict().values())
+    )
     assert changed > 1e-4 and "box_iou_agreement" in result.fidelity_after[0]
     assert "box_iou_agreement" in result.summary()
 
@@ -178,18 +206,48 @@ def encoded_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("joint_cli")
     clip, out = d / "clip.mp4", d / "clip.nvp"
     write_clip(clip, ClipSpec("astronaut", width=64, height=64, frames=8, seed=4))
-    assert nvp_main(["encode", str(clip), "-o", str(out), "--params", "60000", "--epochs", "20", "--threads", "1",
-                     "-q"]) == 0
+    assert (
+        nvp_main(["encode", str(clip), "-o", str(out), "--params", "60000", "--epochs", "20", "--threads", "1", "-q"])
+        == 0
+    )
     return clip, out
 
 
 def test_export_joint_rewrites_the_video_and_compares_pixel_paths(encoded_file, tmp_path, capsys):
     clip, out = encoded_file
-    earlier = Route("efficientnet_lite0", "efficientnet_lite0-0", "block1", "stage7",
-                    {"weight0": np.zeros((320, 37), np.float32), "bias0": np.zeros(320, np.float32)}, {})
+    earlier = Route(
+        "efficientnet_lite0",
+        "efficientnet_lite0-0",
+        "block1",
+        "stage7",
+        {"weight0": np.zeros((320, 37), np.float32), "bias0": np.zeros(320, np.float32)},
+        {},
+    )
     replace_routes(out, [earlier])
-    assert export_main(["--task", "efficientnet_lite0", "--name", "cls", str(out), "--source", str(clip), "--top", "0.02",
-                        "--epochs", "2", "--joint", "--joint-epochs", "1", "--lambda-task", "1.0", "-q"]) == 0
+    assert (
+        export_main(
+            [
+                "--task",
+                "efficientnet_lite0",
+                "--name",
+                "cls",
+                str(out),
+                "--source",
+                str(clip),
+                "--top",
+                "0.02",
+                "--epochs",
+                "2",
+                "--joint",
+                "--joint-epochs",
+                "1",
+                "--lambda-task",
+                "1.0",
+                "-q",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "joint optimisation: 1 epochs" in captured.out
     for path in ("NVP path", "full INR decode", "H.264"):
@@ -216,8 +274,9 @@ def test_export_joint_rewrites_the_video_and_compares_pixel_paths(encoded_file, 
     weight = route.arrays["weight0"]
     adapter = MicroAdapter.from_arrays(AdapterSpec(weight.shape[1], weight.shape[0], size), route.arrays)
     with torch.no_grad():
-        reference = backbone.suffix(adapter(stored.decode(torch.arange(8), until=route.tap)[route.tap]),
-                                    route.injection_point).numpy()
+        reference = backbone.suffix(
+            adapter(stored.decode(torch.arange(8), until=route.tap)[route.tap]), route.injection_point
+        ).numpy()
     assert np.abs(logits - reference).max() <= 1e-4 * np.abs(reference).max()
 
 

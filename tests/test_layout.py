@@ -64,8 +64,10 @@ def cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_runtime_never_imports_the_export_side():
     found = modules(RUNTIME)
-    offenders = {name: sorted(t for t in imported_names(name, path, set(found)) if t.split(".")[0] == "nvp_export")
-                 for name, path in found.items()}
+    offenders = {
+        name: sorted(t for t in imported_names(name, path, set(found)) if t.split(".")[0] == "nvp_export")
+        for name, path in found.items()
+    }
     assert len(found) > 5
     assert not {k: v for k, v in offenders.items() if v}
 

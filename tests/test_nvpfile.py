@@ -12,16 +12,23 @@ from nvp_rt.nvpfile import MAGIC, NvpFile, NvpFormatError, Route, replace_routes
 
 
 def _random_payload(rng):
-    arrays = {f"t{i}": rng.normal(size=tuple(rng.integers(1, 6, size=rng.integers(1, 4)))).astype(np.float32)
-              for i in range(4)}
+    arrays = {
+        f"t{i}": rng.normal(size=tuple(rng.integers(1, 6, size=rng.integers(1, 4)))).astype(np.float32)
+        for i in range(4)
+    }
     arrays["words"] = rng.integers(0, 2**32, size=37, dtype=np.uint32)
     return arrays, {"codec": "test", "n": int(rng.integers(100))}
 
 
 def _route(rng, task="cls"):
-    return Route(task, "efficientnet_lite0", "block2", "_blocks.3",
-                 {"weight": rng.normal(size=(8, 5)).astype(np.float32), "bias": rng.normal(size=8).astype(np.float32)},
-                 {"size": [28, 28]})
+    return Route(
+        task,
+        "efficientnet_lite0",
+        "block2",
+        "_blocks.3",
+        {"weight": rng.normal(size=(8, 5)).astype(np.float32), "bias": rng.normal(size=8).astype(np.float32)},
+        {"size": [28, 28]},
+    )
 
 
 def _write(tmp_path, rng, routes=()):
@@ -87,17 +94,19 @@ def test_crafted_headers_are_rejected_before_use(tmp_path):
     future = bytearray(data)
     struct.pack_into("<H", future, 8, nvpfile.FORMAT_VERSION[0] + 1)
     manifest_len = struct.unpack_from("<I", data, 12)[0]
-    struct.pack_into("<I", future, 16, zlib.crc32(bytes(future[20:20 + manifest_len]), zlib.crc32(bytes(future[:16]))))
+    struct.pack_into(
+        "<I", future, 16, zlib.crc32(bytes(future[20 : 20 + manifest_len]), zlib.crc32(bytes(future[:16])))
+    )
     bad.write_bytes(bytes(future))
     with pytest.raises(NvpFormatError, match="not supported"):
         NvpFile.open(bad)
     # A section index pointing past the end, with a valid manifest checksum, is a bounds error.
     header = struct.calcsize("<8sHHII")
     manifest_len = struct.unpack_from("<I", data, 12)[0]
-    manifest = data[header:header + manifest_len].decode()
+    manifest = data[header : header + manifest_len].decode()
     huge = manifest.replace('"length": ', '"length": 9', 1).encode()
     prefix = bytes(data[:12]) + struct.pack("<I", len(huge))
-    crafted = prefix + struct.pack("<I", zlib.crc32(huge, zlib.crc32(prefix))) + huge + data[header + manifest_len:]
+    crafted = prefix + struct.pack("<I", zlib.crc32(huge, zlib.crc32(prefix))) + huge + data[header + manifest_len :]
     bad.write_bytes(bytes(crafted))
     with pytest.raises(NvpFormatError, match="section"):
         NvpFile.open(bad)
@@ -133,9 +142,10 @@ def test_replace_routes_keeps_payload_bytes(tmp_path):
         header = struct.calcsize("<8sHHII")
         manifest_len = struct.unpack_from("<I", data, 12)[0]
         import json
-        entry = json.loads(data[header:header + manifest_len])["sections"]["inr"]
+
+        entry = json.loads(data[header : header + manifest_len])["sections"]["inr"]
         start = header + manifest_len + entry["offset"]
-        return data[start:start + entry["length"]]
+        return data[start : start + entry["length"]]
 
     payload = inr_bytes(path)
     routes = [_route(rng, "cls"), _route(rng, "det")]

@@ -82,15 +82,19 @@ def test_matches_onnx_resize_conv(rng):
         x, w, b = make_inputs(rng, x_shape, c_out)
         graph = helper.make_graph(
             [
-                helper.make_node("Resize", ["x", "", "", "sizes"], ["r"], mode="linear",
-                                 coordinate_transformation_mode="half_pixel"),
+                helper.make_node(
+                    "Resize", ["x", "", "", "sizes"], ["r"], mode="linear", coordinate_transformation_mode="half_pixel"
+                ),
                 helper.make_node("Conv", ["r", "w", "b"], ["y"]),
             ],
             "g",
             [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(np.array([*x_shape[:2], *size], np.int64), "sizes"),
-             numpy_helper.from_array(w[:, :, None, None], "w"), numpy_helper.from_array(b, "b")],
+            [
+                numpy_helper.from_array(np.array([*x_shape[:2], *size], np.int64), "sizes"),
+                numpy_helper.from_array(w[:, :, None, None], "w"),
+                numpy_helper.from_array(b, "b"),
+            ],
         )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
         sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -138,10 +142,16 @@ BAD_CALLS = {
     "float64": (lambda x, w, b: ops.resize_conv1x1(x.astype(np.float64), w, b, (3, 3)), TypeError, "float32"),
     "int weight": (lambda x, w, b: ops.resize_conv1x1(x, w.astype(np.int32), b, (3, 3)), TypeError, "weight"),
     "non-contiguous": (lambda x, w, b: ops.resize_conv1x1(x[:, :, ::2], w, b, (3, 3)), ValueError, "contiguous"),
-    "channel mismatch": (lambda x, w, b: ops.resize_conv1x1(x, np.ascontiguousarray(w[:, :3]), b, (3, 3)),
-                         ValueError, "channel mismatch"),
-    "3x3 weight": (lambda x, w, b: ops.resize_conv1x1(x, np.zeros((3, 4, 3, 3), np.float32), b, (3, 3)),
-                   ValueError, "weight"),
+    "channel mismatch": (
+        lambda x, w, b: ops.resize_conv1x1(x, np.ascontiguousarray(w[:, :3]), b, (3, 3)),
+        ValueError,
+        "channel mismatch",
+    ),
+    "3x3 weight": (
+        lambda x, w, b: ops.resize_conv1x1(x, np.zeros((3, 4, 3, 3), np.float32), b, (3, 3)),
+        ValueError,
+        "weight",
+    ),
     "bias shape": (lambda x, w, b: ops.resize_conv1x1(x, w, b[:2], (3, 3)), ValueError, "bias"),
     "zero size": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (0, 3)), ValueError, "positive"),
     "negative size": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (4, -2)), ValueError, "positive"),
@@ -150,16 +160,24 @@ BAD_CALLS = {
     "size missing": (lambda x, w, b: ops.resize_conv1x1(x, w, b), ValueError, "size"),
     "empty batch": (lambda x, w, b: ops.resize_conv1x1(x[:0], w, b, (3, 3)), ValueError, "empty"),
     "bad order": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (3, 3), order="fastest"), ValueError, "order"),
-    "out shape": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (3, 3), out=np.zeros((1, 3, 3, 4), np.float32)),
-                  ValueError, "out"),
-    "out aliases x": (lambda x, w, b: ops.resize_conv1x1(x, np.eye(4, dtype=np.float32), None, (6, 6), out=x),
-                      ValueError, "overlap"),
+    "out shape": (
+        lambda x, w, b: ops.resize_conv1x1(x, w, b, (3, 3), out=np.zeros((1, 3, 3, 4), np.float32)),
+        ValueError,
+        "out",
+    ),
+    "out aliases x": (
+        lambda x, w, b: ops.resize_conv1x1(x, np.eye(4, dtype=np.float32), None, (6, 6), out=x),
+        ValueError,
+        "overlap",
+    ),
     "stream on cpu": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (3, 3), stream=0), ValueError, "stream"),
     "list input": (lambda x, w, b: ops.resize_conv1x1(x.tolist(), w, b, (3, 3)), TypeError, "numpy"),
-    "mixed devices": (lambda x, w, b: ops.resize_conv1x1(x, FakeCudaArray((3, 4)), b, (3, 3)), ValueError,
-                      "mixed devices"),
-    "zero threads": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (3, 3), num_threads=0), ValueError,
-                     "num_threads"),
+    "mixed devices": (
+        lambda x, w, b: ops.resize_conv1x1(x, FakeCudaArray((3, 4)), b, (3, 3)),
+        ValueError,
+        "mixed devices",
+    ),
+    "zero threads": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (3, 3), num_threads=0), ValueError, "num_threads"),
 }
 
 

@@ -104,10 +104,16 @@ def test_session_matches_the_torch_path(video, task, rng):
     elif kind == "detection":
         assert_close(answer.raw_boxes, ref[1])
         # The reference post-processing on the Session's raw outputs: same boxes in the video's pixels.
-        expected = backbones[task].postprocess((torch.from_numpy(answer.logits), torch.from_numpy(answer.raw_boxes)),
-                                               (HEIGHT, WIDTH), threshold=0.0)
-        low = nvp_rt.results.postprocess("detection", {"logits": answer.logits, "boxes": answer.raw_boxes},
-                                         {"labels": backbones[task].labels, "threshold": 0.0}, frames, (HEIGHT, WIDTH))
+        expected = backbones[task].postprocess(
+            (torch.from_numpy(answer.logits), torch.from_numpy(answer.raw_boxes)), (HEIGHT, WIDTH), threshold=0.0
+        )
+        low = nvp_rt.results.postprocess(
+            "detection",
+            {"logits": answer.logits, "boxes": answer.raw_boxes},
+            {"labels": backbones[task].labels, "threshold": 0.0},
+            frames,
+            (HEIGHT, WIDTH),
+        )
         for got, want in zip(low.detections, expected):
             np.testing.assert_allclose(got.boxes, want.boxes.numpy(), rtol=1e-5, atol=1e-4)
             np.testing.assert_array_equal(got.labels, want.labels.numpy())
@@ -146,6 +152,7 @@ def test_shared_prefix_decodes_once_to_the_deepest_tap(video, monkeypatch):
     session = nvp_rt.Session(d / "clip.nvp", store=store)
     stages_run = []
     for name, (graph, weights) in list(session._stages.items()):
+
         class Counting:
             def __init__(self, graph, name):
                 self.graph, self.name = graph, name
@@ -153,6 +160,7 @@ def test_shared_prefix_decodes_once_to_the_deepest_tap(video, monkeypatch):
             def run(self, *args):
                 stages_run.append(self.name)
                 return self.graph.run(*args)
+
         session._stages[name] = (Counting(graph, name), weights)
     session.run(["cls", "det", "seg"], frames=[1, 2])
     assert stages_run == ["stem", "block1", "block2", "block3"]  # det's block3 is deepest; cls, seg reuse
@@ -239,8 +247,10 @@ def test_nvp_run_prints_the_session_answers_as_json(video, capsys):
     from nvp_rt.cli import main
 
     d, store, *_ = video
-    assert main(["run", str(d / "clip.nvp"), "--tasks", "cls,det,act,seg", "--frames", "0:8", "--store",
-                 str(store.root)]) == 0
+    assert (
+        main(["run", str(d / "clip.nvp"), "--tasks", "cls,det,act,seg", "--frames", "0:8", "--store", str(store.root)])
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     expected = nvp_rt.Session(d / "clip.nvp", store=store).run(["cls", "det", "act", "seg"], frames=range(8))
     assert printed["tasks"]["cls"] == json.loads(json.dumps(expected["cls"].to_dict()))
@@ -249,9 +259,11 @@ def test_nvp_run_prints_the_session_answers_as_json(video, capsys):
     assert set(printed["timings_ms"]) >= {"prefix", "adapters", "heads", "total"}
 
     here = ["--store", str(store.root)]
-    for args, words in [(["--tasks", "nope", *here], "no route"), (["--tasks", "cls", "--frames", "0:99", *here],
-                                                                   "out of range"),
-                        (["--tasks", "cls", "--store", str(d / "nowhere")], "model store")]:
+    for args, words in [
+        (["--tasks", "nope", *here], "no route"),
+        (["--tasks", "cls", "--frames", "0:99", *here], "out of range"),
+        (["--tasks", "cls", "--store", str(d / "nowhere")], "model store"),
+    ]:
         assert main(["run", str(d / "clip.nvp"), *args]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err

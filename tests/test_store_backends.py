@@ -52,8 +52,10 @@ def _writer(root: str, payload: bytes, rounds: int) -> None:
 def test_two_processes_populating_at_once(tmp_path, rng):
     """Concurrent writers: every read sees one whole version, never a mix or a part."""
     payload = rng.bytes(1 << 20)
-    procs = [multiprocessing.get_context("spawn").Process(target=_writer, args=(str(tmp_path), payload, 20))
-             for _ in range(2)]
+    procs = [
+        multiprocessing.get_context("spawn").Process(target=_writer, args=(str(tmp_path), payload, 20))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     store = ModelStore(tmp_path)
@@ -78,8 +80,10 @@ def test_cpu_backend_and_bad_names():
         resolve_backend("cpu", "tvm")
 
 
-@pytest.mark.skipif(nvp_rt.cuda_is_available() and "CUDAExecutionProvider" in ort.get_available_providers(),
-                    reason="checks the error where CUDA is missing")
+@pytest.mark.skipif(
+    nvp_rt.cuda_is_available() and "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="checks the error where CUDA is missing",
+)
 def test_cuda_request_without_cuda_fails_clearly():
     assert resolve_backend("auto").device == "cpu"
     with pytest.raises(nvp_rt.CudaUnavailableError, match="device='cuda'"):

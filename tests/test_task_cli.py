@@ -49,8 +49,10 @@ def video(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("task,preset", [("det", "detr_r50"), ("act", "slowfast_r50"), ("i3d_r50", "i3d_r50"),
-                                         ("seg", "segformer_b0"), ("cap", "blip")])
+@pytest.mark.parametrize(
+    "task,preset",
+    [("det", "detr_r50"), ("act", "slowfast_r50"), ("i3d_r50", "i3d_r50"), ("seg", "segformer_b0"), ("cap", "blip")],
+)
 def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rng, task, preset):
     path = tmp_path / "clip.nvp"
     shutil.copy(video, path)
@@ -88,16 +90,20 @@ def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rn
     # The stored arrays are the adapter adapt_route trains with the same settings, pathway for pathway.
     frames = inr.render(range(inr.num_frames))
     fit = FitConfig(epochs=EPOCHS, seed=SEED, progress=False)
-    reference = adapt_route(inr, frames, backbone, route.tap, route.injection_point, fit, clip_stride=STRIDE,
-                            holdout_every=5)
+    reference = adapt_route(
+        inr, frames, backbone, route.tap, route.injection_point, fit, clip_stride=STRIDE, holdout_every=5
+    )
     rebuilt = PathwayAdapter(c_in, point)
     for p, adapter in zip(prefixes, rebuilt.adapters):
-        arrays = {k[len(p):]: v for k, v in route.arrays.items() if k.startswith(p)}
+        arrays = {k[len(p) :]: v for k, v in route.arrays.items() if k.startswith(p)}
         adapter.load_state_dict(MicroAdapter.from_arrays(adapter.spec, arrays).state_dict())
     video_point = len(shapes[0]) == 4
     h, w = inr.tap_shapes()[route.tap][1:]
-    x = torch.from_numpy(rng.standard_normal((2, c_in, *((backbone.preprocess.num_frames,) if video_point else ()), h, w),
-                                             dtype=np.float32))
+    x = torch.from_numpy(
+        rng.standard_normal(
+            (2, c_in, *((backbone.preprocess.num_frames,) if video_point else ()), h, w), dtype=np.float32
+        )
+    )
     with torch.no_grad():
         expected, got = reference.adapter(x), rebuilt(x)
     for e, g in zip(expected if isinstance(expected, list) else [expected], got if isinstance(got, list) else [got]):
@@ -110,8 +116,9 @@ def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rn
     answer = nvp_rt.Session(path).run([task], frames=frames)[task]
     idx = torch.tensor(frames)
     with torch.no_grad():
-        out = backbone.suffix(rebuilt(decode_clips(inr, idx.reshape(-1, clip) if clip > 1 else idx, route.tap)),
-                              route.injection_point)
+        out = backbone.suffix(
+            rebuilt(decode_clips(inr, idx.reshape(-1, clip) if clip > 1 else idx, route.tap)), route.injection_point
+        )
     if backbone.task == "captioning":
         assert answer.token_ids == [[i for i in row if i not in backbone.special_ids] for row in out.tolist()]
     else:
@@ -119,10 +126,13 @@ def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rn
         assert np.abs(answer.logits - logits).max() <= 1e-4 * np.abs(logits).max()
 
 
-@pytest.mark.parametrize("argv,words", [
-    (["--task", "pose"], ["unknown task", "det"]),
-    (["--task", "cls", "--reduced"], ["efficientnet_lite0 has no reduced configuration"]),
-])
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--task", "pose"], ["unknown task", "det"]),
+        (["--task", "cls", "--reduced"], ["efficientnet_lite0 has no reduced configuration"]),
+    ],
+)
 def test_export_user_errors_are_one_line(video, capsys, argv, words):
     assert export_main([*argv, str(video), "-q"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

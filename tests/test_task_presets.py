@@ -17,7 +17,14 @@ from clip_inr_standin import StandinINR
 from nvp_export.route.adapt import AdaptConfig
 from nvp_export.route.cka import CKAConfig, cka_matrix, linear_cka, positions, sample_clips, sample_indices
 from nvp_export.route.losses import FeatureLoss
-from nvp_export.route.multipathway import FitConfig, pathway_loss, PathwayAdapter, decode_clips, fit_adapter, temporal_indices
+from nvp_export.route.multipathway import (
+    FitConfig,
+    pathway_loss,
+    PathwayAdapter,
+    decode_clips,
+    fit_adapter,
+    temporal_indices,
+)
 from nvp_export.route.task_adapt import adapt_route, adapt_task
 from nvp_export.route.task_cost import macs, route_cost
 from nvp_export.fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
@@ -32,7 +39,8 @@ FRAME = (32, 48)  # the stand-in INR's frames, deliberately not the backbone's s
 
 
 tiny_detr, tiny_slowfast, tiny_i3d, tiny_blip, tiny_segformer = (
-    REDUCED[name] for name in ("detr_r50", "slowfast_r50", "i3d_r50", "blip", "segformer_b0"))
+    REDUCED[name] for name in ("detr_r50", "slowfast_r50", "i3d_r50", "blip", "segformer_b0")
+)
 TINY = REDUCED
 
 
@@ -132,8 +140,13 @@ def test_detr_set_loss_is_permutation_invariant_and_lowest_at_its_own_prediction
     perm = [{k: v.flip(0) for k, v in t.items()} for t in targets]
     torch.testing.assert_close(bb.task_loss(out, perm), own)
     g = torch.Generator().manual_seed(3)
-    moved = [{"class_labels": t["class_labels"], "boxes": (t["boxes"] + 0.2 * torch.rand(t["boxes"].shape, generator=g)).clamp(0.01, 0.99)}
-             for t in targets]
+    moved = [
+        {
+            "class_labels": t["class_labels"],
+            "boxes": (t["boxes"] + 0.2 * torch.rand(t["boxes"].shape, generator=g)).clamp(0.01, 0.99),
+        }
+        for t in targets
+    ]
     assert bb.task_loss(out, moved) > own
     # It is differentiable: usable as L_task in joint optimisation.
     logits = out[0].clone().requires_grad_(True)
@@ -153,10 +166,13 @@ def test_segformer_masks_at_original_resolution(backbones):
     assert (masks[1, :, :150] == 2).all() and (masks[1, :, 170:] == 4).all()
 
 
-@pytest.mark.parametrize("module,config,expected_params", [
-    (slowfast_r50, slowfast_r50.SlowFastConfig(), 34_566_488),
-    (i3d_r50, i3d_r50.I3DConfig(), 28_043_472),
-])
+@pytest.mark.parametrize(
+    "module,config,expected_params",
+    [
+        (slowfast_r50, slowfast_r50.SlowFastConfig(), 34_566_488),
+        (i3d_r50, i3d_r50.I3DConfig(), 28_043_472),
+    ],
+)
 def test_full_size_video_models_have_pytorchvideo_parameter_counts(module, config, expected_params):
     net = module.SlowFast(config) if module is slowfast_r50 else module.I3D(config)
     assert sum(p.numel() for p in net.parameters()) == expected_params  # 34.57M / 28.04M published
@@ -164,10 +180,14 @@ def test_full_size_video_models_have_pytorchvideo_parameter_counts(module, confi
 
 def test_video_models_use_pytorchvideo_key_names():
     sf = slowfast_r50.SlowFast(slowfast_r50.SlowFastConfig(width=16, depths=(1, 1, 1, 1))).state_dict()
-    for key in ["blocks.0.multipathway_blocks.0.conv.weight", "blocks.0.multipathway_blocks.1.conv.weight",
-                "blocks.1.multipathway_blocks.1.res_blocks.0.branch2.conv_a.weight",
-                "blocks.2.multipathway_blocks.0.res_blocks.0.branch1_conv.weight",
-                "blocks.3.multipathway_fusion.conv_fast_to_slow.weight", "blocks.6.proj.weight"]:
+    for key in [
+        "blocks.0.multipathway_blocks.0.conv.weight",
+        "blocks.0.multipathway_blocks.1.conv.weight",
+        "blocks.1.multipathway_blocks.1.res_blocks.0.branch2.conv_a.weight",
+        "blocks.2.multipathway_blocks.0.res_blocks.0.branch1_conv.weight",
+        "blocks.3.multipathway_fusion.conv_fast_to_slow.weight",
+        "blocks.6.proj.weight",
+    ]:
         assert key in sf
     assert not any(k.startswith("blocks.4.multipathway_fusion") or k.startswith("blocks.5.") for k in sf)
     assert sf["blocks.0.multipathway_blocks.1.conv.weight"].shape[2:] == (5, 7, 7)
@@ -183,8 +203,11 @@ def test_video_models_use_pytorchvideo_key_names():
 @pytest.mark.parametrize("name", ["slowfast_r50", "i3d_r50"])
 def test_pytorchvideo_checkpoint_loads_unchanged(backbones, name, tmp_path):
     module = slowfast_r50 if name == "slowfast_r50" else i3d_r50
-    config = (slowfast_r50.SlowFastConfig(frames=8, crop=SIZE, width=16, depths=(1, 1, 1, 1), num_classes=10)
-              if name == "slowfast_r50" else i3d_r50.I3DConfig(frames=8, crop=SIZE, width=8, depths=(1, 1, 1, 1), num_classes=10))
+    config = (
+        slowfast_r50.SlowFastConfig(frames=8, crop=SIZE, width=16, depths=(1, 1, 1, 1), num_classes=10)
+        if name == "slowfast_r50"
+        else i3d_r50.I3DConfig(frames=8, crop=SIZE, width=8, depths=(1, 1, 1, 1), num_classes=10)
+    )
     torch.manual_seed(5)
     donor = module.SlowFast(config) if name == "slowfast_r50" else module.I3D(config)
     state = {k: (torch.randn_like(v) * 0.1 if v.is_floating_point() else v) for k, v in donor.state_dict().items()}
@@ -223,18 +246,27 @@ def test_pathway_adapter_feeds_each_pathway_at_its_rate_and_size(backbones):
     torch.testing.assert_close(slow, expect)
     # Each frame is resized then mapped by the same 1x1 conv: the runtime kernel's semantics, checked in float64.
     conv = adapter.adapters[1].convs[0]
-    frame = torch.nn.functional.interpolate(x[:, :, 3].double(), size=point.shape[1][-2:], mode="bilinear",
-                                            align_corners=False)
-    ref = torch.einsum("oc,nchw->nohw", conv.weight.double()[:, :, 0, 0], frame) + conv.bias.double()[None, :, None, None]
+    frame = torch.nn.functional.interpolate(
+        x[:, :, 3].double(), size=point.shape[1][-2:], mode="bilinear", align_corners=False
+    )
+    ref = (
+        torch.einsum("oc,nchw->nohw", conv.weight.double()[:, :, 0, 0], frame) + conv.bias.double()[None, :, None, None]
+    )
     torch.testing.assert_close(fast[:, :, 3].double(), ref, rtol=1e-5, atol=1e-5)
     single = PathwayAdapter(12, backbones["i3d_r50"].point("res3"))(x)
     assert isinstance(single, torch.Tensor) and single.shape[2] == 4
 
 
-@pytest.mark.parametrize("name,tap,point", [
-    ("slowfast_r50", "block2", "stem"), ("i3d_r50", "block1", "res3"), ("detr_r50", "block1", "stage2"),
-    ("segformer_b0", "block2", "stage2"), ("blip", "block1", "layer1"),
-])
+@pytest.mark.parametrize(
+    "name,tap,point",
+    [
+        ("slowfast_r50", "block2", "stem"),
+        ("i3d_r50", "block1", "res3"),
+        ("detr_r50", "block1", "stage2"),
+        ("segformer_b0", "block2", "stage2"),
+        ("blip", "block1", "layer1"),
+    ],
+)
 def test_adapter_fit_from_an_inr_lowers_the_feature_loss(backbones, name, tap, point):
     bb = backbones[name]
     t = bb.preprocess.num_frames
@@ -250,7 +282,9 @@ def test_adapter_fit_from_an_inr_lowers_the_feature_loss(backbones, name, tap, p
         taps = decode_clips(inr, clips, tap)
         targets = bb.prefix(bb.preprocess(pixels), point)
     adapter = PathwayAdapter(taps.shape[1], bb.point(point))
-    history = fit_adapter(adapter, taps, targets, FitConfig(epochs=6, lr=1e-2, batch_size=2, init="random", progress=False))
+    history = fit_adapter(
+        adapter, taps, targets, FitConfig(epochs=6, lr=1e-2, batch_size=2, init="random", progress=False)
+    )
     assert min(history[1:]) < 0.8 * history[0]
     # The closed-form (ridge) start has a lower MSE than a few random-start epochs reach.
     lstsq = PathwayAdapter(taps.shape[1], bb.point(point))
@@ -269,8 +303,11 @@ def test_route_cost_counts_a_cheaper_nvp_path(backbones):
     inr = StandinINR(num_frames=8, size=FRAME)
     cost = route_cost(inr, bb, "block1", "res3")
     adapter = PathwayAdapter(inr.tap_shapes()["block1"][0], bb.point("res3"))
-    assert cost.adapter_params == adapter.num_parameters() == sum(
-        a.convs[0].weight.numel() + a.convs[0].bias.numel() for a in adapter.adapters)
+    assert (
+        cost.adapter_params
+        == adapter.num_parameters()
+        == sum(a.convs[0].weight.numel() + a.convs[0].bias.numel() for a in adapter.adapters)
+    )
     assert 0 < cost.macs_nvp < cost.macs_full and cost.macs_ratio < 1
     # Resizes count at 4 MACs per output element.
     x = torch.randn(1, 4, 10, 10)
@@ -307,17 +344,29 @@ def test_caption_agreement_and_relative_error():
     assert relative_error(x * 1.1, x) == pytest.approx(0.1, rel=1e-6)
 
 
-@pytest.mark.parametrize("name,tap,point", [("slowfast_r50", "block1", "res2"), ("detr_r50", "block2", "stem"),
-                                            ("segformer_b0", "block2", "stage1"), ("blip", "block1", "patch_embed")])
+@pytest.mark.parametrize(
+    "name,tap,point",
+    [
+        ("slowfast_r50", "block1", "res2"),
+        ("detr_r50", "block2", "stem"),
+        ("segformer_b0", "block2", "stage1"),
+        ("blip", "block1", "patch_embed"),
+    ],
+)
 def test_adapt_route_trains_and_reports_fidelity_and_cost(backbones, name, tap, point):
     bb = backbones[name]
     inr = StandinINR(num_frames=12, size=FRAME)
-    route = adapt_route(inr, inr.frames(), bb, tap, point, FitConfig(epochs=2, lr=1e-3, batch_size=2, progress=False),
-                        clip_stride=2)
+    route = adapt_route(
+        inr, inr.frames(), bb, tap, point, FitConfig(epochs=2, lr=1e-3, batch_size=2, progress=False), clip_stride=2
+    )
     assert min(route.history) <= route.history[0]
     assert route.cost.macs_nvp < route.cost.macs_full and route.cost.adapter_params == route.adapter.num_parameters()
-    expected = {"slowfast_r50": "top1_agreement", "detr_r50": "box_iou_agreement", "segformer_b0": "miou",
-                "blip": "bleu4"}[name]
+    expected = {
+        "slowfast_r50": "top1_agreement",
+        "detr_r50": "box_iou_agreement",
+        "segformer_b0": "miou",
+        "blip": "bleu4",
+    }[name]
     assert 0.0 <= route.fidelity[expected] <= 1.0
     # The adapter reproduces the point's features better than a bias-only adapter would.
     assert route.fidelity["features_rel_error"] < route.fidelity["features_rel_error_bias_only"]
@@ -384,19 +433,22 @@ def test_cka_of_clips_and_pathways_against_a_direct_computation(backbones, name)
 def test_adapt_task_keeps_the_cheapest_candidate_about_as_good_as_the_best(backbones):
     bb = backbones["segformer_b0"]
     inr = StandinINR(num_frames=10, size=FRAME)
-    config = AdaptConfig(epochs=1, candidates="per_point", select_tolerance=0.05, progress=False,
-                         cka=CKAConfig(frames=8))
+    config = AdaptConfig(
+        epochs=1, candidates="per_point", select_tolerance=0.05, progress=False, cka=CKAConfig(frames=8)
+    )
     result = adapt_task(inr, inr.frames(), bb, config)
     assert sorted(c.route.point for c in result.candidates) == sorted(bb.point_names)
     assert all(c.scored_on == "held-out samples" for c in result.candidates)  # 10 frames: 2 held out
     best = min(c.score for c in result.candidates)
     chosen = result.chosen
     assert chosen.score <= best + 0.05
-    assert all(chosen.route.cost.macs_ratio <= c.route.cost.macs_ratio
-               for c in result.candidates if c.score <= best + 0.05)
+    assert all(
+        chosen.route.cost.macs_ratio <= c.route.cost.macs_ratio for c in result.candidates if c.score <= best + 0.05
+    )
     for c in result.candidates:
-        assert c.cka == pytest.approx(result.cka.values[result.cka.taps.index(c.route.tap),
-                                                        result.cka.points.index(c.route.point)])
+        assert c.cka == pytest.approx(
+            result.cka.values[result.cka.taps.index(c.route.tap), result.cka.points.index(c.route.point)]
+        )
         fid = c.route.fidelity
         assert c.score == pytest.approx(fid["holdout_features_rel_error"] / fid["holdout_features_rel_error_bias_only"])
     metrics = result.metrics()

@@ -188,7 +188,9 @@ class Backbone(nn.Module):
         child_names = [n for n, _ in children]
         missing = [p for p in points if p not in child_names[:-1]]
         if missing:
-            raise ValueError(f"injection points {missing} are not children (before the last) of the module: {child_names}")
+            raise ValueError(
+                f"injection points {missing} are not children (before the last) of the module: {child_names}"
+            )
         stages, current = [], []
         for child_name, child in children:
             current.append(child)

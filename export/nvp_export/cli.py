@@ -30,19 +30,30 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from nvp_rt.command import (UserError, add_store_option, parse_frame_range, parse_size, passive_openmp_waits,
-                            run_reporting_errors)
+from nvp_rt.command import (
+    UserError,
+    add_store_option,
+    parse_frame_range,
+    parse_size,
+    passive_openmp_waits,
+    run_reporting_errors,
+)
 from nvp_rt.nvpfile import NvpFile, replace_routes
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
 # Task kinds users may name instead of a preset.
 TASK_KINDS = {
-    "cls": "efficientnet_lite0", "classification": "efficientnet_lite0",
-    "det": "detr_r50", "detection": "detr_r50",
-    "act": "slowfast_r50", "action": "slowfast_r50",
-    "seg": "segformer_b0", "segmentation": "segformer_b0",
-    "cap": "blip", "captioning": "blip",
+    "cls": "efficientnet_lite0",
+    "classification": "efficientnet_lite0",
+    "det": "detr_r50",
+    "detection": "detr_r50",
+    "act": "slowfast_r50",
+    "action": "slowfast_r50",
+    "seg": "segformer_b0",
+    "segmentation": "segformer_b0",
+    "cap": "blip",
+    "captioning": "blip",
 }
 
 
@@ -58,8 +69,10 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
             selection[key] = tuple(selection[key])
     frames, _ = read_video(source, FrameSelection(**selection))
     if frames.shape[:3] != (inr.num_frames, video.get("height"), video.get("width")):
-        raise UserError(f"--source {source} gives frames {frames.shape[:3]} but the .nvp encodes "
-                        f"{(inr.num_frames, video.get('height'), video.get('width'))}: not the video it was encoded from")
+        raise UserError(
+            f"--source {source} gives frames {frames.shape[:3]} but the .nvp encodes "
+            f"{(inr.num_frames, video.get('height'), video.get('width'))}: not the video it was encoded from"
+        )
     return frames
 
 
@@ -74,8 +87,9 @@ def run(args) -> None:
 
     preset = TASK_KINDS.get(args.task, args.task)
     if preset not in PRESETS:
-        raise UserError(f"unknown task {args.task!r}; presets: {', '.join(sorted(PRESETS))}; "
-                        f"task kinds: {', '.join(TASK_KINDS)}")
+        raise UserError(
+            f"unknown task {args.task!r}; presets: {', '.join(sorted(PRESETS))}; task kinds: {', '.join(TASK_KINDS)}"
+        )
     nvp = NvpFile.open(args.file)  # validated before anything heavy runs
     joint_config = joint_config_of(args) if args.joint else None
     inr = load_nvp(args.file)
@@ -89,8 +103,15 @@ def run(args) -> None:
     print(backbone.weights_note, file=sys.stderr)
     clip_scorer = clip_scorer_of(args, backbone)
     frames = original_frames(nvp, args.source, inr)
-    config = AdaptConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch, top_fraction=args.top,
-                         candidates=args.candidates, seed=args.seed, progress=not args.quiet)
+    config = AdaptConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch,
+        top_fraction=args.top,
+        candidates=args.candidates,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     task = args.name or args.task
     classifier = backbone.task == "classification" and clip == 1
     if joint_config and not classifier:
@@ -100,8 +121,7 @@ def run(args) -> None:
         result.route = replace(result.route, task=task)
         route = to_file_route(result.route)
     else:
-        result = adapt_task(inr, frames, backbone, config, clip_stride=args.clip_stride,
-                            clip_scorer=clip_scorer)
+        result = adapt_task(inr, frames, backbone, config, clip_stride=args.clip_stride, clip_scorer=clip_scorer)
         route = task_file_route(task, backbone.task, result)
     if args.cka_out:
         out = Path(args.cka_out)
@@ -113,8 +133,16 @@ def run(args) -> None:
         joint = run_joint(joint_config, inr, frames, backbone, result)
         route = to_file_route(result.route)
     # The route's graphs (INR stages, backbone suffix from the point, full backbone) into the model store.
-    route = replace(route, backbone=export_route_graphs(inr, backbone, route.injection_point, ModelStore(args.store),
-                                                        stacked=route.metadata.get("hidden") is not None))
+    route = replace(
+        route,
+        backbone=export_route_graphs(
+            inr,
+            backbone,
+            route.injection_point,
+            ModelStore(args.store),
+            stacked=route.metadata.get("hidden") is not None,
+        ),
+    )
     kept = [r for r in nvp.routes() if r.task != route.task]
     if joint is None:
         size = replace_routes(args.file, kept + [route])
@@ -123,8 +151,11 @@ def run(args) -> None:
 
         size = save_joint(args.file, nvp.manifest, *joint, kept + [route])
         if kept:
-            print(f"warning: route(s) {', '.join(r.task for r in kept)} were trained on the INR before joint "
-                  f"optimisation changed it; export them again to retrain their adapters", file=sys.stderr)
+            print(
+                f"warning: route(s) {', '.join(r.task for r in kept)} were trained on the INR before joint "
+                f"optimisation changed it; export them again to retrain their adapters",
+                file=sys.stderr,
+            )
     print(result.summary())
     if classifier and (args.compare_pixels if args.compare_pixels is not None else args.source is not None):
         print_pixel_fidelity(joint[0].inr if joint else inr, frames, backbone, nvp, result.route.metrics)
@@ -138,7 +169,9 @@ def clip_scorer_of(args, backbone):
     if backbone.task != "captioning":
         raise UserError(f"--clip-weights scores captions; {backbone.name} is a {backbone.task} preset")
     if getattr(backbone, "tokenizer", None) is None:
-        raise UserError("--clip-weights needs text captions: pass --weights DIR of a BLIP checkpoint with its tokenizer")
+        raise UserError(
+            "--clip-weights needs text captions: pass --weights DIR of a BLIP checkpoint with its tokenizer"
+        )
     from .fidelity.clip_score import ClipScorer
 
     return ClipScorer.load(args.clip_weights)
@@ -147,8 +180,14 @@ def clip_scorer_of(args, backbone):
 def joint_config_of(args):
     from .route.joint import JointConfig
 
-    return JointConfig(epochs=args.joint_epochs, recon=args.lambda_recon, task=args.lambda_task,
-                       feat=args.lambda_feat, seed=args.seed, progress=not args.quiet)
+    return JointConfig(
+        epochs=args.joint_epochs,
+        recon=args.lambda_recon,
+        task=args.lambda_task,
+        feat=args.lambda_feat,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
 
 
 def run_joint(config, inr, frames, backbone, result):
@@ -176,37 +215,62 @@ def print_pixel_fidelity(inr, frames, backbone, nvp, metrics) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nvp-export", description=__doc__.splitlines()[0])
     p.add_argument("file", help="the .nvp file to add the route to (rewritten in place, atomically)")
-    p.add_argument("--task", required=True,
-                   help="a backbone preset (e.g. efficientnet_lite0, detr_r50, slowfast_r50, i3d_r50, segformer_b0, "
-                        "blip) or a task kind: cls, det, act, seg, cap")
+    p.add_argument(
+        "--task",
+        required=True,
+        help="a backbone preset (e.g. efficientnet_lite0, detr_r50, slowfast_r50, i3d_r50, segformer_b0, "
+        "blip) or a task kind: cls, det, act, seg, cap",
+    )
     p.add_argument("--name", help="the task name queries use (default: the --task value)")
     p.add_argument("--source", help="the original video, for the teacher features (default: the INR's decode)")
     p.add_argument("--weights", help="a checkpoint for the backbone (default: weights found locally)")
-    p.add_argument("--clip-weights", metavar="DIR",
-                   help="captioning: a local CLIP save_pretrained directory; captions are then CLIP-scored too")
+    p.add_argument(
+        "--clip-weights",
+        metavar="DIR",
+        help="captioning: a local CLIP save_pretrained directory; captions are then CLIP-scored too",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--candidates", choices=["top", "per_point"], default="per_point",
-                   help="pairs trained: each injection point's best-CKA tap (default; see docs/adapt.md), "
-                        "or the CKA top --top fraction (the paper's)")
-    p.add_argument("--top", type=float, default=0.1, help="with --candidates top: fraction of pairs trained, by CKA rank")
-    p.add_argument("--clip-stride", type=int,
-                   help="video presets: frames between the starts of training clips (default: the clip length)")
-    p.add_argument("--reduced", action="store_true",
-                   help="the preset's reduced configuration (few layers, narrow, small input; see nvp_export.zoo.reduced): "
-                        "for tests and machines with little memory")
+    p.add_argument(
+        "--candidates",
+        choices=["top", "per_point"],
+        default="per_point",
+        help="pairs trained: each injection point's best-CKA tap (default; see docs/adapt.md), "
+        "or the CKA top --top fraction (the paper's)",
+    )
+    p.add_argument(
+        "--top", type=float, default=0.1, help="with --candidates top: fraction of pairs trained, by CKA rank"
+    )
+    p.add_argument(
+        "--clip-stride",
+        type=int,
+        help="video presets: frames between the starts of training clips (default: the clip length)",
+    )
+    p.add_argument(
+        "--reduced",
+        action="store_true",
+        help="the preset's reduced configuration (few layers, narrow, small input; see nvp_export.zoo.reduced): "
+        "for tests and machines with little memory",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cka-out", help="folder for the CKA matrix (JSON) and heatmap (PNG)")
     p.add_argument("--store", help="model store for the task's graphs (default: $NVP_STORE, else ~/.cache/nvp)")
-    p.add_argument("--joint", action="store_true",
-                   help="then optimise the INR and the adapter together (rewrites the video payload; PSNR reported)")
+    p.add_argument(
+        "--joint",
+        action="store_true",
+        help="then optimise the INR and the adapter together (rewrites the video payload; PSNR reported)",
+    )
     p.add_argument("--joint-epochs", type=int, default=10, help="epochs of joint optimisation (paper: 100)")
     p.add_argument("--lambda-recon", type=float, default=1.0, help="joint loss weight of the reconstruction term")
     p.add_argument("--lambda-task", type=float, default=0.5, help="joint loss weight of the task term")
     p.add_argument("--lambda-feat", type=float, default=0.2, help="joint loss weight of the feature-transfer term")
-    p.add_argument("--compare-pixels", action=argparse.BooleanOptionalAction, default=None,
-                   help="also score full INR decode and H.264 at equal bpp (default: on when --source is given)")
+    p.add_argument(
+        "--compare-pixels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also score full INR decode and H.264 at equal bpp (default: on when --source is given)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -214,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     passive_openmp_waits()  # torch is imported lazily, in run()
     return run_reporting_errors("nvp-export", run, build_parser().parse_args(argv))
+
 
 def _needs_torch() -> None:
     if importlib.util.find_spec("torch") is None:
@@ -227,14 +292,24 @@ def cmd_encode(args) -> None:
 
     start, stop, step = args.frames
     selection = FrameSelection(start, stop, step, crop=args.crop, size=args.size)
-    fit = FitConfig(epochs=args.epochs, lr=args.lr, batch=args.batch, target_psnr=args.target_psnr,
-                    time_limit_s=args.time_limit or None, seed=args.seed, device=args.device, threads=args.threads,
-                    progress=not args.quiet)
+    fit = FitConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch=args.batch,
+        target_psnr=args.target_psnr,
+        time_limit_s=args.time_limit or None,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
     cfg = EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
     report = encode_video(args.input, args.output, selection, cfg, store=ModelStore(args.store))
-    print(f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
-          f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
-          f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s")
+    print(
+        f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
+        f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
+        f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s"
+    )
 
 
 def add_encode(sub) -> None:
@@ -251,8 +326,13 @@ def add_encode(sub) -> None:
     e.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to this size")
     e.add_argument("--epochs", type=int, default=300)
     e.add_argument("--target-psnr", type=float, help="stop when the training PSNR reaches this (dB)")
-    e.add_argument("--time-limit", type=float, default=540.0, metavar="SECONDS",
-                   help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)")
+    e.add_argument(
+        "--time-limit",
+        type=float,
+        default=540.0,
+        metavar="SECONDS",
+        help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)",
+    )
     e.add_argument("--lr", type=float, help="learning rate (default: the family's reference rate)")
     e.add_argument("--batch", type=int, default=1, help="frames per step")
     e.add_argument("--seed", type=int, default=0)

@@ -53,8 +53,9 @@ def make_clip(spec: ClipSpec) -> np.ndarray:
     """Frames uint8 (N, H, W, 3)."""
     if spec.photo == MONTAGE:
         shots = np.array_split(np.arange(spec.frames), len(PHOTOS))
-        return np.concatenate([_shot(photo, spec, len(idx), spec.seed + k)
-                               for k, (photo, idx) in enumerate(zip(PHOTOS, shots))])
+        return np.concatenate(
+            [_shot(photo, spec, len(idx), spec.seed + k) for k, (photo, idx) in enumerate(zip(PHOTOS, shots))]
+        )
     if spec.photo not in PHOTOS:
         raise ValueError(f"unknown photo {spec.photo!r}; choose from {(*PHOTOS, MONTAGE)}")
     return _shot(spec.photo, spec, spec.frames, spec.seed)
@@ -88,8 +89,9 @@ def _shot(name: str, spec: ClipSpec, count: int, seed: int) -> np.ndarray:
         ys = cy + (np.arange(spec.height) + 0.5 - spec.height / 2) * scale - 0.5
         xs = cx + (np.arange(spec.width) + 0.5 - spec.width / 2) * scale - 0.5
         grid = np.meshgrid(ys, xs, indexing="ij")
-        img = np.stack([ndimage.map_coordinates(c, grid, order=3, mode="nearest", prefilter=False)
-                        for c in coefficients], axis=-1)
+        img = np.stack(
+            [ndimage.map_coordinates(c, grid, order=3, mode="nearest", prefilter=False) for c in coefficients], axis=-1
+        )
         frames[i] = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
     return frames
 

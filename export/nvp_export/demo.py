@@ -42,11 +42,13 @@ class DemoConfig:
 def run_demo(config: DemoConfig = DemoConfig(), say=print) -> None:
     started = time.perf_counter()
     store = ModelStore(config.out / "store")
-    spec = VideoSpec(config.clip, config.bpp,
-                     (TaskSpec("cls", "efficientnet_lite0"), TaskSpec("det", "detr_r50", point="stage1")),
-                     fit=FitConfig(epochs=300, time_limit_s=config.fit_seconds, threads=config.threads,
-                                   progress=False),
-                     adapter_epochs=10)
+    spec = VideoSpec(
+        config.clip,
+        config.bpp,
+        (TaskSpec("cls", "efficientnet_lite0"), TaskSpec("det", "detr_r50", point="stage1")),
+        fit=FitConfig(epochs=300, time_limit_s=config.fit_seconds, threads=config.threads, progress=False),
+        adapter_epochs=10,
+    )
     say(f"1-2. generate {config.clip.name}, encode it ({config.fit_seconds:.0f} s fit), route cls and det")
     video = prepare_video(spec, config.out, store, lambda m: say(f"   {m}"))
     say(f"   {video.nvp}: {video.bpp:.3f} bpp, PSNR {video.psnr:.1f} dB after quantisation")
@@ -58,14 +60,20 @@ def run_demo(config: DemoConfig = DemoConfig(), say=print) -> None:
     frames = [0, config.clip.frames // 2]
     answers = session.run(["cls", "det"], frames=frames)
     t = session.last_timings
-    say(f"3. Session.run(['cls', 'det'], frames={frames}) in {1e3 * t['total']:.1f} ms "
-        f"(prefix {1e3 * t['prefix']:.1f}, adapters {1e3 * t['adapters']:.1f}, heads {1e3 * t['heads']:.1f})")
+    say(
+        f"3. Session.run(['cls', 'det'], frames={frames}) in {1e3 * t['total']:.1f} ms "
+        f"(prefix {1e3 * t['prefix']:.1f}, adapters {1e3 * t['adapters']:.1f}, heads {1e3 * t['heads']:.1f})"
+    )
     for f, top in zip(frames, answers["cls"].top_k):
         say(f"   frame {f} cls: " + ", ".join(f"{label} {p:.1%}" for _, label, p in top[:3]))
     for f, boxes, scores, labels in zip(frames, answers["det"].boxes, answers["det"].scores, answers["det"].labels):
-        say(f"   frame {f} det: {len(boxes)} boxes above the head's threshold" +
-            "".join(f"; class {int(c)} {s:.2f} at {[round(float(v)) for v in b]}" for b, s, c in
-                    list(zip(boxes, scores, labels))[:3]))
+        say(
+            f"   frame {f} det: {len(boxes)} boxes above the head's threshold"
+            + "".join(
+                f"; class {int(c)} {s:.2f} at {[round(float(v)) for v in b]}"
+                for b, s, c in list(zip(boxes, scores, labels))[:3]
+            )
+        )
     png = write_pngs(config.out / "frames", session.decode([frames[1]]), first_index=frames[1])[0]
     say(f"4. decoded frame {frames[1]} for people: {png}")
     if config.bench:

@@ -54,8 +54,13 @@ def check_output_path(output: str | os.PathLike) -> Path:
     return output
 
 
-def encode_video(source: str | os.PathLike, output: str | os.PathLike, selection: FrameSelection = FrameSelection(),
-                 cfg: EncodeConfig = EncodeConfig(), store: ModelStore | None = None) -> EncodeReport:
+def encode_video(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    selection: FrameSelection = FrameSelection(),
+    cfg: EncodeConfig = EncodeConfig(),
+    store: ModelStore | None = None,
+) -> EncodeReport:
     """Fit, quantise and write ``output``; the architecture's decoder graphs go into ``store`` (default: the
     user's model store) so the runtime can decode and route the file at once."""
     started = time.perf_counter()
@@ -73,14 +78,40 @@ def encode_video(source: str | os.PathLike, output: str | os.PathLike, selection
     if not (math.isfinite(psnr_float) and math.isfinite(psnr_quantised)):
         raise FitError("the fitted model does not decode to finite pixels; nothing was written")
     info = {
-        "video": {"frames": n, "height": h, "width": w, "fps": fps, "source": Path(source).name,
-                  "selection": asdict(selection)},
-        "metrics": {"psnr_float_db": round(psnr_float, 4), "psnr_quantised_db": round(psnr_quantised, 4),
-                    "psnr_method": "mean per-frame PSNR of the 8-bit rendering against the source frames"},
-        "encoding": {"epochs": result.epochs, "recoveries": result.recoveries,
-                     "fit_seconds": round(result.seconds, 2), "budget": budget, "fit": asdict(cfg.fit)},
+        "video": {
+            "frames": n,
+            "height": h,
+            "width": w,
+            "fps": fps,
+            "source": Path(source).name,
+            "selection": asdict(selection),
+        },
+        "metrics": {
+            "psnr_float_db": round(psnr_float, 4),
+            "psnr_quantised_db": round(psnr_quantised, 4),
+            "psnr_method": "mean per-frame PSNR of the 8-bit rendering against the source frames",
+        },
+        "encoding": {
+            "epochs": result.epochs,
+            "recoveries": result.recoveries,
+            "fit_seconds": round(result.seconds, 2),
+            "budget": budget,
+            "fit": asdict(cfg.fit),
+        },
     }
     size = save_nvp(output, quantised, arrays, meta, info)
     export_inr_graphs(quantised, store or ModelStore())
-    return EncodeReport(str(output), size, 8 * size / (n * h * w), psnr_float, psnr_quantised, result.epochs,
-                        result.recoveries, result.seconds, time.perf_counter() - started, n, h, w)
+    return EncodeReport(
+        str(output),
+        size,
+        8 * size / (n * h * w),
+        psnr_float,
+        psnr_quantised,
+        result.epochs,
+        result.recoveries,
+        result.seconds,
+        time.perf_counter() - started,
+        n,
+        h,
+        w,
+    )

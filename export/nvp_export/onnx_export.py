@@ -58,17 +58,31 @@ def backbone_key(backbone: Backbone) -> str:
     return f"{backbone.name}-{digest.hexdigest()[:10]}"
 
 
-def _to_onnx(module: nn.Module, example: tuple[torch.Tensor, ...], input_names: Sequence[str],
-             output_names: Sequence[str], dynamic_dims: Sequence[Sequence[int]] | None = None) -> onnx.ModelProto:
+def _to_onnx(
+    module: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    dynamic_dims: Sequence[Sequence[int]] | None = None,
+) -> onnx.ModelProto:
     """Export with dynamic ``dynamic_dims`` per input (default: the leading, batch, dimension)."""
     dims = dynamic_dims or [(0,)] * len(example)
     dynamic = tuple({d: torch.export.Dim.DYNAMIC for d in ds} for ds in dims)
     if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
         dynamic = (dynamic,)  # torch.export wants *args' shapes as one tuple
     with _quiet_exporter():
-        program = torch.onnx.export(module.eval(), example, None, input_names=list(input_names),
-                                    output_names=list(output_names), dynamic_shapes=dynamic, dynamo=True,
-                                    opset_version=OPSET, optimize=True, verbose=False)
+        program = torch.onnx.export(
+            module.eval(),
+            example,
+            None,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic,
+            dynamo=True,
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+        )
     return program.model_proto
 
 
@@ -180,11 +194,19 @@ class _TextStep(nn.Module):
 def _describe(backbone: Backbone, outputs: list[str]) -> dict:
     pre = backbone.preprocess
     return {
-        "name": backbone.name, "task": backbone.task, "labels": list(backbone.labels), "outputs": outputs,
-        "preprocess": {"input_size": list(pre.input_size), "mean": list(pre.mean), "std": list(pre.std),
-                       "num_frames": pre.num_frames},
+        "name": backbone.name,
+        "task": backbone.task,
+        "labels": list(backbone.labels),
+        "outputs": outputs,
+        "preprocess": {
+            "input_size": list(pre.input_size),
+            "mean": list(pre.mean),
+            "std": list(pre.std),
+            "num_frames": pre.num_frames,
+        },
         "points": {p.name: [list(s) for s in p.pathway_shapes] for p in backbone.injection_points},
-        "pretrained": backbone.pretrained, "weights_note": backbone.weights_note,
+        "pretrained": backbone.pretrained,
+        "weights_note": backbone.weights_note,
         **_postprocess_settings(backbone),
     }
 
@@ -200,8 +222,10 @@ def _postprocess_settings(backbone: Backbone) -> dict:
 def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: ModelStore, progress=None) -> str:
     """The full graph, the description and the suffix graph from each of ``points``; returns the backbone key."""
     if backbone.task not in OUTPUT_NAMES:
-        raise ValueError(f"{backbone.name}: {backbone.task} backbones cannot be exported to ONNX yet "
-                         f"(exportable: {', '.join(OUTPUT_NAMES)})")
+        raise ValueError(
+            f"{backbone.name}: {backbone.task} backbones cannot be exported to ONNX yet "
+            f"(exportable: {', '.join(OUTPUT_NAMES)})"
+        )
     key = backbone_key(backbone)
     outputs = OUTPUT_NAMES[backbone.task]
     h, w = backbone.preprocess.input_size
@@ -216,8 +240,9 @@ def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: Mod
         ids = torch.full((2, 2), backbone.caption_settings()["bos"], dtype=torch.long)
         with torch.no_grad():
             embeds = backbone.image_embeds(backbone.preprocess(torch.rand(2, 3, h, w)))
-        step = _to_onnx(_TextStep(backbone), (ids, embeds), ["input_ids", "image_embeds"], ["logits"],
-                        dynamic_dims=[(0, 1), (0,)])
+        step = _to_onnx(
+            _TextStep(backbone), (ids, embeds), ["input_ids", "image_embeds"], ["logits"], dynamic_dims=[(0, 1), (0,)]
+        )
         store.put("decoder", key, step.SerializeToString())
     store.put("backbone", key, json.dumps(_describe(backbone, outputs), indent=1).encode(), suffix=".json")
     for point in points:
@@ -250,18 +275,23 @@ def export_adapter_tail(store: ModelStore) -> None:
         onnx.helper.make_node("Conv", ["activated", "kernel", "bias"], ["output"]),
     ]
     graph = onnx.helper.make_graph(
-        nodes, "adapter_tail",
-        [onnx.helper.make_tensor_value_info("input", f, ["N", "C_hidden", "H", "W"]),
-         onnx.helper.make_tensor_value_info("weight", f, ["C_out", "C_hidden"]),
-         onnx.helper.make_tensor_value_info("bias", f, ["C_out"])],
-        [onnx.helper.make_tensor_value_info("output", f, ["N", "C_out", "H", "W"])])
+        nodes,
+        "adapter_tail",
+        [
+            onnx.helper.make_tensor_value_info("input", f, ["N", "C_hidden", "H", "W"]),
+            onnx.helper.make_tensor_value_info("weight", f, ["C_out", "C_hidden"]),
+            onnx.helper.make_tensor_value_info("bias", f, ["C_out"]),
+        ],
+        [onnx.helper.make_tensor_value_info("output", f, ["N", "C_out", "H", "W"])],
+    )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
     onnx.checker.check_model(model, full_check=True)
     store.put("adapter", ADAPTER_TAIL, model.SerializeToString())
 
 
-def export_route_graphs(inr: INR, backbone: Backbone, point: str, store: ModelStore, stacked: bool = False,
-                        progress=None) -> str:
+def export_route_graphs(
+    inr: INR, backbone: Backbone, point: str, store: ModelStore, stacked: bool = False, progress=None
+) -> str:
     """Everything a route of ``inr`` into ``backbone`` at ``point`` needs in the store; returns the backbone key."""
     export_inr_graphs(inr, store, progress)
     if stacked:

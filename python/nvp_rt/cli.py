@@ -13,8 +13,15 @@ import json
 import sys
 from pathlib import Path
 
-from .command import (AddCommand, UserError, add_store_option, parse_frame_range, passive_openmp_waits, registered_commands,
-                      run_reporting_errors)
+from .command import (
+    AddCommand,
+    UserError,
+    add_store_option,
+    parse_frame_range,
+    passive_openmp_waits,
+    registered_commands,
+    run_reporting_errors,
+)
 from .nvpfile import NvpFile
 from .store import ModelStore
 
@@ -35,8 +42,19 @@ def cmd_info(args) -> None:
     frames, h, w = video.get("frames"), video.get("height"), video.get("width")
     bpp = 8 * nvp.size_bytes / (frames * h * w) if all(isinstance(v, int) and v > 0 for v in (frames, h, w)) else None
     if args.json:
-        print(json.dumps({"path": str(nvp.path), "format_version": list(nvp.version), "bytes": nvp.size_bytes,
-                          "bpp": bpp, "manifest": m, "routes": [r.header() for r in nvp.routes()]}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "path": str(nvp.path),
+                    "format_version": list(nvp.version),
+                    "bytes": nvp.size_bytes,
+                    "bpp": bpp,
+                    "manifest": m,
+                    "routes": [r.header() for r in nvp.routes()],
+                },
+                indent=1,
+            )
+        )
         return
     metrics = m.get("metrics", {})
     sizes = {name: (len(s.arrays), sum(a.nbytes for a in s.arrays.values())) for name, s in nvp.sections.items()}
@@ -48,8 +66,12 @@ def cmd_info(args) -> None:
         f"({_db(metrics.get('psnr_float_db'))} before)",
         f"inr         {inr.get('family', '?')}: " + ", ".join(f"{k}={v}" for k, v in inr.items() if k != "family"),
         "sections    " + ", ".join(f"{k} ({n} arrays, {b} bytes)" for k, (n, b) in sizes.items()),
-        "taps        " + ", ".join(f"{t.get('name')} {'x'.join(map(str, t.get('shape', [])))}"
-                                   for t in m.get("taps", []) if isinstance(t, dict)),
+        "taps        "
+        + ", ".join(
+            f"{t.get('name')} {'x'.join(map(str, t.get('shape', [])))}"
+            for t in m.get("taps", [])
+            if isinstance(t, dict)
+        ),
         f"routes      {len(nvp.routes())}",
     ]
     for r in nvp.routes():
@@ -90,8 +112,12 @@ def cmd_view(args) -> None:
 def _session(args):
     from .session import Session
 
-    return Session(args.file, device=getattr(args, "device", "auto"), backend=getattr(args, "backend", "auto"),
-                   store=ModelStore(args.store))
+    return Session(
+        args.file,
+        device=getattr(args, "device", "auto"),
+        backend=getattr(args, "backend", "auto"),
+        store=ModelStore(args.store),
+    )
 
 
 def cmd_run(args) -> None:
@@ -107,10 +133,19 @@ def cmd_run(args) -> None:
     t0 = time.perf_counter()
     answers = session.run(tasks, frames=range(start, stop, step), top_k=args.top_k)
     elapsed = time.perf_counter() - t0
-    print(json.dumps({"file": args.file, "device": session.device, "backend": session.backend.name,
-                      "tasks": {t: a.to_dict() for t, a in answers.items()},
-                      "timings_ms": {k: round(v * 1e3, 3) for k, v in session.last_timings.items()},
-                      "query_ms": round(elapsed * 1e3, 3)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "file": args.file,
+                "device": session.device,
+                "backend": session.backend.name,
+                "tasks": {t: a.to_dict() for t, a in answers.items()},
+                "timings_ms": {k: round(v * 1e3, 3) for k, v in session.last_timings.items()},
+                "query_ms": round(elapsed * 1e3, 3),
+            },
+            indent=1,
+        )
+    )
 
 
 def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.ArgumentParser:
@@ -126,7 +161,6 @@ def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.Argu
             missing = sub.add_parser(name, help=f"{summary} (needs the export side)", add_help=False, prefix_chars="\0")
             missing.add_argument("arguments", nargs="*")
             missing.set_defaults(run=_needs_export(name))
-
 
     r = sub.add_parser("run", help="answer tasks on frames of a .nvp file; prints JSON")
     r.add_argument("file")

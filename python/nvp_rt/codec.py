@@ -31,7 +31,7 @@ class Quantised:
     axis: int | None  # None: per-tensor
 
     def dequantise(self) -> np.ndarray:
-        return (self.low.astype(np.float32) + self.symbols.astype(np.float32) * self.step.astype(np.float32))
+        return self.low.astype(np.float32) + self.symbols.astype(np.float32) * self.step.astype(np.float32)
 
 
 def _fp16_range(lo: np.ndarray, hi: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +108,13 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
     entries, streams = meta.get("tensors"), meta.get("streams")
     _check(isinstance(entries, list) and isinstance(streams, dict), "malformed index")
     for e in entries:
-        _check(isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("shape"), list)
-               and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in e["shape"]), "malformed tensor entry")
+        _check(
+            isinstance(e, dict)
+            and isinstance(e.get("name"), str)
+            and isinstance(e.get("shape"), list)
+            and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in e["shape"]),
+            "malformed tensor entry",
+        )
     claimed: dict[str, int] = {}
     for e in entries:
         claimed[str(e.get("bits"))] = claimed.get(str(e.get("bits")), 0) + int(np.prod(e["shape"], dtype=np.int64))
@@ -117,20 +122,29 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
     _check(claimed == streams and sum(claimed.values()) <= MAX_SYMBOLS, "stream sizes do not match the tensors")
     symbols_by_bits = {}
     for key, total in streams.items():
-        _check(key.isdigit() and 1 <= int(key) <= 16 and isinstance(total, int) and 0 <= total <= MAX_SYMBOLS,
-               f"bad stream {key!r}")
+        _check(
+            key.isdigit() and 1 <= int(key) <= 16 and isinstance(total, int) and 0 <= total <= MAX_SYMBOLS,
+            f"bad stream {key!r}",
+        )
         b = int(key)
         counts, words = arrays.get(f"stream{b}:counts"), arrays.get(f"stream{b}:words")
         _check(counts is not None and words is not None, f"stream {b} missing")
-        _check(counts.dtype == np.uint32 and counts.shape == (1 << b,) and int(counts.sum(dtype=np.uint64)) == total,
-               f"stream {b} symbol counts inconsistent")
+        _check(
+            counts.dtype == np.uint32 and counts.shape == (1 << b,) and int(counts.sum(dtype=np.uint64)) == total,
+            f"stream {b} symbol counts inconsistent",
+        )
         _check(words.dtype == np.uint32 and words.ndim == 1, f"stream {b} words malformed")
         try:
-            decoded = (constriction.stream.queue.RangeDecoder(words).decode(_model(counts), total)
-                       if total else np.zeros(0, np.int32))
+            decoded = (
+                constriction.stream.queue.RangeDecoder(words).decode(_model(counts), total)
+                if total
+                else np.zeros(0, np.int32)
+            )
         except Exception as e:  # a damaged stream may fail inside the coder in coder-specific ways
             raise NvpFormatError(f"INR payload: stream {b} does not decode ({e})") from None
-        _check(np.array_equal(np.bincount(decoded, minlength=1 << b), counts), f"stream {b} does not decode to its counts")
+        _check(
+            np.array_equal(np.bincount(decoded, minlength=1 << b), counts), f"stream {b} does not decode to its counts"
+        )
         symbols_by_bits[b] = [decoded, 0]
     out = {}
     for e in entries:
@@ -140,12 +154,17 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         n = int(np.prod(shape, dtype=np.int64))
         stream = symbols_by_bits[b]
         _check(stream[1] + n <= stream[0].size, f"{name}: stream too short")
-        q = stream[0][stream[1]:stream[1] + n].reshape(shape)
+        q = stream[0][stream[1] : stream[1] + n].reshape(shape)
         stream[1] += n
         low, step = arrays.get(f"{name}:low"), arrays.get(f"{name}:step")
         slices = 1 if axis is None else shape[axis]
-        _check(low is not None and step is not None and low.dtype == step.dtype == np.float16
-               and low.shape == step.shape == (slices,), f"{name}: quantisation range malformed")
+        _check(
+            low is not None
+            and step is not None
+            and low.dtype == step.dtype == np.float16
+            and low.shape == step.shape == (slices,),
+            f"{name}: quantisation range malformed",
+        )
         view = [1] * len(shape)
         if axis is not None:
             view[axis] = slices

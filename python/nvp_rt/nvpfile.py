@@ -57,9 +57,14 @@ class Route:
     metadata: dict[str, Any]
 
     def header(self) -> dict[str, Any]:
-        return {"task": self.task, "backbone": self.backbone, "tap": self.tap,
-                "injection_point": self.injection_point, "arrays": sorted(self.arrays),
-                "metadata": self.metadata}
+        return {
+            "task": self.task,
+            "backbone": self.backbone,
+            "tap": self.tap,
+            "injection_point": self.injection_point,
+            "arrays": sorted(self.arrays),
+            "metadata": self.metadata,
+        }
 
 
 @dataclass(frozen=True)
@@ -113,8 +118,16 @@ class NvpFile:
             head = _expect(head, dict, "route")
             try:
                 arrays = {k: section.arrays[f"{i}/{k}"] for k in head["arrays"]}
-                routes.append(Route(head["task"], head["backbone"], head["tap"],
-                                    head["injection_point"], arrays, head.get("metadata", {})))
+                routes.append(
+                    Route(
+                        head["task"],
+                        head["backbone"],
+                        head["tap"],
+                        head["injection_point"],
+                        arrays,
+                        head.get("metadata", {}),
+                    )
+                )
             except (KeyError, TypeError) as e:
                 raise NvpFormatError(f"{self.path}: route {i} is malformed ({e})") from None
         return routes
@@ -133,12 +146,14 @@ def _parse(data: bytes, where: str) -> tuple[tuple[int, int], dict, dict[str, by
     if magic != MAGIC:
         raise NvpFormatError(f"{where}: not a .nvp file (bad magic)")
     if major != FORMAT_VERSION[0]:
-        raise NvpFormatError(f"{where}: .nvp format {major}.{minor} is not supported (this reader: {FORMAT_VERSION[0]}.x)")
+        raise NvpFormatError(
+            f"{where}: .nvp format {major}.{minor} is not supported (this reader: {FORMAT_VERSION[0]}.x)"
+        )
     if manifest_len > MAX_MANIFEST_BYTES or _HEADER.size + manifest_len > len(data):
         raise NvpFormatError(f"{where}: truncated or corrupt (manifest length {manifest_len} exceeds the file)")
     body_start = _HEADER.size + manifest_len
-    manifest_bytes = data[_HEADER.size:body_start]
-    if zlib.crc32(manifest_bytes, zlib.crc32(data[:_HEADER.size - 4])) != manifest_crc:
+    manifest_bytes = data[_HEADER.size : body_start]
+    if zlib.crc32(manifest_bytes, zlib.crc32(data[: _HEADER.size - 4])) != manifest_crc:
         raise NvpFormatError(f"{where}: manifest checksum mismatch (file corrupt or tampered)")
     try:
         manifest = json.loads(manifest_bytes.decode("utf-8"))
@@ -157,7 +172,7 @@ def _parse(data: bytes, where: str) -> tuple[tuple[int, int], dict, dict[str, by
             raise NvpFormatError(f"{where}: section {name!r} overlaps or leaves a gap")
         if offset + length > len(body):
             raise NvpFormatError(f"{where}: truncated (section {name!r} ends past the end of the file)")
-        chunk = bytes(body[offset:offset + length])
+        chunk = bytes(body[offset : offset + length])
         if zlib.crc32(chunk) != crc:
             raise NvpFormatError(f"{where}: section {name!r} checksum mismatch (file corrupt or tampered)")
         raw[name] = chunk
@@ -189,11 +204,17 @@ def _routes_section(routes: list[Route]) -> tuple[bytes, dict]:
     return _blob(arrays), {"routes": [r.header() for r in routes]}
 
 
-def write_nvp(path: str | os.PathLike, manifest: dict[str, Any], inr_arrays: dict[str, np.ndarray],
-              inr_meta: dict[str, Any], routes: list[Route] = ()) -> int:
+def write_nvp(
+    path: str | os.PathLike,
+    manifest: dict[str, Any],
+    inr_arrays: dict[str, np.ndarray],
+    inr_meta: dict[str, Any],
+    routes: list[Route] = (),
+) -> int:
     """Write a complete .nvp file atomically; returns its size in bytes."""
-    data = _serialise(manifest, {INR_SECTION: (_blob(inr_arrays), inr_meta),
-                                 ROUTES_SECTION: _routes_section(list(routes))})
+    data = _serialise(
+        manifest, {INR_SECTION: (_blob(inr_arrays), inr_meta), ROUTES_SECTION: _routes_section(list(routes))}
+    )
     atomic_write(path, data)
     return len(data)
 

@@ -109,7 +109,13 @@ def resize_conv1x1(
         module = cuda_module()
         described = {name: as_cuda_array(a, name).as_arg() if a is not None else None for name, a in args.items()}
         return module.resize_conv1x1(
-            described["x"], described["weight"], described["bias"], ho, wo, order_code, stream_handle(stream),
+            described["x"],
+            described["weight"],
+            described["bias"],
+            ho,
+            wo,
+            order_code,
+            stream_handle(stream),
             described["out"],
         )
     if stream is not None:

@@ -97,5 +97,6 @@ class VideoINR:
         """(B,) frame indices, already range-checked -> the stem graph's input."""
         if self.family == "hnerv":
             return self.embeddings[frames]
-        return positional_encoding(frames / self.num_frames, int(self.config["pe_levels"]),
-                                   float(self.config["pe_base"]))
+        return positional_encoding(
+            frames / self.num_frames, int(self.config["pe_levels"]), float(self.config["pe_base"])
+        )

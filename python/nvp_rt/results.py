@@ -11,8 +11,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Classification", "Detection", "Action", "Segmentation", "Captioning", "postprocess", "bilinear_matrix",
-           "detokenize"]
+__all__ = [
+    "Classification",
+    "Detection",
+    "Action",
+    "Segmentation",
+    "Captioning",
+    "postprocess",
+    "bilinear_matrix",
+    "detokenize",
+]
 
 TopK = list[tuple[int, str, float]]  # (class index, label, probability), best first
 
@@ -41,8 +49,10 @@ class Classification:
     top_k: list[TopK]
 
     def to_dict(self) -> dict:
-        return {"kind": "classification", "frames": [{"frame": f, "top_k": t}
-                                                     for f, t in zip(self.frames, _top_k_dicts(self.top_k))]}
+        return {
+            "kind": "classification",
+            "frames": [{"frame": f, "top_k": t} for f, t in zip(self.frames, _top_k_dicts(self.top_k))],
+        }
 
 
 @dataclass
@@ -54,8 +64,10 @@ class Action:
     top_k: list[TopK]
 
     def to_dict(self) -> dict:
-        return {"kind": "action", "clips": [{"frames": c, "top_k": t}
-                                            for c, t in zip(self.clips, _top_k_dicts(self.top_k))]}
+        return {
+            "kind": "action",
+            "clips": [{"frames": c, "top_k": t} for c, t in zip(self.clips, _top_k_dicts(self.top_k))],
+        }
 
 
 @dataclass
@@ -76,11 +88,24 @@ class Detection:
     raw_boxes: np.ndarray  # (N, Q, 4) normalised cx, cy, w, h
 
     def to_dict(self) -> dict:
-        return {"kind": "detection", "frames": [
-            {"frame": f, "detections": [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 6),
-                                         "label": int(c), "name": n}
-                                        for b, s, c, n in zip(d.boxes, d.scores, d.labels, d.names)]}
-            for f, d in zip(self.frames, self.detections)]}
+        return {
+            "kind": "detection",
+            "frames": [
+                {
+                    "frame": f,
+                    "detections": [
+                        {
+                            "box": [round(float(v), 2) for v in b],
+                            "score": round(float(s), 6),
+                            "label": int(c),
+                            "name": n,
+                        }
+                        for b, s, c, n in zip(d.boxes, d.scores, d.labels, d.names)
+                    ],
+                }
+                for f, d in zip(self.frames, self.detections)
+            ],
+        }
 
     @property
     def boxes(self) -> list[np.ndarray]:
@@ -109,8 +134,10 @@ class Segmentation:
         frames = []
         for f, mask in zip(self.frames, self.masks):
             classes, counts = np.unique(mask, return_counts=True)
-            areas = {(self.labels[c] if c < len(self.labels) else str(c)): round(float(n) / mask.size, 6)
-                     for c, n in zip(classes, counts)}
+            areas = {
+                (self.labels[c] if c < len(self.labels) else str(c)): round(float(n) / mask.size, 6)
+                for c, n in zip(classes, counts)
+            }
             frames.append({"frame": f, "class_areas": areas})
         return {"kind": "segmentation", "frames": frames}
 
@@ -125,16 +152,30 @@ class Captioning:
     texts: list[str] | None
 
     def to_dict(self) -> dict:
-        return {"kind": "captioning", "frames": [
-            {"frame": f, "token_ids": ids, **({"text": self.texts[i]} if self.texts is not None else {})}
-            for i, (f, ids) in enumerate(zip(self.frames, self.token_ids))]}
+        return {
+            "kind": "captioning",
+            "frames": [
+                {"frame": f, "token_ids": ids, **({"text": self.texts[i]} if self.texts is not None else {})}
+                for i, (f, ids) in enumerate(zip(self.frames, self.token_ids))
+            ],
+        }
 
 
 # WordPiece decoding as transformers' BERT tokenizer (BLIP's) does it with skip_special_tokens=True: the
 # tokenizers library's WordPiece decoder cleans each token as it joins them; the tokenizer may then clean the
 # whole string again (its clean_up_tokenization_spaces setting).
-_CLEANUPS = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
+_CLEANUPS = [
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+]
 
 
 def _clean(text: str) -> str:
@@ -165,8 +206,9 @@ def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-def _detections(logits: np.ndarray, boxes: np.ndarray, labels: list[str], threshold: float,
-                size: tuple[int, int]) -> list[FrameDetections]:
+def _detections(
+    logits: np.ndarray, boxes: np.ndarray, labels: list[str], threshold: float, size: tuple[int, int]
+) -> list[FrameDetections]:
     probs = _softmax(logits.astype(np.float64))[..., :-1]  # the last class is "no object"
     scores, classes = probs.max(-1), probs.argmax(-1)
     h, w = size
@@ -175,13 +217,20 @@ def _detections(logits: np.ndarray, boxes: np.ndarray, labels: list[str], thresh
         keep = s > threshold
         cx, cy, bw, bh = b[keep].T
         xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1) * [w, h, w, h]
-        out.append(FrameDetections(xyxy.astype(np.float32), s[keep].astype(np.float32), c[keep],
-                                   [labels[i] for i in c[keep]]))
+        out.append(
+            FrameDetections(xyxy.astype(np.float32), s[keep].astype(np.float32), c[keep], [labels[i] for i in c[keep]])
+        )
     return out
 
 
-def postprocess(task: str, outputs: dict[str, np.ndarray], description: dict[str, Any], frames: list,
-                video_size: tuple[int, int], k: int = 5):
+def postprocess(
+    task: str,
+    outputs: dict[str, np.ndarray],
+    description: dict[str, Any],
+    frames: list,
+    video_size: tuple[int, int],
+    k: int = 5,
+):
     """Raw head outputs of ``task`` kind -> its typed result. ``video_size`` is (H, W)."""
     labels = list(description.get("labels", []))
     if task == "classification":

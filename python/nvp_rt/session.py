@@ -102,14 +102,21 @@ class _Route:
             for i, p in enumerate(pathways):
                 prefix = f"pathway{i}/" if len(pathways) > 1 else ""
                 convs = 2 if meta.get("hidden") else 1
-                weights = [(device.kernel_array(route.arrays[f"{prefix}weight{j}"]),
-                            device.kernel_array(route.arrays[f"{prefix}bias{j}"])) for j in range(convs)]
+                weights = [
+                    (
+                        device.kernel_array(route.arrays[f"{prefix}weight{j}"]),
+                        device.kernel_array(route.arrays[f"{prefix}bias{j}"]),
+                    )
+                    for j in range(convs)
+                ]
                 self.pathways.append(_Pathway(weights, (int(p["size"][0]), int(p["size"][1]))))
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise NvpFormatError(f"{where}: route {route.task!r} is malformed ({e})") from None
         if len(self.pathways) != len(head.inputs):
-            raise NvpFormatError(f"{where}: route {route.task!r} has {len(self.pathways)} adapter pathway(s) but "
-                                 f"its head takes {len(head.inputs)}")
+            raise NvpFormatError(
+                f"{where}: route {route.task!r} has {len(self.pathways)} adapter pathway(s) but "
+                f"its head takes {len(head.inputs)}"
+            )
 
 
 def _check_route_shapes(route: Route, tap, head: _Head, where: str) -> None:
@@ -120,16 +127,23 @@ def _check_route_shapes(route: Route, tap, head: _Head, where: str) -> None:
         first = route.arrays[f"{prefix}weight0"]
         last = route.arrays[f"{prefix}weight{1 if route.metadata.get('hidden') else 0}"]
         channels = head_input.shape[2 if head.clip_frames > 1 else 1]  # video heads take (N, T, C, H, W)
-        if first.ndim != 2 or first.shape[1] != tap.shape[0] or (isinstance(channels, int) and last.shape[0] != channels):
-            raise NvpFormatError(f"{where}: route {route.task!r} adapter {tuple(first.shape)} does not fit tap "
-                                 f"{tap.name} ({tap.shape[0]} channels) and its head ({channels} channels)")
+        if (
+            first.ndim != 2
+            or first.shape[1] != tap.shape[0]
+            or (isinstance(channels, int) and last.shape[0] != channels)
+        ):
+            raise NvpFormatError(
+                f"{where}: route {route.task!r} adapter {tuple(first.shape)} does not fit tap "
+                f"{tap.name} ({tap.shape[0]} channels) and its head ({channels} channels)"
+            )
 
 
 class Session:
     """One video and the tasks routed in it; see the module docstring."""
 
-    def __init__(self, path, device: str = "auto", backend: str = "auto", store: ModelStore | str | None = None,
-                 threads: int = 0):
+    def __init__(
+        self, path, device: str = "auto", backend: str = "auto", store: ModelStore | str | None = None, threads: int = 0
+    ):
         self.path = str(path)
         self.store = store if isinstance(store, ModelStore) else ModelStore(store)
         self.backend: Backend = resolve_backend(device, backend, self.store)
@@ -144,7 +158,9 @@ class Session:
         self._routes: dict[str, _Route] = {}
         for route in nvp.routes():
             head = _Head(self._sessions, self.store, route.backbone, route.injection_point)
-            tail = self._sessions.get(self.store.get("adapter", "gelu_conv1x1")) if route.metadata.get("hidden") else None
+            tail = (
+                self._sessions.get(self.store.get("adapter", "gelu_conv1x1")) if route.metadata.get("hidden") else None
+            )
             self._routes[route.task] = _Route(route, head, tail, self._device, self.path)
             _check_route_shapes(route, self.inr.tap(route.tap), head, self.path)
         self._timings = threading.local()
@@ -181,8 +197,10 @@ class Session:
     def _plan(self, tasks: Sequence[str]) -> tuple[list[_Route], str]:
         missing = [t for t in tasks if t not in self._routes]
         if missing:
-            raise UnknownTaskError(f"{self.path} has no route for task(s) {missing}; it has {self.tasks} "
-                                   "(add one with `nvp-export --task NAME`)")
+            raise UnknownTaskError(
+                f"{self.path} has no route for task(s) {missing}; it has {self.tasks} "
+                "(add one with `nvp-export --task NAME`)"
+            )
         routes = [self._routes[t] for t in tasks]
         order = self.inr.tap_names
         return routes, max((r.tap for r in routes), key=order.index)
@@ -203,8 +221,10 @@ class Session:
         clip = route.head.clip_frames
         n = features.shape[0]
         if n % clip:
-            raise ValueError(f"task {route.task!r} answers clips of {clip} consecutive frames; "
-                             f"{n} frames were requested (ask for a multiple of {clip})")
+            raise ValueError(
+                f"task {route.task!r} answers clips of {clip} consecutive frames; "
+                f"{n} frames were requested (ask for a multiple of {clip})"
+            )
         out = []
         for p in route.pathways:
             (w0, b0), rest = p.weights[0], p.weights[1:]
@@ -236,8 +256,9 @@ class Session:
                 frames_of = idx.tolist()
                 if route.head.clip_frames > 1:
                     frames_of = idx.reshape(-1, route.head.clip_frames).tolist()
-                answers[route.task] = postprocess(route.head.task, raw, route.head.description, frames_of,
-                                                  self.size, top_k)
+                answers[route.task] = postprocess(
+                    route.head.task, raw, route.head.description, frames_of, self.size, top_k
+                )
         self._timings.value = clock.finish()
         return answers
 
@@ -332,8 +353,13 @@ class _OrtCudaArray:
 
     def __init__(self, value):
         self.value, self.shape = value, tuple(value.shape())
-        self.__cuda_array_interface__ = {"shape": self.shape, "typestr": "<f4", "data": (value.data_ptr(), False),
-                                         "strides": None, "version": 3}
+        self.__cuda_array_interface__ = {
+            "shape": self.shape,
+            "typestr": "<f4",
+            "data": (value.data_ptr(), False),
+            "strides": None,
+            "version": 3,
+        }
 
     def numpy(self) -> np.ndarray:
         return self.value.numpy()
@@ -363,6 +389,7 @@ class _Clock:
     def engine(self):
         def add(s):
             self.engine_s += s
+
         return self._Span(add)
 
     def finish(self) -> dict[str, float]:

@@ -92,17 +92,24 @@ def _shape(rgb: np.ndarray, selection: FrameSelection, frame, path) -> np.ndarra
         if w > rgb.shape[1] or h > rgb.shape[0]:
             raise VideoError(f"{path}: crop {w}x{h} is larger than the frame {rgb.shape[1]}x{rgb.shape[0]}")
         y, x = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
-        rgb = rgb[y:y + h, x:x + w]
+        rgb = rgb[y : y + h, x : x + w]
     if selection.size and (rgb.shape[1], rgb.shape[0]) != selection.size:
         av = _av()
         resized = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        rgb = resized.reformat(width=selection.size[0], height=selection.size[1],
-                               interpolation="AREA").to_ndarray(format="rgb24")
+        rgb = resized.reformat(width=selection.size[0], height=selection.size[1], interpolation="AREA").to_ndarray(
+            format="rgb24"
+        )
     return rgb
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 30.0, codec: str = "libx264",
-                options: dict[str, str] | None = None, pix_fmt: str = "yuv420p") -> int:
+def write_video(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    fps: float = 30.0,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+    pix_fmt: str = "yuv420p",
+) -> int:
     """Encode frames into a video file atomically; returns the bytes of coded video (stream payload, no container)."""
     av = _av()
     path = Path(path)

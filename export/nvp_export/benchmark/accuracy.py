@@ -30,23 +30,33 @@ def reference_outputs(runner: BackboneRunner, frames: np.ndarray, indices: Seque
     return runner.run(runner.preprocess(pictures))
 
 
-def agreement(runner: BackboneRunner, task: str, answers: list[Answers], references: list[dict[str, np.ndarray]],
-              video_size: tuple[int, int]) -> dict[str, float]:
+def agreement(
+    runner: BackboneRunner,
+    task: str,
+    answers: list[Answers],
+    references: list[dict[str, np.ndarray]],
+    video_size: tuple[int, int],
+) -> dict[str, float]:
     """Agreement of a pipeline's answers to ``task`` with the references of the same queries."""
     got = {k: np.concatenate([a[task][k] for a in answers]) for k in answers[0][task]}
     ref = {k: np.concatenate([r[k] for r in references]) for k in references[0]}
     kind = runner.task
     if kind in ("classification", "action"):
-        return {"top1_agreement": float((got["logits"].argmax(-1) == ref["logits"].argmax(-1)).mean()),
-                "logits_rel_error": relative_error(torch.from_numpy(got["logits"]), torch.from_numpy(ref["logits"]))}
+        return {
+            "top1_agreement": float((got["logits"].argmax(-1) == ref["logits"].argmax(-1)).mean()),
+            "logits_rel_error": relative_error(torch.from_numpy(got["logits"]), torch.from_numpy(ref["logits"])),
+        }
     if kind == "detection":
         n = len(got["logits"])
         mine = postprocess("detection", got, runner.description, list(range(n)), video_size)
         theirs = postprocess("detection", ref, runner.description, list(range(n)), video_size)
-        return {"box_iou_agreement": box_agreement([torch.from_numpy(b) for b in mine.boxes],
-                                                   [torch.from_numpy(b) for b in theirs.boxes]),
-                "logits_rel_error": relative_error(torch.from_numpy(got["logits"]), torch.from_numpy(ref["logits"])),
-                "detections_ref": float(sum(len(b) for b in theirs.boxes))}
+        return {
+            "box_iou_agreement": box_agreement(
+                [torch.from_numpy(b) for b in mine.boxes], [torch.from_numpy(b) for b in theirs.boxes]
+            ),
+            "logits_rel_error": relative_error(torch.from_numpy(got["logits"]), torch.from_numpy(ref["logits"])),
+            "detections_ref": float(sum(len(b) for b in theirs.boxes)),
+        }
     raise ValueError(f"no agreement measure for task kind {kind!r}")
 
 

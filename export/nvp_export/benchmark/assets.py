@@ -33,8 +33,10 @@ from ..zoo import i3d_r50, load_backbone, slowfast_r50
 
 __all__ = ["TaskSpec", "VideoSpec", "Video", "prepare_video", "tap_for"]
 
-_VIDEO_PRESETS = {"i3d_r50": (i3d_r50.build, i3d_r50.I3DConfig), "slowfast_r50": (slowfast_r50.build,
-                                                                                  slowfast_r50.SlowFastConfig)}
+_VIDEO_PRESETS = {
+    "i3d_r50": (i3d_r50.build, i3d_r50.I3DConfig),
+    "slowfast_r50": (slowfast_r50.build, slowfast_r50.SlowFastConfig),
+}
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,12 @@ def tap_for(tap_shapes: dict[str, tuple[int, ...]], point_shape: tuple[int, ...]
 def _selected_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) -> tuple[Route, dict]:
     result = adapt(inr, frames, backbone, AdaptConfig(epochs=epochs, progress=False))
     r = replace(result.route, task=task.name, backbone=key)
-    info = {"tap": r.inr_tap, "point": r.injection_point, "selected_by": "CKA + adapter training (nvp_export.route.adapt)",
-            "top1_agreement_torch": r.metrics.get("top1_agreement")}
+    info = {
+        "tap": r.inr_tap,
+        "point": r.injection_point,
+        "selected_by": "CKA + adapter training (nvp_export.route.adapt)",
+        "top1_agreement_torch": r.metrics.get("top1_agreement"),
+    }
     return to_file_route(r), info
 
 
@@ -111,13 +117,18 @@ def _fitted_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) 
     adapter = PathwayAdapter(taps.shape[1], backbone.point(task.point))
     history = fit_adapter(adapter, taps, targets, AdapterFitConfig(epochs=epochs, progress=False))
     arrays, meta = adapter.eval().to_route()
-    info = {"tap": tap, "point": task.point, "selected_by": "shallowest tap covering the point (assets.tap_for)",
-            "adapter_loss": [history[0], min(history)]}
+    info = {
+        "tap": tap,
+        "point": task.point,
+        "selected_by": "shallowest tap covering the point (assets.tap_for)",
+        "adapter_loss": [history[0], min(history)],
+    }
     return Route(task.name, key, tap, task.point, arrays, {"kind": backbone.task, **meta}), info
 
 
-def prepare_video(spec: VideoSpec, folder: Path, store: ModelStore,
-                  progress: Callable[[str], None] = lambda _: None) -> Video:
+def prepare_video(
+    spec: VideoSpec, folder: Path, store: ModelStore, progress: Callable[[str], None] = lambda _: None
+) -> Video:
     """Generate, encode and route ``spec``'s video into ``folder`` (graphs into ``store``)."""
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / f"{spec.clip.name}.mp4"
@@ -125,8 +136,9 @@ def prepare_video(spec: VideoSpec, folder: Path, store: ModelStore,
     frames = write_clip(source, spec.clip)
     nvp_path = folder / f"{spec.name}.nvp"
     progress(f"encode {spec.name}")
-    report = encode_video(source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit),
-                          store=store)
+    report = encode_video(
+        source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit), store=store
+    )
     inr = load_nvp(nvp_path)
     routes, infos = [], {}
     for task in spec.tasks:
@@ -137,8 +149,14 @@ def prepare_video(spec: VideoSpec, folder: Path, store: ModelStore,
         route, info = build(inr, frames, backbone, task, key, spec.adapter_epochs)
         export_route_graphs(inr, backbone, route.injection_point, store)
         routes.append(route)
-        infos[task.name] = {**info, "backbone": key, "preset": task.preset, "pretrained": backbone.pretrained,
-                            "weights_note": backbone.weights_note}
+        infos[task.name] = {
+            **info,
+            "backbone": key,
+            "preset": task.preset,
+            "pretrained": backbone.pretrained,
+            "weights_note": backbone.weights_note,
+        }
     replace_routes(nvp_path, routes)
-    return Video(spec, source, frames, nvp_path, report.bpp, report.psnr_quantised, report.epochs,
-                 report.fit_seconds, infos)
+    return Video(
+        spec, source, frames, nvp_path, report.bpp, report.psnr_quantised, report.epochs, report.fit_seconds, infos
+    )

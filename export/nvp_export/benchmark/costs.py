@@ -45,7 +45,9 @@ class RouteFlops:
         return asdict(self)
 
 
-def query_flops(routes: list[RouteFlops], tap_order: list[str], samples: int = 1) -> dict[str, tuple[float | None, float]]:
+def query_flops(
+    routes: list[RouteFlops], tap_order: list[str], samples: int = 1
+) -> dict[str, tuple[float | None, float]]:
     """(input process, inference) GFLOPs per pipeline family ("nvp", "inr", "h264") of a query asking every
     route in ``routes`` for ``samples`` samples: the pixel paths decode once, NVP decodes to the deepest tap once."""
     deepest = max(routes, key=lambda r: tap_order.index(r.tap))
@@ -82,11 +84,22 @@ def route_flops(nvp_path, task: str, store: ModelStore) -> RouteFlops:
     tap = inr.tap(route.tap)
     # The runtime adapts every requested frame for each pathway (a slower pathway's frames are picked inside the
     # suffix graph), so each pathway's adapter runs ``clip`` times per sample.
-    adapter = sum(clip * graph_macs(resize_conv_graph(tap.shape[0], tap.shape[1:], shape[-2:], shape[0])).total
-                  for shape in description["points"][route.injection_point])
+    adapter = sum(
+        clip * graph_macs(resize_conv_graph(tap.shape[0], tap.shape[1:], shape[-2:], shape[0])).total
+        for shape in description["points"][route.injection_point]
+    )
     suffix = graph_macs(store.get("suffix", f"{route.backbone}@{route.injection_point}"), batch=1).total
     prefix = clip * _stage_macs(store, inr, route.tap)
     full_decode = clip * _stage_macs(store, inr, "rgb")
     resize = clip * graph_macs(resize_conv_graph(3, inr.tap("rgb").shape[1:], (h, w))).total
-    return RouteFlops(task, clip, route.tap, prefix / GIGA, adapter / GIGA, suffix / GIGA, full_decode / GIGA,
-                      resize / GIGA, backbone / GIGA)
+    return RouteFlops(
+        task,
+        clip,
+        route.tap,
+        prefix / GIGA,
+        adapter / GIGA,
+        suffix / GIGA,
+        full_decode / GIGA,
+        resize / GIGA,
+        backbone / GIGA,
+    )

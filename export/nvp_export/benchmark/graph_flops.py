@@ -75,7 +75,9 @@ def _shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Static shapes of every value: ONNX's inference, then, for what it leaves open (DETR's attention reshapes),
     ONNX Runtime's symbolic shape inference, which propagates shape-computing subgraphs further."""
     shapes = _known(shape_inference.infer_shapes(model, data_prop=True))
-    needed = {n for node in model.graph.node if node.op_type in _COUNTED for n in (*node.input[:2], node.output[0]) if n}
+    needed = {
+        n for node in model.graph.node if node.op_type in _COUNTED for n in (*node.input[:2], node.output[0]) if n
+    }
     if needed - set(shapes):
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -117,13 +119,14 @@ def _node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
         mode = mode.decode() if isinstance(mode, bytes) else mode
         y = shape(node.output[0])
         spatial = max(len(y) - 2, 1)  # (N, C, *spatial): bilinear on 4-D, trilinear on 5-D, whatever the scales
-        per_output = {"linear": 2 ** spatial, "cubic": 4 ** spatial}.get(mode, 0)
+        per_output = {"linear": 2**spatial, "cubic": 4**spatial}.get(mode, 0)
         return math.prod(y) * per_output
     return 0
 
 
-def graph_macs(model: onnx.ModelProto | str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] = {},
-               batch: int | None = None) -> GraphMacs:
+def graph_macs(
+    model: onnx.ModelProto | str | os.PathLike, input_shapes: Mapping[str, Sequence[int]] = {}, batch: int | None = None
+) -> GraphMacs:
     """MACs of one run of ``model`` with its inputs of ``input_shapes``; inputs not given whose only dynamic dim
     is the leading one get ``batch`` there (None: every dynamic input must be given)."""
     model = _load(model)
@@ -139,8 +142,9 @@ def graph_macs(model: onnx.ModelProto | str | os.PathLike, input_shapes: Mapping
     return GraphMacs(counts)
 
 
-def resize_conv_graph(channels: int, in_size: Sequence[int], out_size: Sequence[int],
-                      out_channels: int | None = None, batch: int = 1) -> onnx.ModelProto:
+def resize_conv_graph(
+    channels: int, in_size: Sequence[int], out_size: Sequence[int], out_channels: int | None = None, batch: int = 1
+) -> onnx.ModelProto:
     """A bilinear resize (N, C, *in_size) -> out_size, then a 1x1 conv to ``out_channels`` (None: no conv).
 
     The two operations NVP's micro adapter fuses, and the pixel path's preprocessing resize, as a graph,
@@ -150,8 +154,15 @@ def resize_conv_graph(channels: int, in_size: Sequence[int], out_size: Sequence[
     in_size, out_size = [int(v) for v in in_size], [int(v) for v in out_size]
     x = helper.make_tensor_value_info("input", f, [batch, channels, *in_size])
     sizes = numpy_helper.from_array(np.array([batch, channels, *out_size], np.int64), "sizes")
-    nodes = [helper.make_node("Resize", ["input", "", "", "sizes"], ["resized"], mode="linear",
-                              coordinate_transformation_mode="half_pixel")]
+    nodes = [
+        helper.make_node(
+            "Resize",
+            ["input", "", "", "sizes"],
+            ["resized"],
+            mode="linear",
+            coordinate_transformation_mode="half_pixel",
+        )
+    ]
     inits, out, c = [sizes], "resized", channels
     if out_channels is not None:
         weight = numpy_helper.from_array(np.zeros((out_channels, channels, 1, 1), np.float32), "weight")

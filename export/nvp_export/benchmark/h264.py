@@ -20,6 +20,7 @@ from ..fidelity.h264 import search_crf
 
 __all__ = ["H264Settings", "H264File", "encode_h264", "encode_at_bpp"]
 
+
 @dataclass(frozen=True)
 class H264Settings:
     crf: int = 23  # libx264's default
@@ -27,8 +28,11 @@ class H264Settings:
     preset: str = "medium"
 
     def options(self) -> dict[str, str]:
-        return {"crf": str(self.crf), "preset": self.preset,
-                "x264-params": f"keyint={self.gop}:min-keyint={self.gop}:scenecut=0"}
+        return {
+            "crf": str(self.crf),
+            "preset": self.preset,
+            "x264-params": f"keyint={self.gop}:min-keyint={self.gop}:scenecut=0",
+        }
 
     def describe(self) -> str:
         return f"libx264 CRF {self.crf}, GOP {self.gop}, preset {self.preset}, yuv420p"
@@ -42,16 +46,18 @@ class H264File:
     bpp: float
 
 
-def encode_h264(frames: np.ndarray, path: str | os.PathLike, settings: H264Settings = H264Settings(),
-                fps: float = 30.0) -> H264File:
+def encode_h264(
+    frames: np.ndarray, path: str | os.PathLike, settings: H264Settings = H264Settings(), fps: float = 30.0
+) -> H264File:
     """Encode uint8 (N, H, W, 3) frames; the file is written atomically."""
     n, h, w, _ = frames.shape
     payload = write_video(path, frames, fps, options=settings.options())
     return H264File(Path(path), settings, payload, 8 * payload / (n * h * w))
 
 
-def encode_at_bpp(frames: np.ndarray, path: str | os.PathLike, bpp: float, gop: int = 250, preset: str = "medium",
-                  fps: float = 30.0) -> H264File:
+def encode_at_bpp(
+    frames: np.ndarray, path: str | os.PathLike, bpp: float, gop: int = 250, preset: str = "medium", fps: float = 30.0
+) -> H264File:
     """The encode whose bpp is closest to ``bpp`` among whole-number CRFs (``h264.search_crf``)."""
     encodes: dict[int, H264File] = {}
     last: list[int] = []  # the file on disk is the last encode

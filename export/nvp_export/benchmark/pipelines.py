@@ -32,8 +32,16 @@ from nvp_rt.backends import SessionCache, resolve_backend
 from nvp_rt.nvpfile import NvpFile
 from nvp_rt.store import ModelStore
 
-__all__ = ["Timing", "BackboneRunner", "H264Reader", "H264Pipeline", "INRPipeline", "NVPPipeline",
-           "nvdec_unavailable_reason", "Answers"]
+__all__ = [
+    "Timing",
+    "BackboneRunner",
+    "H264Reader",
+    "H264Pipeline",
+    "INRPipeline",
+    "NVPPipeline",
+    "nvdec_unavailable_reason",
+    "Answers",
+]
 
 Answers = dict[str, dict[str, np.ndarray]]  # task -> raw outputs ("logits", and "boxes" for detection)
 RESIZE = "BILINEAR"  # swscale's bilinear, as the backbones' bilinear preprocessing
@@ -220,8 +228,9 @@ class _PixelPipeline:
 class H264Pipeline(_PixelPipeline):
     """H.264 file -> PyAV decode (CPU or NVDEC) -> swscale resize -> numpy normalise -> full backbone."""
 
-    def __init__(self, h264_path: str | Path, nvp_path: str | Path, store: ModelStore, decoder: str = "cpu",
-                 threads: int = 0):
+    def __init__(
+        self, h264_path: str | Path, nvp_path: str | Path, store: ModelStore, decoder: str = "cpu", threads: int = 0
+    ):
         super().__init__(nvp_path, store, "cuda" if decoder == "cuvid" else "cpu", threads)
         self.h264_path, self.decoder = Path(h264_path), decoder
         self.name = "H.264 NVDEC" if decoder == "cuvid" else "H.264 CPU"

@@ -31,11 +31,18 @@ def machine(threads: int) -> dict:
     import onnxruntime
     import torch
 
-    return {"cpu": _cpu_model(), "cores_visible": os.cpu_count(), "threads": threads,
-            "load_before": os.getloadavg(), "onnxruntime": onnxruntime.__version__,
-            "providers": onnxruntime.get_available_providers(), "pyav": av.__version__,
-            "ffmpeg": ".".join(map(str, av.library_versions.get("libavcodec", ()))), "torch": torch.__version__,
-            "python": platform.python_version()}
+    return {
+        "cpu": _cpu_model(),
+        "cores_visible": os.cpu_count(),
+        "threads": threads,
+        "load_before": os.getloadavg(),
+        "onnxruntime": onnxruntime.__version__,
+        "providers": onnxruntime.get_available_providers(),
+        "pyav": av.__version__,
+        "ffmpeg": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _fmt(x, digits: int = 2) -> str:
@@ -59,36 +66,46 @@ def _cls_accuracy(results: dict) -> dict[str, float]:
 def table1_markdown(results: dict) -> str:
     lat = results["latency"]
     acc = _cls_accuracy(results)
-    head = ("| Workload | Runtime path | Input process (ms) | Inference (ms) | Total (ms) | Cold total (ms) | "
-            "Input process (GFLOPs) | Inference (GFLOPs) | Total (GFLOPs) | NVP total vs this | Top-1 agreement |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| Workload | Runtime path | Input process (ms) | Inference (ms) | Total (ms) | Cold total (ms) | "
+        "Input process (GFLOPs) | Inference (GFLOPs) | Total (GFLOPs) | NVP total vs this | Top-1 agreement |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     nvp_rows = {r["workload"]: r for r in lat["rows"] if r["pipeline"] == "NVP"}
     for r in lat["rows"]:
         g = r["gflops"]
         ratio = nvp_rows[r["workload"]].get("ratios", {}).get(r["pipeline"], {})
-        vs = "" if r["pipeline"] == "NVP" else (f"{ratio['total']:.2f}x ({100 * (1 - ratio['total']):.1f}% less)"
-                                                if ratio else "")
+        vs = (
+            ""
+            if r["pipeline"] == "NVP"
+            else (f"{ratio['total']:.2f}x ({100 * (1 - ratio['total']):.1f}% less)" if ratio else "")
+        )
         a = acc.get(r["pipeline"]) if r["tasks"] == ["cls"] else None
         lines.append(
             f"| {r['workload']} | {r['pipeline']} | {r['process']['median']:.2f} ± {_iqr(r['process'])} | "
             f"{r['inference']['median']:.2f} | {r['total']['median']:.2f} | {r['cold_total']['median']:.1f} | "
             f"{_fmt(g['process'], 3)} | {_fmt(g['inference'], 3)} | {_fmt(g['total'], 3) if g['process'] is not None else '-'} | "
-            f"{vs} | {'-' if a is None else f'{a:.1%}'} |")
+            f"{vs} | {'-' if a is None else f'{a:.1%}'} |"
+        )
     v = lat["video"]
-    notes = [f"Latency and GFLOPs: {v['width']}x{v['height']} x {v['frames']} frames, {v['family']} briefly fitted "
-             f"({v['fit_epochs']} epoch(s), {v['fit_seconds']:.0f} s, PSNR {v['psnr_db']:.1f} dB: latency and FLOPs do "
-             f"not depend on convergence), H.264 {lat['h264']['settings']} ({lat['h264']['bpp']:.3f} bpp).",
-             "Times: median ± half the interquartile range over warm queries; cold = open the video + first query "
-             "(model graphs already loaded). GFLOPs per sample, 1 MAC = 1 FLOP, counted from the ONNX graphs "
-             "(bilinear resizes 4 per output); H.264 decoding is not counted ('-').",
-             "Top-1 agreement: classification, with the backbone on the original frames, on the highest-budget "
-             "video of Table 2 (320x180; H.264 bpp-matched)."]
+    notes = [
+        f"Latency and GFLOPs: {v['width']}x{v['height']} x {v['frames']} frames, {v['family']} briefly fitted "
+        f"({v['fit_epochs']} epoch(s), {v['fit_seconds']:.0f} s, PSNR {v['psnr_db']:.1f} dB: latency and FLOPs do "
+        f"not depend on convergence), H.264 {lat['h264']['settings']} ({lat['h264']['bpp']:.3f} bpp).",
+        "Times: median ± half the interquartile range over warm queries; cold = open the video + first query "
+        "(model graphs already loaded). GFLOPs per sample, 1 MAC = 1 FLOP, counted from the ONNX graphs "
+        "(bilinear resizes 4 per output); H.264 decoding is not counted ('-').",
+        "Top-1 agreement: classification, with the backbone on the original frames, on the highest-budget "
+        "video of Table 2 (320x180; H.264 bpp-matched).",
+    ]
     for name, reason in lat["skipped"].items():
         notes.append(f"{name} skipped: {reason}.")
     for task, route in v["routes"].items():
-        notes.append(f"Route {task}: {route['preset']} ({'pretrained' if route['pretrained'] else 'random weights'}), "
-                     f"INR {route['tap']} -> {route['point']} ({route['selected_by']}).")
+        notes.append(
+            f"Route {task}: {route['preset']} ({'pretrained' if route['pretrained'] else 'random weights'}), "
+            f"INR {route['tap']} -> {route['point']} ({route['selected_by']})."
+        )
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
@@ -104,27 +121,45 @@ def table2_markdown(results: dict) -> str:
     for p in matched:
         rows.setdefault(p["pipeline"], {})[p["bpp_budget"]] = p
     family = {p["bpp_budget"]: p.get("family", "") for p in matched}
-    head = ("| Path | " + " | ".join(f"{family[b]} budget {b:g} bpp" for b in budgets) + " |\n|---"
-            + "|---" * len(budgets) + "|")
+    head = (
+        "| Path | "
+        + " | ".join(f"{family[b]} budget {b:g} bpp" for b in budgets)
+        + " |\n|---"
+        + "|---" * len(budgets)
+        + "|"
+    )
     lines = [head]
     for name, by_budget in rows.items():
-        cells = [f"{by_budget[b]['accuracy']['cls']['top1_agreement']:.1%} @ {by_budget[b]['bpp']:.3f}"
-                 if b in by_budget else "-" for b in budgets]
+        cells = [
+            f"{by_budget[b]['accuracy']['cls']['top1_agreement']:.1%} @ {by_budget[b]['bpp']:.3f}"
+            if b in by_budget
+            else "-"
+            for b in budgets
+        ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     constant = {p["bpp_budget"]: p["constant_answer"]["cls"] for p in matched if "cls" in p.get("constant_answer", {})}
     if constant:
-        lines.append("| constant answer (the clip's most frequent label) | "
-                     + " | ".join(f"{constant[b]:.1%}" if b in constant else "-" for b in budgets) + " |")
+        lines.append(
+            "| constant answer (the clip's most frequent label) | "
+            + " | ".join(f"{constant[b]:.1%}" if b in constant else "-" for b in budgets)
+            + " |"
+        )
     sweep = sorted((p for p in points if not p.get("bpp_matched", True)), key=lambda p: p["bpp"])
     if sweep:
-        lines.append("| H.264 CRF sweep | " + ", ".join(f"{p['accuracy']['cls']['top1_agreement']:.1%} @ "
-                                                      f"{p['bpp']:.3f}" for p in sweep) + " |" + " |" * (len(budgets) - 1))
+        lines.append(
+            "| H.264 CRF sweep | "
+            + ", ".join(f"{p['accuracy']['cls']['top1_agreement']:.1%} @ {p['bpp']:.3f}" for p in sweep)
+            + " |"
+            + " |" * (len(budgets) - 1)
+        )
     psnrs = ", ".join(f"{b:g}: {next(p['psnr_db'] for p in matched if p['bpp_budget'] == b):.1f} dB" for b in budgets)
-    return ("\n".join(lines) + "\n\n- Top-1 agreement of EfficientNet-Lite0 (ImageNet weights) with itself on the "
-            "original frames, every frame of the clip; cells: agreement @ measured bpp (.nvp: whole encoded file "
-            "before routes; H.264: coded stream, CRF bisected to the .nvp's bpp); a path ignoring its input scores "
-            "the constant answer's agreement.\n"
-            f"- INR PSNR per budget: {psnrs}.\n")
+    return (
+        "\n".join(lines) + "\n\n- Top-1 agreement of EfficientNet-Lite0 (ImageNet weights) with itself on the "
+        "original frames, every frame of the clip; cells: agreement @ measured bpp (.nvp: whole encoded file "
+        "before routes; H.264: coded stream, CRF bisected to the .nvp's bpp); a path ignoring its input scores "
+        "the constant answer's agreement.\n"
+        f"- INR PSNR per budget: {psnrs}.\n"
+    )
 
 
 # The workloads the issue's classification targets are stated for (run.BenchConfig names them so).
@@ -141,8 +176,13 @@ def targets(results: dict) -> list[dict]:
         where = "" if key == CLS_WORKLOAD else " (early injection)"
         if nvp and (key, "H.264 CPU") in rows:
             r = nvp["ratios"]["H.264 CPU"]
-            out.append({"target": f"NVP{where} input process <= 0.1x H.264 CPU", "value": r["process"],
-                        "met": r["process"] <= 0.1})
+            out.append(
+                {
+                    "target": f"NVP{where} input process <= 0.1x H.264 CPU",
+                    "value": r["process"],
+                    "met": r["process"] <= 0.1,
+                }
+            )
             out.append({"target": f"NVP{where} total <= 0.3x H.264 CPU", "value": r["total"], "met": r["total"] <= 0.3})
         g = nvp["ratios"].get("INR full decode", {}).get("gflops") if nvp else None
         if g is not None:
@@ -150,8 +190,14 @@ def targets(results: dict) -> list[dict]:
     for p in results["accuracy"]["points"]:
         if p["pipeline"] != "NVP" or p["bpp"] > 0.1 or "cls" not in p["accuracy"]:
             continue
-        h = next((q for q in results["accuracy"]["points"] if q["pipeline"] == "H.264 CPU" and q.get("bpp_matched")
-                  and q["bpp_budget"] == p["bpp_budget"]), None)
+        h = next(
+            (
+                q
+                for q in results["accuracy"]["points"]
+                if q["pipeline"] == "H.264 CPU" and q.get("bpp_matched") and q["bpp_budget"] == p["bpp_budget"]
+            ),
+            None,
+        )
         if h:
             a, b = p["accuracy"]["cls"]["top1_agreement"], h["accuracy"]["cls"]["top1_agreement"]
             out.append({"target": f"NVP accuracy >= H.264 at {p['bpp']:.3f} bpp", "value": a - b, "met": a >= b})
@@ -178,17 +224,27 @@ def _charts(results: dict, out: Path) -> None:
         ax.bar(x - 0.27, proc, width=0.27, color="C1", label="input process")
         ax.bar(x, inf, width=0.27, color="C0", label="inference")
         ax.bar(x + 0.27, [r["total"]["median"] for r in mine], width=0.27, color="0.45", label="total")
-        ax.errorbar(x + 0.27, [r["total"]["median"] for r in mine],
-                    yerr=[[r["total"]["median"] - r["total"]["q1"] for r in mine],
-                          [r["total"]["q3"] - r["total"]["median"] for r in mine]], fmt="none", color="k", capsize=2)
+        ax.errorbar(
+            x + 0.27,
+            [r["total"]["median"] for r in mine],
+            yerr=[
+                [r["total"]["median"] - r["total"]["q1"] for r in mine],
+                [r["total"]["q3"] - r["total"]["median"] for r in mine],
+            ],
+            fmt="none",
+            color="k",
+            capsize=2,
+        )
         ax.set_xticks(x, [p.replace(" ", "\n", 1) for p in pipelines], fontsize=7)
         ax.set_title(w, fontsize=8)
         ax.set_ylabel("ms per query (median, IQR)")
         ax.set_yscale("log")
     axes[0][0].legend(fontsize=7)
     v = results["latency"]["video"]
-    fig.suptitle(f"Latency, {v['width']}x{v['height']}, {results['machine']['threads']} threads of "
-                 f"{results['machine']['cpu']}", fontsize=9)
+    fig.suptitle(
+        f"Latency, {v['width']}x{v['height']}, {results['machine']['threads']} threads of {results['machine']['cpu']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     save_png(fig, out / "latency.png")
 
@@ -200,8 +256,13 @@ def _charts(results: dict, out: Path) -> None:
     for name, (colour, style) in styles.items():
         mine = sorted((p for p in points if p["pipeline"] == name), key=lambda p: p["bpp"])
         if mine:
-            ax.plot([p["bpp"] for p in mine], [100 * p["accuracy"]["cls"]["top1_agreement"] for p in mine], style,
-                    color=colour, label=name + (" (CRF sweep + bpp-matched)" if name.startswith("H.264") else ""))
+            ax.plot(
+                [p["bpp"] for p in mine],
+                [100 * p["accuracy"]["cls"]["top1_agreement"] for p in mine],
+                style,
+                color=colour,
+                label=name + (" (CRF sweep + bpp-matched)" if name.startswith("H.264") else ""),
+            )
     constant = [p["constant_answer"]["cls"] for p in points if "cls" in p.get("constant_answer", {})]
     if constant:
         ax.axhline(100 * max(constant), color="grey", linestyle=":", label="constant answer (most frequent label)")
@@ -220,18 +281,24 @@ def _charts(results: dict, out: Path) -> None:
     save_png(fig, out / "rate_accuracy.png")
 
 
-
 def write_report(results: dict, out: Path) -> str:
     """bench.json, bench.md, latency.png, rate_accuracy.png in ``out``; returns the markdown."""
     results["targets"] = targets(results)
     m = results["machine"]
-    md = (f"# nvp bench ({results['config']['label']})\n\nMachine: {m['cpu']}, {m['cores_visible']} cores visible, "
-          f"{m['threads']} threads used, load average {m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} "
-          f"after (cores shared with other jobs); ONNX Runtime {m['onnxruntime']}, PyAV {m['pyav']}, torch {m['torch']}.\n\n"
-          "## Table 1: decoding-inference pipelines\n\n" + table1_markdown(results) +
-          "\n## Table 2: bpp vs task accuracy (classification)\n\n" + table2_markdown(results) +
-          "\n## Targets\n\n" + "\n".join(f"- {t['target']}: {t['value']:.3f} ({'met' if t['met'] else 'missed'})"
-                                         for t in results["targets"]) + "\n")
+    md = (
+        f"# nvp bench ({results['config']['label']})\n\nMachine: {m['cpu']}, {m['cores_visible']} cores visible, "
+        f"{m['threads']} threads used, load average {m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} "
+        f"after (cores shared with other jobs); ONNX Runtime {m['onnxruntime']}, PyAV {m['pyav']}, torch {m['torch']}.\n\n"
+        "## Table 1: decoding-inference pipelines\n\n"
+        + table1_markdown(results)
+        + "\n## Table 2: bpp vs task accuracy (classification)\n\n"
+        + table2_markdown(results)
+        + "\n## Targets\n\n"
+        + "\n".join(
+            f"- {t['target']}: {t['value']:.3f} ({'met' if t['met'] else 'missed'})" for t in results["targets"]
+        )
+        + "\n"
+    )
     atomic_write(out / "bench.json", json.dumps(results, indent=1, default=str).encode())
     atomic_write(out / "bench.md", md.encode())
     _charts(results, out)

@@ -68,32 +68,45 @@ class BenchConfig:
 
     @classmethod
     def full(cls, **overrides) -> "BenchConfig":
-        latency = VideoSpec(ClipSpec("astronaut", 1280, 720, 32), bpp=0.5, tasks=(CLS, CLS_EARLY, DET, ACT8, ACT32),
-                            fit=FitConfig(epochs=1, time_limit_s=60, progress=False), adapter_epochs=5)
+        latency = VideoSpec(
+            ClipSpec("astronaut", 1280, 720, 32),
+            bpp=0.5,
+            tasks=(CLS, CLS_EARLY, DET, ACT8, ACT32),
+            fit=FitConfig(epochs=1, time_limit_s=60, progress=False),
+            adapter_epochs=5,
+        )
         # HNeRV stores a 16x9x16 embedding per frame: at 320x180 that alone is 0.24 bpp before entropy coding,
         # so the budgets at and below 0.1 bpp are NeRV's (no per-frame data).
         fit = FitConfig(epochs=300, time_limit_s=90, progress=False)
         clip = ClipSpec(MONTAGE, 320, 180, 64)  # four shots, so the classifier's answers differ between frames
-        accuracy = tuple(VideoSpec(clip, bpp=b, tasks=(CLS,), fit=fit, family=family)
-                         for family, b in (("nerv", 0.05), ("nerv", 0.1), ("hnerv", 0.3), ("hnerv", 0.5)))
-        workloads = (Workload(CLS_WORKLOAD, ("cls",)),
-                     Workload(CLS_EARLY_WORKLOAD, ("cls_stage3",)),
-                     Workload("detection, random frame", ("det",)),
-                     Workload("action, 8-frame clip", ("act8",), frames=8, contiguous=True),
-                     Workload("action, 32-frame clip", ("act32",), frames=32, contiguous=True),
-                     Workload("classification + detection, random frame", ("cls", "det")))
+        accuracy = tuple(
+            VideoSpec(clip, bpp=b, tasks=(CLS,), fit=fit, family=family)
+            for family, b in (("nerv", 0.05), ("nerv", 0.1), ("hnerv", 0.3), ("hnerv", 0.5))
+        )
+        workloads = (
+            Workload(CLS_WORKLOAD, ("cls",)),
+            Workload(CLS_EARLY_WORKLOAD, ("cls_stage3",)),
+            Workload("detection, random frame", ("det",)),
+            Workload("action, 8-frame clip", ("act8",), frames=8, contiguous=True),
+            Workload("action, 32-frame clip", ("act32",), frames=32, contiguous=True),
+            Workload("classification + detection, random frame", ("cls", "det")),
+        )
         return replace(cls(latency, accuracy, workloads), **overrides)
 
     @classmethod
     def quick(cls, **overrides) -> "BenchConfig":
         """Tiny clips and few epochs: classification only, under 2 minutes on 2 CPU cores."""
         fit = FitConfig(epochs=30, time_limit_s=12, progress=False)
-        accuracy = tuple(VideoSpec(ClipSpec("astronaut", 320, 180, 16), bpp=b, tasks=(CLS,), fit=fit, adapter_epochs=3)
-                         for b in (0.5, 1.0))
+        accuracy = tuple(
+            VideoSpec(ClipSpec("astronaut", 320, 180, 16), bpp=b, tasks=(CLS,), fit=fit, adapter_epochs=3)
+            for b in (0.5, 1.0)
+        )
         latency = accuracy[0]  # encoded once, serves both parts
         workloads = (Workload(CLS_WORKLOAD, ("cls",)),)
-        return replace(cls(latency, accuracy, workloads, crf_sweep=(23, 33, 43), repeats=5, warmup=1, cold=1,
-                           label="quick"), **overrides)
+        return replace(
+            cls(latency, accuracy, workloads, crf_sweep=(23, 33, 43), repeats=5, warmup=1, cold=1, label="quick"),
+            **overrides,
+        )
 
 
 def _pipelines(config: BenchConfig, video: Video, h264_path: Path, store: ModelStore) -> tuple[list, dict]:
@@ -104,7 +117,10 @@ def _pipelines(config: BenchConfig, video: Video, h264_path: Path, store: ModelS
         pipes.append(H264Pipeline(h264_path, video.nvp, store, "cuvid", config.threads))
     else:
         skipped["H.264 NVDEC"] = reason
-    pipes += [INRPipeline(video.nvp, store, "cpu", config.threads), NVPPipeline(video.nvp, store, "cpu", config.threads)]
+    pipes += [
+        INRPipeline(video.nvp, store, "cpu", config.threads),
+        NVPPipeline(video.nvp, store, "cpu", config.threads),
+    ]
     return pipes, skipped
 
 
@@ -132,8 +148,11 @@ def _latency_spec(config: BenchConfig, videos: _Videos) -> VideoSpec:
         return config.latency
     tasks = []
     for task in config.latency.tasks:
-        chosen = [videos.get(a).routes[task.name] for a in sorted(config.accuracy, key=lambda a: a.bpp)
-                  if any(t.name == task.name and t.point is None for t in a.tasks)]
+        chosen = [
+            videos.get(a).routes[task.name]
+            for a in sorted(config.accuracy, key=lambda a: a.bpp)
+            if any(t.name == task.name and t.point is None for t in a.tasks)
+        ]
         tasks.append(replace(task, point=chosen[-1]["point"]) if task.point is None and chosen else task)
     return replace(config.latency, tasks=tuple(tasks))
 
@@ -146,8 +165,10 @@ def _latency(config: BenchConfig, videos: _Videos, rng: np.random.Generator) -> 
     pipes, skipped = _pipelines(config, video, h264.path, store)
     flops = {t.name: route_flops(video.nvp, t.name, store) for t in spec.tasks}
     taps = [n for n in _tap_order(video)]
-    plan = [(w, w.queries(video.frames.shape[0], config.clip_repeats if w.contiguous else config.repeats, rng))
-            for w in config.workloads]
+    plan = [
+        (w, w.queries(video.frames.shape[0], config.clip_repeats if w.contiguous else config.repeats, rng))
+        for w in config.workloads
+    ]
     total = sum(len(pipes) * (len(q) + _runs(config, w)[0] + _runs(config, w)[1]) for w, q in plan)
     rows = []
     with tqdm(total=total, desc="latency", unit="query", disable=not sys.stderr.isatty()) as bar:
@@ -160,12 +181,27 @@ def _latency(config: BenchConfig, videos: _Videos, rng: np.random.Generator) -> 
                 m = measure(pipe, workload.tasks, queries, warmup, cold, on_query=bar.update)
                 pipe.close()
                 process_flops, inference_flops = per_family[_family(pipe)]
-                rows.append({"workload": workload.name, "tasks": list(workload.tasks), "pipeline": pipe.name,
-                             "frames_per_query": workload.frames, **m.as_dict(),
-                             "gflops": {"process": process_flops, "inference": inference_flops,
-                                        "total": (process_flops or 0) + inference_flops}})
-    return {"video": _describe(video), "h264": {"settings": h264.settings.describe(), "bpp": h264.bpp},
-            "skipped": skipped, "flops": {k: v.as_dict() for k, v in flops.items()}, "rows": _with_ratios(rows)}
+                rows.append(
+                    {
+                        "workload": workload.name,
+                        "tasks": list(workload.tasks),
+                        "pipeline": pipe.name,
+                        "frames_per_query": workload.frames,
+                        **m.as_dict(),
+                        "gflops": {
+                            "process": process_flops,
+                            "inference": inference_flops,
+                            "total": (process_flops or 0) + inference_flops,
+                        },
+                    }
+                )
+    return {
+        "video": _describe(video),
+        "h264": {"settings": h264.settings.describe(), "bpp": h264.bpp},
+        "skipped": skipped,
+        "flops": {k: v.as_dict() for k, v in flops.items()},
+        "rows": _with_ratios(rows),
+    }
 
 
 def _runs(config: BenchConfig, workload: Workload) -> tuple[int, int]:
@@ -188,8 +224,10 @@ def _with_ratios(rows: list[dict]) -> list[dict]:
         for base in rows:
             if base["workload"] != row["workload"] or base is row:
                 continue
-            ratio = {"process": row["process"]["median"] / base["process"]["median"],
-                     "total": row["total"]["median"] / base["total"]["median"]}
+            ratio = {
+                "process": row["process"]["median"] / base["process"]["median"],
+                "total": row["total"]["median"] / base["total"]["median"],
+            }
             if base["gflops"]["process"] is not None:
                 ratio["gflops"] = row["gflops"]["total"] / base["gflops"]["total"]
             row.setdefault("ratios", {})[base["pipeline"]] = ratio
@@ -198,9 +236,18 @@ def _with_ratios(rows: list[dict]) -> list[dict]:
 
 def _describe(video: Video) -> dict:
     s = video.spec
-    return {"clip": s.clip.name, "width": s.clip.width, "height": s.clip.height, "frames": s.clip.frames,
-            "family": s.family, "bpp": video.bpp, "psnr_db": video.psnr, "fit_epochs": video.epochs,
-            "fit_seconds": video.fit_seconds, "routes": video.routes}
+    return {
+        "clip": s.clip.name,
+        "width": s.clip.width,
+        "height": s.clip.height,
+        "frames": s.clip.frames,
+        "family": s.family,
+        "bpp": video.bpp,
+        "psnr_db": video.psnr,
+        "fit_epochs": video.epochs,
+        "fit_seconds": video.fit_seconds,
+        "routes": video.routes,
+    }
 
 
 def _accuracy_of(pipe, tasks, video: Video, runners: dict, references: dict, batch: int) -> dict:
@@ -222,23 +269,51 @@ def _accuracy(config: BenchConfig, videos: _Videos) -> dict:
         matched = encode_at_bpp(video.frames, folder / f"{spec.name}.h264_matched.mp4", video.bpp, gop)
         h264_cpu = H264Pipeline(matched.path, video.nvp, store, "cpu", config.threads)
         n, batch = video.frames.shape[0], config.accuracy_batch
-        refs = {t: [reference_outputs(h264_cpu.backbones[t], video.frames, list(range(s, min(s + batch, n))))
-                    for s in range(0, n, batch)] for t in tasks}
+        refs = {
+            t: [
+                reference_outputs(h264_cpu.backbones[t], video.frames, list(range(s, min(s + batch, n))))
+                for s in range(0, n, batch)
+            ]
+            for t in tasks
+        }
         runners = h264_cpu.backbones
-        base = {"bpp_budget": spec.bpp, "family": spec.family, "clip": spec.clip.name, "psnr_db": video.psnr,
-                "constant_answer": {t: constant_answer_agreement(refs[t]) for t in tasks
-                                    if h264_cpu.backbones[t].task == "classification"}}
-        for pipe, bpp, extra in [(NVPPipeline(video.nvp, store, "cpu", config.threads), video.bpp, {"routes": video.routes}),
-                                 (INRPipeline(video.nvp, store, "cpu", config.threads), video.bpp, {}),
-                                 (h264_cpu, matched.bpp, {"settings": matched.settings.describe(), "bpp_matched": True})]:
-            points.append({**base, "pipeline": pipe.name, "bpp": bpp, **extra,
-                           "accuracy": _accuracy_of(pipe, tasks, video, runners, refs, batch)})
+        base = {
+            "bpp_budget": spec.bpp,
+            "family": spec.family,
+            "clip": spec.clip.name,
+            "psnr_db": video.psnr,
+            "constant_answer": {
+                t: constant_answer_agreement(refs[t]) for t in tasks if h264_cpu.backbones[t].task == "classification"
+            },
+        }
+        for pipe, bpp, extra in [
+            (NVPPipeline(video.nvp, store, "cpu", config.threads), video.bpp, {"routes": video.routes}),
+            (INRPipeline(video.nvp, store, "cpu", config.threads), video.bpp, {}),
+            (h264_cpu, matched.bpp, {"settings": matched.settings.describe(), "bpp_matched": True}),
+        ]:
+            points.append(
+                {
+                    **base,
+                    "pipeline": pipe.name,
+                    "bpp": bpp,
+                    **extra,
+                    "accuracy": _accuracy_of(pipe, tasks, video, runners, refs, batch),
+                }
+            )
         if spec is config.accuracy[0]:  # the CRF sweep once: H.264's own rate-accuracy curve
             for crf in config.crf_sweep:
                 f = encode_h264(video.frames, folder / f"{spec.clip.name}.crf{crf}.mp4", replace(config.h264, crf=crf))
                 pipe = H264Pipeline(f.path, video.nvp, store, "cpu", config.threads)
-                points.append({**base, "pipeline": pipe.name, "bpp": f.bpp, "settings": f.settings.describe(),
-                               "bpp_matched": False, "accuracy": _accuracy_of(pipe, tasks, video, runners, refs, batch)})
+                points.append(
+                    {
+                        **base,
+                        "pipeline": pipe.name,
+                        "bpp": f.bpp,
+                        "settings": f.settings.describe(),
+                        "bpp_matched": False,
+                        "accuracy": _accuracy_of(pipe, tasks, video, runners, refs, batch),
+                    }
+                )
     return {"points": points}
 
 

@@ -51,8 +51,9 @@ class Measurement:
         return {k: asdict(v) for k, v in vars(self).items() if isinstance(v, Stats)}
 
 
-def measure(pipeline, tasks: Sequence[str], queries: list[list[int]], warmup: int = 2, cold: int = 1,
-            on_query=lambda: None) -> Measurement:
+def measure(
+    pipeline, tasks: Sequence[str], queries: list[list[int]], warmup: int = 2, cold: int = 1, on_query=lambda: None
+) -> Measurement:
     """``cold`` fresh opens answering ``queries[0]``, then ``warmup`` uncounted and all ``queries`` counted."""
     cold_process, cold_total = [], []
     for _ in range(cold):
@@ -76,6 +77,11 @@ def measure(pipeline, tasks: Sequence[str], queries: list[list[int]], warmup: in
         timings.append(t)
         answers.append(a)
         on_query()
-    return Measurement(Stats.of([t.process for t in timings]), Stats.of([t.inference for t in timings]),
-                       Stats.of([t.total for t in timings]), Stats.of(cold_process or [np.nan]),
-                       Stats.of(cold_total or [np.nan]), answers)
+    return Measurement(
+        Stats.of([t.process for t in timings]),
+        Stats.of([t.inference for t in timings]),
+        Stats.of([t.total for t in timings]),
+        Stats.of(cold_process or [np.nan]),
+        Stats.of(cold_total or [np.nan]),
+        answers,
+    )

@@ -68,7 +68,8 @@ class ClipScorer:
         if len(captions) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(captions)} captions")
         image = _pooled(self.model.get_image_features(pixel_values=self.preprocess(images)))
-        tokens = self.tokenizer(list(captions), padding=True, truncation=True, max_length=self.max_tokens,
-                                return_tensors="pt")
+        tokens = self.tokenizer(
+            list(captions), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
         text = _pooled(self.model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask))
         return 100 * F.cosine_similarity(image, text, dim=-1).clamp_min(0)

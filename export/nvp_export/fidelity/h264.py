@@ -85,8 +85,13 @@ def code(frames: np.ndarray, crf: float, config: H264Config = H264Config()) -> t
     return np.stack([f.to_ndarray(format="rgb24") for f in decoded]), sum(p.size for p in packets)
 
 
-def search_crf(bpp_at: Callable[[float], float], target_bpp: float, integer: bool = False,
-               tolerance: float = 0.0, max_steps: int = 14) -> float:
+def search_crf(
+    bpp_at: Callable[[float], float],
+    target_bpp: float,
+    integer: bool = False,
+    tolerance: float = 0.0,
+    max_steps: int = 14,
+) -> float:
     """The CRF in [0, 51] whose encode lands closest to ``target_bpp`` (in log ratio), by bisection.
 
     ``bpp_at(crf)`` encodes at that CRF and returns the rate; it is called once per CRF tried,

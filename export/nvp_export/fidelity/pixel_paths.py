@@ -36,7 +36,13 @@ class PixelPath:
     detail: str
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **self.fidelity.to_dict(), "psnr_db": self.psnr, "bpp": self.bpp, "detail": self.detail}
+        return {
+            "name": self.name,
+            **self.fidelity.to_dict(),
+            "psnr_db": self.psnr,
+            "bpp": self.bpp,
+            "detail": self.detail,
+        }
 
 
 def payload_bpp(nvp: NvpFile) -> float:
@@ -52,33 +58,54 @@ def payload_bpp(nvp: NvpFile) -> float:
 def backbone_outputs(backbone: Backbone, frames: Any, batch: int = 8) -> torch.Tensor:
     """The full backbone's raw outputs on frames (uint8 or float in [0, 1], either layout)."""
     frames = to_unit_frames(frames)
-    return torch.cat([backbone(backbone.preprocess(frames[s:s + batch])) for s in range(0, frames.shape[0], batch)])
+    return torch.cat([backbone(backbone.preprocess(frames[s : s + batch])) for s in range(0, frames.shape[0], batch)])
 
 
-def compare_pixel_paths(inr, original: Any, backbone: Backbone, bpp: float | None,
-                        h264: H264Config = H264Config(), reference: torch.Tensor | None = None) -> list[PixelPath]:
+def compare_pixel_paths(
+    inr,
+    original: Any,
+    backbone: Backbone,
+    bpp: float | None,
+    h264: H264Config = H264Config(),
+    reference: torch.Tensor | None = None,
+) -> list[PixelPath]:
     """Full INR decode and (when ``bpp`` is given) H.264 at ``bpp``, scored against ``reference``
     (default: the backbone on ``original``)."""
     original_u8 = to_uint8_frames(to_unit_frames(original))
     if reference is None:
         reference = backbone_outputs(backbone, original_u8)
     decoded = inr.render(range(inr.num_frames))
-    paths = [PixelPath("full INR decode", fidelity(backbone_outputs(backbone, decoded), reference, backbone.task),
-                       psnr(original_u8, decoded), bpp, "8-bit RGB rendering")]
+    paths = [
+        PixelPath(
+            "full INR decode",
+            fidelity(backbone_outputs(backbone, decoded), reference, backbone.task),
+            psnr(original_u8, decoded),
+            bpp,
+            "8-bit RGB rendering",
+        )
+    ]
     if bpp is not None:
         coded = at_bpp(original_u8, bpp, h264)
         note = "" if coded.matched else f"; target {bpp:.3f} bpp is outside CRF 0-51"
-        paths.append(PixelPath("H.264 at equal bpp", fidelity(backbone_outputs(backbone, coded.frames), reference,
-                                                                backbone.task),
-                               psnr(original_u8, coded.frames), coded.bpp, coded.describe() + note))
+        paths.append(
+            PixelPath(
+                "H.264 at equal bpp",
+                fidelity(backbone_outputs(backbone, coded.frames), reference, backbone.task),
+                psnr(original_u8, coded.frames),
+                coded.bpp,
+                coded.describe() + note,
+            )
+        )
     return paths
 
 
 def format_table(rows: list[tuple[str, Fidelity, str]]) -> str:
     """Aligned lines: path name, top-1 agreement, top-5 overlap, detail."""
     width = max(len(name) for name, _, _ in rows)
+
     def pct(v):
         return f"{v:6.1%}" if v is not None else "   n/a"
+
     lines = [f"  {'path':<{width}}  top-1  top-5"]
     lines += [f"  {name:<{width}} {pct(f.top1_agreement)} {pct(f.top5_overlap)}  {detail}" for name, f, detail in rows]
     return "\n".join(lines)

@@ -47,7 +47,9 @@ def box_agreement(pred_boxes: Sequence[torch.Tensor], ref_boxes: Sequence[torch.
 def mean_iou(pred: torch.Tensor, reference: torch.Tensor, num_classes: int) -> float:
     """mIoU of integer masks ``pred`` against ``reference`` over the classes present in either."""
     pred, reference = pred.reshape(-1).long(), reference.reshape(-1).long()
-    confusion = torch.bincount(reference * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+    confusion = torch.bincount(reference * num_classes + pred, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
     inter = confusion.diagonal().double()
     union = confusion.sum(0).double() + confusion.sum(1).double() - inter
     present = union > 0

@@ -45,8 +45,16 @@ def stored_bits(cfg) -> int:
     return WEIGHT_BITS * params + EMBEDDING_BITS * embedding
 
 
-def config_for_budget(family: str, height: int, width: int, num_frames: int, *, params: int | None = None,
-                      bpp: float | None = None, **overrides):
+def config_for_budget(
+    family: str,
+    height: int,
+    width: int,
+    num_frames: int,
+    *,
+    params: int | None = None,
+    bpp: float | None = None,
+    **overrides,
+):
     """The widest INR (largest fc_dim) whose stored values fit the budget.
 
     ``params`` counts decoder weights plus embeddings; ``bpp`` counts their
@@ -67,20 +75,40 @@ def config_for_budget(family: str, height: int, width: int, num_frames: int, *, 
         lo, hi = 0, 4096
         while lo < hi:  # largest fc_dim within budget; cost grows with fc_dim
             mid = (lo + hi + 1) // 2
-            cfg = make_config(family, height=height, width=width, num_frames=num_frames, fc_dim=mid, **extra, **overrides)
+            cfg = make_config(
+                family, height=height, width=width, num_frames=num_frames, fc_dim=mid, **extra, **overrides
+            )
             lo, hi = (mid, hi) if cost(cfg) <= budget else (lo, mid - 1)
         if lo:
-            best = make_config(family, height=height, width=width, num_frames=num_frames, fc_dim=lo, **extra, **overrides)
+            best = make_config(
+                family, height=height, width=width, num_frames=num_frames, fc_dim=lo, **extra, **overrides
+            )
             if lo >= 16:
                 break
     if best is None:
-        raise ValueError(f"a budget of {params if params is not None else f'{bpp} bpp'} is too small for any {family} "
-                         f"model of {width}x{height} x {num_frames} frames; raise --bpp or --params")
+        raise ValueError(
+            f"a budget of {params if params is not None else f'{bpp} bpp'} is too small for any {family} "
+            f"model of {width}x{height} x {num_frames} frames; raise --bpp or --params"
+        )
     return best
 
 
 from .store import load_nvp, quantise_inr, save_nvp  # noqa: E402  (store needs the names above)
 
-__all__ = ["INR", "NeRV", "NeRVConfig", "HNeRV", "HNeRVConfig", "HNeRVEncoder", "UntileableSizeError",
-           "tiling_strides", "from_config", "make_config", "config_for_budget", "stored_bits",
-           "load_nvp", "save_nvp", "quantise_inr"]
+__all__ = [
+    "INR",
+    "NeRV",
+    "NeRVConfig",
+    "HNeRV",
+    "HNeRVConfig",
+    "HNeRVEncoder",
+    "UntileableSizeError",
+    "tiling_strides",
+    "from_config",
+    "make_config",
+    "config_for_budget",
+    "stored_bits",
+    "load_nvp",
+    "save_nvp",
+    "quantise_inr",
+]

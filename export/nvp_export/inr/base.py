@@ -36,7 +36,8 @@ def tiling_strides(height: int, width: int, max_stages: int = 5, min_grid: int =
     if product < min_factor:
         raise UntileableSizeError(
             f"frame size {width}x{height} cannot be tiled: width and height must share a factor >= {min_factor} "
-            f"built from 2, 3 and 5 (e.g. 320x180, 640x360); resize or crop the video")
+            f"built from 2, 3 and 5 (e.g. 320x180, 640x360); resize or crop the video"
+        )
     return strides
 
 
@@ -70,8 +71,11 @@ def check_config(cfg) -> None:
             raise ValueError(f"{type(cfg).__name__}.{f.name} must be a positive number, got {value!r}")
     if not (cfg.height <= MAX_SIDE and cfg.width <= MAX_SIDE and cfg.num_frames <= MAX_FRAMES):
         raise ValueError(f"frame size {cfg.width}x{cfg.height} x {cfg.num_frames} frames is out of range")
-    if not (isinstance(cfg.strides, (list, tuple)) and 0 < len(cfg.strides) <= 8
-            and all(isinstance(s, int) and 1 <= s <= 8 for s in cfg.strides)):
+    if not (
+        isinstance(cfg.strides, (list, tuple))
+        and 0 < len(cfg.strides) <= 8
+        and all(isinstance(s, int) and 1 <= s <= 8 for s in cfg.strides)
+    ):
         raise ValueError(f"strides must be 1..8 integers in 1..8, got {cfg.strides!r}")
     product = math.prod(cfg.strides)
     if cfg.height % product or cfg.width % product:

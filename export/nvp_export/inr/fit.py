@@ -116,6 +116,7 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
     history, recoveries, lr_scale, step = [], 0, 1.0, 0
     start = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=f"fit {inr.family}", unit="epoch", disable=not cfg.progress)
+
     def progress() -> float:
         done = step / total_steps
         if cfg.time_limit_s:
@@ -149,8 +150,10 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
             modules.load_state_dict(best[1])
             optimiser.load_state_dict(best[2])
             lr_scale *= 0.5
-            bar.write(f"epoch {epoch}: collapse detected (PSNR {epoch_psnr:.2f} dB, best {best[0]:.2f}); "
-                      f"reloaded the best state, learning rate x{lr_scale:g}")
+            bar.write(
+                f"epoch {epoch}: collapse detected (PSNR {epoch_psnr:.2f} dB, best {best[0]:.2f}); "
+                f"reloaded the best state, learning rate x{lr_scale:g}"
+            )
             history.append(epoch_psnr)
             if progress() >= 1.0:
                 break
@@ -159,8 +162,12 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
         if epoch_psnr >= best[0]:
             best = (epoch_psnr, copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
         done, elapsed = progress(), time.perf_counter() - start
-        bar.set_postfix(psnr=f"{epoch_psnr:.2f}", best=f"{best[0]:.2f}", lr=f"{optimiser.param_groups[0]['lr']:.1e}",
-                        left=f"{elapsed * (1 - done) / max(done, 1e-9):.0f}s")  # ETA over the epoch or time budget
+        bar.set_postfix(
+            psnr=f"{epoch_psnr:.2f}",
+            best=f"{best[0]:.2f}",
+            lr=f"{optimiser.param_groups[0]['lr']:.1e}",
+            left=f"{elapsed * (1 - done) / max(done, 1e-9):.0f}s",
+        )  # ETA over the epoch or time budget
         if cfg.target_psnr is not None and epoch_psnr >= cfg.target_psnr:
             bar.write(f"epoch {epoch}: target PSNR {cfg.target_psnr} dB reached")
             break
@@ -176,5 +183,5 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
     if encoder is not None:
         encoder.eval()
         with torch.no_grad():
-            inr.embeddings.copy_(torch.cat([encoder(frames[i:i + 8]) for i in range(0, n, 8)]))
+            inr.embeddings.copy_(torch.cat([encoder(frames[i : i + 8]) for i in range(0, n, 8)]))
     return FitResult(inr.cpu(), best[0], len(history), time.perf_counter() - start, recoveries, history)

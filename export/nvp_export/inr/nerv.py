@@ -68,8 +68,12 @@ class NeRVStem(nn.Module):
         self.grid = config.grid
         self.fc_dim = config.fc_dim
         h, w = config.grid
-        self.mlp = nn.Sequential(nn.Linear(2 * config.pe_levels, config.mlp_hidden), nn.GELU(),
-                                 nn.Linear(config.mlp_hidden, config.fc_dim * h * w), nn.GELU())
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * config.pe_levels, config.mlp_hidden),
+            nn.GELU(),
+            nn.Linear(config.mlp_hidden, config.fc_dim * h * w),
+            nn.GELU(),
+        )
 
     def forward(self, encoding):
         return self.mlp(encoding).view(-1, self.fc_dim, *self.grid)

@@ -27,8 +27,9 @@ def _build(config: dict, tensors: dict[str, np.ndarray]) -> INR:
     return inr.eval()
 
 
-def save_nvp(path: str | os.PathLike, inr: INR, arrays: dict[str, np.ndarray], meta: dict, info: dict,
-             routes: list = ()) -> int:
+def save_nvp(
+    path: str | os.PathLike, inr: INR, arrays: dict[str, np.ndarray], meta: dict, info: dict, routes: list = ()
+) -> int:
     """Write the quantised INR (from :func:`quantise_inr`) with ``info`` (video, metrics, ...) in the manifest
     and ``routes`` (``nvp_rt.nvpfile.Route``)."""
     # A list, not an object: tap order (shallow to deep) is meaningful and JSON objects are unordered.

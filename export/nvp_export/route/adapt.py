@@ -38,8 +38,17 @@ from .cka import CKAConfig, CKAMatrix, cka_matrix
 from .flops import macs
 from .losses import FeatureLoss
 
-__all__ = ["AdaptConfig", "Route", "Candidate", "AdaptResult", "adapt", "train_adapter", "select_route",
-           "candidate_pairs", "to_file_route"]
+__all__ = [
+    "AdaptConfig",
+    "Route",
+    "Candidate",
+    "AdaptResult",
+    "adapt",
+    "train_adapter",
+    "select_route",
+    "candidate_pairs",
+    "to_file_route",
+]
 
 
 @dataclass(frozen=True)
@@ -111,8 +120,11 @@ class Route:
 def to_file_route(route) -> FileRoute:
     """A classification route (``Route``) as the .nvp container stores it."""
     metadata = {
-        "kind": "classification", "in_channels": route.in_channels, "out_channels": route.out_channels,
-        "hidden": route.hidden, "pathways": [{"size": list(route.size), "frames": None}],
+        "kind": "classification",
+        "in_channels": route.in_channels,
+        "out_channels": route.out_channels,
+        "hidden": route.hidden,
+        "pathways": [{"size": list(route.size), "frames": None}],
         **{k: v for k, v in route.metrics.items() if isinstance(v, (int, float, str))},
     }
     return FileRoute(route.task, route.backbone, route.inr_tap, route.injection_point, dict(route.adapter), metadata)
@@ -153,10 +165,12 @@ class AdaptResult:
     def summary(self) -> str:
         r, m = self.route, self.route.metrics
         top1 = f"{m['top1_agreement']:.1%}" if m.get("top1_agreement") is not None else "n/a"
-        return (f"{r.task}/{r.backbone}: INR tap {r.inr_tap} -> {r.injection_point} "
-                f"(CKA {m['cka']:.3f}, rank {m['cka_rank']}/{m['pairs']}), adapter {m['adapter_params']} params "
-                f"({m['adapter_percent']:.3f}% of backbone), compute saved {m['compute_saved']:.1%}, "
-                f"top-1 agreement {top1}, trained in {self.seconds['training']:.1f}s")
+        return (
+            f"{r.task}/{r.backbone}: INR tap {r.inr_tap} -> {r.injection_point} "
+            f"(CKA {m['cka']:.3f}, rank {m['cka_rank']}/{m['pairs']}), adapter {m['adapter_params']} params "
+            f"({m['adapter_percent']:.3f}% of backbone), compute saved {m['compute_saved']:.1%}, "
+            f"top-1 agreement {top1}, trained in {self.seconds['training']:.1f}s"
+        )
 
 
 @torch.no_grad()
@@ -191,7 +205,9 @@ class _Features:
     def point(self, name: str) -> torch.Tensor:
         if name not in self._points:
             bb = self.backbone
-            self._points[name] = _batched(lambda sl: bb.prefix(bb.preprocess(self.frames[sl]), name), self.n, self.batch)
+            self._points[name] = _batched(
+                lambda sl: bb.prefix(bb.preprocess(self.frames[sl]), name), self.n, self.batch
+            )
         return self._points[name]
 
     def reference_outputs(self) -> torch.Tensor:
@@ -203,9 +219,16 @@ class _Features:
         self._points = {k: v for k, v in self._points.items() if k in keep_points}
 
 
-def train_adapter(spec: AdapterSpec, x_tr: torch.Tensor, y_tr: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor,
-                  config: AdaptConfig = AdaptConfig(), bar=None,
-                  on_epoch: Callable[[int, MicroAdapter, float], None] | None = None) -> tuple[MicroAdapter, list[float]]:
+def train_adapter(
+    spec: AdapterSpec,
+    x_tr: torch.Tensor,
+    y_tr: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    config: AdaptConfig = AdaptConfig(),
+    bar=None,
+    on_epoch: Callable[[int, MicroAdapter, float], None] | None = None,
+) -> tuple[MicroAdapter, list[float]]:
     """Adam on the feature-transfer loss with early stopping on the validation loss.
 
     x: INR tap features (N, C_in, h, w); y: the backbone's features at the injection point.
@@ -314,12 +337,26 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         val_fid = fidelity(val_out, reference[val_idx], backbone.task)
         nvp_macs = macs(lambda: backbone.suffix(adapter(inr.decode(one, until=tap)[tap]), point))
         val_loss = min(history)
-        candidates.append(Candidate(tap, point, value, cka.rank_of(tap, point), val_loss,
-                                    val_loss / baseline if baseline > 0 else math.inf, val_fid.top1_agreement,
-                                    val_fid.cosine, history, len(history) - 1, train_s, nvp_macs, full_macs))
+        candidates.append(
+            Candidate(
+                tap,
+                point,
+                value,
+                cka.rank_of(tap, point),
+                val_loss,
+                val_loss / baseline if baseline > 0 else math.inf,
+                val_fid.top1_agreement,
+                val_fid.cosine,
+                history,
+                len(history) - 1,
+                train_s,
+                nvp_macs,
+                full_macs,
+            )
+        )
         adapters[(tap, point)] = adapter
-        upcoming = {c[0] for c in order[len(candidates):]}
-        feats.release(keep_taps=upcoming, keep_points={c[1] for c in order[len(candidates):]})
+        upcoming = {c[0] for c in order[len(candidates) :]}
+        feats.release(keep_taps=upcoming, keep_points={c[1] for c in order[len(candidates) :]})
 
     best = select_route(candidates, config.select_tolerance)
     adapter = adapters[(best.tap, best.point)]
@@ -329,39 +366,70 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         nvp_out = _batched(lambda sl: backbone.suffix(adapter(x[sl]), best.point), frames.shape[0], config.decode_batch)
         idx = torch.arange(frames.shape[0])
         last = inr.tap_names[-1]
-        pixel_out = _batched(lambda sl: backbone(backbone.preprocess(inr.decode(idx[sl])[last].clamp(0, 1))),
-                             frames.shape[0], config.decode_batch)
+        pixel_out = _batched(
+            lambda sl: backbone(backbone.preprocess(inr.decode(idx[sl])[last].clamp(0, 1))),
+            frames.shape[0],
+            config.decode_batch,
+        )
     fid, pixel_fid = fidelity(nvp_out, reference, backbone.task), fidelity(pixel_out, reference, backbone.task)
     seconds["evaluation"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
 
     metrics = {
-        "cka": best.cka, "cka_rank": best.cka_rank, "pairs": len(cka.taps) * len(cka.points),
-        "candidates_trained": len(candidates), "val_loss": best.val_loss, "epochs": best.epochs,
-        "adapter_params": adapter.num_parameters(), "adapter_percent": adapter.percent_of(backbone),
-        "macs_nvp": best.macs_nvp, "macs_full": best.macs_full, "compute_saved": best.compute_saved,
-        "top1_agreement": fid.top1_agreement, "top5_overlap": fid.top5_overlap, "cosine": fid.cosine,
+        "cka": best.cka,
+        "cka_rank": best.cka_rank,
+        "pairs": len(cka.taps) * len(cka.points),
+        "candidates_trained": len(candidates),
+        "val_loss": best.val_loss,
+        "epochs": best.epochs,
+        "adapter_params": adapter.num_parameters(),
+        "adapter_percent": adapter.percent_of(backbone),
+        "macs_nvp": best.macs_nvp,
+        "macs_full": best.macs_full,
+        "compute_saved": best.compute_saved,
+        "top1_agreement": fid.top1_agreement,
+        "top5_overlap": fid.top5_overlap,
+        "cosine": fid.cosine,
         "val_top1_agreement": best.val_top1_agreement,
-        "pixel_top1_agreement": pixel_fid.top1_agreement, "train_seconds": seconds["training"],
+        "pixel_top1_agreement": pixel_fid.top1_agreement,
+        "train_seconds": seconds["training"],
         "backbone_pretrained": backbone.pretrained,
     }
-    route = Route(backbone.task, backbone.name, best.tap, best.point, adapter.spec.in_channels,
-                  adapter.spec.out_channels, adapter.spec.size, adapter.spec.hidden, adapter.to_arrays(), metrics)
+    route = Route(
+        backbone.task,
+        backbone.name,
+        best.tap,
+        best.point,
+        adapter.spec.in_channels,
+        adapter.spec.out_channels,
+        adapter.spec.size,
+        adapter.spec.hidden,
+        adapter.to_arrays(),
+        metrics,
+    )
     return AdaptResult(route, candidates, cka, fid, pixel_fid, seconds)
 
 
 def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig) -> list[tuple[str, str, float]]:
     """The pairs to train: CKA top-K or best tap per point, among pairs within the adapter size budget."""
     tap_channels = {t: shape[0] for t, shape in inr.tap_shapes().items()}
-    budget = None if config.max_adapter_percent is None else config.max_adapter_percent / 100 * backbone.num_parameters()
+    budget = (
+        None if config.max_adapter_percent is None else config.max_adapter_percent / 100 * backbone.num_parameters()
+    )
 
     def fits(tap: str, point: str) -> bool:
-        size = sum(AdapterSpec(tap_channels[tap], s[0], (1, 1), config.hidden).num_parameters  # one per pathway
-                   for s in backbone.point(point).pathway_shapes)
+        size = sum(
+            AdapterSpec(tap_channels[tap], s[0], (1, 1), config.hidden).num_parameters  # one per pathway
+            for s in backbone.point(point).pathway_shapes
+        )
         return budget is None or size <= budget
 
-    allowed = CKAMatrix(cka.taps, cka.points, np.where(
-        [[fits(t, p) for p in cka.points] for t in cka.taps], cka.values, -np.inf), cka.backbone)
+    allowed = CKAMatrix(
+        cka.taps,
+        cka.points,
+        np.where([[fits(t, p) for p in cka.points] for t in cka.taps], cka.values, -np.inf),
+        cka.backbone,
+    )
     if not np.isfinite(allowed.values).any():
         raise ValueError(f"no (tap, point) pair has an adapter within {config.max_adapter_percent}% of {backbone.name}")
     if config.candidates == "per_point":

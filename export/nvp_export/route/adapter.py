@@ -99,7 +99,9 @@ class MicroAdapter(nn.Module):
         """float32 arrays: ``weight{i}`` (C_out, C_in) and ``bias{i}`` (C_out,) per conv, in order."""
         arrays = {}
         for i, conv in enumerate(self.convs):
-            arrays[f"weight{i}"] = conv.weight.detach().reshape(conv.out_channels, conv.in_channels).float().numpy().copy()
+            arrays[f"weight{i}"] = (
+                conv.weight.detach().reshape(conv.out_channels, conv.in_channels).float().numpy().copy()
+            )
             arrays[f"bias{i}"] = conv.bias.detach().float().numpy().copy()
         return arrays
 
@@ -119,8 +121,9 @@ class MicroAdapter(nn.Module):
         return adapter
 
 
-def fit_linear(x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], ridge: float,
-               batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_linear(
+    x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], ridge: float, batch: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Ridge-regression 1x1 conv from resize(x, size) to y, per position, in float64.
 
     Returns weight (C_out, C_in) and bias (C_out,) minimising the mean squared error

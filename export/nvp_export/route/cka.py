@@ -34,8 +34,18 @@ from nvp_rt.atomic import atomic_write
 from ..charts import save_png
 from .multipathway import temporal_indices
 
-__all__ = ["CKAConfig", "CKAMatrix", "MinibatchCKA", "unbiased_hsic", "linear_cka", "cka_matrix", "pooled", "positions",
-           "sample_indices", "sample_clips"]
+__all__ = [
+    "CKAConfig",
+    "CKAMatrix",
+    "MinibatchCKA",
+    "unbiased_hsic",
+    "linear_cka",
+    "cka_matrix",
+    "pooled",
+    "positions",
+    "sample_indices",
+    "sample_clips",
+]
 
 
 def unbiased_hsic(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
@@ -160,8 +170,10 @@ class CKAMatrix:
     def ranked(self) -> list[tuple[str, str, float]]:
         """All (tap, point, cka), highest CKA first."""
         order = np.argsort(-self.values, axis=None, kind="stable")
-        return [(self.taps[i // len(self.points)], self.points[i % len(self.points)],
-                 float(self.values.flat[i])) for i in order]
+        return [
+            (self.taps[i // len(self.points)], self.points[i % len(self.points)], float(self.values.flat[i]))
+            for i in order
+        ]
 
     def top(self, fraction: float) -> list[tuple[str, str, float]]:
         """The best ceil(fraction * pairs) pairs (at least one)."""
@@ -172,8 +184,10 @@ class CKAMatrix:
 
     def best_per_point(self) -> list[tuple[str, str, float]]:
         """For each injection point, the tap with the highest CKA; highest first."""
-        best = [(self.taps[int(self.values[:, j].argmax())], p, float(self.values[:, j].max()))
-                for j, p in enumerate(self.points)]
+        best = [
+            (self.taps[int(self.values[:, j].argmax())], p, float(self.values[:, j].max()))
+            for j, p in enumerate(self.points)
+        ]
         return sorted(best, key=lambda c: -c[2])
 
     def rank_of(self, tap: str, point: str) -> int:
@@ -184,8 +198,13 @@ class CKAMatrix:
         raise ValueError(f"no pair ({tap!r}, {point!r})")
 
     def to_dict(self) -> dict:
-        return {"backbone": self.backbone, "taps": self.taps, "points": self.points,
-                "cka": self.values.tolist(), "meta": self.meta}
+        return {
+            "backbone": self.backbone,
+            "taps": self.taps,
+            "points": self.points,
+            "cka": self.values.tolist(),
+            "meta": self.meta,
+        }
 
     def save_json(self, path: str | os.PathLike) -> None:
         atomic_write(path, json.dumps(self.to_dict(), indent=1).encode())
@@ -239,8 +258,14 @@ def _frames_first(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfig(),
-               taps: Sequence[str] | None = None, points: Sequence[str] | None = None) -> CKAMatrix:
+def cka_matrix(
+    inr,
+    backbone,
+    frames: torch.Tensor,
+    config: CKAConfig = CKAConfig(),
+    taps: Sequence[str] | None = None,
+    points: Sequence[str] | None = None,
+) -> CKAMatrix:
     """CKA between the INR's taps and the backbone's injection points on sampled frames.
 
     ``frames``: (T, 3, H, W) float in [0, 1], the original frames the INR encodes.
@@ -279,6 +304,7 @@ def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfi
         pixels = frames[sel] if clip == 1 else frames[sel].transpose(1, 2)
         bb_feats = backbone.features(backbone.preprocess(pixels), points)
         for f, acc in groups.items():
+
             def tap_at(t: str) -> torch.Tensor:
                 x = inr_feats[t]
                 if f is None:
@@ -294,8 +320,19 @@ def cka_matrix(inr, backbone, frames: torch.Tensor, config: CKAConfig = CKAConfi
     per_column = {c: groups[f].values()[:, groups[f].y_names.index(c)] for c, f in columns.items()}
     values = np.stack([np.mean([per_column[c] for c in columns if c[0] == p], axis=0) for p in points], axis=1)
     first = next(iter(groups.values()))
-    return CKAMatrix(taps, points, values, backbone=backbone.name,
-                     meta={"frames": int(idx.numel()), "clip": clip, "batch_size": batch, "batches": first.batches,
-                           "samples": config.samples, "grid": config.grid,
-                           "pathways": "mean of the pathways' CKA",
-                           "estimator": "minibatch linear CKA, unbiased HSIC (Nguyen et al. 2021), float64"})
+    return CKAMatrix(
+        taps,
+        points,
+        values,
+        backbone=backbone.name,
+        meta={
+            "frames": int(idx.numel()),
+            "clip": clip,
+            "batch_size": batch,
+            "batches": first.batches,
+            "samples": config.samples,
+            "grid": config.grid,
+            "pathways": "mean of the pathways' CKA",
+            "estimator": "minibatch linear CKA, unbiased HSIC (Nguyen et al. 2021), float64",
+        },
+    )

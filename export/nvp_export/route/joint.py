@@ -38,8 +38,17 @@ from ..inr.fit import reconstruction_loss
 from ..inr import INR, quantise_inr, save_nvp
 from .losses import FeatureLoss
 
-__all__ = ["JointConfig", "JointTask", "JointResult", "TASK_LOSSES", "classification_loss", "detection_loss",
-           "joint_optimise", "joint_route", "save_joint"]
+__all__ = [
+    "JointConfig",
+    "JointTask",
+    "JointResult",
+    "TASK_LOSSES",
+    "classification_loss",
+    "detection_loss",
+    "joint_optimise",
+    "joint_route",
+    "save_joint",
+]
 
 
 @dataclass(frozen=True)
@@ -116,11 +125,16 @@ class JointResult:
     seconds: float
 
     def summary(self) -> str:
-        lines = [f"joint optimisation: {len(self.history)} epochs in {self.seconds:.1f}s; PSNR {self.psnr_before:.2f} -> "
-                 f"{self.psnr_after:.2f} dB (re-quantised; {self.psnr_after_float:.2f} dB before quantisation)"]
+        lines = [
+            f"joint optimisation: {len(self.history)} epochs in {self.seconds:.1f}s; PSNR {self.psnr_before:.2f} -> "
+            f"{self.psnr_after:.2f} dB (re-quantised; {self.psnr_after_float:.2f} dB before quantisation)"
+        ]
         for i, (before, after) in enumerate(zip(self.fidelity_before, self.fidelity_after)):
-            key = next(k for k in ("top1_agreement", "box_iou_agreement", "miou", "cosine", *before)
-                       if before.get(k) is not None)
+            key = next(
+                k
+                for k in ("top1_agreement", "box_iou_agreement", "miou", "cosine", *before)
+                if before.get(k) is not None
+            )
             lines.append(f"  route {i}: {key} {before[key]:.1%} -> {after[key]:.1%}")
         return "\n".join(lines)
 
@@ -146,11 +160,17 @@ def _agreement(backbone: Backbone, outputs: Outputs, reference: Outputs, image_s
 @torch.no_grad()
 def _route_outputs(inr, task: JointTask, n: int, batch: int) -> Outputs:
     idx = torch.arange(n)
-    return _cat([task.backbone.suffix(task.adapter(inr.decode(idx[s:s + batch], until=task.tap)[task.tap]), task.point)
-                 for s in range(0, n, batch)])
+    return _cat(
+        [
+            task.backbone.suffix(task.adapter(inr.decode(idx[s : s + batch], until=task.tap)[task.tap]), task.point)
+            for s in range(0, n, batch)
+        ]
+    )
 
 
-def joint_optimise(inr: INR, frames: Any, tasks: Sequence[JointTask], config: JointConfig = JointConfig()) -> JointResult:
+def joint_optimise(
+    inr: INR, frames: Any, tasks: Sequence[JointTask], config: JointConfig = JointConfig()
+) -> JointResult:
     """Train ``inr`` (a copy; the argument is left as it is) and the tasks' adapters (in place) together.
 
     ``frames``: the clip the INR encodes, uint8 (T, H, W, 3) / (T, 3, H, W) or float in [0, 1].
@@ -163,8 +183,9 @@ def joint_optimise(inr: INR, frames: Any, tasks: Sequence[JointTask], config: Jo
         raise ValueError(f"the INR encodes {inr.num_frames} frames but {frames.shape[0]} original frames were given")
     for t in tasks:
         if t.backbone.task not in TASK_LOSSES:
-            raise ValueError(f"no joint task loss for {t.backbone.task} ({t.backbone.name}); "
-                             f"known: {', '.join(sorted(TASK_LOSSES))}")
+            raise ValueError(
+                f"no joint task loss for {t.backbone.task} ({t.backbone.name}); known: {', '.join(sorted(TASK_LOSSES))}"
+            )
         if t.backbone.preprocess.num_frames != 1:
             raise ValueError(f"{t.backbone.name} is a video model; joint optimisation handles image backbones")
         if t.tap not in inr.tap_names:
@@ -176,21 +197,29 @@ def joint_optimise(inr: INR, frames: Any, tasks: Sequence[JointTask], config: Jo
     targets, references = [], []
     with torch.no_grad():
         for t in tasks:
-            feats = [t.backbone.prefix(t.backbone.preprocess(frames[s:s + config.eval_batch]), t.point)
-                     for s in range(0, n, config.eval_batch)]
+            feats = [
+                t.backbone.prefix(t.backbone.preprocess(frames[s : s + config.eval_batch]), t.point)
+                for s in range(0, n, config.eval_batch)
+            ]
             targets.append(torch.cat(feats))
             references.append(_cat([t.backbone.suffix(f, t.point) for f in feats]))  # = the full forward pass
     for t in tasks:
         t.adapter.eval()
-    fidelity_before = [_agreement(t.backbone, _route_outputs(inr, t, n, config.eval_batch), ref, image_size)
-                       for t, ref in zip(tasks, references)]
+    fidelity_before = [
+        _agreement(t.backbone, _route_outputs(inr, t, n, config.eval_batch), ref, image_size)
+        for t, ref in zip(tasks, references)
+    ]
     psnr_before = psnr(original, inr.render(range(n)))
 
     trained = copy.deepcopy(inr).train().requires_grad_(True)
     last = trained.tap_names[-1]
     until = last if config.recon else max((t.tap for t in tasks), key=trained.tap_names.index)
-    optimiser = torch.optim.Adam([{"params": trained.parameters(), "lr": config.inr_lr},
-                                  {"params": [p for t in tasks for p in t.adapter.parameters()], "lr": config.adapter_lr}])
+    optimiser = torch.optim.Adam(
+        [
+            {"params": trained.parameters(), "lr": config.inr_lr},
+            {"params": [p for t in tasks for p in t.adapter.parameters()], "lr": config.adapter_lr},
+        ]
+    )
     generator = torch.Generator().manual_seed(config.seed)
     history = []
     bar = tqdm(range(config.epochs), desc="joint", unit="epoch", disable=not config.progress)
@@ -200,12 +229,18 @@ def joint_optimise(inr: INR, frames: Any, tasks: Sequence[JointTask], config: Jo
         sums, steps = {"total": 0.0, "recon": 0.0, "task": 0.0, "feat": 0.0}, 0
         for order in torch.randperm(n, generator=generator).split(config.batch_size):
             taps = trained.decode(order, until=until)
-            recon = reconstruction_loss(trained.family, taps[last], frames[order]) if config.recon else taps[until].new_zeros(())
+            recon = (
+                reconstruction_loss(trained.family, taps[last], frames[order])
+                if config.recon
+                else taps[until].new_zeros(())
+            )
             loss, task_sum, feat_sum = config.recon * recon, 0.0, 0.0
             for t, target, reference in zip(tasks, targets, references):
                 adapted = t.adapter(taps[t.tap])
                 l_feat = config.feature_loss(adapted, target[order])
-                l_task = TASK_LOSSES[t.backbone.task](t.backbone, t.backbone.suffix(adapted, t.point), _take(reference, order))
+                l_task = TASK_LOSSES[t.backbone.task](
+                    t.backbone, t.backbone.suffix(adapted, t.point), _take(reference, order)
+                )
                 loss = loss + t.weight * (config.task * l_task + config.feat * l_feat)
                 task_sum, feat_sum = task_sum + l_task.item(), feat_sum + l_feat.item()
             optimiser.zero_grad(set_to_none=True)
@@ -223,31 +258,59 @@ def joint_optimise(inr: INR, frames: Any, tasks: Sequence[JointTask], config: Jo
         t.adapter.eval()
     psnr_after_float = psnr(original, trained.render(range(n)))
     arrays, meta, stored = quantise_inr(trained)
-    fidelity_after = [_agreement(t.backbone, _route_outputs(stored, t, n, config.eval_batch), ref, image_size)
-                      for t, ref in zip(tasks, references)]
-    return JointResult(stored, trained, arrays, meta, [t.adapter for t in tasks], psnr_before, psnr(original, stored.render(range(n))),
-                       psnr_after_float, fidelity_before, fidelity_after, history, time.perf_counter() - started)
+    fidelity_after = [
+        _agreement(t.backbone, _route_outputs(stored, t, n, config.eval_batch), ref, image_size)
+        for t, ref in zip(tasks, references)
+    ]
+    return JointResult(
+        stored,
+        trained,
+        arrays,
+        meta,
+        [t.adapter for t in tasks],
+        psnr_before,
+        psnr(original, stored.render(range(n))),
+        psnr_after_float,
+        fidelity_before,
+        fidelity_after,
+        history,
+        time.perf_counter() - started,
+    )
 
 
-def joint_route(inr: INR, frames: Any, backbone: Backbone, route: Route,
-                config: JointConfig = JointConfig()) -> tuple[Route, JointResult]:
+def joint_route(
+    inr: INR, frames: Any, backbone: Backbone, route: Route, config: JointConfig = JointConfig()
+) -> tuple[Route, JointResult]:
     """Joint optimisation of one route from ``adapt`` (its adapter the starting point); the route with
     the trained adapter and its metrics measured again on the re-quantised INR."""
-    result = joint_optimise(inr, frames, [JointTask(backbone, route.inr_tap, route.injection_point,
-                                                    route.build_adapter())], config)
+    result = joint_optimise(
+        inr, frames, [JointTask(backbone, route.inr_tap, route.injection_point, route.build_adapter())], config
+    )
     before, after = result.fidelity_before[0], result.fidelity_after[0]
-    metrics = {**route.metrics, **after, "adapter_only_top1_agreement": before.get("top1_agreement"),
-               "joint_epochs": len(result.history), "joint_psnr_before_db": result.psnr_before,
-               "joint_psnr_after_db": result.psnr_after}
+    metrics = {
+        **route.metrics,
+        **after,
+        "adapter_only_top1_agreement": before.get("top1_agreement"),
+        "joint_epochs": len(result.history),
+        "joint_psnr_before_db": result.psnr_before,
+        "joint_psnr_after_db": result.psnr_after,
+    }
     return replace(route, adapter=result.adapters[0].to_arrays(), metrics=metrics), result
 
 
 def save_joint(path: str | os.PathLike, manifest: dict, result: JointResult, config: JointConfig, routes: list) -> int:
     """Rewrite ``path`` (atomically) with the re-quantised INR, ``manifest``'s video information and ``routes``."""
     info = {k: v for k, v in manifest.items() if k not in ("inr", "taps")}
-    info["metrics"] = {**info.get("metrics", {}), "psnr_quantised_db": round(result.psnr_after, 4),
-                       "psnr_float_db": round(result.psnr_after_float, 4)}
-    info["joint"] = {"epochs": len(result.history), "psnr_before_db": round(result.psnr_before, 4),
-                     "psnr_after_db": round(result.psnr_after, 4), "seconds": round(result.seconds, 2),
-                     "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "feature_loss")}}
+    info["metrics"] = {
+        **info.get("metrics", {}),
+        "psnr_quantised_db": round(result.psnr_after, 4),
+        "psnr_float_db": round(result.psnr_after_float, 4),
+    }
+    info["joint"] = {
+        "epochs": len(result.history),
+        "psnr_before_db": round(result.psnr_before, 4),
+        "psnr_after_db": round(result.psnr_after, 4),
+        "seconds": round(result.seconds, 2),
+        "config": {k: v for k, v in asdict(config).items() if k not in ("progress", "feature_loss")},
+    }
     return save_nvp(path, result.inr, result.arrays, result.meta, info, routes=routes)

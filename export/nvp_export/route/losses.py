@@ -23,7 +23,9 @@ class FeatureLoss:
         return feature_transfer_loss(pred, target, self)
 
 
-def feature_transfer_loss(pred: torch.Tensor, target: torch.Tensor, weights: FeatureLoss = FeatureLoss()) -> torch.Tensor:
+def feature_transfer_loss(
+    pred: torch.Tensor, target: torch.Tensor, weights: FeatureLoss = FeatureLoss()
+) -> torch.Tensor:
     """Scalar loss between adapted features and the backbone's own, both (N, C, ...).
 
     The cosine term compares channel vectors at each position (dim 1): it aligns

@@ -100,7 +100,9 @@ class PathwayAdapter(nn.Module):
             xp = x
             if frames is not None:
                 if x.dim() != 5:
-                    raise ValueError(f"a video injection point needs (N, C, T, H, W) clip features; got {tuple(x.shape)}")
+                    raise ValueError(
+                        f"a video injection point needs (N, C, T, H, W) clip features; got {tuple(x.shape)}"
+                    )
                 if x.shape[2] != frames:
                     xp = x.index_select(2, temporal_indices(x.shape[2], frames, x.device))
             inputs.append(xp)
@@ -167,8 +169,9 @@ def pathway_loss(pred: Features, target: Features, loss: FeatureLoss) -> torch.T
     return sum(loss(p, t) for p, t in zip(as_pathways(pred), as_pathways(target)))
 
 
-def fit_adapter(adapter: PathwayAdapter, taps: torch.Tensor, targets: Features,
-                config: FitConfig = FitConfig()) -> list[float]:
+def fit_adapter(
+    adapter: PathwayAdapter, taps: torch.Tensor, targets: Features, config: FitConfig = FitConfig()
+) -> list[float]:
     """Train ``adapter`` (INR and backbone frozen) so adapter(taps) matches the backbone's features ``targets``.
 
     ``taps``: INR features of N samples (clips or frames); ``targets``: the backbone's
@@ -189,7 +192,9 @@ def fit_adapter(adapter: PathwayAdapter, taps: torch.Tensor, targets: Features,
         with torch.no_grad():
             total = 0.0
             for batch in torch.arange(n).split(config.batch_size):
-                total += float(pathway_loss(adapter(taps[batch]), [t[batch] for t in targets], config.loss)) * len(batch)
+                total += float(pathway_loss(adapter(taps[batch]), [t[batch] for t in targets], config.loss)) * len(
+                    batch
+                )
         return total / n
 
     history = [mean_loss()]

@@ -40,8 +40,16 @@ from .multipathway import FitConfig, PathwayAdapter, as_pathways, decode_clips, 
 from .task_cost import RouteCost, route_cost
 from ..fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
 
-__all__ = ["TaskRoute", "samples_of", "adapt_route", "task_fidelity", "TaskCandidate", "TaskAdaptResult", "adapt_task",
-           "task_file_route"]
+__all__ = [
+    "TaskRoute",
+    "samples_of",
+    "adapt_route",
+    "task_fidelity",
+    "TaskCandidate",
+    "TaskAdaptResult",
+    "adapt_task",
+    "task_file_route",
+]
 
 
 @dataclass
@@ -82,8 +90,14 @@ def _channel_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def task_fidelity(backbone: Backbone, nvp_out: Any, ref_out: Any, image_size: tuple[int, int],
-                  clip_scorer: ClipScorer | None = None, pixels: torch.Tensor | None = None) -> dict[str, float]:
+def task_fidelity(
+    backbone: Backbone,
+    nvp_out: Any,
+    ref_out: Any,
+    image_size: tuple[int, int],
+    clip_scorer: ClipScorer | None = None,
+    pixels: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Agreement of the NVP path's outputs with those from the original frames, in the task's terms.
 
     ``clip_scorer`` with ``pixels`` (the samples' original frames, (N, 3, H, W) in [0, 1]): text captions
@@ -94,20 +108,28 @@ def task_fidelity(backbone: Backbone, nvp_out: Any, ref_out: Any, image_size: tu
     """
     task = backbone.task
     if task == "action":
-        return {"logits_rel_error": relative_error(nvp_out, ref_out), "logits_rel_error_blind": _mean_baseline(ref_out),
-                "top1_agreement": float((nvp_out.argmax(1) == ref_out.argmax(1)).double().mean())}
+        return {
+            "logits_rel_error": relative_error(nvp_out, ref_out),
+            "logits_rel_error_blind": _mean_baseline(ref_out),
+            "top1_agreement": float((nvp_out.argmax(1) == ref_out.argmax(1)).double().mean()),
+        }
     if task == "detection":
         det, ref = backbone.postprocess(nvp_out, image_size), backbone.postprocess(ref_out, image_size)
-        return {"logits_rel_error": relative_error(nvp_out[0], ref_out[0]),
-                "logits_rel_error_blind": _mean_baseline(ref_out[0]),
-                "boxes_rel_error": relative_error(nvp_out[1], ref_out[1]),
-                "box_iou_agreement": box_agreement([d.boxes for d in det], [r.boxes for r in ref]),
-                "detections_ref": float(sum(len(r.boxes) for r in ref))}
+        return {
+            "logits_rel_error": relative_error(nvp_out[0], ref_out[0]),
+            "logits_rel_error_blind": _mean_baseline(ref_out[0]),
+            "boxes_rel_error": relative_error(nvp_out[1], ref_out[1]),
+            "box_iou_agreement": box_agreement([d.boxes for d in det], [r.boxes for r in ref]),
+            "detections_ref": float(sum(len(r.boxes) for r in ref)),
+        }
     if task == "segmentation":
         masks, ref = backbone.postprocess(nvp_out, image_size), backbone.postprocess(ref_out, image_size)
-        return {"logits_rel_error": relative_error(nvp_out, ref_out), "logits_rel_error_blind": _mean_baseline(ref_out),
-                "miou": mean_iou(masks, ref, len(backbone.labels)),
-                "pixel_agreement": float((masks == ref).double().mean())}
+        return {
+            "logits_rel_error": relative_error(nvp_out, ref_out),
+            "logits_rel_error_blind": _mean_baseline(ref_out),
+            "miou": mean_iou(masks, ref, len(backbone.labels)),
+            "pixel_agreement": float((masks == ref).double().mean()),
+        }
     if task == "captioning":
         captions, ref = backbone.postprocess(nvp_out), backbone.postprocess(ref_out)
         fid = caption_agreement(captions, ref)
@@ -128,9 +150,18 @@ def _feature_errors(adapted: Any, targets: Any, mask: torch.Tensor) -> tuple[flo
     return error, bias_only
 
 
-def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, config: FitConfig = FitConfig(),
-                clip_stride: int | None = None, holdout_every: int | None = None,
-                clip_scorer: ClipScorer | None = None, reference: Any = None) -> TaskRoute:
+def adapt_route(
+    inr,
+    frames: Any,
+    backbone: Backbone,
+    tap: str,
+    point: str,
+    config: FitConfig = FitConfig(),
+    clip_stride: int | None = None,
+    holdout_every: int | None = None,
+    clip_scorer: ClipScorer | None = None,
+    reference: Any = None,
+) -> TaskRoute:
     """Train the adapter of ``tap`` -> ``point`` on the clip the INR encodes and measure its fidelity and cost.
 
     ``holdout_every``: every such sample (frame or clip) is kept out of training, and the adapter's
@@ -161,19 +192,29 @@ def adapt_route(inr, frames: Any, backbone: Backbone, tap: str, point: str, conf
     with torch.no_grad():
         adapted = adapter(taps)
         nvp_out = backbone.suffix(adapted, point)
-        fid = task_fidelity(backbone, nvp_out, ref_out, tuple(frames.shape[-2:]), clip_scorer,
-                            _pixels(frames, idx) if clip_scorer else None)
+        fid = task_fidelity(
+            backbone,
+            nvp_out,
+            ref_out,
+            tuple(frames.shape[-2:]),
+            clip_scorer,
+            _pixels(frames, idx) if clip_scorer else None,
+        )
         everything = torch.ones_like(held)
         fid["features_rel_error"], fid["features_rel_error_bias_only"] = _feature_errors(adapted, targets, everything)
         if held.any():
             fid["holdout_features_rel_error"], fid["holdout_features_rel_error_bias_only"] = _feature_errors(
-                adapted, targets, held)
-        if backbone.task == "captioning":  # random weights caption alike whatever they see: compare the vision features too
+                adapted, targets, held
+            )
+        if (
+            backbone.task == "captioning"
+        ):  # random weights caption alike whatever they see: compare the vision features too
             ref_embeds = backbone.vision_embeds(targets, point)
             fid["vision_rel_error"] = relative_error(backbone.vision_embeds(adapted, point), ref_embeds)
             fid["vision_rel_error_blind"] = _mean_baseline(ref_embeds)
-    return TaskRoute(tap, point, adapter, history, fid, route_cost(inr, backbone, tap, point), train_s,
-                     backbone.pretrained)
+    return TaskRoute(
+        tap, point, adapter, history, fid, route_cost(inr, backbone, tap, point), train_s, backbone.pretrained
+    )
 
 
 @dataclass
@@ -202,36 +243,60 @@ class TaskAdaptResult:
     def metrics(self) -> dict[str, Any]:
         """Numbers and strings describing the route, as the .nvp route metadata keeps them."""
         r, c, cost = self.route, self.chosen, self.route.cost
-        return {"cka": c.cka, "cka_rank": c.cka_rank, "pairs": int(self.cka.values.size),
-                "candidates_trained": len(self.candidates), "selection_score": c.score, "selected_on": c.scored_on,
-                "adapter_params": cost.adapter_params, "backbone_params": cost.backbone_params,
-                "adapter_percent": cost.adapter_percent, "macs_nvp": cost.macs_nvp, "macs_full": cost.macs_full,
-                "macs_ratio": cost.macs_ratio, "epochs": len(r.history) - 1, "train_seconds": self.seconds["training"],
-                "backbone_pretrained": r.pretrained, **r.fidelity}
+        return {
+            "cka": c.cka,
+            "cka_rank": c.cka_rank,
+            "pairs": int(self.cka.values.size),
+            "candidates_trained": len(self.candidates),
+            "selection_score": c.score,
+            "selected_on": c.scored_on,
+            "adapter_params": cost.adapter_params,
+            "backbone_params": cost.backbone_params,
+            "adapter_percent": cost.adapter_percent,
+            "macs_nvp": cost.macs_nvp,
+            "macs_full": cost.macs_full,
+            "macs_ratio": cost.macs_ratio,
+            "epochs": len(r.history) - 1,
+            "train_seconds": self.seconds["training"],
+            "backbone_pretrained": r.pretrained,
+            **r.fidelity,
+        }
 
     def summary(self) -> str:
         r, c, cost = self.route, self.chosen, self.route.cost
         agreement = ", ".join(f"{k} {v:.4g}" for k, v in r.fidelity.items())
         kind = "" if r.pretrained else " (random weights: output agreement with the original frames, not accuracy)"
-        return (f"{cost.backbone}: INR tap {r.tap} -> {r.point} (CKA {c.cka:.3f}, rank {c.cka_rank}/{self.cka.values.size}; "
-                f"{len(self.candidates)} candidate(s) trained, scored by feature loss on {c.scored_on}), adapter "
-                f"{cost.adapter_params} params ({cost.adapter_percent:.3f}% of backbone), "
-                f"{cost.macs_nvp / 1e9:.3f} vs {cost.macs_full / 1e9:.3f} GFLOPs per sample "
-                f"(NVP path / full pipeline {cost.macs_ratio:.3f}), trained in {self.seconds['training']:.1f}s\n"
-                f"fidelity{kind}: {agreement}")
+        return (
+            f"{cost.backbone}: INR tap {r.tap} -> {r.point} (CKA {c.cka:.3f}, rank {c.cka_rank}/{self.cka.values.size}; "
+            f"{len(self.candidates)} candidate(s) trained, scored by feature loss on {c.scored_on}), adapter "
+            f"{cost.adapter_params} params ({cost.adapter_percent:.3f}% of backbone), "
+            f"{cost.macs_nvp / 1e9:.3f} vs {cost.macs_full / 1e9:.3f} GFLOPs per sample "
+            f"(NVP path / full pipeline {cost.macs_ratio:.3f}), trained in {self.seconds['training']:.1f}s\n"
+            f"fidelity{kind}: {agreement}"
+        )
 
 
 def task_file_route(task: str, kind: str, result) -> FileRoute:
     """A task preset's route (``TaskAdaptResult``) as the .nvp container stores it."""
     route = result.route
     arrays, layout = route.adapter.to_route()
-    metadata = {"kind": kind, "in_channels": route.adapter.adapters[0].spec.in_channels, **layout,
-                **{k: v for k, v in result.metrics().items() if isinstance(v, (int, float, str))}}
+    metadata = {
+        "kind": kind,
+        "in_channels": route.adapter.adapters[0].spec.in_channels,
+        **layout,
+        **{k: v for k, v in result.metrics().items() if isinstance(v, (int, float, str))},
+    }
     return FileRoute(task, route.cost.backbone, route.tap, route.point, arrays, metadata)
 
 
-def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfig(),
-               clip_stride: int | None = None, clip_scorer: ClipScorer | None = None) -> TaskAdaptResult:
+def adapt_task(
+    inr,
+    frames: Any,
+    backbone: Backbone,
+    config: AdaptConfig = AdaptConfig(),
+    clip_stride: int | None = None,
+    clip_scorer: ClipScorer | None = None,
+) -> TaskAdaptResult:
     """Select an (INR tap, injection point) pair for a task preset, train its adapter, measure fidelity and cost.
 
     ``config``: as for ``adapt.adapt`` (candidates, top_fraction, taps/points, size budget, training
@@ -248,23 +313,49 @@ def adapt_task(inr, frames: Any, backbone: Backbone, config: AdaptConfig = Adapt
     seconds = {"cka": time.perf_counter() - t_start, "training": 0.0}
     with torch.no_grad():  # the teacher's answers, the same for every candidate
         reference = backbone(backbone.preprocess(_pixels(frames, idx)))
-    fit = FitConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, patience=config.patience,
-                    loss=config.loss, init=config.init, ridge=config.ridge, seed=config.seed, progress=False)
+    fit = FitConfig(
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        patience=config.patience,
+        loss=config.loss,
+        init=config.init,
+        ridge=config.ridge,
+        seed=config.seed,
+        progress=False,
+    )
     candidates = []
-    bar = tqdm(candidate_pairs(cka, inr, backbone, config), desc=f"adapters for {backbone.name}", unit="pair",
-               disable=not config.progress)
+    bar = tqdm(
+        candidate_pairs(cka, inr, backbone, config),
+        desc=f"adapters for {backbone.name}",
+        unit="pair",
+        disable=not config.progress,
+    )
     for tap, point, value in bar:
         bar.set_description_str(f"{tap} -> {point}")
-        route = adapt_route(inr, frames, backbone, tap, point, fit, clip_stride, holdout_every=config.val_every,
-                             clip_scorer=clip_scorer, reference=reference)
+        route = adapt_route(
+            inr,
+            frames,
+            backbone,
+            tap,
+            point,
+            fit,
+            clip_stride,
+            holdout_every=config.val_every,
+            clip_scorer=clip_scorer,
+            reference=reference,
+        )
         seconds["training"] += route.train_seconds
         fid = route.fidelity
         held = "holdout_features_rel_error" in fid
         prefix = "holdout_" if held else ""
         baseline = fid[prefix + "features_rel_error_bias_only"]
         score = fid[prefix + "features_rel_error"] / baseline if baseline > 0 else float("inf")
-        candidates.append(TaskCandidate(route, value, cka.rank_of(tap, point), score,
-                                        "held-out samples" if held else "training samples"))
+        candidates.append(
+            TaskCandidate(
+                route, value, cka.rank_of(tap, point), score, "held-out samples" if held else "training samples"
+            )
+        )
         bar.set_postfix_str(f"score {score:.4g}")
     # As adapt.select_route: among the candidates about as good as the best, the one that saves the most compute.
     good = min(c.score for c in candidates) + config.select_tolerance

@@ -19,6 +19,7 @@ from .multipathway import PathwayAdapter, decode_clips
 
 __all__ = ["macs", "RouteCost", "route_cost"]
 
+
 @dataclass
 class RouteCost:
     backbone: str
@@ -46,8 +47,9 @@ def _sample_indices(backbone: Backbone) -> torch.Tensor:
     return torch.arange(t).unsqueeze(0) if t > 1 else torch.zeros(1, dtype=torch.long)
 
 
-def route_cost(inr, backbone: Backbone, tap: str, point: str,
-               suffix: Callable[[Any, str], Any] | None = None) -> RouteCost:
+def route_cost(
+    inr, backbone: Backbone, tap: str, point: str, suffix: Callable[[Any, str], Any] | None = None
+) -> RouteCost:
     """Cost of the route ``tap`` -> ``point`` for one sample; the INR must encode at least one clip's frames.
 
     ``suffix(features, point)`` is what runs after the injection point (default ``backbone.suffix``);
@@ -57,8 +59,10 @@ def route_cost(inr, backbone: Backbone, tap: str, point: str,
     """
     suffix = suffix or backbone.suffix
     if backbone.preprocess.num_frames > inr.num_frames:
-        raise ValueError(f"{backbone.name} needs {backbone.preprocess.num_frames} frames per sample; "
-                         f"the INR encodes {inr.num_frames}")
+        raise ValueError(
+            f"{backbone.name} needs {backbone.preprocess.num_frames} frames per sample; "
+            f"the INR encodes {inr.num_frames}"
+        )
     idx = _sample_indices(backbone)
     adapter = PathwayAdapter(inr.tap_shapes()[tap][0], backbone.point(point)).eval()
     last = inr.tap_names[-1]
@@ -71,4 +75,6 @@ def route_cost(inr, backbone: Backbone, tap: str, point: str,
     def full():
         return suffix(backbone.prefix(backbone.preprocess(decode_clips(inr, idx, last)), first), first)
 
-    return RouteCost(backbone.name, tap, point, adapter.num_parameters(), backbone.num_parameters(), macs(nvp), macs(full))
+    return RouteCost(
+        backbone.name, tap, point, adapter.num_parameters(), backbone.num_parameters(), macs(nvp), macs(full)
+    )

@@ -38,6 +38,8 @@ def load_backbone(name: str, weights: str | os.PathLike | None = None, reduced: 
         raise ValueError(f"unknown backbone {name!r}; presets: {', '.join(sorted(PRESETS))}")
     if reduced:
         if name not in REDUCED:
-            raise ValueError(f"{name} has no reduced configuration; presets that have one: {', '.join(sorted(REDUCED))}")
+            raise ValueError(
+                f"{name} has no reduced configuration; presets that have one: {', '.join(sorted(REDUCED))}"
+            )
         return REDUCED[name](weights)
     return PRESETS[name](weights=weights)

@@ -110,10 +110,14 @@ class _Caption(nn.Module):
         text = self.model.config.text_config
         start = torch.full((embeds.shape[0], 1), text.bos_token_id, dtype=torch.long, device=embeds.device)
         return self.model.text_decoder.generate(
-            input_ids=start, eos_token_id=text.sep_token_id, pad_token_id=text.pad_token_id,
+            input_ids=start,
+            eos_token_id=text.sep_token_id,
+            pad_token_id=text.pad_token_id,
             encoder_hidden_states=embeds,
             encoder_attention_mask=torch.ones(embeds.shape[:-1], dtype=torch.long, device=embeds.device),
-            max_new_tokens=self.max_tokens, do_sample=False, num_beams=1,
+            max_new_tokens=self.max_tokens,
+            do_sample=False,
+            num_beams=1,
         )
 
 
@@ -149,9 +153,15 @@ class BlipBackbone(MultiPathwayBackbone):
         if self.tokenizer is not None:
             vocab = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
             clean = bool(self.tokenizer.clean_up_tokenization_spaces)
-        return {"bos": text.bos_token_id, "eos": text.sep_token_id, "pad": text.pad_token_id,
-                "max_tokens": caption.max_tokens, "special_ids": sorted(self.special_ids), "vocab": vocab,
-                "clean_up_spaces": clean}
+        return {
+            "bos": text.bos_token_id,
+            "eos": text.sep_token_id,
+            "pad": text.pad_token_id,
+            "max_tokens": caption.max_tokens,
+            "special_ids": sorted(self.special_ids),
+            "vocab": vocab,
+            "clean_up_spaces": clean,
+        }
 
     def postprocess(self, token_ids: torch.Tensor) -> list[str] | list[list[int]]:
         """Caption token ids -> text with the checkpoint's tokenizer, else the ids without the start/pad tokens."""
@@ -179,9 +189,12 @@ def _load(weights: str | os.PathLike):
     return model, tokenizer
 
 
-def build(weights: str | os.PathLike | None = None, config: BlipConfig | None = None,
-          max_tokens: int = MAX_TOKENS) -> BlipBackbone:
-    model, tokenizer = _load(weights) if weights is not None else (BlipForConditionalGeneration(config or blip_config()), None)
+def build(
+    weights: str | os.PathLike | None = None, config: BlipConfig | None = None, max_tokens: int = MAX_TOKENS
+) -> BlipBackbone:
+    model, tokenizer = (
+        _load(weights) if weights is not None else (BlipForConditionalGeneration(config or blip_config()), None)
+    )
     model.eval()
     vision = model.vision_model
     layers = list(vision.encoder.layers)

@@ -44,11 +44,15 @@ class Bottleneck(nn.Module):
         self.relu3 = nn.ReLU(inplace=True)
         self.downsample = None
         if stride > 1 or inplanes != out:
-            self.downsample = nn.Sequential(OrderedDict([
-                ("-1", nn.AvgPool2d(stride)),
-                ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
-                ("1", nn.BatchNorm2d(out)),
-            ]))
+            self.downsample = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("-1", nn.AvgPool2d(stride)),
+                        ("0", nn.Conv2d(inplanes, out, 1, bias=False)),
+                        ("1", nn.BatchNorm2d(out)),
+                    ]
+                )
+            )
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -74,18 +78,33 @@ class AttentionPool2d(nn.Module):
         x = x.flatten(2).permute(2, 0, 1)  # (HW, N, C)
         x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + self.positional_embedding[:, None, :].to(x.dtype)
         out, _ = F.multi_head_attention_forward(
-            query=x[:1], key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.num_heads,
-            q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight, v_proj_weight=self.v_proj.weight,
-            in_proj_weight=None, in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
-            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0,
-            out_proj_weight=self.c_proj.weight, out_proj_bias=self.c_proj.bias,
-            use_separate_proj_weight=True, training=False, need_weights=False,
+            query=x[:1],
+            key=x,
+            value=x,
+            embed_dim_to_check=x.shape[-1],
+            num_heads=self.num_heads,
+            q_proj_weight=self.q_proj.weight,
+            k_proj_weight=self.k_proj.weight,
+            v_proj_weight=self.v_proj.weight,
+            in_proj_weight=None,
+            in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]),
+            bias_k=None,
+            bias_v=None,
+            add_zero_attn=False,
+            dropout_p=0.0,
+            out_proj_weight=self.c_proj.weight,
+            out_proj_bias=self.c_proj.bias,
+            use_separate_proj_weight=True,
+            training=False,
+            need_weights=False,
         )
         return out.squeeze(0)
 
 
 class ModifiedResNet(nn.Module):
-    def __init__(self, layers=(3, 4, 6, 3), output_dim: int = 1024, heads: int = 32, image_size: int = 224, width: int = 64):
+    def __init__(
+        self, layers=(3, 4, 6, 3), output_dim: int = 1024, heads: int = 32, image_size: int = 224, width: int = 64
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
@@ -108,10 +127,26 @@ class ModifiedResNet(nn.Module):
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         """stem 64@56, layer1 256@56, layer2 512@28, layer3 1024@14, layer4 2048@7 (at 224), attnpool."""
-        stem = nn.Sequential(self.conv1, self.bn1, self.relu1, self.conv2, self.bn2, self.relu2,
-                             self.conv3, self.bn3, self.relu3, self.avgpool)
-        return [("stem", stem), ("layer1", self.layer1), ("layer2", self.layer2), ("layer3", self.layer3),
-                ("layer4", self.layer4), ("attnpool", self.attnpool)]
+        stem = nn.Sequential(
+            self.conv1,
+            self.bn1,
+            self.relu1,
+            self.conv2,
+            self.bn2,
+            self.relu2,
+            self.conv3,
+            self.bn3,
+            self.relu3,
+            self.avgpool,
+        )
+        return [
+            ("stem", stem),
+            ("layer1", self.layer1),
+            ("layer2", self.layer2),
+            ("layer3", self.layer3),
+            ("layer4", self.layer4),
+            ("attnpool", self.attnpool),
+        ]
 
     def forward(self, x):
         for _, stage in self.stages():
@@ -122,7 +157,7 @@ class ModifiedResNet(nn.Module):
 def image_tower_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The ``visual.*`` tensors of a full CLIP state dict, unprefixed; an image-tower dict as is."""
     if any(k.startswith("visual.") for k in state):
-        return {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+        return {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
     return state
 
 

@@ -51,8 +51,13 @@ def coco_labels() -> tuple[str, ...]:
 def detr_config(**overrides: Any) -> DetrConfig:
     """DETR-R50 with transformers' ResNet-50 backbone and COCO's 91 ids; ``overrides`` shrink it for tests."""
     labels = coco_labels()
-    kwargs = dict(use_timm_backbone=False, use_pretrained_backbone=False, num_labels=len(labels),
-                  id2label=dict(enumerate(labels)), label2id={})
+    kwargs = dict(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={},
+    )
     kwargs.update(overrides)
     return DetrConfig(**kwargs)
 
@@ -79,14 +84,22 @@ class _Detector(nn.Module):
         n = feature_map.shape[0]
         mask = torch.ones(n, *feature_map.shape[-2:], dtype=torch.bool, device=feature_map.device)
         tokens = model.input_projection(feature_map).flatten(2).transpose(1, 2)
-        pos = model.position_embedding(shape=feature_map.shape, device=feature_map.device,
-                                       dtype=feature_map.dtype, mask=mask).flatten(2).transpose(1, 2)
+        pos = (
+            model.position_embedding(
+                shape=feature_map.shape, device=feature_map.device, dtype=feature_map.dtype, mask=mask
+            )
+            .flatten(2)
+            .transpose(1, 2)
+        )
         # Every position is valid (whole frames, no padding): no attention masks, as transformers does for all-ones.
         memory = model.encoder(inputs_embeds=tokens, spatial_position_embeddings=pos).last_hidden_state
         query_pos = model.query_position_embeddings.weight.unsqueeze(0).repeat(n, 1, 1)
-        hidden = model.decoder(inputs_embeds=torch.zeros_like(query_pos), spatial_position_embeddings=pos,
-                               object_queries_position_embeddings=query_pos,
-                               encoder_hidden_states=memory).last_hidden_state
+        hidden = model.decoder(
+            inputs_embeds=torch.zeros_like(query_pos),
+            spatial_position_embeddings=pos,
+            object_queries_position_embeddings=query_pos,
+            encoder_hidden_states=memory,
+        ).last_hidden_state
         return self.detr.class_labels_classifier(hidden), self.detr.bbox_predictor(hidden).sigmoid()
 
 
@@ -109,7 +122,9 @@ class DetrBackbone(Backbone):
         """L_task for joint optimisation: the set loss against ``pseudo_targets`` of the original frames."""
         return set_loss(outputs, targets, self.detr_config)
 
-    def postprocess(self, outputs, image_size: tuple[int, int] | None = None, threshold: float = 0.7) -> list[Detections]:
+    def postprocess(
+        self, outputs, image_size: tuple[int, int] | None = None, threshold: float = 0.7
+    ) -> list[Detections]:
         """Per frame, the queries whose best real class scores above ``threshold``, with boxes in the
         pixel coordinates of a frame of ``image_size`` (H, W) (default: the backbone's input size)."""
         logits, boxes = outputs
@@ -120,8 +135,11 @@ class DetrBackbone(Backbone):
         result = []
         for s, l, b in zip(scores, labels, boxes):
             keep = s > threshold
-            result.append(Detections(_cxcywh_to_xyxy(b[keep]) * scale, s[keep], l[keep],
-                                     [self.labels[i] for i in l[keep].tolist()]))
+            result.append(
+                Detections(
+                    _cxcywh_to_xyxy(b[keep]) * scale, s[keep], l[keep], [self.labels[i] for i in l[keep].tolist()]
+                )
+            )
         return result
 
 
@@ -140,8 +158,9 @@ def _load(weights: str | os.PathLike, config: DetrConfig) -> DetrForObjectDetect
     return detr
 
 
-def build(weights: str | os.PathLike | None = None, config: DetrConfig | None = None,
-          input_size: tuple[int, int] = INPUT_SIZE) -> DetrBackbone:
+def build(
+    weights: str | os.PathLike | None = None, config: DetrConfig | None = None, input_size: tuple[int, int] = INPUT_SIZE
+) -> DetrBackbone:
     config = config or detr_config()
     detr = _load(weights, config) if weights is not None else DetrForObjectDetection(config)
     detr.eval()

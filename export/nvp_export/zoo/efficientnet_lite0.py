@@ -35,8 +35,10 @@ class _Blocks(nn.Module):
     def __init__(self, blocks, first_index, total, drop_connect_rate):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
-        self.rates = [drop_connect_rate * (first_index + i) / total if drop_connect_rate else drop_connect_rate
-                      for i in range(len(blocks))]
+        self.rates = [
+            drop_connect_rate * (first_index + i) / total if drop_connect_rate else drop_connect_rate
+            for i in range(len(blocks))
+        ]
 
     def forward(self, x):
         for rate, block in zip(self.rates, self.blocks):

@@ -58,8 +58,14 @@ class I3D(nn.Module):
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         b = self.blocks
-        return [("stem", b[0]), ("res2", b[1]), ("res3", nn.Sequential(b[2], b[3])), ("res4", b[4]),
-                ("res5", b[5]), ("head", b[6])]
+        return [
+            ("stem", b[0]),
+            ("res2", b[1]),
+            ("res3", nn.Sequential(b[2], b[3])),
+            ("res4", b[4]),
+            ("res5", b[5]),
+            ("head", b[6]),
+        ]
 
     def forward(self, clip):
         for block in self.blocks:

@@ -42,8 +42,9 @@ class BottleneckBlock(nn.Module):
         self.conv_a = nn.Conv3d(dim_in, dim_inner, conv_a_kernel, padding=_same_padding(conv_a_kernel), bias=False)
         self.norm_a = nn.BatchNorm3d(dim_inner)
         self.act_a = nn.ReLU()
-        self.conv_b = nn.Conv3d(dim_inner, dim_inner, (1, 3, 3), stride=(1, spatial_stride, spatial_stride),
-                                padding=(0, 1, 1), bias=False)
+        self.conv_b = nn.Conv3d(
+            dim_inner, dim_inner, (1, 3, 3), stride=(1, spatial_stride, spatial_stride), padding=(0, 1, 1), bias=False
+        )
         self.norm_b = nn.BatchNorm3d(dim_inner)
         self.act_b = nn.ReLU()
         self.conv_c = nn.Conv3d(dim_inner, dim_out, 1, bias=False)
@@ -73,12 +74,24 @@ class ResBlock(nn.Module):
 class ResStage(nn.Module):
     """``depth`` bottleneck blocks; block j uses ``conv_a_kernels[j % len(conv_a_kernels)]`` (I3D alternates)."""
 
-    def __init__(self, depth: int, dim_in: int, dim_inner: int, dim_out: int,
-                 conv_a_kernels: Sequence[Triple], spatial_stride: int):
+    def __init__(
+        self,
+        depth: int,
+        dim_in: int,
+        dim_inner: int,
+        dim_out: int,
+        conv_a_kernels: Sequence[Triple],
+        spatial_stride: int,
+    ):
         super().__init__()
         self.res_blocks = nn.ModuleList(
-            ResBlock(dim_in if j == 0 else dim_out, dim_inner, dim_out, conv_a_kernels[j % len(conv_a_kernels)],
-                     spatial_stride if j == 0 else 1)
+            ResBlock(
+                dim_in if j == 0 else dim_out,
+                dim_inner,
+                dim_out,
+                conv_a_kernels[j % len(conv_a_kernels)],
+                spatial_stride if j == 0 else 1,
+            )
             for j in range(depth)
         )
 

@@ -74,8 +74,11 @@ def _load(weights: str | os.PathLike) -> SegformerForSemanticSegmentation:
         raise WeightsError(f"cannot load SegFormer from {path}: {type(e).__name__}: {e}".splitlines()[0]) from None
 
 
-def build(weights: str | os.PathLike | None = None, config: SegformerConfig | None = None,
-          input_size: tuple[int, int] = INPUT_SIZE) -> SegformerBackbone:
+def build(
+    weights: str | os.PathLike | None = None,
+    config: SegformerConfig | None = None,
+    input_size: tuple[int, int] = INPUT_SIZE,
+) -> SegformerBackbone:
     model = _load(weights) if weights is not None else SegformerForSemanticSegmentation(config or segformer_config())
     model.eval()
     encoder_stages = list(model.segformer.stages)

@@ -22,7 +22,6 @@ from ..route.multipathway import MultiPathwayBackbone, temporal_indices
 from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, action_backbone
 
 
-
 @dataclass(frozen=True)
 class SlowFastConfig:
     frames: int = 32  # fast-pathway clip length
@@ -40,8 +39,14 @@ class SlowFastConfig:
 class FuseFastToSlow(nn.Module):
     def __init__(self, fast_channels: int, kernel: int, alpha: int):
         super().__init__()
-        self.conv_fast_to_slow = nn.Conv3d(fast_channels, 2 * fast_channels, (kernel, 1, 1), stride=(alpha, 1, 1),
-                                           padding=(kernel // 2, 0, 0), bias=False)
+        self.conv_fast_to_slow = nn.Conv3d(
+            fast_channels,
+            2 * fast_channels,
+            (kernel, 1, 1),
+            stride=(alpha, 1, 1),
+            padding=(kernel // 2, 0, 0),
+            bias=False,
+        )
         self.norm = nn.BatchNorm3d(2 * fast_channels)
         self.activation = nn.ReLU()
 
@@ -89,8 +94,10 @@ class SlowFast(nn.Module):
             raise ValueError(f"SlowFast needs frames divisible by alpha={c.alpha} and a crop divisible by 32; got {c}")
         slow, fast = c.width, c.width // c.beta_inv
         blocks: list[nn.Module] = [
-            MultiPathWayWithFuse([BasicStem(3, slow, (1, 7, 7)), BasicStem(3, fast, (5, 7, 7))],
-                                 FuseFastToSlow(fast, c.fusion_kernel, c.alpha))
+            MultiPathWayWithFuse(
+                [BasicStem(3, slow, (1, 7, 7)), BasicStem(3, fast, (5, 7, 7))],
+                FuseFastToSlow(fast, c.fusion_kernel, c.alpha),
+            )
         ]
         slow_kernels = ((1, 1, 1), (1, 1, 1), (3, 1, 1), (3, 1, 1))
         slow_in, fast_in = slow + 2 * fast, fast
@@ -99,11 +106,15 @@ class SlowFast(nn.Module):
             out_s, out_f = 4 * inner_s, 4 * inner_f
             stride = 1 if i == 0 else 2
             last = i == len(c.depths) - 1
-            blocks.append(MultiPathWayWithFuse(
-                [ResStage(depth, slow_in, inner_s, out_s, [slow_kernels[i]], stride),
-                 ResStage(depth, fast_in, inner_f, out_f, [(3, 1, 1)], stride)],
-                None if last else FuseFastToSlow(out_f, c.fusion_kernel, c.alpha),
-            ))
+            blocks.append(
+                MultiPathWayWithFuse(
+                    [
+                        ResStage(depth, slow_in, inner_s, out_s, [slow_kernels[i]], stride),
+                        ResStage(depth, fast_in, inner_f, out_f, [(3, 1, 1)], stride),
+                    ],
+                    None if last else FuseFastToSlow(out_f, c.fusion_kernel, c.alpha),
+                )
+            )
             slow_in, fast_in = out_s + (0 if last else 2 * out_f), out_f
         final = ((c.frames // c.alpha, c.crop[0] // 32, c.crop[1] // 32), (c.frames, c.crop[0] // 32, c.crop[1] // 32))
         blocks.append(PoolConcatPathway([tuple(map(min, k, m)) for k, m in zip(c.head_pool, final)]))
@@ -115,8 +126,14 @@ class SlowFast(nn.Module):
     def stages(self) -> list[tuple[str, nn.Module]]:
         """stem (with fusion), res2..res5 (each with fusion but res5), head; boundaries are [slow, fast]."""
         b = self.blocks
-        return [("stem", nn.Sequential(self.pack, b[0])), ("res2", b[1]), ("res3", b[2]), ("res4", b[3]),
-                ("res5", b[4]), ("head", nn.Sequential(b[5], b[6]))]
+        return [
+            ("stem", nn.Sequential(self.pack, b[0])),
+            ("res2", b[1]),
+            ("res3", b[2]),
+            ("res4", b[3]),
+            ("res5", b[4]),
+            ("head", nn.Sequential(b[5], b[6])),
+        ]
 
     def forward(self, clip):
         x = self.pack(clip)

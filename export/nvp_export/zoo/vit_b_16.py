@@ -31,7 +31,9 @@ class EncoderBlock(nn.Module):
         self.self_attention = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.ln_2 = nn.LayerNorm(dim, eps=1e-6)
         # Indices 0 and 3 hold the weights, as in torchvision's MLPBlock.
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(0.0), nn.Linear(mlp_dim, dim), nn.Dropout(0.0))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(0.0), nn.Linear(mlp_dim, dim), nn.Dropout(0.0)
+        )
 
     def forward(self, x):
         y = self.ln_1(x)
@@ -44,7 +46,9 @@ class Encoder(nn.Module):
     def __init__(self, seq_len: int, layers: int, dim: int, heads: int, mlp_dim: int):
         super().__init__()
         self.pos_embedding = nn.Parameter(torch.empty(1, seq_len, dim).normal_(std=0.02))
-        self.layers = nn.Sequential(OrderedDict((f"encoder_layer_{i}", EncoderBlock(dim, heads, mlp_dim)) for i in range(layers)))
+        self.layers = nn.Sequential(
+            OrderedDict((f"encoder_layer_{i}", EncoderBlock(dim, heads, mlp_dim)) for i in range(layers))
+        )
         self.ln = nn.LayerNorm(dim, eps=1e-6)
 
     def forward(self, tokens):

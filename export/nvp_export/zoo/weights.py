@@ -52,8 +52,10 @@ def load_exact(module: nn.Module, state: dict[str, torch.Tensor], source: str) -
     wrong = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if wrong:
         k = wrong[0]
-        raise WeightsError(f"{source}: {len(wrong)} tensors have the wrong shape, e.g. {k}: "
-                           f"{tuple(state[k].shape)} vs {tuple(own[k].shape)}")
+        raise WeightsError(
+            f"{source}: {len(wrong)} tensors have the wrong shape, e.g. {k}: "
+            f"{tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        )
     module.load_state_dict(state, strict=True)
 
 
@@ -66,8 +68,9 @@ def find_cached(filenames: Sequence[str]) -> Path | None:
     return None
 
 
-def torchvision_classifier(name: str, net: nn.Module, preprocess, weights: str | os.PathLike | None,
-                           cached_names: Sequence[str]):
+def torchvision_classifier(
+    name: str, net: nn.Module, preprocess, weights: str | os.PathLike | None, cached_names: Sequence[str]
+):
     """An ImageNet classifier defined with torchvision's parameter names, as a Backbone of ``net.stages()``.
 
     Weights come from ``weights``, else a checkpoint found in the local caches, else none (random init).
