@@ -27,17 +27,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from nvp_rt.atomic import atomic_write
 
-from nvp_export.route.adapt import AdaptConfig, adapt, candidate_pairs, select_route, train_adapter
-from nvp_export.route.adapter import AdapterSpec
 from nvp_export.charts import save_png
 from nvp_export.clips import ClipSpec, make_clip
 from nvp_export.fidelity.agreement import fidelity
-from nvp_export.inr.fit import FitConfig, fit
 from nvp_export.inr import config_for_budget, from_config
+from nvp_export.inr.fit import FitConfig, fit
+from nvp_export.route.adapt import AdaptConfig, adapt, candidate_pairs, select_route, train_adapter
+from nvp_export.route.adapter import AdapterSpec
 from nvp_export.route.losses import FeatureLoss
 from nvp_export.zoo import load_backbone
+from nvp_rt.atomic import atomic_write
 
 TOP_FRACTIONS = (0.05, 0.1, 0.2)
 

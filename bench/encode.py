@@ -27,8 +27,8 @@ import torch
 from nvp_export.charts import save_png
 from nvp_export.clips import PHOTOS, ClipSpec, write_clip
 from nvp_export.encode import EncodeConfig, encode_video
-from nvp_export.inr.fit import FitConfig
 from nvp_export.inr import load_nvp
+from nvp_export.inr.fit import FitConfig
 from nvp_rt.quality import psnr
 from nvp_rt.video import read_video, write_video
 

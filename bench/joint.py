@@ -27,17 +27,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+
+from nvp_export.charts import save_png
+from nvp_export.clips import ClipSpec, make_clip
+from nvp_export.fidelity.pixel_paths import compare_pixel_paths, payload_bpp
+from nvp_export.inr import load_nvp
+from nvp_export.route.adapt import AdaptConfig, adapt
+from nvp_export.route.joint import JointConfig, joint_route
+from nvp_export.zoo import load_backbone
 from nvp_rt.atomic import atomic_write
 from nvp_rt.nvpfile import NvpFile
 from nvp_rt.video import read_video
-
-from nvp_export.route.adapt import AdaptConfig, adapt
-from nvp_export.charts import save_png
-from nvp_export.clips import ClipSpec, make_clip
-from nvp_export.inr import load_nvp
-from nvp_export.route.joint import JointConfig, joint_route
-from nvp_export.fidelity.pixel_paths import compare_pixel_paths, payload_bpp
-from nvp_export.zoo import load_backbone
 
 
 def source_frames(nvp: NvpFile, source: str | None):

@@ -143,9 +143,9 @@ def bench_cpu(threads: int, iters: int, warmup: int) -> list[Row]:
         sess = ort_two_op(x, w, b, size, threads)
         out = np.empty(ops.resize_conv1x1(x, w, b, size, num_threads=threads).shape, np.float32)
         fns = {
-            "fused": lambda: ops.resize_conv1x1(x, w, b, size, num_threads=threads, out=out),
-            "torch": lambda: torch_two_op(xt, wt, bt, size),
-            "ort": lambda: sess.run(["y"], {"x": x}),
+            "fused": lambda: ops.resize_conv1x1(x, w, b, size, num_threads=threads, out=out),  # noqa: B023 (timed in this iteration)
+            "torch": lambda: torch_two_op(xt, wt, bt, size),  # noqa: B023 (timed in this iteration)
+            "ort": lambda: sess.run(["y"], {"x": x}),  # noqa: B023 (timed in this iteration)
         }
         with torch.inference_mode():
             y_fused = ops.resize_conv1x1(x, w, b, size, num_threads=threads)
@@ -200,8 +200,8 @@ def bench_cuda(iters: int, warmup: int) -> list[dict]:
             w = (torch.randn(c_out, xs[1], device=dev) / xs[1] ** 0.5).to(dtype)
             b = torch.randn(c_out, device=dev, dtype=dtype)
             y = torch.empty((xs[0], c_out, *xs[2:-2], *size), device=dev, dtype=dtype)
-            fused = timed(lambda: ops.resize_conv1x1(x, w, b, size, out=y, stream=stream.cuda_stream))
-            two_op = timed(lambda: torch_two_op(x, w, b, size))
+            fused = timed(lambda: ops.resize_conv1x1(x, w, b, size, out=y, stream=stream.cuda_stream))  # noqa: B023 (timed in this iteration)
+            two_op = timed(lambda: torch_two_op(x, w, b, size))  # noqa: B023 (timed in this iteration)
             ref = torch_two_op(x.double(), w.double(), b.double(), size)
             err = float((y.double() - ref).abs().max() / ref.abs().max())
             moved = (x.numel() + y.numel()) * x.element_size()

@@ -45,8 +45,8 @@ from nvp_export.charts import save_png  # noqa: E402
 from nvp_export.encode import DEFAULT_BPP  # noqa: E402
 from nvp_export.inr import config_for_budget, from_config  # noqa: E402
 from nvp_export.inr.store import quantise_inr, save_nvp  # noqa: E402
-from nvp_export.route.multipathway import PathwayAdapter  # noqa: E402
 from nvp_export.onnx_export import export_route_graphs  # noqa: E402
+from nvp_export.route.multipathway import PathwayAdapter  # noqa: E402
 from nvp_export.zoo import load_backbone, slowfast_r50  # noqa: E402
 from nvp_rt.atomic import atomic_write  # noqa: E402
 from nvp_rt.nvpfile import Route, replace_routes  # noqa: E402

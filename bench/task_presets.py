@@ -34,13 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from nvp_rt.atomic import atomic_write
-
 from nvp_export.charts import save_png
 from nvp_export.route.multipathway import FitConfig
 from nvp_export.route.task_adapt import adapt_route
 from nvp_export.route.task_cost import macs, route_cost
 from nvp_export.zoo import PRESETS
+from nvp_rt.atomic import atomic_write
 
 TASK_PRESETS = ["slowfast_r50", "i3d_r50", "detr_r50", "segformer_b0", "blip"]
 RESOLUTIONS = {"180p": ((180, 320), (5, 2, 2)), "720p": ((720, 1280), (5, 4, 2, 2))}
@@ -236,7 +235,8 @@ def main() -> None:
     )
     text_macs = caption_macs()
     costs = [row for res in args.resolution for row in cost_table(res, text_macs)]
-    # SlowFast/I3D: 64-frame clip of the reference workload -> 9 clips at stride 8 is too slow here; 40 frames -> 3 clips.
+    # SlowFast/I3D: 64-frame clip of the reference workload -> 9 clips at stride 8 is too slow here;
+    # 40 frames -> 3 clips.
     fidelity = (
         fidelity_rows({"slowfast_r50": 40, "i3d_r50": 40, "detr_r50": 8, "segformer_b0": 16, "blip": 8}, args.epochs)
         if args.fidelity

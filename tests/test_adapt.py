@@ -9,15 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inr_standin import TinyINR, fit, pan_clip
+from nvp_export.backbone import Backbone, Preprocess
+from nvp_export.fidelity.agreement import fidelity
 from nvp_export.route.adapt import AdaptConfig, Candidate, adapt, select_route
 from nvp_export.route.adapter import fit_linear, resize
-from nvp_export.backbone import Backbone, Preprocess
 from nvp_export.route.cka import CKAConfig
-from nvp_export.fidelity.agreement import fidelity
 from nvp_export.route.losses import FeatureLoss, feature_transfer_loss
-
-from inr_standin import TinyINR, fit, pan_clip
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

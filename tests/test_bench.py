@@ -14,8 +14,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import nvp_rt
-from nvp_export.benchmark.accuracy import agreement
-from nvp_export.benchmark.accuracy import constant_answer_agreement
+from nvp_export.benchmark.accuracy import agreement, constant_answer_agreement
 from nvp_export.benchmark.assets import TaskSpec, VideoSpec, tap_for
 from nvp_export.benchmark.costs import route_flops
 from nvp_export.benchmark.graph_flops import graph_macs, resize_conv_graph
@@ -25,11 +24,11 @@ from nvp_export.benchmark.run import BenchConfig, run_bench
 from nvp_export.benchmark.timing import measure
 from nvp_export.benchmark.workloads import Workload
 from nvp_export.clips import PHOTOS, ClipSpec, make_clip
-from nvp_export.inr.fit import FitConfig
 from nvp_export.inr import from_config, make_config
+from nvp_export.inr.fit import FitConfig
 from nvp_export.inr.store import quantise_inr, save_nvp
-from nvp_export.route.multipathway import PathwayAdapter
 from nvp_export.onnx_export import export_route_graphs
+from nvp_export.route.multipathway import PathwayAdapter
 from nvp_export.route.task_cost import route_cost
 from nvp_export.zoo import load_backbone
 from nvp_rt.backends import SessionCache, resolve_backend

@@ -2,11 +2,13 @@
 
 import json
 import math
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from inr_standin import TinyINR
 from nvp_export.backbone import Backbone, Preprocess
 from nvp_export.route.cka import (
     CKAConfig,
@@ -19,8 +21,6 @@ from nvp_export.route.cka import (
     sample_indices,
     unbiased_hsic,
 )
-
-from inr_standin import TinyINR
 
 
 def hsic1_direct(x: np.ndarray, y: np.ndarray) -> float:

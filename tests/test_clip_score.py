@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from transformers import BertTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 
-from nvp_export.cli import main as export_main
 from nvp_export.backbone import to_unit_frames
+from nvp_export.cli import main as export_main
 from nvp_export.fidelity.clip_score import ClipScorer
 from nvp_export.inr import load_nvp
 from nvp_export.route.task_adapt import task_fidelity

@@ -3,9 +3,8 @@
 import secrets
 
 import nvp_rt.cli
-from nvp_rt.command import COMMANDS_GROUP, registered_commands
-
 from dist_info import write_distribution
+from nvp_rt.command import COMMANDS_GROUP, registered_commands
 
 
 def test_the_export_side_registers_encode_and_bench():

@@ -5,12 +5,11 @@ import pytest
 import torch
 
 import nvp_rt
-from nvp_export.route.adapter import AdapterSpec, MicroAdapter
-from nvp_export.inr import load_nvp
-from nvp_export.zoo import load_backbone
-
-from nvp_export.clips import ClipSpec, write_clip
 from nvp_export.cli import main as export_main
+from nvp_export.clips import ClipSpec, write_clip
+from nvp_export.inr import load_nvp
+from nvp_export.route.adapter import AdapterSpec, MicroAdapter
+from nvp_export.zoo import load_backbone
 from nvp_rt.cli import main as nvp_main
 from nvp_rt.nvpfile import INR_SECTION, NvpFile
 

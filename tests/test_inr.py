@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from nvp_export.inr import fit as fit_module
-from nvp_export.inr.fit import FitConfig, fit, lr_factor
 from nvp_export.inr import (
     UntileableSizeError,
     config_for_budget,
@@ -19,6 +17,8 @@ from nvp_export.inr import (
     stored_bits,
     tiling_strides,
 )
+from nvp_export.inr import fit as fit_module
+from nvp_export.inr.fit import FitConfig, fit, lr_factor
 from nvp_export.inr.nerv import PositionalEncoding
 from nvp_rt.nvpfile import NvpFormatError
 

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 import nvp_rt
-from nvp_export.route.adapter import AdapterSpec, MicroAdapter
 from nvp_export.backbone import Backbone, Preprocess
+from nvp_export.cli import main as export_main
 from nvp_export.clips import ClipSpec, make_clip, write_clip
 from nvp_export.fidelity.agreement import fidelity
-from nvp_export.inr.fit import FitConfig, fit
 from nvp_export.inr import from_config, load_nvp, make_config, quantise_inr
-from nvp_export.cli import main as export_main
+from nvp_export.inr.fit import FitConfig, fit
+from nvp_export.route.adapter import AdapterSpec, MicroAdapter
 from nvp_export.route.joint import (
     TASK_LOSSES,
     JointConfig,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import linear_taps, rel_err, resize_bilinear, resize_conv1x1
 
 import nvp_rt
 from nvp_rt import ops
+from reference import linear_taps, rel_err, resize_bilinear, resize_conv1x1
 
 # (case, x shape, C_out, (Ho, Wo))
 CASES = [

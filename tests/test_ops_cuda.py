@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from reference import rel_err, resize_conv1x1
-from test_ops import CASES, make_inputs
 
 from nvp_rt import ops
+from reference import rel_err, resize_conv1x1
+from test_ops import CASES, make_inputs
 
 pytestmark = pytest.mark.cuda
 

@@ -13,8 +13,8 @@ import nvp_rt
 from nvp_export.backbone import classify
 from nvp_export.inr import from_config, make_config
 from nvp_export.inr.store import quantise_inr, save_nvp
-from nvp_export.route.multipathway import PathwayAdapter, decode_clips
 from nvp_export.onnx_export import export_route_graphs
+from nvp_export.route.multipathway import PathwayAdapter, decode_clips
 from nvp_export.zoo import load_backbone
 from nvp_rt.nvpfile import NvpFormatError, Route, replace_routes
 from nvp_rt.session import UnknownTaskError

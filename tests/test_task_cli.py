@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import nvp_rt
-from nvp_export.route.adapter import MicroAdapter
 from nvp_export.cli import TASK_KINDS
 from nvp_export.cli import main as export_main
 from nvp_export.inr import from_config, load_nvp, make_config
 from nvp_export.inr.store import quantise_inr, save_nvp
-from nvp_export.route.multipathway import FitConfig, PathwayAdapter, decode_clips
 from nvp_export.onnx_export import backbone_key
+from nvp_export.route.adapter import MicroAdapter
+from nvp_export.route.multipathway import FitConfig, PathwayAdapter, decode_clips
 from nvp_export.route.task_adapt import adapt_route
 from nvp_export.zoo import REDUCED
 from nvp_rt.nvpfile import NvpFile

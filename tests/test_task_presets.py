@@ -14,22 +14,21 @@ import torch
 from transformers import DetrForObjectDetection, SegformerForSemanticSegmentation
 
 from clip_inr_standin import StandinINR
+from nvp_export.fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
 from nvp_export.route.adapt import AdaptConfig
 from nvp_export.route.cka import CKAConfig, cka_matrix, linear_cka, positions, sample_clips, sample_indices
 from nvp_export.route.losses import FeatureLoss
 from nvp_export.route.multipathway import (
     FitConfig,
-    pathway_loss,
     PathwayAdapter,
     decode_clips,
     fit_adapter,
+    pathway_loss,
     temporal_indices,
 )
 from nvp_export.route.task_adapt import adapt_route, adapt_task
 from nvp_export.route.task_cost import macs, route_cost
-from nvp_export.fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
-from nvp_export.zoo import PRESETS, REDUCED, WeightsError, reduced
-from nvp_export.zoo import blip, detr_r50, i3d_r50, segformer_b0, slowfast_r50
+from nvp_export.zoo import PRESETS, REDUCED, WeightsError, blip, detr_r50, i3d_r50, reduced, segformer_b0, slowfast_r50
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 torch.set_num_threads(1)  # the machine is shared; one thread avoids oversubscription stalls

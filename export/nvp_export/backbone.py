@@ -19,8 +19,9 @@ which groups consecutive children into stages ending at the named children.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,7 +183,7 @@ class Backbone(nn.Module):
             warnings.warn(self.weights_note, RandomWeightsWarning, stacklevel=2)
 
     @classmethod
-    def from_sequential(cls, name: str, module: nn.Sequential, points: Sequence[str], **kwargs) -> "Backbone":
+    def from_sequential(cls, name: str, module: nn.Sequential, points: Sequence[str], **kwargs) -> Backbone:
         """Group an ``nn.Sequential``'s children into stages ending at each child named in ``points``."""
         children = list(module.named_children())
         child_names = [n for n, _ in children]
@@ -201,7 +202,7 @@ class Backbone(nn.Module):
         return cls(name, stages, **kwargs)
 
     # The backbone is frozen in every use nvp makes of it (BN statistics included).
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         return super().train(False)
 
     @property
@@ -283,4 +284,5 @@ class Backbone(nn.Module):
 
     def describe(self) -> str:
         pts = ", ".join(f"{p.name} {'x'.join(map(str, p.shape))}" for p in self.injection_points)
-        return f"{self.name} ({self.task}, {self.num_parameters() / 1e6:.2f}M params): {self.weights_note}\n  injection points: {pts}"
+        params = f"{self.num_parameters() / 1e6:.2f}M params"
+        return f"{self.name} ({self.task}, {params}): {self.weights_note}\n  injection points: {pts}"

@@ -79,9 +79,9 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
 def run(args) -> None:
     import torch
 
-    from .route.adapt import AdaptConfig, adapt, to_file_route
     from .inr import load_nvp
     from .onnx_export import export_route_graphs
+    from .route.adapt import AdaptConfig, adapt, to_file_route
     from .route.task_adapt import adapt_task, task_file_route
     from .zoo import PRESETS, load_backbone
 

@@ -37,7 +37,7 @@ class ClipSpec:
         return f"{self.photo}_{self.width}x{self.height}x{self.frames}_s{self.seed}"
 
     @classmethod
-    def from_name(cls, name: str) -> "ClipSpec":
+    def from_name(cls, name: str) -> ClipSpec:
         """The spec whose ``name`` is ``name`` (e.g. astronaut_320x180x64_s0); ValueError if it names none."""
         try:
             photo, size, seed = name.rsplit("_", 2)

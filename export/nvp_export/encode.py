@@ -14,8 +14,8 @@ from nvp_rt.quality import psnr
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
-from .inr.fit import FitConfig, FitError, fit
 from .inr import config_for_budget, from_config, quantise_inr, save_nvp
+from .inr.fit import FitConfig, FitError, fit
 from .onnx_export import export_inr_graphs
 
 DEFAULT_BPP = 0.5  # budget of quantised bits before entropy coding; the file lands below it
@@ -58,12 +58,13 @@ def encode_video(
     source: str | os.PathLike,
     output: str | os.PathLike,
     selection: FrameSelection = FrameSelection(),
-    cfg: EncodeConfig = EncodeConfig(),
+    cfg: EncodeConfig | None = None,
     store: ModelStore | None = None,
 ) -> EncodeReport:
     """Fit, quantise and write ``output``; the architecture's decoder graphs go into ``store`` (default: the
     user's model store) so the runtime can decode and route the file at once."""
     started = time.perf_counter()
+    cfg = EncodeConfig() if cfg is None else cfg
     output = check_output_path(output)  # before minutes of fitting
     cfg.fit.resolved_device()
     frames, fps = read_video(source, selection)

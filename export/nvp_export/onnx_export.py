@@ -22,7 +22,7 @@ import io
 import json
 import logging
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import onnx
 import torch

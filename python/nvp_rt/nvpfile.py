@@ -84,7 +84,7 @@ class NvpFile:
     size_bytes: int
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "NvpFile":
+    def open(cls, path: str | os.PathLike) -> NvpFile:
         path = Path(path)
         if path.is_dir():
             raise NvpFormatError(f"{path} is a directory, not a .nvp file")

@@ -30,8 +30,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,14 +68,14 @@ class _Head:
         self.clip_frames = int(self.description["preprocess"].get("num_frames", 1))
         self.text_step = sessions.get(store.get("decoder", backbone)) if self.task == "captioning" else None
 
-    def run(self, device: "_Device", features: list) -> dict[str, np.ndarray]:
+    def run(self, device: _Device, features: list) -> dict[str, np.ndarray]:
         if self.text_step is not None:
             embeds = device.run(self.session, dict(zip(self.inputs, features)), self.outputs)[0]
             return {"token_ids": self._greedy_caption(device, embeds)}
         values = device.run(self.session, dict(zip(self.inputs, features)), self.outputs, to_host=True)
         return dict(zip(self.outputs, values))
 
-    def _greedy_caption(self, device: "_Device", embeds) -> np.ndarray:
+    def _greedy_caption(self, device: _Device, embeds) -> np.ndarray:
         """transformers' greedy ``generate`` (num_beams=1, no sampling): argmax token after token until every
         caption has emitted the end token or ``max_tokens`` were generated; finished captions are padded."""
         settings = self.description["caption"]
@@ -93,7 +94,7 @@ class _Head:
 class _Route:
     """A task's route as the runtime runs it: INR tap -> adapters -> head."""
 
-    def __init__(self, route: Route, head: _Head, tail, device: "_Device", where: str):
+    def __init__(self, route: Route, head: _Head, tail, device: _Device, where: str):
         self.task, self.tap, self.head, self.tail = route.task, route.tap, head, tail
         meta = route.metadata
         pathways = meta.get("pathways")
@@ -205,7 +206,7 @@ class Session:
         order = self.inr.tap_names
         return routes, max((r.tap for r in routes), key=order.index)
 
-    def _decode_prefix(self, frames: np.ndarray, deepest: str, keep: set[str], clock: "_Clock") -> dict[str, Any]:
+    def _decode_prefix(self, frames: np.ndarray, deepest: str, keep: set[str], clock: _Clock) -> dict[str, Any]:
         x, taps = self._device.graph_array(self.inr.stem_input(frames)), {}
         for name in self.inr.stages_until(deepest):
             session, weights = self._stages[name]
@@ -215,7 +216,7 @@ class Session:
                 taps[name] = x
         return taps
 
-    def _adapt(self, route: _Route, features, clock: "_Clock") -> list:
+    def _adapt(self, route: _Route, features, clock: _Clock) -> list:
         """(N, C, h, w) tap features -> one input per head pathway: (N, C', H', W'), or clips frame-major
         (N / T, T, C', H', W') for video heads."""
         clip = route.head.clip_frames

@@ -9,7 +9,7 @@ detection: mean IoU of one-to-one matched boxes above the head's threshold
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -10,9 +10,9 @@ adapter is fitted with ``multipathway.fit_adapter`` on the clip's original frame
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -20,14 +20,15 @@ import torch
 from nvp_rt.nvpfile import Route, replace_routes
 from nvp_rt.store import ModelStore
 
-from ..route.adapt import AdaptConfig, adapt, to_file_route
 from ..backbone import to_unit_frames
 from ..clips import ClipSpec, write_clip
 from ..encode import EncodeConfig, encode_video
-from ..inr.fit import FitConfig
 from ..inr import load_nvp
-from ..route.multipathway import FitConfig as AdapterFitConfig, PathwayAdapter, decode_clips, fit_adapter
+from ..inr.fit import FitConfig
 from ..onnx_export import backbone_key, export_route_graphs
+from ..route.adapt import AdaptConfig, adapt, to_file_route
+from ..route.multipathway import FitConfig as AdapterFitConfig
+from ..route.multipathway import PathwayAdapter, decode_clips, fit_adapter
 from ..route.task_adapt import samples_of
 from ..zoo import i3d_r50, load_backbone, slowfast_r50
 

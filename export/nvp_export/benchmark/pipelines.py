@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -160,8 +160,7 @@ class H264Reader:
 
     def _decoded(self):
         for packet in self.container.demux(self.stream):
-            for frame in self.codec.decode(packet if packet.size else None):
-                yield frame
+            yield from self.codec.decode(packet if packet.size else None)
 
     def _seek(self, keyframe_pts: int) -> None:
         self.container.seek(int(keyframe_pts), stream=self.stream, backward=True, any_frame=False)

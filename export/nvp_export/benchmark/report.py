@@ -85,7 +85,8 @@ def table1_markdown(results: dict) -> str:
         lines.append(
             f"| {r['workload']} | {r['pipeline']} | {r['process']['median']:.2f} ± {_iqr(r['process'])} | "
             f"{r['inference']['median']:.2f} | {r['total']['median']:.2f} | {r['cold_total']['median']:.1f} | "
-            f"{_fmt(g['process'], 3)} | {_fmt(g['inference'], 3)} | {_fmt(g['total'], 3) if g['process'] is not None else '-'} | "
+            f"{_fmt(g['process'], 3)} | {_fmt(g['inference'], 3)} | "
+            f"{_fmt(g['total'], 3) if g['process'] is not None else '-'} | "
             f"{vs} | {'-' if a is None else f'{a:.1%}'} |"
         )
     v = lat["video"]
@@ -288,7 +289,8 @@ def write_report(results: dict, out: Path) -> str:
     md = (
         f"# nvp bench ({results['config']['label']})\n\nMachine: {m['cpu']}, {m['cores_visible']} cores visible, "
         f"{m['threads']} threads used, load average {m['load_before'][0]:.1f} before / {m['load_after'][0]:.1f} "
-        f"after (cores shared with other jobs); ONNX Runtime {m['onnxruntime']}, PyAV {m['pyav']}, torch {m['torch']}.\n\n"
+        f"after (cores shared with other jobs); ONNX Runtime {m['onnxruntime']}, PyAV {m['pyav']}, "
+        f"torch {m['torch']}.\n\n"
         "## Table 1: decoding-inference pipelines\n\n"
         + table1_markdown(results)
         + "\n## Table 2: bpp vs task accuracy (classification)\n\n"

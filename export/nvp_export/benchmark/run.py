@@ -67,7 +67,7 @@ class BenchConfig:
     label: str = "full"
 
     @classmethod
-    def full(cls, **overrides) -> "BenchConfig":
+    def full(cls, **overrides) -> BenchConfig:
         latency = VideoSpec(
             ClipSpec("astronaut", 1280, 720, 32),
             bpp=0.5,
@@ -94,7 +94,7 @@ class BenchConfig:
         return replace(cls(latency, accuracy, workloads), **overrides)
 
     @classmethod
-    def quick(cls, **overrides) -> "BenchConfig":
+    def quick(cls, **overrides) -> BenchConfig:
         """Tiny clips and few epochs: classification only, under 2 minutes on 2 CPU cores."""
         fit = FitConfig(epochs=30, time_limit_s=12, progress=False)
         accuracy = tuple(

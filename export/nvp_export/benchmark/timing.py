@@ -9,8 +9,8 @@ warm-up queries that are not counted. Medians with the quartiles as spread.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class Stats:
     n: int
 
     @classmethod
-    def of(cls, seconds: Sequence[float]) -> "Stats":
+    def of(cls, seconds: Sequence[float]) -> Stats:
         ms = np.asarray(seconds, np.float64) * 1e3
         q1, med, q3 = np.percentile(ms, [25, 50, 75])
         return cls(float(med), float(q1), float(q3), len(ms))

@@ -10,8 +10,8 @@ says how much caption quality the NVP path costs.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class ClipScorer:
         self.mean, self.std = (torch.tensor(s).view(1, 3, 1, 1) for s in processor_stats)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "ClipScorer":
+    def load(cls, directory: str | os.PathLike) -> ClipScorer:
         """A CLIP model and its tokenizer from a local ``save_pretrained`` directory (nothing is downloaded)."""
         path = Path(directory)
         if not path.is_dir():
@@ -53,7 +53,8 @@ class ClipScorer:
         return cls(model, tokenizer)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) in [0, 1] -> CLIP's input: shorter side to the model's size (bicubic), centre crop, normalise."""
+        """(N, 3, H, W) in [0, 1] -> CLIP's input: shorter side to the model's size (bicubic), centre crop,
+        normalise."""
         h, w = images.shape[-2:]
         scale = self.image_size / min(h, w)
         size = (max(self.image_size, round(h * scale)), max(self.image_size, round(w * scale)))

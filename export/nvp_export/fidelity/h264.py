@@ -16,9 +16,9 @@ the rate and frames of the very encode it picked.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable
 
 import av
 import numpy as np

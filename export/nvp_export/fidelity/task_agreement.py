@@ -8,7 +8,7 @@ on the answers (box IoU, mask mIoU, caption BLEU and token overlap).
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

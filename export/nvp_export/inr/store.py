@@ -10,7 +10,7 @@ import torch
 from nvp_rt.codec import decode_tensors, encode_tensors
 from nvp_rt.nvpfile import NvpFile, NvpFormatError, write_nvp
 
-from . import EMBEDDING_BITS, WEIGHT_BITS, INR, from_config, make_config
+from . import EMBEDDING_BITS, INR, WEIGHT_BITS, from_config, make_config
 
 
 def quantise_inr(inr: INR) -> tuple[dict[str, np.ndarray], dict, INR]:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,8 @@ class AdaptConfig:
     # PyTorch's default init, as the paper is silent on initialisation.
     init: str = "lstsq"
     ridge: float = 1e-3  # relative ridge for the lstsq start
-    # top-1 agreement (classifiers) or relative feature error (task presets) within this of the best counts as equally good
+    # top-1 agreement (classifiers) or relative feature error (task presets) within this of the best counts as
+    # equally good
     select_tolerance: float = 0.02
     loss: FeatureLoss = field(default_factory=FeatureLoss)
     cka: CKAConfig = field(default_factory=CKAConfig)
@@ -331,11 +333,11 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         seconds["training"] += train_s
         y_val = y[val_idx]
         mean_target = y[tr_idx].mean(dim=(0, *range(2, y.dim())), keepdim=True)
-        baseline = _mean_loss(config.loss, lambda sl: mean_target.expand_as(y_val[sl]), y_val, config.decode_batch)
+        baseline = _mean_loss(config.loss, lambda sl: mean_target.expand_as(y_val[sl]), y_val, config.decode_batch)  # noqa: B023 (called here)
         with torch.no_grad():
             val_out = backbone.suffix(adapter(x[val_idx]), point)
         val_fid = fidelity(val_out, reference[val_idx], backbone.task)
-        nvp_macs = macs(lambda: backbone.suffix(adapter(inr.decode(one, until=tap)[tap]), point))
+        nvp_macs = macs(lambda: backbone.suffix(adapter(inr.decode(one, until=tap)[tap]), point))  # noqa: B023 (called here)
         val_loss = min(history)
         candidates.append(
             Candidate(

@@ -106,7 +106,7 @@ class MicroAdapter(nn.Module):
         return arrays
 
     @classmethod
-    def from_arrays(cls, spec: AdapterSpec, arrays: dict[str, np.ndarray]) -> "MicroAdapter":
+    def from_arrays(cls, spec: AdapterSpec, arrays: dict[str, np.ndarray]) -> MicroAdapter:
         adapter = cls(spec)
         expected = {f"{kind}{i}" for i in range(len(adapter.convs)) for kind in ("weight", "bias")}
         if set(arrays) != expected:

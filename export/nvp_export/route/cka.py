@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -257,6 +257,14 @@ def _frames_first(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(2, 1).flatten(0, 1) if x.dim() == 5 else x
 
 
+def _pathway_frames(x: torch.Tensor, clip: int, frames: int | None) -> torch.Tensor:
+    """An INR tap's features (clips x ``clip`` frames first) at the frames a pathway of ``frames`` per clip sees."""
+    if frames is None:
+        return x
+    x = x.reshape(-1, clip, *x.shape[1:])
+    return x.index_select(1, temporal_indices(clip, frames)).flatten(0, 1)
+
+
 @torch.no_grad()
 def cka_matrix(
     inr,
@@ -304,19 +312,11 @@ def cka_matrix(
         pixels = frames[sel] if clip == 1 else frames[sel].transpose(1, 2)
         bb_feats = backbone.features(backbone.preprocess(pixels), points)
         for f, acc in groups.items():
-
-            def tap_at(t: str) -> torch.Tensor:
-                x = inr_feats[t]
-                if f is None:
-                    return x
-                x = x.reshape(len(sel), clip, *x.shape[1:])
-                return x.index_select(1, temporal_indices(clip, f)).flatten(0, 1)
-
             ys = {}
             for point, i in acc.y_names:
                 feats = bb_feats[point]
                 ys[(point, i)] = config.flatten(_frames_first(feats if isinstance(feats, torch.Tensor) else feats[i]))
-            acc.update({t: config.flatten(tap_at(t)) for t in taps}, ys)
+            acc.update({t: config.flatten(_pathway_frames(inr_feats[t], clip, f)) for t in taps}, ys)
     per_column = {c: groups[f].values()[:, groups[f].y_names.index(c)] for c, f in columns.items()}
     values = np.stack([np.mean([per_column[c] for c in columns if c[0] == p], axis=0) for p in points], axis=1)
     first = next(iter(groups.values()))

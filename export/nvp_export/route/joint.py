@@ -20,8 +20,9 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,11 +32,11 @@ from tqdm.auto import tqdm
 
 from nvp_rt.quality import psnr
 
-from .adapt import Route
 from ..backbone import Backbone, to_uint8_frames, to_unit_frames
 from ..fidelity.agreement import fidelity
-from ..inr.fit import reconstruction_loss
 from ..inr import INR, quantise_inr, save_nvp
+from ..inr.fit import reconstruction_loss
+from .adapt import Route
 from .losses import FeatureLoss
 
 __all__ = [

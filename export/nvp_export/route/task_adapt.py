@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 
 from nvp_rt.nvpfile import Route as FileRoute
 
-from .adapt import AdaptConfig, candidate_pairs
 from ..backbone import Backbone, to_unit_frames
-from .cka import CKAMatrix, cka_matrix
 from ..fidelity.clip_score import ClipScorer
+from ..fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
+from .adapt import AdaptConfig, candidate_pairs
+from .cka import CKAMatrix, cka_matrix
 from .multipathway import FitConfig, PathwayAdapter, as_pathways, decode_clips, fit_adapter
 from .task_cost import RouteCost, route_cost
-from ..fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
 
 __all__ = [
     "TaskRoute",
@@ -267,7 +267,8 @@ class TaskAdaptResult:
         agreement = ", ".join(f"{k} {v:.4g}" for k, v in r.fidelity.items())
         kind = "" if r.pretrained else " (random weights: output agreement with the original frames, not accuracy)"
         return (
-            f"{cost.backbone}: INR tap {r.tap} -> {r.point} (CKA {c.cka:.3f}, rank {c.cka_rank}/{self.cka.values.size}; "
+            f"{cost.backbone}: INR tap {r.tap} -> {r.point} "
+            f"(CKA {c.cka:.3f}, rank {c.cka_rank}/{self.cka.values.size}; "
             f"{len(self.candidates)} candidate(s) trained, scored by feature loss on {c.scored_on}), adapter "
             f"{cost.adapter_params} params ({cost.adapter_percent:.3f}% of backbone), "
             f"{cost.macs_nvp / 1e9:.3f} vs {cost.macs_full / 1e9:.3f} GFLOPs per sample "

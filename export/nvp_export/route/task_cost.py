@@ -8,8 +8,9 @@ with ``flops.macs`` (1 MAC = 1 FLOP as in the paper, bilinear resizes included).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -9,7 +9,7 @@ interface itself is ``nvp_export.backbone``: the INRs, routes and fidelity use i
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ..backbone import Backbone
 from . import blip, clip_rn50, detr_r50, efficientnet_lite0, i3d_r50, resnet50, segformer_b0, slowfast_r50, vit_b_16

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ __all__ = ["coco_labels", "detr_config", "build", "DetrBackbone", "Detections", 
 INPUT_SIZE = (448, 800)
 
 
-@lru_cache(maxsize=None)
+@cache
 def coco_labels() -> tuple[str, ...]:
     """DETR's 91 COCO category ids -> names ("N/A" for ids COCO does not use)."""
     lines = Path(__file__).with_name("coco91_classes.txt").read_text(encoding="utf-8").splitlines()

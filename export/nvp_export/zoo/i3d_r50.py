@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..route.multipathway import MultiPathwayBackbone
-from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, action_backbone
+from .resnet3d import BasicHead, BasicStem, ResStage, action_backbone, init_like_pytorchvideo
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 
-@lru_cache(maxsize=None)
+@cache
 def imagenet_labels() -> tuple[str, ...]:
     """The 1000 ImageNet-1k class names in the standard index order (WordNet lemmas)."""
     lines = (Path(__file__).with_name("imagenet_classes.txt")).read_text(encoding="utf-8").splitlines()

@@ -9,7 +9,7 @@ passed as ``weights`` was trained in the same reduced shape.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from transformers import ResNetConfig
 

@@ -9,7 +9,7 @@ loads unchanged. Strides sit on ``conv_b`` (pytorchvideo's ``stride_1x1=False``)
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

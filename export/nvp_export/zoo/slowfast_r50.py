@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..route.multipathway import MultiPathwayBackbone, temporal_indices
-from .resnet3d import BasicHead, BasicStem, ResStage, init_like_pytorchvideo, action_backbone
+from .resnet3d import BasicHead, BasicStem, ResStage, action_backbone, init_like_pytorchvideo
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class Encoder(nn.Module):
 class _Tokens(nn.Module):
     """Patch grid -> class token + patch tokens -> encoder -> class logits."""
 
-    def __init__(self, vit: "ViTB16"):
+    def __init__(self, vit: ViTB16):
         super().__init__()
         self.vit = vit
 
