@@ -65,8 +65,8 @@ def search_ablation(inr, frames, backbone, config: AdaptConfig) -> dict:
         ("exhaustive", pairs(candidates="top", top_fraction=1.0)),
     ]
     rows = []
-    for name, pairs in strategies:
-        pool = [by_pair[(t, p)] for t, p, _ in pairs]
+    for name, chosen in strategies:
+        pool = [by_pair[(t, p)] for t, p, _ in chosen]
         pick = select_route(pool, config.select_tolerance)
         cost = sum(c.seconds for c in pool) + (exhaustive.seconds["cka"] if name != "exhaustive" else 0.0)
         rows.append(
@@ -107,7 +107,8 @@ def loss_ablation(inr, frames, backbone, tap: str, point: str, config: AdaptConf
     curves = {}
     for init in ("random", "lstsq"):
         for name, loss in (("feature_transfer", FeatureLoss()), ("mse", FeatureLoss(1.0, 0.0, 0.0))):
-            agreement, seconds = [], time.perf_counter()
+            agreement: list[float] = []
+            seconds = time.perf_counter()
 
             def track(epoch, adapter, _val_loss, agreement=agreement):
                 with torch.no_grad():
@@ -183,7 +184,8 @@ def main() -> None:
     default = adapt(inr, frames, backbone, config)
     default_seconds = time.perf_counter() - started
     search = search_ablation(inr, frames, backbone, config)
-    loss = loss_ablation(inr, frames, backbone, *search["chosen"], config)
+    tap, point = search["chosen"]
+    loss = loss_ablation(inr, frames, backbone, tap, point, config)
     report = {
         "clip": f"{args.photo} 320x180x64",
         "inr_psnr_db": psnr,

@@ -159,7 +159,7 @@ def main() -> None:
             flush=True,
         )
 
-    best = max(results.values(), key=lambda r: r.fidelity.top1_agreement)
+    best = max(results.values(), key=lambda r: r.fidelity.top1_agreement or 0.0)  # classifiers: never None
     # Joint as specified, and the same budget with the INR frozen (inr_lr 0): what the INR's freedom adds.
     for key, config in (
         ("joint", JointConfig(epochs=args.joint_epochs)),

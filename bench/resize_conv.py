@@ -113,7 +113,7 @@ def time_rounds(fns: dict, iters: int, warmup: int, block: int = 20) -> dict[str
     strict interleaving would charge that spinning to whoever runs next. The
     first `warmup` calls of each block are not recorded.
     """
-    times = {k: [] for k in fns}
+    times: dict[str, list[float]] = {k: [] for k in fns}
     rounds = max(1, -(-iters // block))
     for _ in tqdm(range(rounds), leave=False, desc="rounds"):
         for k, fn in fns.items():

@@ -61,7 +61,7 @@ ROUTES = {  # task -> (backbone builder, injection point)
 }
 
 
-def random_video(path: Path, size: tuple[int, int], frames: int, seed: int):
+def random_video(path: Path, size: tuple[int, ...], frames: int, seed: int):
     """An INR of the architecture `nvp encode` picks for this size at the default bpp, random weights."""
     torch.manual_seed(seed)
     inr = from_config(config_for_budget("hnerv", size[1], size[0], frames, bpp=DEFAULT_BPP)).eval()

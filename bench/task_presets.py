@@ -28,6 +28,7 @@ import math
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ class HNeRVStandin(nn.Module):
 def caption_macs() -> int:
     """MACs of BLIP's greedy 20-token caption from one image's vision tokens (the same on both paths)."""
     torch.manual_seed(0)
-    caption = PRESETS["blip"]().stages["caption"]
+    caption: Any = PRESETS["blip"]().stages["caption"]  # BLIP's caption stage
     tokens = (caption.model.config.vision_config.image_size // caption.model.config.vision_config.patch_size) ** 2 + 1
     return macs(caption.generate, torch.randn(1, tokens, caption.model.config.vision_config.hidden_size))
 
@@ -112,7 +113,7 @@ def cost_table(resolution: str, text_macs: int) -> list[dict]:
             backbone = PRESETS[name]()
             inr = HNeRVStandin(max(backbone.preprocess.num_frames, 1), resolution)
             # BLIP's generation stops on values; count its vision tower here and its text decoder apart.
-            suffix = backbone.vision_embeds if name == "blip" else None
+            suffix: Any = backbone.vision_embeds if name == "blip" else None  # BlipBackbone's
             for tap in inr.tap_names[:-1]:
                 for point in backbone.point_names:
                     cost = route_cost(inr, backbone, tap, point, suffix)

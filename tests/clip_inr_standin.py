@@ -39,7 +39,7 @@ class StandinINR(nn.Module):
         out["rgb"] = torch.sigmoid(self.head(x))
         return out
 
-    def tap_shapes(self) -> dict[str, tuple[int, int, int]]:
+    def tap_shapes(self) -> dict[str, tuple[int, ...]]:
         with torch.no_grad():
             return {k: tuple(v.shape[1:]) for k, v in self.decode(torch.zeros(1, dtype=torch.long)).items()}
 

@@ -43,7 +43,7 @@ class TinyINR(nn.Module):
         out["rgb"] = torch.tanh(self.head(x)) * 0.5 + 0.5
         return out
 
-    def tap_shapes(self) -> dict[str, tuple[int, int, int]]:
+    def tap_shapes(self) -> dict[str, tuple[int, ...]]:
         with torch.no_grad():
             return {k: tuple(v.shape[1:]) for k, v in self.decode(torch.zeros(1, dtype=torch.long)).items()}
 

@@ -28,7 +28,7 @@ def imported_names(name: str, path: Path, known: set[str]) -> set[str]:
     ``known``, also the packages above it, whose __init__ runs first (except ``name``'s own)."""
     is_package = path.name == "__init__.py"
     package = name.split(".") if is_package else name.split(".")[:-1]
-    targets = set()
+    targets: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             targets.update(alias.name for alias in node.names)

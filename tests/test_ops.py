@@ -155,8 +155,8 @@ BAD_CALLS = {
     "bias shape": (lambda x, w, b: ops.resize_conv1x1(x, w, b[:2], (3, 3)), ValueError, "bias"),
     "zero size": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (0, 3)), ValueError, "positive"),
     "negative size": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (4, -2)), ValueError, "positive"),
-    "size not a pair": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (4,)), ValueError, "pair"),
-    "size float": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (4.5, 2)), ValueError, "integers"),
+    "size not a pair": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (4,)), ValueError, "pair"),  # type: ignore[arg-type]
+    "size float": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (4.5, 2)), ValueError, "integers"),  # type: ignore[arg-type]
     "size missing": (lambda x, w, b: ops.resize_conv1x1(x, w, b), ValueError, "size"),
     "empty batch": (lambda x, w, b: ops.resize_conv1x1(x[:0], w, b, (3, 3)), ValueError, "empty"),
     "bad order": (lambda x, w, b: ops.resize_conv1x1(x, w, b, (3, 3), order="fastest"), ValueError, "order"),

@@ -87,7 +87,7 @@ class InjectionPoint:
         return self.shape[0]
 
     @property
-    def spatial_size(self) -> tuple[int, int]:
+    def spatial_size(self) -> tuple[int, ...]:
         return tuple(self.shape[-2:])
 
     @property
@@ -168,7 +168,7 @@ class Backbone(nn.Module):
         if unknown:
             raise ValueError(f"injection points {unknown} are not stage names before the last stage {names[:-1]}")
         self.name = name
-        self.stages = nn.ModuleDict(stages)
+        self.stages = nn.ModuleDict(dict(stages))
         self.preprocess = preprocess
         self.task = task
         self.labels = list(labels)
@@ -274,12 +274,13 @@ class Backbone(nn.Module):
             x = stage(x)
         return x
 
-    def postprocess(self, outputs: torch.Tensor, k: int = 5) -> Any:
-        """Raw task output -> the task's answer (top-k labels for classification)."""
+    def postprocess(self, outputs: Any, *options: Any, **named: Any) -> Any:
+        """Raw task output -> the task's answer; ``options`` are the task's (classification: ``k``, the
+        top-k labels, default 5; presets define their own)."""
         if self._postprocess is not None:
             return self._postprocess(outputs)
         if self.task == "classification":
-            return classify(outputs, self.labels, k)
+            return classify(outputs, self.labels, *options, **named)
         return outputs
 
     def describe(self) -> str:

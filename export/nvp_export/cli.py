@@ -81,8 +81,8 @@ def run(args) -> None:
 
     from .inr import load_nvp
     from .onnx_export import export_route_graphs
-    from .route.adapt import AdaptConfig, adapt, to_file_route
-    from .route.task_adapt import adapt_task, task_file_route
+    from .route.adapt import AdaptConfig, AdaptResult, adapt, to_file_route
+    from .route.task_adapt import TaskAdaptResult, adapt_task, task_file_route
     from .zoo import PRESETS, load_backbone
 
     preset = TASK_KINDS.get(args.task, args.task)
@@ -116,6 +116,7 @@ def run(args) -> None:
     classifier = backbone.task == "classification" and clip == 1
     if joint_config and not classifier:
         raise UserError(f"--joint trains classification routes so far; {preset} is a {backbone.task} preset")
+    result: AdaptResult | TaskAdaptResult
     if classifier:
         result = adapt(inr, frames, backbone, config)
         result.route = replace(result.route, task=task)
@@ -149,7 +150,8 @@ def run(args) -> None:
     else:
         from .route.joint import save_joint
 
-        size = save_joint(args.file, nvp.manifest, *joint, kept + [route])
+        joint_result, used_config = joint
+        size = save_joint(args.file, nvp.manifest, joint_result, used_config, kept + [route])
         if kept:
             print(
                 f"warning: route(s) {', '.join(r.task for r in kept)} were trained on the INR before joint "

@@ -23,6 +23,7 @@ import json
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import onnx
 import torch
@@ -67,7 +68,7 @@ def _to_onnx(
 ) -> onnx.ModelProto:
     """Export with dynamic ``dynamic_dims`` per input (default: the leading, batch, dimension)."""
     dims = dynamic_dims or [(0,)] * len(example)
-    dynamic = tuple({d: torch.export.Dim.DYNAMIC for d in ds} for ds in dims)
+    dynamic: tuple[Any, ...] = tuple({d: torch.export.Dim.DYNAMIC for d in ds} for ds in dims)
     if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values()):
         dynamic = (dynamic,)  # torch.export wants *args' shapes as one tuple
     with _quiet_exporter():
@@ -102,7 +103,8 @@ def _quiet_exporter():
 def _weights_as_inputs(model: onnx.ModelProto, prefix: str) -> onnx.ModelProto:
     """Turn the initializers named ``prefix...`` (the stage's weights) into graph inputs."""
     graph = model.graph
-    kept, moved = [], []
+    kept: list[onnx.TensorProto] = []
+    moved: list[onnx.TensorProto] = []
     for init in graph.initializer:
         (moved if init.name.startswith(prefix) else kept).append(init)
     del graph.initializer[:]
@@ -158,17 +160,17 @@ class _Suffix(nn.Module):
         self.clip = backbone.preprocess.num_frames
         self.frames = list(backbone.point(point).pathway_frames)
 
-    def forward(self, *features):
+    def forward(self, *pathways):
         if self.clip > 1:
-            features = [self._video_layout(f, t) for f, t in zip(features, self.frames)]
-        features = list(features) if self.multi else features[0]
+            pathways = tuple(self._video_layout(f, t) for f, t in zip(pathways, self.frames))
+        features = list(pathways) if self.multi else pathways[0]
         if self.backbone.task == "captioning":  # up to the vision tower's output; the text loop is the runtime's
             return self.backbone.vision_embeds(features, self.point)
         out = self.backbone.suffix(features, self.point)
         return tuple(out) if isinstance(out, (tuple, list)) else out
 
-    def _video_layout(self, x: torch.Tensor, frames: int) -> torch.Tensor:
-        if frames != self.clip:
+    def _video_layout(self, x: torch.Tensor, frames: int | None) -> torch.Tensor:
+        if frames is not None and frames != self.clip:
             x = x.index_select(1, temporal_indices(self.clip, frames))
         return x.transpose(1, 2)
 
@@ -250,7 +252,7 @@ def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: Mod
             continue
         shapes = backbone.point(point).pathway_shapes
         if t > 1:  # frame-major, full clip rate: see _Suffix
-            shapes = [(t, s[0], *s[2:]) for s in shapes]
+            shapes = tuple((t, s[0], *s[2:]) for s in shapes)
         example = tuple(torch.randn(2, *s) for s in shapes)
         names = ["features"] if len(shapes) == 1 else [f"features{i}" for i in range(len(shapes))]
         model = _to_onnx(_Suffix(backbone, point), example, names, outputs)

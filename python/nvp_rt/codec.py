@@ -13,6 +13,7 @@ exactly to the quantised symbols.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NoReturn
 
 import constriction
 import numpy as np
@@ -97,16 +98,21 @@ def encode_tensors(tensors: dict[str, np.ndarray], bits: dict[str, int]) -> tupl
     return arrays, {"codec": "quant-range-v1", "tensors": entries, "streams": streams}
 
 
-def _check(ok: bool, what: str) -> None:
+def _fail(what: str) -> NoReturn:
+    raise NvpFormatError(f"INR payload: {what}")
+
+
+def _check(ok: bool | np.bool_, what: str) -> None:
     if not ok:
-        raise NvpFormatError(f"INR payload: {what}")
+        _fail(what)
 
 
 def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
     """Inverse of :func:`encode_tensors` (to the dequantised float32 values), validating as it goes."""
     _check(isinstance(meta, dict) and meta.get("codec") == "quant-range-v1", "unknown codec")
     entries, streams = meta.get("tensors"), meta.get("streams")
-    _check(isinstance(entries, list) and isinstance(streams, dict), "malformed index")
+    if not (isinstance(entries, list) and isinstance(streams, dict)):
+        _fail("malformed index")
     for e in entries:
         _check(
             isinstance(e, dict)
@@ -120,7 +126,7 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         claimed[str(e.get("bits"))] = claimed.get(str(e.get("bits")), 0) + int(np.prod(e["shape"], dtype=np.int64))
     # Checked before decoding, so a crafted symbol count cannot make the decoder allocate without bound.
     _check(claimed == streams and sum(claimed.values()) <= MAX_SYMBOLS, "stream sizes do not match the tensors")
-    symbols_by_bits = {}
+    symbols_by_bits: dict[int, np.ndarray] = {}
     for key, total in streams.items():
         _check(
             key.isdigit() and 1 <= int(key) <= 16 and isinstance(total, int) and 0 <= total <= MAX_SYMBOLS,
@@ -128,7 +134,8 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         )
         b = int(key)
         counts, words = arrays.get(f"stream{b}:counts"), arrays.get(f"stream{b}:words")
-        _check(counts is not None and words is not None, f"stream {b} missing")
+        if counts is None or words is None:
+            _fail(f"stream {b} missing")
         _check(
             counts.dtype == np.uint32 and counts.shape == (1 << b,) and int(counts.sum(dtype=np.uint64)) == total,
             f"stream {b} symbol counts inconsistent",
@@ -140,35 +147,36 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
                 if total
                 else np.zeros(0, np.int32)
             )
-        except Exception as e:  # a damaged stream may fail inside the coder in coder-specific ways
-            raise NvpFormatError(f"INR payload: stream {b} does not decode ({e})") from None
+        except Exception as err:  # a damaged stream may fail inside the coder in coder-specific ways
+            raise NvpFormatError(f"INR payload: stream {b} does not decode ({err})") from None
         _check(
             np.array_equal(np.bincount(decoded, minlength=1 << b), counts), f"stream {b} does not decode to its counts"
         )
-        symbols_by_bits[b] = [decoded, 0]
+        symbols_by_bits[b] = decoded
+    used = dict.fromkeys(symbols_by_bits, 0)  # symbols taken from each stream so far
     out = {}
     for e in entries:
         name, shape, b, axis = e["name"], tuple(e["shape"]), e.get("bits"), e.get("axis")
         _check(b in symbols_by_bits, f"{name}: no stream for {b} bits")
         _check(axis is None or (isinstance(axis, int) and 0 <= axis < len(shape)), f"{name}: bad axis")
         n = int(np.prod(shape, dtype=np.int64))
-        stream = symbols_by_bits[b]
-        _check(stream[1] + n <= stream[0].size, f"{name}: stream too short")
-        q = stream[0][stream[1] : stream[1] + n].reshape(shape)
-        stream[1] += n
+        stream, start = symbols_by_bits[b], used[b]
+        _check(start + n <= stream.size, f"{name}: stream too short")
+        q = stream[start : start + n].reshape(shape)
+        used[b] += n
         low, step = arrays.get(f"{name}:low"), arrays.get(f"{name}:step")
         slices = 1 if axis is None else shape[axis]
-        _check(
+        if not (
             low is not None
             and step is not None
             and low.dtype == step.dtype == np.float16
-            and low.shape == step.shape == (slices,),
-            f"{name}: quantisation range malformed",
-        )
+            and low.shape == step.shape == (slices,)
+        ):
+            _fail(f"{name}: quantisation range malformed")
         view = [1] * len(shape)
         if axis is not None:
             view[axis] = slices
         low, step = low.reshape(view), step.reshape(view)
         out[name] = Quantised(q, low, step, b, axis).dequantise()
-    _check(all(s[1] == s[0].size for s in symbols_by_bits.values()), "stream has unused symbols")
+    _check(all(used[b] == s.size for b, s in symbols_by_bits.items()), "stream has unused symbols")
     return out

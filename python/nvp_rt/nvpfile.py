@@ -22,6 +22,7 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ def _serialise(manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]]
     return b"".join([header, manifest_bytes, *(blob for blob, _ in sections.values())])
 
 
-def _routes_section(routes: list[Route]) -> tuple[bytes, dict]:
+def _routes_section(routes: Sequence[Route]) -> tuple[bytes, dict]:
     arrays = {f"{i}/{k}": v for i, r in enumerate(routes) for k, v in r.arrays.items()}
     return _blob(arrays), {"routes": [r.header() for r in routes]}
 
@@ -209,7 +210,7 @@ def write_nvp(
     manifest: dict[str, Any],
     inr_arrays: dict[str, np.ndarray],
     inr_meta: dict[str, Any],
-    routes: list[Route] = (),
+    routes: Sequence[Route] = (),
 ) -> int:
     """Write a complete .nvp file atomically; returns its size in bytes."""
     data = _serialise(

@@ -66,11 +66,12 @@ class VideoINR:
         if not self.taps or self.taps[-1].name != "rgb" or self.num_frames <= 0:
             raise NvpFormatError(f"{where}: the INR must have frames and end in an 'rgb' tap")
         tensors = decode_tensors(nvp.inr.arrays, nvp.inr.meta)
-        self.embeddings = tensors.pop("embeddings", None)
+        embeddings = tensors.pop("embeddings", None)
+        self.embeddings: np.ndarray | None = None  # HNeRV's: one per frame; NeRV's stem input is computed
         if self.family == "hnerv":
-            if self.embeddings is None or self.embeddings.ndim != 4 or self.embeddings.shape[0] != self.num_frames:
+            if embeddings is None or embeddings.ndim != 4 or embeddings.shape[0] != self.num_frames:
                 raise NvpFormatError(f"{where}: HNeRV payload lacks one embedding per frame")
-            self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+            self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         names = {t.name for t in self.taps}
         self.stage_weights: dict[str, dict[str, np.ndarray]] = {t.name: {} for t in self.taps}
         for name, value in tensors.items():
@@ -95,7 +96,7 @@ class VideoINR:
 
     def stem_input(self, frames: np.ndarray) -> np.ndarray:
         """(B,) frame indices, already range-checked -> the stem graph's input."""
-        if self.family == "hnerv":
+        if self.embeddings is not None:
             return self.embeddings[frames]
         return positional_encoding(
             frames / self.num_frames, int(self.config["pe_levels"]), float(self.config["pe_base"])

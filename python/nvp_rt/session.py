@@ -98,6 +98,8 @@ class _Route:
         self.task, self.tap, self.head, self.tail = route.task, route.tap, head, tail
         meta = route.metadata
         pathways = meta.get("pathways")
+        if not isinstance(pathways, list):
+            raise NvpFormatError(f"{where}: route {route.task!r} is malformed (no list of pathways)")
         try:
             self.pathways = []
             for i, p in enumerate(pathways):
@@ -154,7 +156,8 @@ class Session:
         nvp = NvpFile.open(path)
         self.video = nvp.manifest.get("video", {})
         self.inr = VideoINR(nvp)
-        self.size = tuple(self.inr.tap("rgb").shape[1:])
+        _, height, width = self.inr.tap("rgb").shape
+        self.size = (height, width)
         self._stages = {name: self._stage(name) for name in self.inr.tap_names}
         self._routes: dict[str, _Route] = {}
         for route in nvp.routes():

@@ -107,6 +107,8 @@ def _selected_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int
 
 
 def _fitted_route(inr, frames, backbone, task: TaskSpec, key: str, epochs: int) -> tuple[Route, dict]:
+    if task.point is None:
+        raise ValueError(f"task {task.name!r}: a fitted route needs its injection point")
     shape = backbone.point(task.point).pathway_shapes[0]  # several pathways share the spatial size
     tap = task.tap or tap_for({k: tuple(v) for k, v in inr.tap_shapes().items()}, shape)
     idx = samples_of(backbone, inr.num_frames)

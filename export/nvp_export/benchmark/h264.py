@@ -59,12 +59,12 @@ def encode_at_bpp(
     frames: np.ndarray, path: str | os.PathLike, bpp: float, gop: int = 250, preset: str = "medium", fps: float = 30.0
 ) -> H264File:
     """The encode whose bpp is closest to ``bpp`` among whole-number CRFs (``h264.search_crf``)."""
-    encodes: dict[int, H264File] = {}
+    encodes: dict[float, H264File] = {}
     last: list[int] = []  # the file on disk is the last encode
 
-    def bpp_at(crf: int) -> float:
-        encodes[crf] = encode_h264(frames, path, H264Settings(crf, gop, preset), fps)
-        last.append(crf)
+    def bpp_at(crf: float) -> float:  # whole numbers: search_crf(..., integer=True)
+        encodes[crf] = encode_h264(frames, path, H264Settings(int(crf), gop, preset), fps)
+        last.append(int(crf))
         return encodes[crf].bpp
 
     best = encodes[search_crf(bpp_at, bpp, integer=True)]

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -140,6 +141,7 @@ class H264Reader:
         packets = [(p.pts, p.is_keyframe) for p in self.container.demux(self.stream) if p.pts is not None]
         self.pts = sorted(p for p, _ in packets)  # display order: frame i has pts[i]
         self.keyframes = np.array(sorted(p for p, key in packets if key))
+        self.codec: Any  # PyAV's decoder context: the stream's own, or a hardware one
         if decoder == "cpu":
             self.codec = self.stream.codec_context
             self.codec.thread_type = "AUTO"
@@ -152,7 +154,7 @@ class H264Reader:
         else:
             raise ValueError(f"decoder must be 'cpu' or 'cuvid'; got {decoder!r}")
         self._last: int | None = None  # pts of the last decoded frame
-        self._frames = iter(())
+        self._frames: Iterator[Any] = iter(())  # av.VideoFrames from the last seek on
 
     @property
     def num_frames(self) -> int:
@@ -170,7 +172,7 @@ class H264Reader:
 
     def read(self, indices: Sequence[int]) -> list:
         """av.VideoFrames of ``indices`` (in the order asked)."""
-        wanted = {}
+        wanted: dict[int, Any] = {}
         for i in sorted(set(int(i) for i in indices)):
             if not 0 <= i < self.num_frames:
                 raise IndexError(f"frame {i} out of range 0..{self.num_frames - 1}")

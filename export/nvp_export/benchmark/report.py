@@ -118,7 +118,7 @@ def table2_markdown(results: dict) -> str:
     points = [p for p in results["accuracy"]["points"] if "cls" in p["accuracy"]]
     matched = [p for p in points if p.get("bpp_matched", True)]
     budgets = sorted({p["bpp_budget"] for p in matched})
-    rows = {}
+    rows: dict[str, dict] = {}
     for p in matched:
         rows.setdefault(p["pipeline"], {})[p["bpp_budget"]] = p
     family = {p["bpp_budget"]: p.get("family", "") for p in matched}

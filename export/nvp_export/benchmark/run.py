@@ -17,6 +17,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,7 +111,9 @@ class BenchConfig:
 
 
 def _pipelines(config: BenchConfig, video: Video, h264_path: Path, store: ModelStore) -> tuple[list, dict]:
-    pipes = [H264Pipeline(h264_path, video.nvp, store, "cpu", config.threads)]
+    pipes: list[H264Pipeline | INRPipeline | NVPPipeline] = [
+        H264Pipeline(h264_path, video.nvp, store, "cpu", config.threads)
+    ]
     skipped = {}
     reason = nvdec_unavailable_reason()
     if reason is None:
@@ -132,7 +135,8 @@ class _Videos:
     """Prepared videos by spec: a spec used by both parts (as in quick mode) is encoded once."""
 
     def __init__(self, folder: Path, store: ModelStore, log):
-        self.folder, self.store, self.log, self.done = folder, store, log, {}
+        self.folder, self.store, self.log = folder, store, log
+        self.done: dict[str, Any] = {}
 
     def get(self, spec: VideoSpec) -> Video:
         key = repr(spec)  # FitConfig is mutable, so specs are not hashable
@@ -286,11 +290,12 @@ def _accuracy(config: BenchConfig, videos: _Videos) -> dict:
                 t: constant_answer_agreement(refs[t]) for t in tasks if h264_cpu.backbones[t].task == "classification"
             },
         }
-        for pipe, bpp, extra in [
+        compared: list[tuple[H264Pipeline | INRPipeline | NVPPipeline, float, dict[str, Any]]] = [
             (NVPPipeline(video.nvp, store, "cpu", config.threads), video.bpp, {"routes": video.routes}),
             (INRPipeline(video.nvp, store, "cpu", config.threads), video.bpp, {}),
             (h264_cpu, matched.bpp, {"settings": matched.settings.describe(), "bpp_matched": True}),
-        ]:
+        ]
+        for pipe, bpp, extra in compared:
             points.append(
                 {
                     **base,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +34,9 @@ class ClipScorer:
     def __init__(self, model: CLIPModel, tokenizer):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        vision = model.config.vision_config
-        self.image_size = int(vision.image_size)
-        self.max_tokens = int(model.config.text_config.max_position_embeddings)
+        config: Any = model.config  # transformers types its sub-configs as unions with dict and None
+        self.image_size = int(config.vision_config.image_size)
+        self.max_tokens = int(config.text_config.max_position_embeddings)
         processor_stats = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
         self.mean, self.std = (torch.tensor(s).view(1, 3, 1, 1) for s in processor_stats)
 

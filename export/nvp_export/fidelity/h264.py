@@ -109,7 +109,8 @@ def search_crf(
             tried[crf] = bpp_at(crf)
         return tried[crf]
 
-    lo, hi = 0, int(MAX_CRF)  # bpp(lo) >= bpp(hi)
+    lo: float = 0  # bpp(lo) >= bpp(hi); whole numbers when ``integer``
+    hi: float = int(MAX_CRF)
     if at(hi) < target_bpp and at(lo) > target_bpp:
         for _ in range(max_steps):
             if integer and hi - lo <= 1:

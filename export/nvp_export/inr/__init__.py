@@ -16,7 +16,10 @@ from .base import INR, UntileableSizeError, tiling_strides
 from .hnerv import HNeRV, HNeRVConfig, HNeRVEncoder
 from .nerv import NeRV, NeRVConfig
 
-FAMILIES = {"hnerv": (HNeRV, HNeRVConfig), "nerv": (NeRV, NeRVConfig)}
+FAMILIES: dict[str, tuple[type[INR], type[HNeRVConfig] | type[NeRVConfig]]] = {
+    "hnerv": (HNeRV, HNeRVConfig),
+    "nerv": (NeRV, NeRVConfig),
+}
 WEIGHT_BITS, EMBEDDING_BITS = 8, 6
 
 
@@ -64,6 +67,7 @@ def config_for_budget(
     """
     if (params is None) == (bpp is None):
         raise ValueError("give exactly one budget: params or bpp")
+    budget: float
     if params is not None:
         cost, budget = (lambda c: sum(c.stored_values())), params
     else:

@@ -27,7 +27,8 @@ def tiling_strides(height: int, width: int, max_stages: int = 5, min_grid: int =
     for 720p and 5 3 2 2 2 for 1080p come out of this rule), leaving a grid of at
     least ``min_grid`` on the short side.
     """
-    common, strides, product = math.gcd(height, width), [], 1
+    common, product = math.gcd(height, width), 1
+    strides: list[int] = []
     for s in (5, 3, 2):
         while common % s == 0 and len(strides) < max_stages and min(height, width) // (product * s) >= min_grid:
             strides.append(s)
@@ -126,7 +127,7 @@ class INR(nn.Module):
     def tap_names(self) -> list[str]:
         return list(self.stages.keys())
 
-    def stem_input(self, frame_idx: torch.LongTensor) -> torch.Tensor:
+    def stem_input(self, frame_idx: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def run_stages(self, x: torch.Tensor, until: str | None = None) -> dict[str, torch.Tensor]:
@@ -139,14 +140,14 @@ class INR(nn.Module):
                 break
         return taps
 
-    def decode(self, frame_idx: torch.LongTensor, until: str | None = None) -> dict[str, torch.Tensor]:
+    def decode(self, frame_idx: torch.Tensor, until: str | None = None) -> dict[str, torch.Tensor]:
         """Features (B, C, H, W) of every tap up to and including ``until`` (default: all); nothing deeper runs."""
         frame_idx = torch.as_tensor(frame_idx, dtype=torch.long).reshape(-1)
         if frame_idx.numel() and (int(frame_idx.min()) < 0 or int(frame_idx.max()) >= self.num_frames):
             raise IndexError(f"frame index out of range 0..{self.num_frames - 1}")
         return self.run_stages(self.stem_input(frame_idx), until)
 
-    def forward(self, frame_idx: torch.LongTensor) -> torch.Tensor:
+    def forward(self, frame_idx: torch.Tensor) -> torch.Tensor:
         return self.decode(frame_idx)["rgb"]
 
     def tap_shapes(self) -> dict[str, tuple[int, int, int]]:

@@ -52,7 +52,7 @@ class HNeRV(INR):
     def __init__(self, config: HNeRVConfig):
         super().__init__(config)
         c = config.channels()
-        stages = {"stem": nn.Sequential(nn.Conv2d(config.embed_dim, c[0], 1), nn.GELU())}
+        stages: dict[str, nn.Module] = {"stem": nn.Sequential(nn.Conv2d(config.embed_dim, c[0], 1), nn.GELU())}
         for i, (s, k) in enumerate(zip(config.strides, config.kernels())):
             stages[f"block{i + 1}"] = UpBlock(c[i], c[i + 1], s, k)
         stages["rgb"] = RGBHead(c[-1], 3)

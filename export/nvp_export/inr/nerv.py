@@ -85,7 +85,7 @@ class NeRV(INR):
     def __init__(self, config: NeRVConfig):
         super().__init__(config)
         c = config.channels()
-        stages = {"stem": NeRVStem(config)}
+        stages: dict[str, nn.Module] = {"stem": NeRVStem(config)}
         for i, s in enumerate(config.strides):
             stages[f"block{i + 1}"] = UpBlock(c[i], c[i + 1], s, 3)
         stages["rgb"] = RGBHead(c[-1], 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ def _build(config: dict, tensors: dict[str, np.ndarray]) -> INR:
 
 
 def save_nvp(
-    path: str | os.PathLike, inr: INR, arrays: dict[str, np.ndarray], meta: dict, info: dict, routes: list = ()
+    path: str | os.PathLike, inr: INR, arrays: dict[str, np.ndarray], meta: dict, info: dict, routes: Sequence = ()
 ) -> int:
     """Write the quantised INR (from :func:`quantise_inr`) with ``info`` (video, metrics, ...) in the manifest
     and ``routes`` (``nvp_rt.nvpfile.Route``)."""

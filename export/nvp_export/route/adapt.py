@@ -107,7 +107,7 @@ class Route:
     injection_point: str
     in_channels: int
     out_channels: int
-    size: tuple[int, int]  # the injection point's spatial size the adapter resizes to
+    size: tuple[int, ...]  # the injection point's spatial size (H, W) the adapter resizes to
     hidden: int | None
     adapter: dict[str, np.ndarray]  # MicroAdapter.to_arrays(): weight{i} (C_out, C_in), bias{i}
     metrics: dict[str, Any]
@@ -443,10 +443,10 @@ def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig
 def select_route(candidates: list[Candidate], tolerance: float) -> Candidate:
     """The cheapest candidate whose validation agreement is within ``tolerance`` of the best
     (ties: lowest relative validation loss); see the module docstring."""
-    scored = [c for c in candidates if c.val_top1_agreement is not None]
-    if scored:
-        best_top1 = max(c.val_top1_agreement for c in scored)
-        pool = [c for c in scored if c.val_top1_agreement >= best_top1 - tolerance]
+    top1 = {id(c): c.val_top1_agreement for c in candidates if c.val_top1_agreement is not None}
+    if top1:
+        best_top1 = max(top1.values())
+        pool = [c for c in candidates if id(c) in top1 and top1[id(c)] >= best_top1 - tolerance]
     else:  # embedding tasks: agreement by cosine
         best_cos = max(c.val_cosine for c in candidates)
         pool = [c for c in candidates if c.val_cosine >= best_cos - tolerance]

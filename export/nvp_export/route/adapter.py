@@ -9,6 +9,7 @@ Video features (N, C, T, H, W) are resized frame by frame.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 __all__ = ["AdapterSpec", "MicroAdapter", "resize", "fit_linear"]
 
 
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Bilinear resize of the last two dims (half-pixel centres, no antialias), 4-D or 5-D input."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -36,7 +37,7 @@ class AdapterSpec:
 
     in_channels: int
     out_channels: int
-    size: tuple[int, int]
+    size: tuple[int, ...]
     hidden: int | None = None  # None: one 1x1 conv; else conv(in->hidden), GELU, conv(hidden->out)
 
     @property
@@ -45,7 +46,7 @@ class AdapterSpec:
 
     @property
     def num_parameters(self) -> int:
-        widths = [self.in_channels] + ([self.hidden] if self.stacked else []) + [self.out_channels]
+        widths = [self.in_channels] + ([self.hidden] if self.hidden is not None else []) + [self.out_channels]
         return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
 
 
@@ -53,7 +54,7 @@ class MicroAdapter(nn.Module):
     def __init__(self, spec: AdapterSpec):
         super().__init__()
         self.spec = spec
-        widths = [spec.in_channels] + ([spec.hidden] if spec.stacked else []) + [spec.out_channels]
+        widths = [spec.in_channels] + ([spec.hidden] if spec.hidden is not None else []) + [spec.out_channels]
         self.convs = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths[:-1], widths[1:]))
         self.activation = nn.GELU()
 
@@ -66,7 +67,7 @@ class MicroAdapter(nn.Module):
         if video:  # 1x1 convs act per frame; fold T into the batch
             n, c, t, h, w = x.shape
             x = x.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
-        for i, conv in enumerate(self.convs):
+        for i, conv in enumerate(self.conv_layers()):
             if i:
                 x = self.activation(x)
             x = conv(x)
@@ -81,24 +82,28 @@ class MicroAdapter(nn.Module):
         """Adapter parameters as % of the backbone's."""
         return 100.0 * self.num_parameters() / sum(p.numel() for p in backbone.parameters())
 
+    def conv_layers(self) -> list[nn.Conv2d]:
+        """The 1x1 convs in order (nn.ModuleList types its items as plain modules)."""
+        return [cast(nn.Conv2d, conv) for conv in self.convs]
+
     def macs(self) -> int:
         """Multiply-accumulates of the 1x1 convs per sample and frame (the resize is not counted)."""
         h, w = self.spec.size
-        return sum(conv.in_channels * conv.out_channels * h * w for conv in self.convs)
+        return sum(conv.in_channels * conv.out_channels * h * w for conv in self.conv_layers())
 
     @torch.no_grad()
     def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """Set the single-conv form's weight (C_out, C_in) and bias (C_out,)."""
         if self.spec.stacked:
             raise ValueError("set_linear applies to the single-conv adapter only")
-        conv = self.convs[0]
+        conv = self.conv_layers()[0]
         conv.weight.copy_(weight.reshape(conv.weight.shape))
         conv.bias.copy_(bias)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """float32 arrays: ``weight{i}`` (C_out, C_in) and ``bias{i}`` (C_out,) per conv, in order."""
         arrays = {}
-        for i, conv in enumerate(self.convs):
+        for i, conv in enumerate(self.conv_layers()):
             arrays[f"weight{i}"] = (
                 conv.weight.detach().reshape(conv.out_channels, conv.in_channels).float().numpy().copy()
             )
@@ -112,7 +117,7 @@ class MicroAdapter(nn.Module):
         if set(arrays) != expected:
             raise ValueError(f"adapter arrays must be {sorted(expected)}; got {sorted(arrays)}")
         with torch.no_grad():
-            for i, conv in enumerate(adapter.convs):
+            for i, conv in enumerate(adapter.conv_layers()):
                 w, b = np.asarray(arrays[f"weight{i}"]), np.asarray(arrays[f"bias{i}"])
                 if w.shape != (conv.out_channels, conv.in_channels) or b.shape != (conv.out_channels,):
                     raise ValueError(f"adapter conv {i}: weight {w.shape} / bias {b.shape} do not fit {spec}")
@@ -122,7 +127,7 @@ class MicroAdapter(nn.Module):
 
 
 def fit_linear(
-    x: torch.Tensor, y: torch.Tensor, size: tuple[int, int], ridge: float, batch: int = 8
+    x: torch.Tensor, y: torch.Tensor, size: tuple[int, ...], ridge: float, batch: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ridge-regression 1x1 conv from resize(x, size) to y, per position, in float64.
 

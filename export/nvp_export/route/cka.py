@@ -24,6 +24,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,14 +92,14 @@ def positions(features: torch.Tensor, grid: int) -> torch.Tensor:
 class MinibatchCKA:
     """Accumulates HSIC1 over minibatches for every (x, y) pair of named feature sets."""
 
-    def __init__(self, x_names: Sequence[str], y_names: Sequence[str]):
+    def __init__(self, x_names: Sequence[Any], y_names: Sequence[Any]):  # any hashable names
         self.x_names, self.y_names = list(x_names), list(y_names)
         self._xy = np.zeros((len(self.x_names), len(self.y_names)))
         self._xx = np.zeros(len(self.x_names))
         self._yy = np.zeros(len(self.y_names))
         self.batches = 0
 
-    def update(self, xs: dict[str, torch.Tensor], ys: dict[str, torch.Tensor]) -> None:
+    def update(self, xs: dict[Any, torch.Tensor], ys: dict[Any, torch.Tensor]) -> None:
         """xs, ys: name -> (n, p) features of the same n samples."""
         kx = [self._gram(xs[name]) for name in self.x_names]
         ly = [self._gram(ys[name]) for name in self.y_names]

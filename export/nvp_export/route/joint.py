@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -147,7 +147,7 @@ def _take(outputs: Outputs, idx) -> Outputs:
 def _cat(parts: Sequence[Outputs]) -> Outputs:
     if isinstance(parts[0], tuple):
         return tuple(torch.cat(p) for p in zip(*parts))
-    return torch.cat(parts)
+    return torch.cat([cast(torch.Tensor, p) for p in parts])
 
 
 def _agreement(backbone: Backbone, outputs: Outputs, reference: Outputs, image_size: tuple[int, int]) -> dict:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -48,14 +49,14 @@ Features = torch.Tensor | Sequence[torch.Tensor]
 class MultiPathwayPoint(InjectionPoint):
     """An injection point carrying one tensor per pathway; ``shape`` is the tuple of their shapes."""
 
-    shape: tuple[tuple[int, ...], ...]
+    shape: tuple[tuple[int, ...], ...]  # type: ignore[assignment]  # one shape per pathway
 
     @property
-    def channels(self) -> tuple[int, ...]:
+    def channels(self) -> tuple[int, ...]:  # type: ignore[override]  # one per pathway
         return tuple(s[0] for s in self.shape)
 
     @property
-    def spatial_size(self) -> tuple[tuple[int, int], ...]:
+    def spatial_size(self) -> tuple[tuple[int, ...], ...]:  # type: ignore[override]  # one per pathway
         return tuple(tuple(s[-2:]) for s in self.shape)
 
     @property
@@ -125,7 +126,9 @@ class PathwayAdapter(nn.Module):
         for p, adapter in enumerate(self.adapters):
             prefix = "" if len(self.adapters) == 1 else f"pathway{p}/"
             arrays.update({prefix + k: v for k, v in adapter.to_arrays().items()})
-        pathways = [{"size": list(a.spec.size), "frames": f} for a, f in zip(self.adapters, self.frames)]
+        pathways = [
+            {"size": list(cast(MicroAdapter, a).spec.size), "frames": f} for a, f in zip(self.adapters, self.frames)
+        ]
         return arrays, {"hidden": self.adapters[0].spec.hidden, "pathways": pathways}
 
 
@@ -166,7 +169,7 @@ class FitConfig:
 
 def pathway_loss(pred: Features, target: Features, loss: FeatureLoss) -> torch.Tensor:
     """The feature-transfer loss summed over pathways."""
-    return sum(loss(p, t) for p, t in zip(as_pathways(pred), as_pathways(target)))
+    return cast(torch.Tensor, sum(loss(p, t) for p, t in zip(as_pathways(pred), as_pathways(target))))
 
 
 def fit_adapter(
@@ -185,8 +188,9 @@ def fit_adapter(
     n = taps.shape[0]
     if config.init == "lstsq":
         for adapter_p, x_p, y_p in zip(adapter.adapters, adapter.pathway_inputs(taps), targets):
-            if not adapter_p.spec.stacked:
-                adapter_p.set_linear(*fit_linear(x_p, y_p, adapter_p.spec.size, config.ridge))
+            spec = cast(MicroAdapter, adapter_p).spec
+            if not spec.stacked:
+                adapter_p.set_linear(*fit_linear(x_p, y_p, spec.size, config.ridge))
 
     def mean_loss() -> float:
         with torch.no_grad():

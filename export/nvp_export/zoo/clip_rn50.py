@@ -141,10 +141,7 @@ class ModifiedResNet(nn.Module):
         )
         return [
             ("stem", stem),
-            ("layer1", self.layer1),
-            ("layer2", self.layer2),
-            ("layer3", self.layer3),
-            ("layer4", self.layer4),
+            *((f"layer{i}", self.get_submodule(f"layer{i}")) for i in range(1, 5)),
             ("attnpool", self.attnpool),
         ]
 

@@ -51,7 +51,7 @@ def coco_labels() -> tuple[str, ...]:
 def detr_config(**overrides: Any) -> DetrConfig:
     """DETR-R50 with transformers' ResNet-50 backbone and COCO's 91 ids; ``overrides`` shrink it for tests."""
     labels = coco_labels()
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         use_timm_backbone=False,
         use_pretrained_backbone=False,
         num_labels=len(labels),
@@ -164,13 +164,14 @@ def build(
     config = config or detr_config()
     detr = _load(weights, config) if weights is not None else DetrForObjectDetection(config)
     detr.eval()
-    id2label = detr.config.id2label
+    model_config: Any = detr.config  # transformers types its fields as unions with None
+    id2label, num_labels = model_config.id2label, model_config.num_labels
     backbone = DetrBackbone(
         "detr_r50",
         _stages(detr),
         Preprocess(input_size=input_size),  # ImageNet mean/std, as DETR's image processor
         task="detection",
-        labels=[id2label.get(i, str(i)) for i in range(detr.config.num_labels)],
+        labels=[id2label.get(i, str(i)) for i in range(num_labels)],
         pretrained=weights is not None,
         weights_source=str(weights) if weights else "pass weights=DIR of facebook/detr-resnet-50 (revision no_timm)",
         points=["stem", "stage1", "stage2", "stage3", "stage4"],

@@ -52,7 +52,8 @@ class I3D(nn.Module):
             if i == 0:
                 blocks.append(nn.MaxPool3d((2, 1, 1), stride=(2, 1, 1)))
         final = (c.frames // 2, c.crop[0] // 32, c.crop[1] // 32)
-        blocks.append(BasicHead(dim_in, c.num_classes, tuple(map(min, c.head_pool, final))))
+        (t, h, w), (ft, fh, fw) = c.head_pool, final
+        blocks.append(BasicHead(dim_in, c.num_classes, (min(t, ft), min(h, fh), min(w, fw))))
         self.blocks = nn.ModuleList(blocks)
         init_like_pytorchvideo(self)
 

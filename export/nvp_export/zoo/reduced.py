@@ -24,7 +24,7 @@ Weights = str | os.PathLike | None
 
 def detr(weights: Weights = None) -> Backbone:
     config = detr_r50.detr_config(
-        backbone_config=ResNetConfig(
+        backbone_config=ResNetConfig(  # type: ignore[call-arg]  # out_features: BackboneConfigMixin's, untyped
             embedding_size=8, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], out_features=["stage4"]
         ),
         d_model=32,

@@ -19,7 +19,8 @@ Triple = tuple[int, int, int]
 
 
 def _same_padding(kernel: Triple) -> Triple:
-    return tuple(k // 2 for k in kernel)
+    t, h, w = kernel
+    return t // 2, h // 2, w // 2
 
 
 class BasicStem(nn.Module):

@@ -69,10 +69,7 @@ class ResNet50(nn.Module):
         """stem 64@56, layer1 256@56, layer2 512@28, layer3 1024@14, layer4 2048@7 (at 224), classifier."""
         return [
             ("stem", nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)),
-            ("layer1", self.layer1),
-            ("layer2", self.layer2),
-            ("layer3", self.layer3),
-            ("layer4", self.layer4),
+            *((f"layer{i}", self.get_submodule(f"layer{i}")) for i in range(1, 5)),
             ("classifier", nn.Sequential(self.avgpool, nn.Flatten(1), self.fc)),
         ]
 

@@ -82,15 +82,18 @@ def build(
     model = _load(weights) if weights is not None else SegformerForSemanticSegmentation(config or segformer_config())
     model.eval()
     encoder_stages = list(model.segformer.stages)
-    stages = [(f"stage{i + 1}", _EncoderStage(s, i == 0)) for i, s in enumerate(encoder_stages[:-1])]
+    stages: list[tuple[str, nn.Module]] = [
+        (f"stage{i + 1}", _EncoderStage(s, i == 0)) for i, s in enumerate(encoder_stages[:-1])
+    ]
     stages.append(("head", _LastStageAndHead(encoder_stages[-1], model.decode_head)))
-    id2label = model.config.id2label or {}
+    model_config: Any = model.config  # transformers types its fields as unions with None
+    id2label = model_config.id2label or {}
     backbone = SegformerBackbone(
         "segformer_b0",
         stages,
         Preprocess(input_size=input_size),  # ImageNet mean/std, as SegFormer's image processor
         task="segmentation",
-        labels=[id2label.get(i, f"class_{i}") for i in range(model.config.num_labels)],
+        labels=[id2label.get(i, f"class_{i}") for i in range(model_config.num_labels)],
         pretrained=weights is not None,
         weights_source=str(weights) if weights else "pass weights=DIR of nvidia/segformer-b0-finetuned-ade-512-512",
     )
