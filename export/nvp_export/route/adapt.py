@@ -34,7 +34,7 @@ from nvp_rt.nvpfile import Route as FileRoute
 
 from ..backbone import Backbone, to_unit_frames
 from ..fidelity.agreement import Fidelity, fidelity
-from .adapter import AdapterSpec, MicroAdapter, fit_linear, resize
+from .adapter import AdapterSpec, MicroAdapter, finetune_for_task, fit_linear, resize
 from .cka import CKAConfig, CKAMatrix, cka_matrix
 from .flops import macs
 from .losses import FeatureLoss
@@ -74,6 +74,10 @@ class AdaptConfig:
     # MSE term (closed form, seconds), then fine-tune with the full loss. "random":
     # PyTorch's default init, as the paper is silent on initialisation.
     init: str = "lstsq"
+    # Classifiers: epochs of adapter-only training of the chosen pair with the task term (cross-entropy
+    # to the backbone's answers on the original frames) beside the feature term; 0: features only.
+    task_epochs: int = 100
+    task_lr: float = 1e-3
     ridge: float = 1e-3  # relative ridge for the lstsq start
     # top-1 agreement (classifiers) or relative feature error (task presets) within this of the best counts as
     # equally good
@@ -87,8 +91,10 @@ class AdaptConfig:
     def __post_init__(self):
         if self.init not in ("lstsq", "random"):
             raise ValueError(f"init must be 'lstsq' or 'random'; got {self.init!r}")
-        if self.epochs < 0 or self.batch_size < 1 or self.val_every < 2 or self.patience < 1:
-            raise ValueError("epochs >= 0, batch_size >= 1, val_every >= 2 and patience >= 1 are required")
+        if self.epochs < 0 or self.task_epochs < 0 or self.batch_size < 1 or self.val_every < 2 or self.patience < 1:
+            raise ValueError(
+                "epochs >= 0, task_epochs >= 0, batch_size >= 1, val_every >= 2 and patience >= 1 are required"
+            )
         if not 0 < self.top_fraction <= 1:
             raise ValueError(f"top_fraction must be in (0, 1]; got {self.top_fraction}")
         if self.candidates not in ("top", "per_point"):
@@ -363,6 +369,9 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
     best = select_route(candidates, config.select_tolerance)
     adapter = adapters[(best.tap, best.point)]
     t0 = time.perf_counter()
+    if backbone.task == "classification" and config.task_epochs:
+        adapter = _learn_answers(adapter, feats, best, reference, backbone, config)
+        seconds["training"] += time.perf_counter() - t0
     with torch.no_grad():
         x = feats.tap(best.tap)
         nvp_out = _batched(lambda sl: backbone.suffix(adapter(x[sl]), best.point), frames.shape[0], config.decode_batch)
@@ -410,6 +419,38 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
         metrics,
     )
     return AdaptResult(route, candidates, cka, fid, pixel_fid, seconds)
+
+
+def _learn_answers(
+    adapter: MicroAdapter,
+    feats: _Features,
+    best: Candidate,
+    reference: torch.Tensor,
+    backbone: Backbone,
+    config: AdaptConfig,
+) -> MicroAdapter:
+    """The chosen adapter trained on the answers too (``finetune_for_task``), on all frames: the
+    route serves exactly these frames. Kept only where it agrees on more of them than before, so
+    an adapter that already reproduces the features (and with them the top-5) is left as it is."""
+    taps, labels = feats.tap(best.tap), reference.argmax(1)
+
+    def agreement(a: MicroAdapter) -> float:
+        with torch.no_grad():
+            out = _batched(lambda sl: backbone.suffix(a(taps[sl]), best.point), len(taps), config.decode_batch)
+        return float((out.argmax(1) == labels).double().mean())
+
+    tuned = copy.deepcopy(adapter)
+    finetune_for_task(
+        tuned,
+        taps,
+        feats.point(best.point),
+        labels,
+        lambda f: backbone.suffix(f, best.point),
+        epochs=config.task_epochs,
+        lr=config.task_lr,
+        seed=config.seed,
+    )
+    return tuned if agreement(tuned) > agreement(adapter) else adapter
 
 
 def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig) -> list[tuple[str, str, float]]:

@@ -8,6 +8,7 @@ Video features (N, C, T, H, W) are resized frame by frame.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AdapterSpec", "MicroAdapter", "resize", "fit_linear"]
+__all__ = ["AdapterSpec", "MicroAdapter", "resize", "fit_linear", "relative_feature_loss", "finetune_for_task"]
 
 
 def resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
@@ -148,3 +149,53 @@ def fit_linear(
     gram[:-1, :-1] += reg * torch.eye(c_in, dtype=torch.float64)
     solution = torch.linalg.solve(gram, cross)
     return solution[:-1].T.float().contiguous(), solution[-1].float().contiguous()
+
+
+def relative_feature_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE over the target's mean square: scale-free, so one weight serves every injection point."""
+    return F.mse_loss(pred, target) / target.square().mean().clamp_min(1e-12)
+
+
+def finetune_for_task(
+    adapter: MicroAdapter,
+    taps: torch.Tensor,
+    target: torch.Tensor,
+    labels: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    task_weight: float = 0.5,
+    feat_weight: float = 0.2,
+    batch: int = 16,
+    seed: int = 0,
+) -> list[float]:
+    """Adapter-only training on the answers as well as the features (the paper's L_task + L_feat, eq. 3).
+
+    ``taps``: the stored INR's features at the route's tap, all frames; ``target``: the backbone's
+    features at the injection point on the original frames; ``labels``: the backbone's top-1 on
+    them (pseudo-labels); ``head(features)``: the backbone suffix from the injection point. A
+    feature loss alone leaves the class to chance wherever the INR is far from the frames
+    (docs/adapt.md); the cross-entropy term trains for the answer itself. The resize is done
+    once. Returns the mean loss per epoch.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        resized = torch.cat([resize(taps[s : s + batch], adapter.spec.size) for s in range(0, len(taps), batch)])
+    optimiser = torch.optim.Adam(adapter.parameters(), lr=lr)
+    history = []
+    adapter.train()
+    for _ in range(epochs):
+        total = 0.0
+        for order in torch.randperm(len(taps), generator=generator).split(batch):
+            adapted = adapter.pointwise(resized[order])
+            loss = task_weight * F.cross_entropy(head(adapted), labels[order]) + feat_weight * relative_feature_loss(
+                adapted, target[order]
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += float(loss) * len(order)
+        history.append(total / len(taps))
+    adapter.eval()
+    return history
