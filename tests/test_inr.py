@@ -18,7 +18,7 @@ from nvp_export.inr import (
     tiling_strides,
 )
 from nvp_export.inr import fit as fit_module
-from nvp_export.inr.fit import FitConfig, fit, lr_factor
+from nvp_export.inr.fit import FitConfig, fit, lr_factor, temporal_variance_ratio
 from nvp_export.inr.nerv import PositionalEncoding
 from nvp_rt.nvpfile import NvpFormatError
 
@@ -192,7 +192,7 @@ def test_fit_recovers_from_a_collapse(monkeypatch):
         return loss * float("nan") if calls["n"] in (40, 41, 90) else loss
 
     monkeypatch.setattr(fit_module, "reconstruction_loss", sometimes_nan)
-    inr = from_config(make_config("hnerv", height=32, width=48, num_frames=6, fc_dim=24))
+    inr = from_config(make_config("hnerv", height=32, width=48, num_frames=6, fc_dim=24, ks_max=5))
     result = fit(inr, frames, FitConfig(epochs=40, progress=False))
     assert result.recoveries == 3
     assert all(torch.isfinite(p).all() for p in result.inr.parameters())
@@ -204,3 +204,27 @@ def test_fit_gives_up_after_too_many_collapses(monkeypatch):
     inr = from_config(make_config("hnerv", height=32, width=48, num_frames=6, fc_dim=8))
     with pytest.raises(fit_module.FitError):
         fit(inr, _clip(), FitConfig(epochs=20, progress=False, max_recoveries=2))
+
+
+def test_temporal_variance_ratio_against_float64():
+    rng = np.random.default_rng()
+    source, decoded = rng.random((6, 3, 8, 10)), rng.random((6, 3, 8, 10)) * 0.3
+    expected = decoded.var(0).mean() / source.var(0).mean()
+    assert temporal_variance_ratio(torch.from_numpy(decoded), torch.from_numpy(source)) == pytest.approx(expected)
+    mean_frame = torch.from_numpy(source.mean(0, keepdims=True).repeat(6, 0))
+    assert temporal_variance_ratio(mean_frame, torch.from_numpy(source)) < 1e-12
+    static = torch.from_numpy(np.repeat(source[:1], 6, 0))
+    assert temporal_variance_ratio(torch.from_numpy(decoded), static) == 1.0  # the mean frame is the answer there
+
+
+def test_fit_starts_afresh_when_stuck_at_the_mean_frame():
+    """An absurd rate parks the decoder at the mean frame; the fit notices and restarts at a third of it.
+    At a sane rate the same fit is left alone."""
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    base = torch.rand(1, 3, 32, 32, generator=g)
+    frames = torch.cat([torch.roll(base, shifts=3 * i, dims=-1) for i in range(8)])
+    cfg = make_config("nerv", height=32, width=32, num_frames=8, fc_dim=8, mlp_hidden=16, pe_levels=8)
+    stuck = fit(from_config(cfg), frames, FitConfig(epochs=40, time_limit_s=None, lr=0.1, progress=False))
+    assert 1 <= stuck.restarts <= 2
+    healthy = fit(from_config(cfg), frames, FitConfig(epochs=40, time_limit_s=None, lr=3e-3, progress=False))
+    assert healthy.restarts == 0 and healthy.steps == 40 * 8

@@ -15,7 +15,7 @@ from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
 from .inr import config_for_budget, from_config, quantise_inr, save_nvp
-from .inr.fit import FitConfig, FitError, fit
+from .inr.fit import PLATEAU_PATIENCE_STEPS, PLATEAU_VARIANCE_RATIO, FitConfig, FitError, fit, temporal_variance_ratio
 from .onnx_export import export_inr_graphs
 
 DEFAULT_BPP = 0.5  # budget of quantised bits before entropy coding; the file lands below it
@@ -75,9 +75,17 @@ def encode_video(
     result = fit(from_config(inr_config), target, cfg.fit)
     arrays, meta, quantised = quantise_inr(result.inr)
     psnr_float = psnr(frames, result.inr.render(range(n)))
-    psnr_quantised = psnr(frames, quantised.render(range(n)))
+    rendered = quantised.render(range(n))
+    psnr_quantised = psnr(frames, rendered)
     if not (math.isfinite(psnr_float) and math.isfinite(psnr_quantised)):
         raise FitError("the fitted model does not decode to finite pixels; nothing was written")
+    variation = temporal_variance_ratio(torch.from_numpy(rendered).permute(0, 3, 1, 2).float().div_(255), target)
+    if variation < PLATEAU_VARIANCE_RATIO and result.steps >= PLATEAU_PATIENCE_STEPS:
+        raise FitError(
+            f"the fit renders about the mean frame for every frame ({psnr_quantised:.2f} dB, frame-to-frame "
+            f"variation {variation:.1%} of the source's) even after fresh starts at lower rates; nothing was "
+            f"written: try --lr 1e-3, a longer --time-limit or a larger budget"
+        )
     info = {
         "video": {
             "frames": n,
@@ -90,6 +98,7 @@ def encode_video(
         "metrics": {
             "psnr_float_db": round(psnr_float, 4),
             "psnr_quantised_db": round(psnr_quantised, 4),
+            "temporal_variance_ratio": round(variation, 4),
             "psnr_method": "mean per-frame PSNR of the 8-bit rendering against the source frames",
         },
         "encoding": {

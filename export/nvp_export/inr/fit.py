@@ -62,6 +62,24 @@ FAMILY_RECIPE = {
 }
 
 
+# A fit whose decoded clip varies across frames this little (relative to the source) renders about
+# the mean frame for every frame: measured 0.000 for all four stalled fits, 0.67-0.94 for healthy ones.
+PLATEAU_VARIANCE_RATIO = 0.1
+PLATEAU_RESTARTS = 2  # fresh starts, each at a third of the rate, before the fit gives up on escaping
+# Healthy fits leave the mean frame within two epochs of a 64-frame clip; judged no earlier than this.
+PLATEAU_PATIENCE_STEPS = 150
+
+
+def temporal_variance_ratio(decoded: torch.Tensor, source: torch.Tensor) -> float:
+    """Per-pixel variance across frames of ``decoded`` over that of ``source`` (both (N, 3, H, W)), averaged.
+
+    About 0 when a fit renders the mean frame for every frame; 1.0 for a static source, where the
+    mean frame is the right answer.
+    """
+    reference = float(source.double().var(0).mean())
+    return float(decoded.double().var(0).mean()) / reference if reference > 1e-6 else 1.0
+
+
 class FitError(ValueError):
     """This clip could not be fitted with these settings (e.g. it collapsed more often than it may recover)."""
 
@@ -74,6 +92,8 @@ class FitResult:
     seconds: float
     recoveries: int
     history: list[float] = field(default_factory=list)  # PSNR per epoch
+    restarts: int = 0  # fresh starts after the fit sat at the mean frame
+    steps: int = 0  # optimiser steps since the last (re)start
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -113,7 +133,10 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
     generator = torch.Generator().manual_seed(cfg.seed)
 
     best = (-math.inf, copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
-    history, recoveries, lr_scale, step = [], 0, 1.0, 0
+    history, recoveries, lr_scale, step, restarts, started_at = [], 0, 1.0, 0, 0, 0
+    # The plateau check compares the epoch's outputs with the frames at a quarter of the resolution.
+    small_frames = F.avg_pool2d(frames, 4) if min(frames.shape[-2:]) >= 8 else frames
+    epoch_outputs = torch.zeros_like(small_frames)
     start = time.perf_counter()
     bar = tqdm(range(cfg.epochs), desc=f"fit {inr.family}", unit="epoch", disable=not cfg.progress)
 
@@ -142,6 +165,7 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
             loss.backward()
             optimiser.step()
             psnrs.append(batch_psnr(out, target))
+            epoch_outputs[idx] = F.avg_pool2d(out.detach(), 4) if small_frames is not frames else out.detach()
         epoch_psnr = float(torch.cat(psnrs).mean()) if psnrs and not collapsed else -math.inf
         if collapsed or not math.isfinite(epoch_psnr) or epoch_psnr < best[0] - cfg.collapse_drop_db:
             recoveries += 1
@@ -159,6 +183,27 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
                 break
             continue
         history.append(epoch_psnr)
+        if (
+            step - started_at >= max(PLATEAU_PATIENCE_STEPS, 2 * steps_per_epoch)
+            and restarts < PLATEAU_RESTARTS
+            and temporal_variance_ratio(epoch_outputs, small_frames) < PLATEAU_VARIANCE_RATIO
+        ):
+            # Stuck at the mean frame: the rate is too high for the decoder's tiny frame-dependent signal.
+            restarts, started_at = restarts + 1, step
+            lr_scale /= 3
+            seed = cfg.seed + restarts
+            torch.manual_seed(seed)
+            for module in modules:
+                module.load_state_dict(type(module)(inr.config).to(device).state_dict())
+            optimiser = torch.optim.Adam(modules.parameters(), lr=base_lr * lr_scale, betas=betas)
+            best = (-math.inf, copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
+            bar.write(
+                f"epoch {epoch}: the fit renders about the mean frame (PSNR {epoch_psnr:.2f} dB); "
+                f"starting afresh (seed {seed}) at learning rate x{lr_scale:.3g}"
+            )
+            if progress() >= 1.0:
+                break
+            continue
         if epoch_psnr >= best[0]:
             best = (epoch_psnr, copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
         done, elapsed = progress(), time.perf_counter() - start
@@ -184,4 +229,6 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
         encoder.eval()
         with torch.no_grad():
             inr.embeddings.copy_(torch.cat([encoder(frames[i : i + 8]) for i in range(0, n, 8)]))
-    return FitResult(inr.cpu(), best[0], len(history), time.perf_counter() - start, recoveries, history)
+    return FitResult(
+        inr.cpu(), best[0], len(history), time.perf_counter() - start, recoveries, history, restarts, step - started_at
+    )
