@@ -305,13 +305,31 @@ def cmd_encode(args) -> None:
         threads=args.threads,
         progress=not args.quiet,
     )
-    cfg = EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
+    cfg = EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit, tasks=task_presets(args.tasks))
     report = encode_video(args.input, args.output, selection, cfg, store=ModelStore(args.store))
     print(
         f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
         f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
         f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s"
     )
+    for r in report.routes:
+        print(
+            f"  route {r['task']} ({r['tap']} -> {r['injection_point']}): top-1 agreement with the backbone on the "
+            f"source frames {r['top1_agreement']:.1%} (full decode to pixels {r['pixel_top1_agreement']:.1%}, "
+            f"constant answer {r['constant_answer_agreement']:.1%})"
+        )
+
+
+def task_presets(names: str | None) -> dict[str, str]:
+    """``--for`` (comma-separated task kinds or presets) -> route name -> preset."""
+    from .zoo import PRESETS
+
+    tasks = {}
+    for name in filter(None, (n.strip() for n in (names or "").split(","))):
+        tasks[name] = TASK_KINDS.get(name, name)
+        if tasks[name] not in PRESETS:
+            raise UserError(f"--for: unknown task {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    return tasks
 
 
 def add_encode(sub) -> None:
@@ -320,6 +338,13 @@ def add_encode(sub) -> None:
     e.add_argument("input", help="any video FFmpeg reads")
     e.add_argument("-o", "--output", required=True, help="the .nvp file to write")
     e.add_argument("--family", choices=["hnerv", "nerv"], default="hnerv")
+    e.add_argument(
+        "--for",
+        dest="tasks",
+        metavar="TASKS",
+        help="fit the INR for these image classifiers too and write their routes in the same pass "
+        "(comma-separated presets or task kinds, e.g. efficientnet_lite0 or cls; see docs/encode.md)",
+    )
     budget = e.add_mutually_exclusive_group()
     budget.add_argument("--params", type=int, help="size budget: stored values (weights + embeddings)")
     budget.add_argument("--bpp", type=float, help="size budget in bits per pixel (default 0.5)")

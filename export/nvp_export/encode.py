@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -16,7 +16,10 @@ from nvp_rt.video import FrameSelection, read_video
 
 from .inr import config_for_budget, from_config, quantise_inr, save_nvp
 from .inr.fit import PLATEAU_PATIENCE_STEPS, PLATEAU_VARIANCE_RATIO, FitConfig, FitError, fit, temporal_variance_ratio
-from .onnx_export import export_inr_graphs
+from .onnx_export import export_inr_graphs, export_route_graphs
+from .route.adapt import to_file_route
+from .route.task_aware import TaskAwareConfig, TaskAwareObjective
+from .zoo import load_backbone
 
 DEFAULT_BPP = 0.5  # budget of quantised bits before entropy coding; the file lands below it
 
@@ -27,6 +30,9 @@ class EncodeConfig:
     params: int | None = None  # budget in stored values (weights + embeddings); overrides bpp
     bpp: float | None = None  # budget in bits per pixel; default DEFAULT_BPP
     fit: FitConfig = field(default_factory=FitConfig)
+    # Task-aware encoding: route name (what queries ask for) -> backbone preset, fitted with the INR.
+    tasks: dict[str, str] = field(default_factory=dict)
+    task_aware: TaskAwareConfig = field(default_factory=TaskAwareConfig)
 
 
 @dataclass
@@ -43,6 +49,7 @@ class EncodeReport:
     frames: int
     height: int
     width: int
+    routes: list[dict] = field(default_factory=list)  # task-aware routes: name, pair, agreement figures
 
 
 def check_output_path(output: str | os.PathLike) -> Path:
@@ -72,7 +79,13 @@ def encode_video(
     budget = {"params": cfg.params} if cfg.params is not None else {"bpp": cfg.bpp or DEFAULT_BPP}
     inr_config = config_for_budget(cfg.family, h, w, n, **budget)
     target = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
-    result = fit(from_config(inr_config), target, cfg.fit)
+    inr = from_config(inr_config)
+    objective = (
+        TaskAwareObjective(inr, target, [load_backbone(p) for p in cfg.tasks.values()], cfg.task_aware)
+        if cfg.tasks
+        else None
+    )
+    result = fit(inr, target, cfg.fit, objective)
     arrays, meta, quantised = quantise_inr(result.inr)
     psnr_float = psnr(frames, result.inr.render(range(n)))
     rendered = quantised.render(range(n))
@@ -109,8 +122,17 @@ def encode_video(
             "fit": asdict(cfg.fit),
         },
     }
-    size = save_nvp(output, quantised, arrays, meta, info)
-    export_inr_graphs(quantised, store or ModelStore())
+    store = store or ModelStore()
+    routes = []
+    if objective is not None:
+        rendered_float = torch.from_numpy(rendered).permute(0, 3, 1, 2).float().div_(255)
+        for name, route, task in zip(cfg.tasks, objective.finish(quantised, rendered_float), objective.routes):
+            file_route = to_file_route(replace(route, task=name))
+            key = export_route_graphs(quantised, task.backbone, route.injection_point, store)
+            routes.append(replace(file_route, backbone=key))
+        info["encoding"]["task_aware"] = {**asdict(cfg.task_aware), "tasks": cfg.tasks}
+    size = save_nvp(output, quantised, arrays, meta, info, routes=routes)
+    export_inr_graphs(quantised, store)
     return EncodeReport(
         str(output),
         size,
@@ -124,4 +146,5 @@ def encode_video(
         n,
         h,
         w,
+        [{"task": r.task, "tap": r.tap, "injection_point": r.injection_point, **r.metadata} for r in routes],
     )

@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +82,22 @@ def temporal_variance_ratio(decoded: torch.Tensor, source: torch.Tensor) -> floa
     return float(decoded.double().var(0).mean()) / reference if reference > 1e-6 else 1.0
 
 
+class FitObjective(Protocol):
+    """Loss terms trained beside the reconstruction (task-aware encoding: ``route.task_aware``)."""
+
+    start: float  # fraction of the fit spent on reconstruction alone before the terms join
+    lr: float  # peak rate of the modules ``begin`` returns (the INR's schedule scales it)
+
+    def begin(self, decode_all: Callable[[str], torch.Tensor]) -> torch.nn.Module:
+        """Called once, at ``start``, with the current decoder's features of every frame at a tap;
+        returns the module whose parameters train from then on (e.g. the routes' adapters)."""
+        ...
+
+    def loss(self, taps: dict[str, torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+        """The terms for frames ``idx``, given the decoder's taps of those frames."""
+        ...
+
+
 class FitError(ValueError):
     """This clip could not be fitted with these settings (e.g. it collapsed more often than it may recover)."""
 
@@ -114,8 +132,11 @@ def batch_psnr(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-12))
 
 
-def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
-    """Train ``inr`` on ``frames`` (N, 3, H, W) float in [0, 1]."""
+def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective | None = None) -> FitResult:
+    """Train ``inr`` on ``frames`` (N, 3, H, W) float in [0, 1], with ``objective``'s terms from its start on.
+
+    With an objective the state returned is the last one, not the one of the best PSNR: its terms
+    may cost pixels on purpose."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -125,7 +146,13 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
     inr = inr.to(device).train()
     encoder = HNeRVEncoder(inr.config).to(device).train() if isinstance(inr, HNeRV) else None
     modules = torch.nn.ModuleList([m for m in (inr, encoder) if m is not None])
-    optimiser = torch.optim.Adam(modules.parameters(), lr=base_lr, betas=betas)
+
+    def new_optimiser() -> torch.optim.Adam:
+        # "peak_lr": each group's rate before the schedule (the objective's adapters join with their own)
+        return torch.optim.Adam([{"params": modules.parameters(), "peak_lr": base_lr}], lr=base_lr, betas=betas)
+
+    optimiser = new_optimiser()
+    joined = False  # the objective's terms are part of the loss
     frames = frames.to(device)
     n = frames.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch)
@@ -146,18 +173,34 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
             done = max(done, (time.perf_counter() - start) / cfg.time_limit_s)
         return min(done, 1.0)
 
+    def decode_all(tap: str) -> torch.Tensor:
+        with torch.no_grad():
+            parts = [
+                inr.run_stages(encoder(frames[s : s + 8]), until=tap)[tap]
+                if encoder is not None
+                else inr.decode(torch.arange(s, min(s + 8, n)), until=tap)[tap]
+                for s in range(0, n, 8)
+            ]
+        return torch.cat(parts)
+
     for epoch in bar:
         psnrs, collapsed = [], False
         for idx in torch.randperm(n, generator=generator).split(cfg.batch):
+            if objective is not None and not joined and progress() >= objective.start:
+                extra = objective.begin(decode_all).to(device)
+                modules.append(extra)
+                optimiser.add_param_group({"params": extra.parameters(), "peak_lr": objective.lr})
+                best = (best[0], copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
+                joined = True
             for group in optimiser.param_groups:
-                group["lr"] = base_lr * lr_scale * lr_factor(progress(), warmup)
+                group["lr"] = group["peak_lr"] * lr_scale * lr_factor(progress(), warmup)
             step += 1
             target = frames[idx]
-            if encoder is not None:
-                out = inr.run_stages(encoder(target))["rgb"]
-            else:
-                out = inr(idx.to(device))
+            taps = inr.run_stages(encoder(target)) if encoder is not None else inr.decode(idx.to(device))
+            out = taps[inr.tap_names[-1]]
             loss = reconstruction_loss(inr.family, out, target)
+            if objective is not None and joined:
+                loss = loss + objective.loss(taps, idx)
             if not torch.isfinite(loss):
                 collapsed = True
                 break
@@ -184,7 +227,8 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
             continue
         history.append(epoch_psnr)
         if (
-            step - started_at >= max(PLATEAU_PATIENCE_STEPS, 2 * steps_per_epoch)
+            not joined
+            and step - started_at >= max(PLATEAU_PATIENCE_STEPS, 2 * steps_per_epoch)
             and restarts < PLATEAU_RESTARTS
             and temporal_variance_ratio(epoch_outputs, small_frames) < PLATEAU_VARIANCE_RATIO
         ):
@@ -195,7 +239,9 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
             torch.manual_seed(seed)
             for module in modules:
                 module.load_state_dict(type(module)(inr.config).to(device).state_dict())
-            optimiser = torch.optim.Adam(modules.parameters(), lr=base_lr * lr_scale, betas=betas)
+            optimiser = torch.optim.Adam(
+                [{"params": modules.parameters(), "peak_lr": base_lr}], lr=base_lr, betas=betas
+            )
             best = (-math.inf, copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
             bar.write(
                 f"epoch {epoch}: the fit renders about the mean frame (PSNR {epoch_psnr:.2f} dB); "
@@ -204,7 +250,7 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig) -> FitResult:
             if progress() >= 1.0:
                 break
             continue
-        if epoch_psnr >= best[0]:
+        if joined or epoch_psnr >= best[0]:
             best = (epoch_psnr, copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
         done, elapsed = progress(), time.perf_counter() - start
         bar.set_postfix(

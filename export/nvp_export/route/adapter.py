@@ -195,7 +195,7 @@ def finetune_for_task(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            total += float(loss) * len(order)
+            total += float(loss.detach()) * len(order)
         history.append(total / len(taps))
     adapter.eval()
     return history

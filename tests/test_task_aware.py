@@ -1,0 +1,70 @@
+"""`nvp encode --for`: the INR and its classification routes fitted in one pass, the routes in the file."""
+
+import numpy as np
+import pytest
+import torch
+
+import nvp_rt
+from nvp_export.clips import ClipSpec, write_clip
+from nvp_export.fidelity.agreement import fidelity
+from nvp_export.inr import load_nvp
+from nvp_export.route.adapter import AdapterSpec, MicroAdapter
+from nvp_export.route.task_aware import default_pair
+from nvp_export.zoo import load_backbone
+from nvp_rt.cli import main as nvp_main
+from nvp_rt.nvpfile import NvpFile
+from nvp_rt.video import read_video
+
+
+@pytest.fixture(scope="module")
+def task_aware(tmp_path_factory):
+    d = tmp_path_factory.mktemp("task_aware")
+    clip = d / "clip.mp4"
+    seed = int(np.random.default_rng().integers(1000))
+    write_clip(clip, ClipSpec("montage", width=64, height=64, frames=8, seed=seed))
+    out = d / "clip.nvp"
+    argv = ["encode", str(clip), "-o", str(out), "--params", "60000", "--epochs", "30", "--threads", "1", "-q"]
+    assert nvp_main([*argv, "--for", "cls"]) == 0
+    return clip, out
+
+
+def test_routes_are_written_in_the_same_pass_and_answer_as_torch(task_aware, capsys):
+    clip, out = task_aware
+    nvp = NvpFile.open(out)
+    (route,) = nvp.routes()
+    inr = load_nvp(out)
+    backbone = load_backbone("efficientnet_lite0")
+    assert route.task == "cls" and route.backbone.startswith("efficientnet_lite0-")
+    assert (route.tap, route.injection_point) == default_pair(inr, backbone, 1.0)
+    assert route.metadata["adapter_percent"] <= 1.0
+    # The stored figures are the agreement of this very route on the source frames (recomputed in torch) ...
+    frames, _ = read_video(clip)
+    original = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    weight = route.arrays["weight0"]
+    size = tuple(route.metadata["pathways"][0]["size"])
+    adapter = MicroAdapter.from_arrays(AdapterSpec(weight.shape[1], weight.shape[0], size), route.arrays)
+    with torch.no_grad():
+        taps = inr.decode(torch.arange(8), until=route.tap)[route.tap]
+        logits = backbone.suffix(adapter(taps), route.injection_point)
+        reference = backbone(backbone.preprocess(original))
+    assert route.metadata["top1_agreement"] == pytest.approx(fidelity(logits, reference).top1_agreement)
+    labels = reference.argmax(1)
+    assert route.metadata["constant_answer_agreement"] == pytest.approx(
+        float(torch.bincount(labels).max()) / len(labels)
+    )
+    # ... and the torch-free runtime answers exactly as that torch path does.
+    answers = nvp_rt.Session(out).run(["cls"], frames=range(8))["cls"].logits
+    assert np.abs(answers - logits.numpy()).max() <= 1e-4 * np.abs(logits.numpy()).max()
+
+
+def test_task_aware_encode_rejects_what_it_cannot_route(task_aware, tmp_path, capsys):
+    clip, _ = task_aware
+    out = tmp_path / "x.nvp"
+    argv = ["encode", str(clip), "-o", str(out), "--params", "60000", "--epochs", "1", "-q"]
+    assert nvp_main([*argv, "--for", "alexnet"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown task 'alexnet'" in err[0]
+    assert nvp_main([*argv, "--for", "det"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classification" in err[0]
+    assert not out.exists()
