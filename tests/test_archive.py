@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ from torch import nn
 import nvp_rt
 from nvp_export.backbone import Backbone, Preprocess
 from nvp_export.benchmark.library import LibrarySpec, RouteSpec, library_routes, write_library
+from nvp_rt.atomic import atomic_write
 from nvp_rt.store import ModelStore
 
 FILES = 4
@@ -160,6 +162,25 @@ def test_query_batches_equal_one_by_one_and_clip_to_each_file(cluster, library):
     want = expected_rows(store, files[:2], ["cls"], frames)
     for row in whole.itertuples():
         assert_same_answer(json.loads(row.answer), want[(row.file, row.frame, row.task)], f"{row.file}:{row.frame}")
+
+
+def test_a_known_architecture_opens_without_reading_its_graphs(library, monkeypatch):
+    d, store, files, *_ = library
+    key = nvp_rt.Session(files[0], store=store).inr.key
+    read, read_bytes = [], Path.read_bytes
+
+    def spy(path):
+        read.append(path)
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", spy)
+    nvp_rt.Session(files[1], store=store).run(["cls", "det"], frames=[0])
+    assert not [p for p in read if p.suffix == ".onnx"]
+    # A store entry replaced, as the store replaces them (atomic rename), is read again.
+    stem = store.get("inr", f"{key}.stem")
+    atomic_write(stem, read_bytes(stem))
+    nvp_rt.Session(files[2], store=store)
+    assert [p for p in read if p.suffix == ".onnx"] == [stem]
 
 
 def nvp_cli(*args):
