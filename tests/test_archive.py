@@ -5,11 +5,13 @@ INR architecture and two routes into tiny backbones (classification, detection),
 answers are checked against ``Session.run`` on each file, which tests/test_session.py holds to the torch path.
 """
 
+import functools
 import json
 import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,8 +24,16 @@ from torch import nn
 import nvp_rt
 from nvp_export.backbone import Backbone, Preprocess
 from nvp_export.benchmark.library import LibrarySpec, RouteSpec, library_routes, write_library
+from nvp_export.clips import ClipSpec, write_clip
+from nvp_export.encode import EncodeConfig, encode_video
+from nvp_export.encode_many import encode_many, plan_jobs
+from nvp_export.inr.fit import FitConfig
 from nvp_rt.atomic import atomic_write
+from nvp_rt.cli import main
+from nvp_rt.nvpfile import NvpFile
+from nvp_rt.quality import psnr
 from nvp_rt.store import ModelStore
+from nvp_rt.video import FrameSelection, read_video
 
 FILES = 4
 SPEC = LibrarySpec(height=32, width=48, frames=8, fc_dim=16)
@@ -232,3 +242,63 @@ def test_import_nvp_rt_does_not_import_ray():
         "import sys, nvp_rt; nvp_rt.Session; sys.exit(any(m.split('.')[0] in ('ray', 'pyarrow') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", script]).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Tiny clips of one size (one INR architecture: its graphs are exported once into the shared store)."""
+    d = tmp_path_factory.mktemp("clips")
+    for i, name in enumerate(["coffee", "astronaut", "chelsea"]):
+        write_clip(d / f"{name}.mp4", ClipSpec(name, width=32, height=32, frames=4, seed=i))
+    return d, ModelStore(d / "store")
+
+
+TINY_FIT = ["--params", "40000", "--epochs", "3", "--time-limit", "0", "--threads", "1", "-q"]
+
+
+def assert_valid_encoding(path, source, store):
+    nvp = NvpFile.open(path)  # complete: every section's checksum holds
+    frames, _ = read_video(source)
+    assert nvp.manifest["video"]["frames"] == len(frames) == 4
+    decoded = nvp_rt.Session(path, store=store).decode(range(4))
+    assert psnr(frames, decoded) == pytest.approx(nvp.manifest["metrics"]["psnr_quantised_db"], abs=0.05)
+
+
+def test_nvp_encode_several_inputs_on_the_cluster(cluster, clips, capsys):
+    d, store = clips
+    out = d / "out"
+    code = main(
+        ["encode", str(d / "*o*.mp4"), str(d / "missing.mp4"), "-o", f"{out}/", "--store", str(store.root), *TINY_FIT]
+    )
+    captured = capsys.readouterr()
+    # The missing input fails alone, with a one-line error and a non-zero exit; the others are written.
+    assert code == 1
+    assert captured.err.strip().splitlines()[-1].startswith("nvp encode: error: 1 of 3 inputs failed (first: ")
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut.nvp", "coffee.nvp"]
+    for name in ("astronaut", "coffee"):
+        assert f"{out / name}.nvp: 4 frames 32x32" in captured.out
+        assert_valid_encoding(out / f"{name}.nvp", d / f"{name}.mp4", store)
+
+
+def encode_dying_once(markers, source, output, *args, **kwargs):
+    """The encoder, but its worker process dies a moment into the first attempt at each input."""
+    marker = Path(markers) / Path(output).name
+    if not marker.exists():
+        marker.touch()
+        threading.Timer(0.5, os._exit, (1,)).start()
+    return encode_video(source, output, *args, **kwargs)
+
+
+def test_encode_survives_workers_dying_mid_task(cluster, clips, tmp_path):
+    d, store = clips
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    jobs = plan_jobs([str(d / "chelsea.mp4"), str(d / "coffee.mp4")], tmp_path)
+    config = EncodeConfig(params=40000, fit=FitConfig(epochs=3, time_limit_s=None, threads=1))
+    dying = functools.partial(encode_dying_once, str(tmp_path / "markers"))
+    (tmp_path / "markers").mkdir()
+    outcomes = encode_many(jobs, FrameSelection(), config, store.root, progress=False, encode=dying)
+    assert [o.error for o in outcomes] == [None, None]
+    assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == ["chelsea.nvp", "coffee.nvp"]  # each died
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chelsea.nvp", "coffee.nvp", "markers"]  # no partial file
+    for job in jobs:
+        assert_valid_encoding(job.output, job.source, store)

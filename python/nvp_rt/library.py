@@ -99,7 +99,8 @@ def query(
 ):
     """Answer ``tasks`` on ``frames`` of every file: a lazy ``ray.data.Dataset`` of ``SCHEMA`` rows.
 
-    Ray is started here (embedded, ``num_actors`` CPUs) unless it runs already; ``address`` joins a cluster.
+    Ray is started here (embedded; ``num_actors`` CPUs, else all) unless it runs already; ``address`` joins a
+    cluster. ``num_actors`` defaults to one per ``threads`` CPUs of the cluster (fewer for a small library).
     ``frames``: a slice or range (clipped to each file's length), a list of indices, or None for all.
     """
     import ray
@@ -116,10 +117,11 @@ def query(
         frames_per_call=frames_per_call,
     )
     files = library_files(paths_or_globs)
-    actors = num_actors or min(os.cpu_count() or 1, math.ceil(len(files) / files_per_batch))
-    if actors < 1:
-        raise ValueError(f"num_actors must be at least 1; got {actors}")
-    connect(address, num_cpus=None if address else actors)
+    if num_actors is not None and num_actors < 1:
+        raise ValueError(f"num_actors must be at least 1; got {num_actors}")
+    connect(address, num_cpus=None if address else num_actors)
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    actors = num_actors or max(1, min(cpus // threads, math.ceil(len(files) / files_per_batch)))
     # At least a block per actor, so that every actor gets files.
     blocks = min(len(files), max(actors, math.ceil(len(files) / files_per_batch)))
     items = ray.data.from_items([{"file": f} for f in files], override_num_blocks=blocks)
