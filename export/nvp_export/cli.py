@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 import warnings
 from dataclasses import replace
@@ -311,17 +310,14 @@ def cmd_encode(args) -> None:
     )
     cfg = EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
     sources = library_files(args.input)
-    output = Path(args.output)
-    if len(sources) == 1 and not (output.is_dir() or args.output.endswith(("/", os.sep))):
-        print(_report_line(encode_video(sources[0], output, selection, cfg, store=ModelStore(args.store))))
+    if len(sources) == 1:  # in this process, into the file -o names
+        print(_report_line(encode_video(sources[0], args.output, selection, cfg, store=ModelStore(args.store))))
         return
+    output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UserError(f"output {output} is a file; several inputs need a folder (-o OUTDIR/)")
     output.mkdir(exist_ok=True)
     jobs = plan_jobs(sources, output)
-    if len(jobs) == 1:  # one input into a folder: in this process, as for a file
-        print(_report_line(encode_video(jobs[0].source, jobs[0].output, selection, cfg, store=ModelStore(args.store))))
-        return
     resources = TaskResources(cpus=args.cpus_per_task, gpus=args.gpus_per_task, max_retries=args.retries)
     outcomes = encode_many(jobs, selection, cfg, args.store, resources, args.address, progress=not args.quiet)
     failed = [o for o in outcomes if o.error is not None]
