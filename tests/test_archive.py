@@ -136,11 +136,12 @@ def expected_rows(store, files, tasks, frames):
     return out
 
 
-def test_library_query_equals_sessions_and_reports_bad_files(cluster, library):
+def test_library_query_equals_sessions_and_reports_bad_files(cluster, library, rng):
     d, store, files, missing, corrupt = library
-    # Frames 1, 3, 5, 7 of 8 in calls of 3 frames: one file's frames span calls, each must answer as if alone.
+    # Frames 1, 3, 5, 7 of 8 in calls of 2 or 3 frames: each must answer as if queried alone.
     paths = [*files, missing, corrupt]
-    ds = nvp_rt.query(paths, ["cls", "det"], frames=slice(1, None, 2), store=store, frames_per_call=3)
+    per_call = int(rng.integers(2, 4))
+    ds = nvp_rt.query(paths, ["cls", "det"], frames=slice(1, None, 2), store=store, frames_per_call=per_call)
     rows = ds.to_pandas()
     errors = rows[rows.error.notna()]
     assert sorted(errors.file) == sorted([missing, corrupt])
@@ -164,11 +165,13 @@ def test_library_query_equals_sessions_and_reports_bad_files(cluster, library):
     assert len({row.answer for row in cls.itertuples()}) == len(cls)  # files and frames answer differently
 
 
-def test_query_batches_equal_one_by_one_and_clip_to_each_file(cluster, library):
+def test_query_batches_equal_one_by_one_and_clip_to_each_file(cluster, library, rng):
     d, store, files, *_ = library
-    frames = list(range(SPEC.frames))
-    whole = nvp_rt.query(files[:2], "cls", frames=slice(0, 100), store=store, frames_per_call=8).to_pandas()
-    assert sorted(whole.frame.unique()) == frames  # 0:100 clipped to the files' 8 frames
+    start, step = int(rng.integers(0, 3)), int(rng.integers(1, 3))
+    frames = list(range(start, SPEC.frames, step))
+    ds = nvp_rt.query(files[:2], "cls", frames=slice(start, 100, step), store=store, frames_per_call=SPEC.frames)
+    whole = ds.to_pandas()
+    assert sorted(whole.frame.unique()) == frames  # START:100:STEP clipped to the files' 8 frames, in one call
     want = expected_rows(store, files[:2], ["cls"], frames)
     for row in whole.itertuples():
         assert_same_answer(json.loads(row.answer), want[(row.file, row.frame, row.task)], f"{row.file}:{row.frame}")
