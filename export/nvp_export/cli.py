@@ -289,7 +289,12 @@ def _needs_torch() -> None:
 
 def cmd_encode(args) -> None:
     _needs_torch()
+    if args.cpus_per_task <= 0 or args.gpus_per_task < 0 or args.retries < 0:
+        raise UserError("--cpus-per-task must be positive, --gpus-per-task and --retries not negative")
+    from nvp_rt.library import library_files
+
     from .encode import EncodeConfig, encode_video
+    from .encode_many import TaskResources, encode_many, plan_jobs
     from .inr.fit import FitConfig
 
     start, stop, step = args.frames
@@ -306,18 +311,37 @@ def cmd_encode(args) -> None:
         progress=not args.quiet,
     )
     cfg = EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit, tasks=task_presets(args.tasks))
-    report = encode_video(args.input, args.output, selection, cfg, store=ModelStore(args.store))
-    print(
+    sources = library_files(args.input)
+    if len(sources) == 1:  # in this process, into the file -o names
+        print(_report_line(encode_video(sources[0], args.output, selection, cfg, store=ModelStore(args.store))))
+        return
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output {output} is a file; several inputs need a folder (-o OUTDIR/)")
+    output.mkdir(exist_ok=True)
+    jobs = plan_jobs(sources, output)
+    resources = TaskResources(cpus=args.cpus_per_task, gpus=args.gpus_per_task, max_retries=args.retries)
+    outcomes = encode_many(jobs, selection, cfg, args.store, resources, args.address, progress=not args.quiet)
+    failed = [o for o in outcomes if o.error is not None]
+    for o in outcomes:
+        print(_report_line(o.report) if o.error is None else f"{o.job.source}: failed ({o.error})")
+    if failed:
+        source, error = failed[0].job.source, failed[0].error
+        first = error if source in error else f"{source}: {error}"
+        raise UserError(f"{len(failed)} of {len(jobs)} inputs failed (first: {first})")
+
+
+def _report_line(report) -> str:
+    return (
         f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
         f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
         f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s"
+    ) + "".join(
+        f"\n  route {r['task']} ({r['tap']} -> {r['injection_point']}): top-1 agreement with the backbone on the "
+        f"source frames {r['top1_agreement']:.1%} (full decode to pixels {r['pixel_top1_agreement']:.1%}, "
+        f"constant answer {r['constant_answer_agreement']:.1%})"
+        for r in report.routes
     )
-    for r in report.routes:
-        print(
-            f"  route {r['task']} ({r['tap']} -> {r['injection_point']}): top-1 agreement with the backbone on the "
-            f"source frames {r['top1_agreement']:.1%} (full decode to pixels {r['pixel_top1_agreement']:.1%}, "
-            f"constant answer {r['constant_answer_agreement']:.1%})"
-        )
 
 
 def task_presets(names: str | None) -> dict[str, str]:
@@ -335,8 +359,8 @@ def task_presets(names: str | None) -> dict[str, str]:
 def add_encode(sub) -> None:
     """`nvp encode`, for the entry-point group ``nvp.commands``."""
     e = sub.add_parser("encode", help="fit a video into an INR and write a .nvp file")
-    e.add_argument("input", help="any video FFmpeg reads")
-    e.add_argument("-o", "--output", required=True, help="the .nvp file to write")
+    e.add_argument("input", nargs="+", help="videos FFmpeg reads, or quoted globs; several run as Ray tasks")
+    e.add_argument("-o", "--output", required=True, help="the .nvp file to write; several inputs: a folder")
     e.add_argument("--family", choices=["hnerv", "nerv"], default="hnerv")
     e.add_argument(
         "--for",
@@ -366,6 +390,10 @@ def add_encode(sub) -> None:
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     e.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--address", help="several inputs: join this Ray cluster (HOST:PORT, auto); default: local Ray")
+    e.add_argument("--cpus-per-task", type=float, default=1.0, help="several inputs: CPUs per input's task")
+    e.add_argument("--gpus-per-task", type=float, default=0.0, help="several inputs: GPUs per input's task")
+    e.add_argument("--retries", type=int, default=3, help="several inputs: reruns of a task whose worker died")
     add_store_option(e)
     e.set_defaults(run=cmd_encode)
 

@@ -16,13 +16,18 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["Session", "ops", "build_info", "cuda_is_available", "CudaUnavailableError", "__version__"]
+__all__ = ["Session", "query", "ops", "build_info", "cuda_is_available", "CudaUnavailableError", "__version__"]
 
 
 def __getattr__(name):
-    # Session pulls in ONNX Runtime; importing it on first use keeps `import nvp_rt` light for kernel-only users.
+    # Session pulls in ONNX Runtime, query pyarrow (and Ray when called); importing them on first use keeps
+    # `import nvp_rt` light for kernel-only users.
     if name == "Session":
         from .session import Session
 
         return Session
+    if name == "query":
+        from .library import query
+
+        return query
     raise AttributeError(f"module 'nvp_rt' has no attribute {name!r}")

@@ -97,7 +97,8 @@ class SessionCache:
     backend: Backend
     store: ModelStore
     threads: int = 0  # 0: ONNX Runtime's default
-    _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)
+    _sessions: dict[str, ort.InferenceSession] = field(default_factory=dict)  # by graph content
+    _files: dict[tuple, ort.InferenceSession] = field(default_factory=dict)  # by graph file identity
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -112,16 +113,26 @@ class SessionCache:
         return opts
 
     def get(self, graph: Path) -> ort.InferenceSession:
+        """The session of a graph file; each file is read and hashed once per process, not once per video.
+
+        A store entry is replaced only by an atomic rename, so its (path, size, mtime, inode) names its content.
+        """
+        stat = os.stat(graph)
+        identity = (str(graph), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._guard:
+            if identity in self._files:
+                return self._files[identity]
         data = Path(graph).read_bytes()
         key = hashlib.sha256(data).hexdigest()[:20]
         with self._guard:
-            if key in self._sessions:
-                return self._sessions[key]
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             if key not in self._sessions:
                 self._sessions[key] = self._create(data, key)
-            return self._sessions[key]
+            session = self._sessions[key]
+        with self._guard:
+            self._files[identity] = session
+        return session
 
     def _create(self, data: bytes, key: str) -> ort.InferenceSession:
         providers = [name for name, _ in self.backend.providers]

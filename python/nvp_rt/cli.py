@@ -1,7 +1,7 @@
 """`nvp`: encode videos into .nvp files, inspect them, answer tasks on them, decode them for people.
 
 A thin layer over the libraries: parsing, dispatch, and turning user errors into
-one line on stderr with a non-zero exit. `run`, `view` and `info` are the torch-free
+one line on stderr with a non-zero exit. `run`, `query`, `view` and `info` are the torch-free
 runtime; `encode` and `bench` are the export side's (torch), registered by it under the
 entry-point group ``nvp.commands`` (see ``command``), so this module never imports it.
 """
@@ -148,6 +148,37 @@ def cmd_run(args) -> None:
     )
 
 
+def cmd_query(args) -> None:
+    from .cluster import ray_runtime
+    from .library import query, write_parquet
+
+    out = Path(args.output)
+    if out.is_dir() or not out.parent.is_dir():
+        raise UserError(f"output {out} must be a file name in an existing folder")
+    start, stop, step = args.frames
+    with ray_runtime(args.address, num_cpus=None if args.address else args.num_actors):
+        dataset = query(
+            args.files,
+            args.tasks,
+            frames=slice(start, stop, step),
+            num_actors=args.num_actors,
+            store=ModelStore(args.store),
+            device=args.device,
+            top_k=args.top_k,
+        )
+        summary = write_parquet(dataset, out)
+    print(summary.line())
+    if summary.failed:
+        raise UserError(f"{len(summary.failed)} of {summary.files} files were not fully answered: see the error column")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.ArgumentParser:
     """`nvp`'s parser; ``commands``: the subcommands other packages add (default: those registered)."""
     p = argparse.ArgumentParser(prog="nvp", description=__doc__.splitlines()[0])
@@ -171,6 +202,24 @@ def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.Argu
     r.add_argument("--backend", choices=["auto", "ort", "trt"], default="auto")
     add_store_option(r)
     r.set_defaults(run=cmd_run)
+
+    q = sub.add_parser("query", help="answer tasks over a library of .nvp files on Ray; writes Parquet")
+    q.add_argument("files", nargs="+", help="files or quoted globs, e.g. 'archive/*.nvp'")
+    q.add_argument("--tasks", required=True, help="comma-separated task names, e.g. cls,det")
+    q.add_argument(
+        "--frames",
+        type=parse_frame_range,
+        default=(0, None, 1),
+        metavar="START:STOP:STEP",
+        help="frames of every file (clipped to each file's length; default: all)",
+    )
+    q.add_argument("-o", "--output", required=True, help="results.parquet: rows (file, frame, task, answer, error)")
+    q.add_argument("--address", help="join this Ray cluster (HOST:PORT, ray://HOST:PORT, auto); default: local Ray")
+    q.add_argument("--num-actors", type=_positive, help="query actors, one CPU each (default: the CPUs, or fewer)")
+    q.add_argument("--top-k", type=_positive, default=5)
+    q.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    add_store_option(q)
+    q.set_defaults(run=cmd_query)
 
     i = sub.add_parser("info", help="describe a .nvp file")
     i.add_argument("file")

@@ -173,6 +173,10 @@ class Session:
     def tasks(self) -> list[str]:
         return list(self._routes)
 
+    def clip_frames(self, task: str) -> int:
+        """Consecutive frames ``task`` answers together: 1 for frame tasks, the clip length for video heads."""
+        return self._plan([task])[0][0].head.clip_frames
+
     @property
     def last_timings(self) -> dict[str, float]:
         """Seconds per step of this thread's last query: prefix, adapters, heads, post, total, engine."""
