@@ -97,6 +97,12 @@ class _TaskRoute:
         self.spec_size, self.out_channels = shape.spatial_size, shape.channels
         self.adapter: MicroAdapter | None = None
 
+    def to(self, device: torch.device) -> None:
+        self.backbone.to(device)
+        self.target, self.labels = self.target.to(device), self.labels.to(device)
+        if self.adapter is not None:
+            self.adapter.to(device)
+
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.backbone.suffix(features, self.point)
 
@@ -125,7 +131,10 @@ class TaskAwareObjective:
         return nn.ModuleList(adapters)
 
     def _start_adapter(self, r: _TaskRoute, taps: torch.Tensor) -> MicroAdapter:
-        """The ridge-regression map from the tap to the teacher features: a start the answers can be trained from."""
+        """The ridge-regression map from the tap to the teacher features: a start the answers can be trained from.
+
+        The route's backbone and teacher move to the device the taps are on (the fit's)."""
+        r.to(taps.device)
         r.adapter = MicroAdapter(AdapterSpec(self.in_channels[r.tap], r.out_channels, r.spec_size))
         r.adapter.set_linear(*fit_linear(taps, r.target, r.spec_size, self.config.ridge))
         return r.adapter
@@ -146,10 +155,11 @@ class TaskAwareObjective:
         n = len(rendered)
         chunks = range(0, n, 8)
         for r in self.routes:
+            r.to(torch.device("cpu"))  # ``stored`` is on the CPU, as ``fit`` returns it
             with torch.no_grad():
                 taps = torch.cat([stored.decode(torch.arange(s, min(s + 8, n)), until=r.tap)[r.tap] for s in chunks])
             # A fit that ended before the terms joined has no adapter yet: start from the stored INR.
-            adapter = (r.adapter or self._start_adapter(r, taps)).cpu().eval()
+            adapter = (r.adapter or self._start_adapter(r, taps)).eval()
             r.adapter = adapter
             if self.config.finetune_epochs:
                 finetune_for_task(adapter, taps, r.target, r.labels, r.head, epochs=self.config.finetune_epochs)
