@@ -12,14 +12,20 @@ exactly to the quantised symbols.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import constriction
 import numpy as np
 
-from .nvpfile import NvpFormatError
+from . import schema
+from .schema import NvpFormatError
 
 MAX_SYMBOLS = 1 << 31  # quantised values in one payload; far above any INR nvp writes
+# Symbols per coded bit a stream may claim. The entropy bound alone lets a near-constant stream
+# claim any count in a few bytes; INRs nvp writes code at 2-7 bits per symbol, so a stream claiming
+# more than 16 symbols per bit (under 1/16 bit each) is refused before anything is allocated.
+MAX_SYMBOLS_PER_BIT = 16
 
 
 @dataclass(frozen=True)
@@ -103,21 +109,34 @@ def _check(ok: bool, what: str) -> None:
 
 
 def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
-    """Inverse of :func:`encode_tensors` (to the dequantised float32 values), validating as it goes."""
+    """Inverse of :func:`encode_tensors` (to the dequantised float32 values), validating as it goes.
+
+    Every size is checked against the stored bytes before it is allocated: a stream's symbol count
+    against its counts, the tensors' shapes and what its coded words can hold (:func:`_check_capacity`).
+    """
     _check(isinstance(meta, dict) and meta.get("codec") == "quant-range-v1", "unknown codec")
-    entries, streams = meta.get("tensors"), meta.get("streams")
-    _check(isinstance(entries, list) and isinstance(streams, dict), "malformed index")
-    for e in entries:
-        _check(isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("shape"), list)
-               and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in e["shape"]), "malformed tensor entry")
+    entries = schema.sequence(meta.get("tensors"), "INR payload: tensors", 1, 4096)
+    streams = schema.mapping(meta.get("streams"), "INR payload: streams")
+    names = set()
+    for i, e in enumerate(entries):
+        field = f"INR payload: tensors[{i}]"
+        e = schema.mapping(e, field)
+        name = schema.string(e.get("name"), f"{field}.name")
+        _check(name not in names, f"tensor {name!r} appears twice")
+        names.add(name)
+        shape = schema.sequence(e.get("shape"), f"{field}.shape", 0, 8)
+        for j, d in enumerate(shape):
+            schema.integer(d, f"{field}.shape[{j}]", 1, MAX_SYMBOLS)
+        schema.integer(e.get("bits"), f"{field}.bits", 1, 16)
+        schema.optional(e.get("axis"), schema.integer, f"{field}.axis", 0, max(len(shape) - 1, 0))
     claimed: dict[str, int] = {}
     for e in entries:
-        claimed[str(e.get("bits"))] = claimed.get(str(e.get("bits")), 0) + int(np.prod(e["shape"], dtype=np.int64))
+        claimed[str(e["bits"])] = claimed.get(str(e["bits"]), 0) + math.prod(e["shape"])
     # Checked before decoding, so a crafted symbol count cannot make the decoder allocate without bound.
     _check(claimed == streams and sum(claimed.values()) <= MAX_SYMBOLS, "stream sizes do not match the tensors")
     symbols_by_bits = {}
     for key, total in streams.items():
-        _check(key.isdigit() and 1 <= int(key) <= 16 and isinstance(total, int) and 0 <= total <= MAX_SYMBOLS,
+        _check(key.isdigit() and 1 <= int(key) <= 16 and type(total) is int and 0 <= total <= MAX_SYMBOLS,
                f"bad stream {key!r}")
         b = int(key)
         counts, words = arrays.get(f"stream{b}:counts"), arrays.get(f"stream{b}:words")
@@ -125,6 +144,7 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         _check(counts.dtype == np.uint32 and counts.shape == (1 << b,) and int(counts.sum(dtype=np.uint64)) == total,
                f"stream {b} symbol counts inconsistent")
         _check(words.dtype == np.uint32 and words.ndim == 1, f"stream {b} words malformed")
+        _check_capacity(b, counts, words)
         try:
             decoded = (constriction.stream.queue.RangeDecoder(words).decode(_model(counts), total)
                        if total else np.zeros(0, np.int32))
@@ -137,7 +157,7 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         name, shape, b, axis = e["name"], tuple(e["shape"]), e.get("bits"), e.get("axis")
         _check(b in symbols_by_bits, f"{name}: no stream for {b} bits")
         _check(axis is None or (isinstance(axis, int) and 0 <= axis < len(shape)), f"{name}: bad axis")
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         stream = symbols_by_bits[b]
         _check(stream[1] + n <= stream[0].size, f"{name}: stream too short")
         q = stream[0][stream[1]:stream[1] + n].reshape(shape)
@@ -146,6 +166,8 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         slices = 1 if axis is None else shape[axis]
         _check(low is not None and step is not None and low.dtype == step.dtype == np.float16
                and low.shape == step.shape == (slices,), f"{name}: quantisation range malformed")
+        _check(bool(np.isfinite(low).all() and np.isfinite(step).all() and (step >= 0).all()),
+               f"{name}: quantisation range holds NaN, infinite or negative values")
         view = [1] * len(shape)
         if axis is not None:
             view[axis] = slices
@@ -153,3 +175,17 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         out[name] = Quantised(q, low, step, b, axis).dequantise()
     _check(all(s[1] == s[0].size for s in symbols_by_bits.values()), "stream has unused symbols")
     return out
+
+
+def _check_capacity(bits: int, counts: np.ndarray, words: np.ndarray) -> None:
+    """The symbols a stream claims must fit in its coded bits.
+
+    A range coder spends at least the counts' entropy per symbol on average (up to a few words of
+    state), and nvp's INRs never code below 1/MAX_SYMBOLS_PER_BIT bit per symbol.
+    """
+    total = float(counts.sum(dtype=np.float64))
+    coded_bits = 32.0 * words.size + 64
+    p = counts[counts > 0] / total if total else np.ones(1)
+    information = total * float(-(p * np.log2(p)).sum())
+    _check(information <= 1.01 * coded_bits and total <= MAX_SYMBOLS_PER_BIT * coded_bits,
+           f"stream {bits} claims {int(total)} symbols; its {words.size} words cannot hold them")
