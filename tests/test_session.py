@@ -251,7 +251,8 @@ def test_nvp_run_prints_the_session_answers_as_json(video, capsys):
     here = ["--store", str(store.root)]
     for args, words in [(["--tasks", "nope", *here], "no route"), (["--tasks", "cls", "--frames", "0:99", *here],
                                                                    "out of range"),
-                        (["--tasks", "cls", "--store", str(d / "nowhere")], "model store")]:
+                        (["--tasks", "cls", "--store", str(d / "nowhere")], "model store"),
+                        (["--tasks", "act", "--top-k", "401", *here], "ranks 400 classes")]:
         assert main(["run", str(d / "clip.nvp"), *args]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err

@@ -1,13 +1,15 @@
 """nvp-export: route an encoded video into a backbone and store the route in the .nvp.
 
     nvp-export --task efficientnet_lite0 clip.nvp --source video.mp4
-    nvp-export --task det clip.nvp            # detr_r50; also act/action, seg, cap (see TASK_KINDS)
+    nvp-export --task det clip.nvp            # detr_r50; also act/action, seg, cap, slowfast, ... (TASK_KINDS)
 
 selects the (INR tap, injection point) pair by CKA, trains its micro adapter
 against the backbone's own features on the original frames, writes the
 backbone's graphs into the model store and rewrites the file's routes section
-in place (atomically; the video payload is copied verbatim). Without --source
-the teacher sees the INR's own full decode. Classifiers go through
+in place (atomically, under a lock, with the routes other runs added meanwhile;
+the video payload is copied verbatim). Without --source the teacher sees the
+INR's own full decode; --source must be the video the file was encoded from
+(checked against the fingerprint stored at encode time). Classifiers go through
 ``adapt.adapt``, the other task kinds through ``task_adapt.adapt_task``.
 With --joint (classification) the INR is then optimised together with the
 route's adapter and the video payload rewritten too (PSNR before/after
@@ -24,17 +26,22 @@ from dataclasses import replace
 from pathlib import Path
 
 from nvp_rt.cli import UserError, passive_openmp_waits, run_reporting_errors
-from nvp_rt.nvpfile import NvpFile, Route, replace_routes
+from nvp_rt import fingerprint
+from nvp_rt.arguments import Parser, integer, real
+from nvp_rt.atomic import exclusive_lock
+from nvp_rt.nvpfile import INR_SECTION, NvpFile, Route, update_routes
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
-# Task kinds users may name instead of a preset.
+# Task kinds and short model names users may type instead of a preset.
 TASK_KINDS = {
     "cls": "efficientnet_lite0", "classification": "efficientnet_lite0",
     "det": "detr_r50", "detection": "detr_r50",
     "act": "slowfast_r50", "action": "slowfast_r50",
     "seg": "segformer_b0", "segmentation": "segformer_b0",
     "cap": "blip", "captioning": "blip",
+    "slowfast": "slowfast_r50", "i3d": "i3d_r50", "detr": "detr_r50", "clip": "clip_rn50", "vit": "vit_b_16",
+    "segformer": "segformer_b0", "efficientnet": "efficientnet_lite0", "resnet": "resnet50",
 }
 
 
@@ -52,6 +59,13 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
     if frames.shape[:3] != (inr.num_frames, video.get("height"), video.get("width")):
         raise UserError(f"--source {source} gives frames {frames.shape[:3]} but the .nvp encodes "
                         f"{(inr.num_frames, video.get('height'), video.get('width'))}: not the video it was encoded from")
+    difference = fingerprint.difference(video.get("fingerprint") or {}, frames)
+    if difference is None:
+        print("the .nvp holds no source fingerprint (encoded by an older nvp): --source is not verified",
+              file=sys.stderr)
+    elif difference > fingerprint.TOLERANCE:
+        raise UserError(f"--source {source} is not the video {nvp.path.name} was encoded from (its frames differ "
+                        f"from the stored fingerprint by {difference:.1f} levels on average)")
     return frames
 
 
@@ -126,13 +140,19 @@ def run(args) -> None:
     # The route's graphs (INR stages, backbone suffix from the point, full backbone) into the model store.
     route = replace(route, backbone=export_route_graphs(inr, backbone, route.injection_point, ModelStore(args.store),
                                                         stacked=route.metadata.get("hidden") is not None))
-    kept = [r for r in nvp.routes() if r.task != route.task]
-    if joint is None:
-        size = replace_routes(args.file, kept + [route])
+    kept: list[Route] = []
+
+    def add_route(routes: list[Route]) -> list[Route]:
+        kept[:] = [r for r in routes if r.task != route.task]
+        return kept + [route]
+
+    if joint is None:  # the routes as they are now: another export may have added one meanwhile
+        size = update_routes(args.file, add_route, inr_checksum=nvp.checksums[INR_SECTION])
     else:
         from .joint import save_joint
 
-        size = save_joint(args.file, nvp.manifest, *joint, kept + [route])
+        with exclusive_lock(args.file):
+            size = save_joint(args.file, nvp.manifest, *joint, add_route(NvpFile.open(args.file).routes()))
         if kept:
             print(f"warning: route(s) {', '.join(r.task for r in kept)} were trained on the INR before joint "
                   f"optimisation changed it; export them again to retrain their adapters", file=sys.stderr)
@@ -185,24 +205,26 @@ def print_pixel_fidelity(inr, frames, backbone, nvp, metrics) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nvp-export", description=__doc__.splitlines()[0])
+    p = Parser(prog="nvp-export", description=__doc__.splitlines()[0])
     p.add_argument("file", help="the .nvp file to add the route to (rewritten in place, atomically)")
     p.add_argument("--task", required=True,
                    help="a backbone preset (e.g. efficientnet_lite0, detr_r50, slowfast_r50, i3d_r50, segformer_b0, "
-                        "blip) or a task kind: cls, det, act, seg, cap")
+                        "blip), a short name (slowfast, i3d, detr, clip, vit, segformer) or a task kind: "
+                        "cls, det, act, seg, cap")
     p.add_argument("--name", help="the task name queries use (default: the --task value)")
     p.add_argument("--source", help="the original video, for the teacher features (default: the INR's decode)")
     p.add_argument("--weights", help="a checkpoint for the backbone (default: weights found locally)")
     p.add_argument("--clip-weights", metavar="DIR",
                    help="captioning: a local CLIP save_pretrained directory; captions are then CLIP-scored too")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--epochs", type=integer(1), default=30)
+    p.add_argument("--lr", type=real(0, 10, low_open=True), default=1e-4)
+    p.add_argument("--batch", type=integer(1), default=4)
     p.add_argument("--candidates", choices=["top", "per_point"], default="per_point",
                    help="pairs trained: each injection point's best-CKA tap (default; see docs/adapt.md), "
                         "or the CKA top --top fraction (the paper's)")
-    p.add_argument("--top", type=float, default=0.1, help="with --candidates top: fraction of pairs trained, by CKA rank")
-    p.add_argument("--clip-stride", type=int,
+    p.add_argument("--top", type=real(0, 1, low_open=True), default=0.1,
+                   help="with --candidates top: fraction of pairs trained, by CKA rank")
+    p.add_argument("--clip-stride", type=integer(1),
                    help="video presets: frames between the starts of training clips (default: the clip length)")
     p.add_argument("--reduced", action="store_true",
                    help="the preset's reduced configuration (few layers, narrow, small input; see nvp_export.zoo.reduced): "
@@ -212,10 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="model store for the task's graphs (default: $NVP_STORE, else ~/.cache/nvp)")
     p.add_argument("--joint", action="store_true",
                    help="then optimise the INR and the adapter together (rewrites the video payload; PSNR reported)")
-    p.add_argument("--joint-epochs", type=int, default=10, help="epochs of joint optimisation (paper: 100)")
-    p.add_argument("--lambda-recon", type=float, default=1.0, help="joint loss weight of the reconstruction term")
-    p.add_argument("--lambda-task", type=float, default=0.5, help="joint loss weight of the task term")
-    p.add_argument("--lambda-feat", type=float, default=0.2, help="joint loss weight of the feature-transfer term")
+    p.add_argument("--joint-epochs", type=integer(1), default=10, help="epochs of joint optimisation (paper: 100)")
+    p.add_argument("--lambda-recon", type=real(0, 1e3), default=1.0,
+                   help="joint loss weight of the reconstruction term")
+    p.add_argument("--lambda-task", type=real(0, 1e3), default=0.5, help="joint loss weight of the task term")
+    p.add_argument("--lambda-feat", type=real(0, 1e3), default=0.2,
+                   help="joint loss weight of the feature-transfer term")
     p.add_argument("--compare-pixels", action=argparse.BooleanOptionalAction, default=None,
                    help="also score full INR decode and H.264 at equal bpp (default: on when --source is given)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -62,7 +62,8 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
-def _sweep_once(folder: Path) -> None:
+def sweep(folder: Path) -> None:
+    """Remove stale temporaries from ``folder``, once per process."""
     if folder not in _swept:
         remove_stale_temps(folder)
         _swept.add(folder)
@@ -81,7 +82,7 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]
     target = resolve(path)
     if target.is_dir():
         raise IsADirectoryError(f"{path} is a directory")
-    _sweep_once(target.parent)
+    sweep(target.parent)
     tmp = temp_path(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
@@ -110,7 +111,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path for a library that writes files by name (FFmpeg); renamed over ``path`` on
     success with the permission bits :func:`atomic_write` gives, removed on failure."""
     target = resolve(path)
-    _sweep_once(target.parent)
+    sweep(target.parent)
     tmp = temp_path(target)
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:

@@ -14,9 +14,11 @@ import json
 import sys
 from pathlib import Path
 
+from .arguments import Parser, integer, real
 from .backends import BackendUnavailableError
 from .device import CudaUnavailableError
 from .nvpfile import NvpFile
+from .outputs import check_output
 from .store import ModelStore
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi"}
@@ -45,7 +47,7 @@ def _range(text: str) -> tuple[int, int | None, int]:
         values = [int(p) if p else None for p in parts] + [None] * (3 - len(parts))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected START:STOP:STEP, got {text!r}") from None
-    start, stop, step = values[0] or 0, values[1], values[2] or 1
+    start, stop, step = values[0] or 0, values[1], 1 if values[2] is None else values[2]
     if start < 0 or step < 1 or (stop is not None and stop <= start):
         raise argparse.ArgumentTypeError(f"bad frame range {text!r}")
     return start, stop, step
@@ -72,7 +74,8 @@ def cmd_encode(args) -> None:
                     time_limit_s=args.time_limit or None, seed=args.seed, device=args.device, threads=args.threads,
                     progress=not args.quiet)
     cfg = export.EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit)
-    report = export.encode_video(args.input, args.output, selection, cfg, store=ModelStore(args.store))
+    report = export.encode_video(args.input, args.output, selection, cfg, store=ModelStore(args.store),
+                                 overwrite=args.overwrite)
     print(f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
           f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
           f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s")
@@ -112,7 +115,7 @@ def _db(value) -> str:
 
 
 def cmd_view(args) -> None:
-    from .video import write_pngs, write_video
+    from .video import png_name, write_pngs, write_video
 
     nvp = NvpFile.open(args.file)  # validate before importing torch
     out = Path(args.output)
@@ -121,12 +124,14 @@ def cmd_view(args) -> None:
         raise UserError(f"output {out} is a directory")
     if not is_video and out.exists() and not out.is_dir():
         raise UserError(f"output {out} is neither a video name ({', '.join(sorted(VIDEO_SUFFIXES))}) nor a folder")
-    total = nvp.manifest.get("video", {}).get("frames", 0)
+    total = nvp.manifest["inr"]["num_frames"]
     start, stop, step = args.frames
     stop = total if stop is None else stop
     if start >= total or stop > total:
         raise UserError(f"frames {start}:{stop} out of range: the video has {total} frames")
     indices = list(range(start, stop, step))
+    for path in [out] if is_video else [out / png_name(i) for i in indices] if out.is_dir() else []:
+        check_output(path, [args.file], args.overwrite)
     frames = _session(args).decode(indices)
     if is_video:
         fps = float(nvp.manifest.get("video", {}).get("fps") or 30) / step
@@ -154,6 +159,10 @@ def cmd_run(args) -> None:
     if start >= total or stop > total:
         raise UserError(f"frames {start}:{stop} out of range: the video has {total} frames")
     tasks = [t for t in args.tasks.split(",") if t]
+    for task in tasks:
+        classes = session.classes(task)
+        if classes is not None and args.top_k > classes:
+            raise UserError(f"--top-k {args.top_k}: task {task!r} ranks {classes} classes")
     t0 = time.perf_counter()
     answers = session.run(tasks, frames=range(start, stop, step), top_k=args.top_k)
     elapsed = time.perf_counter() - t0
@@ -164,8 +173,6 @@ def cmd_run(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    if args.threads < 1 or args.repeats is not None and args.repeats < 1:
-        raise UserError("--threads and --repeats must be at least 1")
     _export()
     from nvp_export.benchmark.run import BenchConfig, run_bench
 
@@ -180,7 +187,7 @@ def cmd_bench(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nvp", description=__doc__.splitlines()[0])
+    p = Parser(prog="nvp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("encode", help="fit a video into an INR and write a .nvp file")
@@ -188,21 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="the .nvp file to write")
     e.add_argument("--family", choices=["hnerv", "nerv"], default="hnerv")
     budget = e.add_mutually_exclusive_group()
-    budget.add_argument("--params", type=int, help="size budget: stored values (weights + embeddings)")
-    budget.add_argument("--bpp", type=float, help="size budget in bits per pixel (default 0.5)")
+    budget.add_argument("--params", type=integer(1), help="size budget: stored values (weights + embeddings)")
+    budget.add_argument("--bpp", type=real(0, 64, low_open=True), help="size budget in bits per pixel (default 0.5)")
     e.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
     e.add_argument("--crop", type=_size, metavar="WxH", help="centre crop before resizing")
     e.add_argument("--size", type=_size, metavar="WxH", help="resize frames to this size")
-    e.add_argument("--epochs", type=int, default=300)
-    e.add_argument("--target-psnr", type=float, help="stop when the training PSNR reaches this (dB)")
-    e.add_argument("--time-limit", type=float, default=540.0, metavar="SECONDS",
+    e.add_argument("--epochs", type=integer(1), default=300)
+    e.add_argument("--target-psnr", type=real(0, 200), help="stop when the training PSNR reaches this (dB)")
+    e.add_argument("--time-limit", type=real(0), default=540.0, metavar="SECONDS",
                    help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)")
-    e.add_argument("--lr", type=float, help="learning rate (default: the family's reference rate)")
-    e.add_argument("--batch", type=int, default=1, help="frames per step")
+    e.add_argument("--lr", type=real(0, 10, low_open=True), help="learning rate (default: the family's reference rate)")
+    e.add_argument("--batch", type=integer(1), default=1, help="frames per step")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    e.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
+    e.add_argument("--threads", type=integer(1, 1024), help="CPU threads for training (default: all cores)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _overwrite_option(e)
     _store_option(e)
     e.set_defaults(run=cmd_encode)
 
@@ -210,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--tasks", required=True, help="comma-separated task names routed in the file, e.g. cls,det")
     r.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
-    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--top-k", type=integer(1), default=5, help="classes per answer (at most the task's classes)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     r.add_argument("--backend", choices=["auto", "ort", "trt"], default="auto")
     _store_option(r)
@@ -225,18 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("file")
     v.add_argument("-o", "--output", required=True, help="out.mp4 (.mkv, .mov, .avi) or a folder for PNGs")
     v.add_argument("--frames", type=_range, default=(0, None, 1), metavar="START:STOP:STEP")
-    v.add_argument("--crf", type=int, default=12, help="x264 quality for video output (lower is better)")
+    v.add_argument("--crf", type=integer(0, 51), default=12, help="x264 quality for video output, 0..51 "
+                   "(lower is better)")
+    _overwrite_option(v)
     _store_option(v)
     v.set_defaults(run=cmd_view)
 
     b = sub.add_parser("bench", help="H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2")
     b.add_argument("--quick", action="store_true", help="tiny clips, few epochs, classification only (CI; < 2 min)")
     b.add_argument("--out", help="results folder (default bench/results/table1, or bench/results/quick)")
-    b.add_argument("--threads", type=int, default=2, help="CPU threads for every pipeline (default 2)")
-    b.add_argument("--repeats", type=int, help="warm queries per workload and pipeline")
+    b.add_argument("--threads", type=integer(1, 1024), default=2, help="CPU threads for every pipeline (default 2)")
+    b.add_argument("--repeats", type=integer(1), help="warm queries per workload and pipeline")
     b.add_argument("--store", help="model store for the graphs (default: OUT/store)")
     b.set_defaults(run=cmd_bench)
     return p
+
+
+def _overwrite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-y", "--overwrite", action="store_true", help="replace an existing output")
 
 
 def _store_option(parser: argparse.ArgumentParser) -> None:

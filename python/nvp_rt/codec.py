@@ -24,8 +24,10 @@ from .schema import NvpFormatError
 MAX_SYMBOLS = 1 << 31  # quantised values in one payload; far above any INR nvp writes
 # Symbols per coded bit a stream may claim. The entropy bound alone lets a near-constant stream
 # claim any count in a few bytes; INRs nvp writes code at 2-7 bits per symbol, so a stream claiming
-# more than 16 symbols per bit (under 1/16 bit each) is refused before anything is allocated.
+# more than 16 symbols per bit (under 1/16 bit each) is refused before anything is allocated --
+# unless it is small (FREE_SYMBOLS, 4 MB decoded): an untrained or constant tensor codes to nothing.
 MAX_SYMBOLS_PER_BIT = 16
+FREE_SYMBOLS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -181,11 +183,11 @@ def _check_capacity(bits: int, counts: np.ndarray, words: np.ndarray) -> None:
     """The symbols a stream claims must fit in its coded bits.
 
     A range coder spends at least the counts' entropy per symbol on average (up to a few words of
-    state), and nvp's INRs never code below 1/MAX_SYMBOLS_PER_BIT bit per symbol.
+    state), and nvp's INRs never code below 1/MAX_SYMBOLS_PER_BIT bit per symbol unless they are small.
     """
     total = float(counts.sum(dtype=np.float64))
     coded_bits = 32.0 * words.size + 64
     p = counts[counts > 0] / total if total else np.ones(1)
     information = total * float(-(p * np.log2(p)).sum())
-    _check(information <= 1.01 * coded_bits and total <= MAX_SYMBOLS_PER_BIT * coded_bits,
+    _check(information <= 1.01 * coded_bits and total <= max(MAX_SYMBOLS_PER_BIT * coded_bits, FREE_SYMBOLS),
            f"stream {bits} claims {int(total)} symbols; its {words.size} words cannot hold them")
