@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ POOL: list[Any] = [
 ]
 DTYPES = ["BF16", "F8_E4M3", "F8_E5M2", "F16", "F32", "F64", "I8", "I16", "I32", "I64", "U8", "U16", "U32",
           "U64", "BOOL", "C64", "XX"]
+MAX_INFLATED = 1 << 24  # symbols an inflated stream may claim (the mutator itself encodes them)
 SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 3e38, "zero": 0.0}
 
 
@@ -87,10 +89,15 @@ def array(state: State, section: str, name: str) -> np.ndarray | None:
     h = state.headers[section].get(name)
     if not isinstance(h, dict) or h.get("dtype") not in _NP:
         return None
-    a, b = h["data_offsets"]
+    try:
+        a, b = (int(v) for v in h["data_offsets"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
     flat = np.frombuffer(state.data[section][a:b], dtype=_NP[h["dtype"]]).copy()
     shape = h.get("shape")
-    return flat.reshape(shape) if isinstance(shape, list) and int(np.prod(shape)) == flat.size else flat
+    if isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and math.prod(shape) == flat.size:
+        return flat.reshape(shape)
+    return flat
 
 
 _NP = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "U32": np.uint32, "I64": np.int64, "U8": np.uint8}
@@ -173,11 +180,14 @@ def _apply_array(state: State, op: Op) -> None:
     if op["action"] == "fill":
         flat = a.reshape(-1)
         for pos, value in zip(op["positions"], op["values"]):
-            if flat.size:
-                v = SPECIAL.get(value, value) if isinstance(value, str) else value
+            if not flat.size:
+                continue
+            v = SPECIAL.get(value, value) if isinstance(value, str) else value
+            if a.dtype.kind == "f":
                 with np.errstate(all="ignore"):
-                    flat[pos % flat.size] = np.array(v).astype(a.dtype) if a.dtype.kind == "f" else int(v) % (
-                        1 << (8 * a.dtype.itemsize))
+                    flat[pos % flat.size] = np.array(v).astype(a.dtype)
+            else:  # integers: the non-finite specials become the largest value
+                flat[pos % flat.size] = (int(v) if np.isfinite(v) else -1) % (1 << (8 * a.dtype.itemsize))
     elif op["action"] == "resize":
         a = np.resize(a.reshape(-1), op["size"]) if a.size else np.zeros(op["size"], a.dtype)
     set_arrays(state, op["section"], {op["name"]: a})
@@ -189,7 +199,9 @@ def _apply_inflate(state: State, op: Op) -> None:
     entry = next(e for e in meta["tensors"] if e["name"] == op["tensor"])
     entry["shape"][op["dim"]] *= op["factor"]
     bits = entry["bits"]
-    total = sum(int(np.prod(e["shape"])) for e in meta["tensors"] if e["bits"] == bits)
+    total = sum(math.prod(e["shape"]) for e in meta["tensors"] if e["bits"] == bits)
+    if not (isinstance(bits, int) and 1 <= bits <= 16 and 0 < total <= MAX_INFLATED):
+        return  # earlier operations broke the index: this one has nothing consistent to re-encode
     meta["streams"][str(bits)] = total
     symbols = np.zeros(total, np.int32)
     symbols[:: max(total // 97, 1)] = 1  # a near-constant stream: tiny once range-coded
@@ -209,7 +221,8 @@ def _apply_one(state: State, op: Op) -> None:
     try:
         {"json": _apply_json, "array": _apply_array, "inflate": _apply_inflate}.get(op["op"], lambda *_: None)(
             state, op)
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, MemoryError,
+            StopIteration):
         pass  # an earlier operation removed what this one targets: the mutant is what remains
 
 
@@ -298,7 +311,7 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
             if not (isinstance(e, dict) and isinstance(e.get("shape"), list) and e["shape"]):
                 continue
             op = {"op": "inflate", "tensor": e.get("name"), "dim": int(rng.integers(len(e["shape"]))),
-                  "factor": int(rng.choice([2, 16, 256, 4096]))}
+                  "factor": int(rng.choice([2, 16, 256, 2048]))}
             ops.append(op)
             _apply_one(state, op)
         elif kind == "index":
