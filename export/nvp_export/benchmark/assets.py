@@ -127,7 +127,7 @@ def prepare_video(spec: VideoSpec, folder: Path, store: ModelStore,
     nvp_path = folder / f"{spec.name}.nvp"
     progress(f"encode {spec.name}")
     report = encode_video(source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit),
-                          store=store)
+                          store=store, overwrite=True)  # the benchmark's own file, from an earlier run
     inr = load_nvp(nvp_path)
     routes, infos = [], {}
     for task in spec.tasks:
