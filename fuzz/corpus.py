@@ -35,7 +35,7 @@ def build(folder: Path, store: Path | None = None, tasks: tuple[str, ...] = tupl
     from nvp_rt.store import ModelStore
 
     folder.mkdir(parents=True, exist_ok=True)
-    store = ModelStore(store or folder / "store")
+    graphs = ModelStore(store or folder / "store")
     files = {}
     for family in ("hnerv", "nerv"):
         torch.manual_seed(0)
@@ -47,7 +47,7 @@ def build(folder: Path, store: Path | None = None, tasks: tuple[str, ...] = tupl
         path = files[family] = folder / f"{family}.nvp"
         video = {"frames": FRAMES, "height": HEIGHT, "width": WIDTH, "fps": 30.0}
         save_nvp(path, quantised, arrays, meta, {"video": video})
-        export_inr_graphs(quantised, store)
+        export_inr_graphs(quantised, graphs)
         if family != "hnerv":
             continue
         routes = []
@@ -58,7 +58,7 @@ def build(folder: Path, store: Path | None = None, tasks: tuple[str, ...] = tupl
                 backbone = load_backbone(preset, reduced=reduced)
             torch.manual_seed(i)
             adapter = PathwayAdapter(quantised.tap_shapes()[tap][0], backbone.point(point), hidden).eval()
-            key = export_route_graphs(quantised, backbone, point, store, stacked=hidden is not None)
+            key = export_route_graphs(quantised, backbone, point, graphs, stacked=hidden is not None)
             adapter_arrays, layout = adapter.to_route()
             routes.append(Route(task, key, tap, point, adapter_arrays, {"kind": backbone.task, **layout}))
         replace_routes(path, routes)

@@ -21,6 +21,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ POOL: list[Any] = [
 ]
 DTYPES = ["BF16", "F8_E4M3", "F8_E5M2", "F16", "F32", "F64", "I8", "I16", "I32", "I64", "U8", "U16", "U32",
           "U64", "BOOL", "C64", "XX"]
+FILLS: list[str | int] = ["nan", "inf", "-inf", "huge", "zero", 2**31, 7, 0]  # what array elements become
 MAX_INFLATED = 1 << 24  # symbols an inflated stream may claim (the mutator itself encodes them)
 SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 3e38, "zero": 0.0}
 
@@ -125,7 +127,7 @@ def set_arrays(state: State, section: str, arrays: dict[str, np.ndarray]) -> Non
     state.headers[section], state.data[section] = header, b"".join(parts)
 
 
-def serialise(state: State, index_ops: list[Op] = ()) -> bytes:
+def serialise(state: State, index_ops: Sequence[Op] = ()) -> bytes:
     blobs = {}
     for name in state.order:
         if state.headers[name] or state.data[name]:
@@ -236,7 +238,7 @@ def apply(state: State, ops: list[Op]) -> bytes:
 # -- generating operations -------------------------------------------------------------------------
 
 
-def _paths(doc: Any, prefix: list = ()) -> list[list]:
+def _paths(doc: Any, prefix: Sequence[Any] = ()) -> list[list]:
     out = [list(prefix)] if prefix else []
     if isinstance(doc, dict):
         for k, v in doc.items():
@@ -269,8 +271,8 @@ def _value(rng: np.random.Generator, current: Any, docs: list[Any]) -> Any:
 def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
     ops: list[Op] = []
     for _ in range(int(rng.choice([1, 1, 1, 2, 3]))):
-        kind = rng.choice(["json", "json", "json", "st", "array", "inflate", "index", "flip"],
-                          p=[0.3, 0.15, 0.1, 0.12, 0.15, 0.08, 0.05, 0.05])
+        kind = str(rng.choice(["json", "json", "json", "st", "array", "inflate", "index", "flip"],
+                              p=[0.3, 0.15, 0.1, 0.12, 0.15, 0.08, 0.05, 0.05]))
         section = state.order[rng.integers(len(state.order))]
         if kind in ("json", "st"):
             which = (f"st:{section}" if kind == "st" else
@@ -292,10 +294,9 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
             name = names[rng.integers(len(names))]
             if rng.random() < 0.7:
                 k = int(rng.integers(1, 4))
-                op = {"op": "array", "section": section, "name": name, "action": "fill",
-                      "positions": [int(p) for p in rng.integers(0, 2**31, k)],
-                      "values": [str(v) if isinstance(v, str) else int(v) for v in
-                                 rng.choice(["nan", "inf", "huge", "zero", 2**31, 7, 0], k)]}
+                op: Op = {"op": "array", "section": section, "name": name, "action": "fill",
+                          "positions": [int(p) for p in rng.integers(0, 2**31, k)],
+                          "values": [FILLS[i] for i in rng.integers(0, len(FILLS), k)]}
             else:
                 a = array(state, section, name)
                 size = 0 if a is None else int(a.size)

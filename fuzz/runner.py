@@ -106,6 +106,7 @@ class Worker:
         try:
             answer = self._ask(path, self.limits.seconds)
         except BrokenPipeError:
+            assert self.proc is not None
             answer = {"outcome": "abort", "detail": f"exit {self.proc.wait()}"}
         if answer is None:
             self.stop()

@@ -48,7 +48,7 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Delete the temporaries in ``folder`` whose writer process no longer exists; returns them."""
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(folder)
     except OSError:
@@ -77,7 +77,7 @@ def _mode_for(target: Path) -> int | None:
         return None
 
 
-def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Replace ``path`` with what ``write`` writes into an open binary file; returns the file written."""
     target = resolve(path)
     if target.is_dir():
