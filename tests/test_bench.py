@@ -311,7 +311,7 @@ def test_a_tiny_bench_run_writes_tables_and_charts(video, tmp_path):
 def test_nvp_bench_rejects_bad_arguments_in_one_line():
     proc = subprocess.run([sys.executable, "-m", "nvp_rt.cli", "bench", "--quick", "--threads", "0"],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and proc.stderr.strip() == "nvp bench: error: --threads and --repeats must be at least 1"
+    assert proc.returncode == 2 and proc.stderr.strip() == "nvp bench: error: argument --threads: must be in 1..1024, got 0"
 
 
 def test_constant_answer_agreement_is_the_most_frequent_labels_share(rng):
