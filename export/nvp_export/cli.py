@@ -20,6 +20,7 @@ full INR decode and H.264 at equal bpp.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from dataclasses import replace
@@ -69,12 +70,17 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
     return frames
 
 
+def _storable(value) -> bool:
+    """A metric the manifest can hold: JSON has no NaN or infinity (the reader refuses them)."""
+    return isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value))
+
+
 def to_file_route(route) -> Route:
     """A classification route (``adapt.Route``) as the .nvp container stores it."""
     metadata = {
         "kind": "classification", "in_channels": route.in_channels, "out_channels": route.out_channels,
         "hidden": route.hidden, "pathways": [{"size": list(route.size), "frames": None}],
-        **{k: v for k, v in route.metrics.items() if isinstance(v, (int, float, str))},
+        **{k: v for k, v in route.metrics.items() if _storable(v)},
     }
     return Route(route.task, route.backbone, route.inr_tap, route.injection_point, dict(route.adapter), metadata)
 
@@ -84,7 +90,7 @@ def task_file_route(task: str, kind: str, result) -> Route:
     route = result.route
     arrays, layout = route.adapter.to_route()
     metadata = {"kind": kind, "in_channels": route.adapter.adapters[0].spec.in_channels, **layout,
-                **{k: v for k, v in result.metrics().items() if isinstance(v, (int, float, str))}}
+                **{k: v for k, v in result.metrics().items() if _storable(v)}}
     return Route(task, route.cost.backbone, route.tap, route.point, arrays, metadata)
 
 

@@ -168,7 +168,8 @@ def _serialise(manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]]
     for name, (blob, meta) in sections.items():
         index[name] = {"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob), "meta": meta}
         offset += len(blob)
-    manifest_bytes = json.dumps({**manifest, "sections": index}, indent=1, sort_keys=True).encode()
+    # allow_nan=False: a NaN would make a file its own reader refuses (strict JSON), so writing fails instead.
+    manifest_bytes = json.dumps({**manifest, "sections": index}, indent=1, sort_keys=True, allow_nan=False).encode()
     prefix = _HEADER.pack(MAGIC, *FORMAT_VERSION, len(manifest_bytes), 0)[:-4]
     header = prefix + struct.pack("<I", zlib.crc32(manifest_bytes, zlib.crc32(prefix)))
     return b"".join([header, manifest_bytes, *(blob for blob, _ in sections.values())])
