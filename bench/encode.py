@@ -174,7 +174,7 @@ def main() -> None:
             old = previous[name]
             encoded = {k: old[k] for k in ("psnr_float", "encode_seconds", "fit_seconds", "epochs", "recoveries")}
         else:
-            report = encode_video(source, output, cfg=cfg)
+            report = encode_video(source, output, cfg=cfg, overwrite=True)  # this script's own output
             encoded = {
                 "psnr_float": report.psnr_float,
                 "encode_seconds": report.total_seconds,

@@ -345,7 +345,8 @@ def test_nvp_bench_rejects_bad_arguments_in_one_line():
         timeout=60,
     )
     assert (
-        proc.returncode == 1 and proc.stderr.strip() == "nvp bench: error: --threads and --repeats must be at least 1"
+        proc.returncode == 2
+        and proc.stderr.strip() == "nvp bench: error: argument --threads: must be in 1..1024, got 0"
     )
 
 

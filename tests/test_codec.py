@@ -65,6 +65,19 @@ def test_bitstream_round_trip_is_exact_and_near_entropy():
         assert arrays[f"stream{b}:words"].nbytes < counts.sum() * b / 8  # real gain over raw symbols
 
 
+def test_constant_tensors_round_trip():
+    """A constant tensor (an untrained INR's zero embeddings) codes to almost nothing and still decodes."""
+    rng = np.random.default_rng()
+    tensors = {
+        "embeddings": np.full((24, 16, 2, 3), rng.normal(), np.float32),
+        "conv.weight": rng.normal(size=(8, 4)).astype(np.float32),
+    }
+    arrays, meta = encode_tensors(tensors, {"embeddings": 6, "conv.weight": 8})
+    assert arrays["stream6:words"].size <= 2
+    decoded = decode_tensors(arrays, meta)
+    np.testing.assert_array_equal(decoded["embeddings"], quantise_best(tensors["embeddings"], 6).dequantise())
+
+
 @pytest.mark.parametrize("damage", ["shape", "counts", "words", "bits", "low"])
 def test_inconsistent_payload_is_rejected(damage):
     rng = np.random.default_rng()

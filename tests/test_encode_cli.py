@@ -131,6 +131,64 @@ def test_bad_nvp_files(tiny, tmp_path, nvp_fast):
     assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "y.mp4").exists()
 
 
+def test_outputs_are_never_lost(tiny, tmp_path, nvp_fast):
+    nvp = nvp_fast
+    d, frames, out = tiny
+    clip = d / "tiny.mp4"
+    source = clip.read_bytes()
+    link, hard = tmp_path / "link.nvp", tmp_path / "hard.nvp"
+    link.symlink_to(clip)
+    os.link(clip, hard)
+    for target in (clip, link, hard):  # the input as the output, also through links: even --overwrite refuses
+        proc = nvp("encode", clip, "-o", target, "--epochs", 1, "-q", "--overwrite", check_ok=False)
+        assert_one_line_error(proc, "is the input")
+    assert clip.read_bytes() == source and link.is_symlink()
+    existing = tmp_path / "existing.nvp"
+    existing.write_bytes(b"keep me")
+    assert_one_line_error(nvp("encode", clip, "-o", existing, "--epochs", 1, "-q", check_ok=False), "--overwrite")
+    assert existing.read_bytes() == b"keep me"
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"keep me")
+    assert_one_line_error(nvp("view", out, "-o", video, check_ok=False), "exists", "--overwrite")
+    assert video.read_bytes() == b"keep me"
+    nvp("view", out, "-o", video, "--overwrite")
+    assert read_video(video)[0].shape == frames.shape
+    pngs = tmp_path / "pngs"
+    nvp("view", out, "-o", pngs, "--frames", "0:2")
+    assert_one_line_error(nvp("view", out, "-o", pngs, "--frames", "1:3", check_ok=False), "frame_000001.png")
+    nvp("view", out, "-o", pngs, "--frames", "1:3", "-y")
+    viewed_as_input = tmp_path / "input.mp4"
+    viewed_as_input.symlink_to(out)
+    assert_one_line_error(nvp("view", out, "-o", viewed_as_input, "-y", check_ok=False), "is the input")
+    assert NvpFile.open(out).size_bytes == out.stat().st_size
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["view", "{nvp}", "-o", "{tmp}/a.mp4", "--crf", "99"], ["--crf", "0..51"]),
+        (["view", "{nvp}", "-o", "{tmp}/a.mp4", "--frames", "0:10:0"], ["--frames", "0:10:0"]),
+        (["run", "{nvp}", "--tasks", "x", "--top-k", "0"], ["--top-k", "at least 1"]),
+        (["encode", "{clip}", "-o", "{tmp}/x.nvp", "--epochs", "0"], ["--epochs"]),
+        (["encode", "{clip}", "-o", "{tmp}/x.nvp", "--bpp", "nan"], ["--bpp", "finite"]),
+        (["encode", "{clip}", "-o", "{tmp}/x.nvp", "--lr", "-1"], ["--lr"]),
+        (["encode", "{clip}", "-o", "{tmp}/x.nvp", "--batch", "two"], ["--batch", "integer"]),
+    ],
+)
+def test_bad_options_are_one_line_errors(tiny, tmp_path, args, words):
+    d, _, out = tiny
+    args = [a.format(nvp=out, clip=d / "tiny.mp4", tmp=tmp_path) for a in args]
+    assert_one_line_error(nvp(*args, check_ok=False), *words)
+    assert not list(tmp_path.iterdir())
+
+
+def test_encode_refuses_frames_past_the_end(tiny, tmp_path, nvp_fast):
+    d, _, _ = tiny
+    proc = nvp_fast("encode", d / "tiny.mp4", "-o", tmp_path / "x.nvp", "--frames", "4:20", check_ok=False)
+    assert_one_line_error(proc, "4:20 out of range", "8 frames")
+
+
 def test_bad_videos(tmp_path, nvp_fast):
     nvp = nvp_fast
     ok = tmp_path / "ok.mp4"
@@ -146,7 +204,7 @@ def test_bad_videos(tmp_path, nvp_fast):
         (tmp_path / "missing.mp4", [], "no such file"),
         (corrupt, [], "not a readable video"),
         (empty, [], "without frames"),  # FFmpeg cannot open a stream that never got a frame
-        (ok, ["--frames", "5:9"], "no frames"),
+        (ok, ["--frames", "5:9"], "out of range"),
         (odd, [], "cannot be tiled"),
         (ok, ["-o", tmp_path], "directory"),
         (ok, ["--crop", "100x100"], "crop"),

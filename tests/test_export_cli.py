@@ -6,7 +6,7 @@ import torch
 
 import nvp_rt
 from nvp_export.cli import main as export_main
-from nvp_export.clips import ClipSpec, write_clip
+from nvp_export.clips import ClipSpec, make_clip, write_clip
 from nvp_export.inr import load_nvp
 from nvp_export.route.adapter import AdapterSpec, MicroAdapter
 from nvp_export.zoo import load_backbone
@@ -97,3 +97,36 @@ def test_export_rejects_a_tampered_file(encoded, tmp_path, capsys):
     capsys.readouterr()
     assert export_main(["--task", "cls", str(bad), "-q"]) == 1
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_export_refuses_a_source_that_is_not_the_encoded_video(encoded, tmp_path, capsys):
+    clip, out = encoded
+    other = tmp_path / "other.mp4"
+    write_clip(other, ClipSpec("chelsea", width=64, height=64, frames=8, seed=2))  # same photo, size and length
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert export_main(["--task", "efficientnet_lite0", str(out), "--source", str(other), "--epochs", "1", "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "not the video clip.nvp was encoded from" in err[1], err  # err[0]: the weights note
+    assert out.read_bytes() == before
+
+
+def test_fingerprint_tells_the_video_from_another_of_its_size(rng):
+    from nvp_rt.fingerprint import TOLERANCE, difference, fingerprint
+
+    frames = make_clip(ClipSpec("chelsea", width=64, height=64, frames=8, seed=1))
+    stored = fingerprint(frames)
+    assert difference(stored, frames) == 0
+    noisy = np.clip(frames.astype(int) + rng.integers(-2, 3, frames.shape), 0, 255).astype(np.uint8)
+    assert difference(stored, noisy) < 0.5  # a decoder rounding differently is still the same video
+    other = make_clip(ClipSpec("chelsea", width=64, height=64, frames=8, seed=2))
+    assert difference(stored, other) > TOLERANCE
+    assert difference({"method": "unknown"}, frames) is None
+
+
+def test_short_task_names_name_presets():
+    from nvp_export.cli import TASK_KINDS
+    from nvp_export.zoo import PRESETS
+
+    for name in ("slowfast", "i3d", "detr", "clip", "vit", "blip", "segformer", "cls", "det", "act", "seg", "cap"):
+        assert TASK_KINDS.get(name, name) in PRESETS, name

@@ -228,3 +228,14 @@ def test_fit_starts_afresh_when_stuck_at_the_mean_frame():
     assert 1 <= stuck.restarts <= 2
     healthy = fit(from_config(cfg), frames, FitConfig(epochs=40, time_limit_s=None, lr=3e-3, progress=False))
     assert healthy.restarts == 0 and healthy.steps == 40 * 8
+
+
+def test_a_short_clip_at_the_default_budget_gets_a_smaller_model():
+    from nvp_export.encode import DEFAULT_BPP
+
+    budget = DEFAULT_BPP * 8 * 180 * 320  # 8 frames of 320x180: the default sizes' embeddings alone exceed it
+    assert stored_bits(make_config("hnerv", height=180, width=320, num_frames=8, fc_dim=1)) > budget
+    cfg = config_for_budget("hnerv", 180, 320, 8, bpp=DEFAULT_BPP)
+    assert stored_bits(cfg) <= budget and cfg.fc_dim >= 16
+    wider = make_config("hnerv", **{**cfg.__dict__, "fc_dim": cfg.fc_dim + 1})
+    assert stored_bits(wider) > budget

@@ -126,7 +126,18 @@ def test_rates_psnr_and_the_written_file(encoded, tmp_path):
     assert len(result.history) == 1 and all(np.isfinite(v) for v in result.history[0].values())
     # The file holds the jointly optimised INR and the routes given.
     path = tmp_path / "clip.nvp"
-    route = Route("cls", "tiny", task.tap, task.point, task.adapter.to_arrays(), {"kind": "classification"})
+    route = Route(
+        "cls",
+        "tiny",
+        task.tap,
+        task.point,
+        task.adapter.to_arrays(),
+        {
+            "kind": "classification",
+            "hidden": None,
+            "pathways": [{"size": list(task.adapter.spec.size), "frames": None}],
+        },
+    )
     save_joint(path, {"video": {"frames": N, "height": SIZE[0], "width": SIZE[1]}}, result, config, [route])
     stored = load_nvp(path)
     for name, value in stored.state_dict().items():
@@ -215,13 +226,14 @@ def encoded_file(tmp_path_factory):
 
 def test_export_joint_rewrites_the_video_and_compares_pixel_paths(encoded_file, tmp_path, capsys):
     clip, out = encoded_file
+    channels = next(t["shape"][0] for t in NvpFile.open(out).manifest["taps"] if t["name"] == "block1")
     earlier = Route(
         "efficientnet_lite0",
         "efficientnet_lite0-0",
         "block1",
         "stage7",
-        {"weight0": np.zeros((320, 37), np.float32), "bias0": np.zeros(320, np.float32)},
-        {},
+        {"weight0": np.zeros((320, channels), np.float32), "bias0": np.zeros(320, np.float32)},
+        {"kind": "classification", "hidden": None, "pathways": [{"size": [7, 7], "frames": None}]},
     )
     replace_routes(out, [earlier])
     assert (
@@ -284,7 +296,9 @@ def test_export_joint_user_errors_are_one_line(encoded_file, capsys):
     _, out = encoded_file
     before = out.read_bytes()
     capsys.readouterr()
-    assert export_main(["--task", "efficientnet_lite0", str(out), "--joint", "--joint-epochs", "-1", "-q"]) == 1
+    with pytest.raises(SystemExit) as exit_:  # refused while parsing, as every bad option value is
+        export_main(["--task", "efficientnet_lite0", str(out), "--joint", "--joint-epochs", "-1", "-q"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "epochs" in err[0], err
+    assert len(err) == 1 and "--joint-epochs" in err[0], err
     assert out.read_bytes() == before

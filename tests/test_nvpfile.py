@@ -26,15 +26,38 @@ def _route(rng, task="cls"):
         "efficientnet_lite0",
         "block2",
         "_blocks.3",
-        {"weight": rng.normal(size=(8, 5)).astype(np.float32), "bias": rng.normal(size=8).astype(np.float32)},
-        {"size": [28, 28]},
+        {"weight0": rng.normal(size=(8, 5)).astype(np.float32), "bias0": rng.normal(size=8).astype(np.float32)},
+        {"hidden": None, "pathways": [{"size": [28, 28], "frames": None}]},
     )
+
+
+# A manifest as nvp writes it: an INR configuration (16x16, strides 2 2) and its taps.
+MANIFEST = {
+    "video": {"frames": 8, "height": 16, "width": 16},
+    "inr": {
+        "family": "hnerv",
+        "height": 16,
+        "width": 16,
+        "num_frames": 8,
+        "fc_dim": 7,
+        "strides": [2, 2],
+        "embed_dim": 4,
+        "reduction": 1.2,
+    },
+    "taps": [
+        {"name": "stem", "shape": [7, 4, 4]},
+        {"name": "block1", "shape": [6, 8, 8]},
+        {"name": "block2", "shape": [5, 16, 16]},
+        {"name": "rgb", "shape": [3, 16, 16]},
+    ],
+    "note": "é",
+}
 
 
 def _write(tmp_path, rng, routes=()):
     path = tmp_path / "clip.nvp"
     arrays, meta = _random_payload(rng)
-    manifest = {"video": {"frames": 8, "height": 16, "width": 16}, "note": "é"}
+    manifest = MANIFEST
     size = write_nvp(path, manifest, arrays, meta, list(routes))
     return path, manifest, arrays, meta, size
 
@@ -127,7 +150,7 @@ def test_failed_write_leaves_old_file_and_no_temporaries(tmp_path, monkeypatch):
     monkeypatch.setattr(nvpfile.os, "replace", crash)
     arrays, meta = _random_payload(rng)
     with pytest.raises(OSError, match="simulated"):
-        write_nvp(path, {"other": 1}, arrays, meta)
+        write_nvp(path, {**MANIFEST, "other": 1}, arrays, meta)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.nvp"]
 
@@ -154,6 +177,6 @@ def test_replace_routes_keeps_payload_bytes(tmp_path):
     assert inr_bytes(path) == payload
     assert new.manifest == old.manifest
     assert [r.task for r in new.routes()] == ["cls", "det"]
-    np.testing.assert_array_equal(new.routes()[1].arrays["weight"], routes[1].arrays["weight"])
+    np.testing.assert_array_equal(new.routes()[1].arrays["weight0"], routes[1].arrays["weight0"])
     replace_routes(path, [])
     assert NvpFile.open(path).routes() == [] and inr_bytes(path) == payload

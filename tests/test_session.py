@@ -263,6 +263,7 @@ def test_nvp_run_prints_the_session_answers_as_json(video, capsys):
         (["--tasks", "nope", *here], "no route"),
         (["--tasks", "cls", "--frames", "0:99", *here], "out of range"),
         (["--tasks", "cls", "--store", str(d / "nowhere")], "model store"),
+        (["--tasks", "act", "--top-k", "401", *here], "ranks 400 classes"),
     ]:
         assert main(["run", str(d / "clip.nvp"), *args]) == 1
         err = capsys.readouterr().err.strip().splitlines()
@@ -307,5 +308,11 @@ def test_a_route_that_does_not_fit_its_tap_is_rejected_at_open(video, tmp_path):
     cls = next(r for r in routes if r.task == "cls")
     wider = {**cls.arrays, "weight0": np.zeros((cls.arrays["weight0"].shape[0], 3), np.float32)}
     replace_routes(bad, [Route("cls", cls.backbone, cls.tap, cls.injection_point, wider, cls.metadata)])
-    with pytest.raises(NvpFormatError, match="does not fit tap"):
+    with pytest.raises(NvpFormatError, match=r"routes\[0\].arrays\[weight0\]: .* do not map"):
+        nvp_rt.Session(bad, store=store)
+    # Well formed on its own, but resized to what its head does not take: refused at open, not in a query.
+    (size,) = [p["size"] for p in cls.metadata["pathways"]]
+    smaller = {**cls.metadata, "pathways": [{"size": [size[0] - 1, size[1]], "frames": None}]}
+    replace_routes(bad, [Route("cls", cls.backbone, cls.tap, cls.injection_point, cls.arrays, smaller)])
+    with pytest.raises(NvpFormatError, match="does not fit tap .* head's input"):
         nvp_rt.Session(bad, store=store)

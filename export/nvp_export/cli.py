@@ -3,13 +3,15 @@
 `nvp-export` routes an encoded video into a backbone and stores the route in the .nvp:
 
     nvp-export --task efficientnet_lite0 clip.nvp --source video.mp4
-    nvp-export --task det clip.nvp            # detr_r50; also act/action, seg, cap (see TASK_KINDS)
+    nvp-export --task det clip.nvp            # detr_r50; also act/action, seg, cap, slowfast, ... (TASK_KINDS)
 
 selects the (INR tap, injection point) pair by CKA, trains its micro adapter
 against the backbone's own features on the original frames, writes the
 backbone's graphs into the model store and rewrites the file's routes section
-in place (atomically; the video payload is copied verbatim). Without --source
-the teacher sees the INR's own full decode. Classifiers go through
+in place (atomically, under a lock, with the routes other runs added meanwhile;
+the video payload is copied verbatim). Without --source the teacher sees the
+INR's own full decode; --source must be the video the file was encoded from
+(checked against the fingerprint stored at encode time). Classifiers go through
 ``adapt.adapt``, the other task kinds through ``task_adapt.adapt_task``.
 With --joint (classification) the INR is then optimised together with the
 route's adapter and the video payload rewritten too (PSNR before/after
@@ -30,19 +32,23 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from nvp_rt import fingerprint
+from nvp_rt.arguments import Parser, integer, real
+from nvp_rt.atomic import exclusive_lock
 from nvp_rt.command import (
     UserError,
+    add_overwrite_option,
     add_store_option,
     parse_frame_range,
     parse_size,
     passive_openmp_waits,
     run_reporting_errors,
 )
-from nvp_rt.nvpfile import NvpFile, replace_routes
+from nvp_rt.nvpfile import INR_SECTION, NvpFile, Route, update_routes
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
-# Task kinds users may name instead of a preset.
+# Task kinds and short model names users may type instead of a preset.
 TASK_KINDS = {
     "cls": "efficientnet_lite0",
     "classification": "efficientnet_lite0",
@@ -54,6 +60,14 @@ TASK_KINDS = {
     "segmentation": "segformer_b0",
     "cap": "blip",
     "captioning": "blip",
+    "slowfast": "slowfast_r50",
+    "i3d": "i3d_r50",
+    "detr": "detr_r50",
+    "clip": "clip_rn50",
+    "vit": "vit_b_16",
+    "segformer": "segformer_b0",
+    "efficientnet": "efficientnet_lite0",
+    "resnet": "resnet50",
 }
 
 
@@ -72,6 +86,16 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
         raise UserError(
             f"--source {source} gives frames {frames.shape[:3]} but the .nvp encodes "
             f"{(inr.num_frames, video.get('height'), video.get('width'))}: not the video it was encoded from"
+        )
+    difference = fingerprint.difference(video.get("fingerprint") or {}, frames)
+    if difference is None:
+        print(
+            "the .nvp holds no source fingerprint (encoded by an older nvp): --source is not verified", file=sys.stderr
+        )
+    elif difference > fingerprint.TOLERANCE:
+        raise UserError(
+            f"--source {source} is not the video {nvp.path.name} was encoded from (its frames differ "
+            f"from the stored fingerprint by {difference:.1f} levels on average)"
         )
     return frames
 
@@ -144,14 +168,21 @@ def run(args) -> None:
             stacked=route.metadata.get("hidden") is not None,
         ),
     )
-    kept = [r for r in nvp.routes() if r.task != route.task]
-    if joint is None:
-        size = replace_routes(args.file, kept + [route])
+    kept: list[Route] = []
+
+    def add_route(routes: list[Route]) -> list[Route]:
+        kept[:] = [r for r in routes if r.task != route.task]
+        return kept + [route]
+
+    if joint is None:  # the routes as they are now: another export may have added one meanwhile
+        size = update_routes(args.file, add_route, inr_checksum=nvp.checksums[INR_SECTION])
     else:
         from .route.joint import save_joint
 
         joint_result, used_config = joint
-        size = save_joint(args.file, nvp.manifest, joint_result, used_config, kept + [route])
+        with exclusive_lock(args.file):
+            routes = add_route(NvpFile.open(args.file).routes())
+            size = save_joint(args.file, nvp.manifest, joint_result, used_config, routes)
         if kept:
             print(
                 f"warning: route(s) {', '.join(r.task for r in kept)} were trained on the INR before joint "
@@ -215,13 +246,14 @@ def print_pixel_fidelity(inr, frames, backbone, nvp, metrics) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nvp-export", description=__doc__.splitlines()[0])
+    p = Parser(prog="nvp-export", description=__doc__.splitlines()[0])
     p.add_argument("file", help="the .nvp file to add the route to (rewritten in place, atomically)")
     p.add_argument(
         "--task",
         required=True,
         help="a backbone preset (e.g. efficientnet_lite0, detr_r50, slowfast_r50, i3d_r50, segformer_b0, "
-        "blip) or a task kind: cls, det, act, seg, cap",
+        "blip), a short name (slowfast, i3d, detr, clip, vit, segformer) or a task kind: "
+        "cls, det, act, seg, cap",
     )
     p.add_argument("--name", help="the task name queries use (default: the --task value)")
     p.add_argument("--source", help="the original video, for the teacher features (default: the INR's decode)")
@@ -231,9 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="captioning: a local CLIP save_pretrained directory; captions are then CLIP-scored too",
     )
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--epochs", type=integer(1), default=30)
+    p.add_argument("--lr", type=real(0, 10, low_open=True), default=1e-4)
+    p.add_argument("--batch", type=integer(1), default=4)
     p.add_argument(
         "--candidates",
         choices=["top", "per_point"],
@@ -242,11 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
         "or the CKA top --top fraction (the paper's)",
     )
     p.add_argument(
-        "--top", type=float, default=0.1, help="with --candidates top: fraction of pairs trained, by CKA rank"
+        "--top",
+        type=real(0, 1, low_open=True),
+        default=0.1,
+        help="with --candidates top: fraction of pairs trained, by CKA rank",
     )
     p.add_argument(
         "--clip-stride",
-        type=int,
+        type=integer(1),
         help="video presets: frames between the starts of training clips (default: the clip length)",
     )
     p.add_argument(
@@ -263,10 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then optimise the INR and the adapter together (rewrites the video payload; PSNR reported)",
     )
-    p.add_argument("--joint-epochs", type=int, default=10, help="epochs of joint optimisation (paper: 100)")
-    p.add_argument("--lambda-recon", type=float, default=1.0, help="joint loss weight of the reconstruction term")
-    p.add_argument("--lambda-task", type=float, default=0.5, help="joint loss weight of the task term")
-    p.add_argument("--lambda-feat", type=float, default=0.2, help="joint loss weight of the feature-transfer term")
+    p.add_argument("--joint-epochs", type=integer(1), default=10, help="epochs of joint optimisation (paper: 100)")
+    p.add_argument(
+        "--lambda-recon", type=real(0, 1e3), default=1.0, help="joint loss weight of the reconstruction term"
+    )
+    p.add_argument("--lambda-task", type=real(0, 1e3), default=0.5, help="joint loss weight of the task term")
+    p.add_argument(
+        "--lambda-feat", type=real(0, 1e3), default=0.2, help="joint loss weight of the feature-transfer term"
+    )
     p.add_argument(
         "--compare-pixels",
         action=argparse.BooleanOptionalAction,
@@ -313,7 +352,10 @@ def cmd_encode(args) -> None:
     cfg = EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit, tasks=task_presets(args.tasks))
     sources = library_files(args.input)
     if len(sources) == 1:  # in this process, into the file -o names
-        print(_report_line(encode_video(sources[0], args.output, selection, cfg, store=ModelStore(args.store))))
+        report = encode_video(
+            sources[0], args.output, selection, cfg, store=ModelStore(args.store), overwrite=args.overwrite
+        )
+        print(_report_line(report))
         return
     output = Path(args.output)
     if output.exists() and not output.is_dir():
@@ -370,37 +412,40 @@ def add_encode(sub) -> None:
         "(comma-separated presets or task kinds, e.g. efficientnet_lite0 or cls; see docs/encode.md)",
     )
     budget = e.add_mutually_exclusive_group()
-    budget.add_argument("--params", type=int, help="size budget: stored values (weights + embeddings)")
-    budget.add_argument("--bpp", type=float, help="size budget in bits per pixel (default 0.5)")
+    budget.add_argument("--params", type=integer(1), help="size budget: stored values (weights + embeddings)")
+    budget.add_argument("--bpp", type=real(0, 64, low_open=True), help="size budget in bits per pixel (default 0.5)")
     e.add_argument("--frames", type=parse_frame_range, default=(0, None, 1), metavar="START:STOP:STEP")
     e.add_argument("--crop", type=parse_size, metavar="WxH", help="centre crop before resizing")
     e.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to this size")
-    e.add_argument("--epochs", type=int, default=300)
-    e.add_argument("--target-psnr", type=float, help="stop when the training PSNR reaches this (dB)")
+    e.add_argument("--epochs", type=integer(1), default=300)
+    e.add_argument("--target-psnr", type=real(0, 200), help="stop when the training PSNR reaches this (dB)")
     e.add_argument(
         "--time-limit",
-        type=float,
+        type=real(0),
         default=540.0,
         metavar="SECONDS",
         help="training time budget; the rate schedule anneals within it (default 540; 0: epochs only)",
     )
-    e.add_argument("--lr", type=float, help="learning rate (default: the family's reference rate)")
-    e.add_argument("--batch", type=int, default=1, help="frames per step")
+    e.add_argument("--lr", type=real(0, 10, low_open=True), help="learning rate (default: the family's reference rate)")
+    e.add_argument("--batch", type=integer(1), default=1, help="frames per step")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    e.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
+    e.add_argument("--threads", type=integer(1, 1024), help="CPU threads for training (default: all cores)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.add_argument("--address", help="several inputs: join this Ray cluster (HOST:PORT, auto); default: local Ray")
-    e.add_argument("--cpus-per-task", type=float, default=1.0, help="several inputs: CPUs per input's task")
-    e.add_argument("--gpus-per-task", type=float, default=0.0, help="several inputs: GPUs per input's task")
-    e.add_argument("--retries", type=int, default=3, help="several inputs: reruns of a task whose worker died")
+    e.add_argument(
+        "--cpus-per-task", type=real(0, 1024, low_open=True), default=1.0, help="several inputs: CPUs per task"
+    )
+    e.add_argument("--gpus-per-task", type=real(0, 64), default=0.0, help="several inputs: GPUs per input's task")
+    e.add_argument(
+        "--retries", type=integer(0, 100), default=3, help="several inputs: reruns of a task whose worker died"
+    )
+    add_overwrite_option(e)
     add_store_option(e)
     e.set_defaults(run=cmd_encode)
 
 
 def cmd_bench(args) -> None:
-    if args.threads < 1 or args.repeats is not None and args.repeats < 1:
-        raise UserError("--threads and --repeats must be at least 1")
     _needs_torch()
     from .benchmark.run import BenchConfig, run_bench
 
@@ -419,8 +464,8 @@ def add_bench(sub) -> None:
     b = sub.add_parser("bench", help="H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2")
     b.add_argument("--quick", action="store_true", help="tiny clips, few epochs, classification only (CI; < 2 min)")
     b.add_argument("--out", help="results folder (default bench/results/table1, or bench/results/quick)")
-    b.add_argument("--threads", type=int, default=2, help="CPU threads for every pipeline (default 2)")
-    b.add_argument("--repeats", type=int, help="warm queries per workload and pipeline")
+    b.add_argument("--threads", type=integer(1, 1024), default=2, help="CPU threads for every pipeline (default 2)")
+    b.add_argument("--repeats", type=integer(1), help="warm queries per workload and pipeline")
     b.add_argument("--store", help="model store for the graphs (default: OUT/store)")
     b.set_defaults(run=cmd_bench)
 

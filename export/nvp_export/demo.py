@@ -1,6 +1,6 @@
 """The README's main job, end to end on one machine: generate a clip, encode it, route two tasks, query, view, bench.
 
-    python bench/demo.py [--out demo]      # or: nvp demo
+    python bench/demo.py [--out demo]
 
 1. a 320x180 clip from a photograph (``clips``), encoded into an HNeRV .nvp (``encode``);
 2. classification routed into EfficientNet-Lite0 (ImageNet weights) by CKA + adapter

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from nvp_rt.fingerprint import fingerprint
+from nvp_rt.outputs import check_output
 from nvp_rt.quality import psnr
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
@@ -52,27 +54,20 @@ class EncodeReport:
     routes: list[dict] = field(default_factory=list)  # task-aware routes: name, pair, agreement figures
 
 
-def check_output_path(output: str | os.PathLike) -> Path:
-    output = Path(output)
-    if output.is_dir():
-        raise IsADirectoryError(f"output {output} is a directory; give a file name such as clip.nvp")
-    if not output.parent.is_dir():
-        raise FileNotFoundError(f"output folder {output.parent} does not exist")
-    return output
-
-
 def encode_video(
     source: str | os.PathLike,
     output: str | os.PathLike,
     selection: FrameSelection = FrameSelection(),
     cfg: EncodeConfig | None = None,
     store: ModelStore | None = None,
+    overwrite: bool = False,
 ) -> EncodeReport:
-    """Fit, quantise and write ``output``; the architecture's decoder graphs go into ``store`` (default: the
-    user's model store) so the runtime can decode and route the file at once."""
+    """Fit, quantise and write ``output`` (an existing one only with ``overwrite``, never ``source``);
+    the architecture's decoder graphs go into ``store`` (default: the user's model store) so the
+    runtime can decode and route the file at once."""
     started = time.perf_counter()
     cfg = EncodeConfig() if cfg is None else cfg
-    output = check_output_path(output)  # before minutes of fitting
+    output = check_output(output, [source], overwrite)  # before minutes of fitting
     cfg.fit.resolved_device()
     frames, fps = read_video(source, selection)
     n, h, w, _ = frames.shape
@@ -107,6 +102,7 @@ def encode_video(
             "fps": fps,
             "source": Path(source).name,
             "selection": asdict(selection),
+            "fingerprint": fingerprint(frames),
         },
         "metrics": {
             "psnr_float_db": round(psnr_float, 4),

@@ -1,53 +1,159 @@
-"""Atomic file replacement: a reader sees the old file or the whole new one, never a part."""
+"""Atomic file replacement: a reader sees the old file or the whole new one, never a part.
+
+A write goes to a temporary file beside the target, named ``.<target>.<pid>.<token>.nvp-tmp``,
+is fsynced and renamed over the target. Rewriting keeps the target's permission bits; a new file
+gets the ones the umask allows (0666 & ~umask, as ``open()`` would). A symbolic link is followed:
+its target is rewritten and the link kept. Temporary files of writers that died (kill -9, power
+loss) are removed by the next write into the same folder; files of live writers are left alone.
+
+:func:`exclusive_lock` serialises read-modify-write cycles on one file between processes
+(``flock`` on the file itself), e.g. two ``nvp-export`` runs adding routes at once.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import re
+import secrets
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
+
+TEMP_SUFFIX = ".nvp-tmp"
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
+_swept: set[Path] = set()  # folders whose stale temporaries this process has removed
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, fsync and rename."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def resolve(path: str | os.PathLike) -> Path:
+    """The file a write to ``path`` should replace: symbolic links followed."""
+    return Path(os.path.realpath(path))
+
+
+def temp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
+def _alive(pid: int) -> bool:
     try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temporaries in ``folder`` whose writer process no longer exists; returns them."""
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMP_NAME.match(name)
+        if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).unlink()
+                removed.append(folder / name)
+    return removed
+
+
+def sweep(folder: Path) -> None:
+    """Remove stale temporaries from ``folder``, once per process."""
+    if folder not in _swept:
+        remove_stale_temps(folder)
+        _swept.add(folder)
+
+
+def _mode_for(target: Path) -> int | None:
+    """The permission bits to keep: the existing target's; None for a new file (umask applies)."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Replace ``path`` with what ``write`` writes into an open binary file; returns the file written."""
+    target = resolve(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"{path} is a directory")
+    sweep(target.parent)
+    tmp = temp_path(target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        mode = _mode_for(target)
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(target.parent)
+    return target
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and rename."""
+    return atomic_write_with(path, lambda f: f.write(data))
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path for a library that writes files by name (FFmpeg); renamed over ``path`` on
+    success with the permission bits :func:`atomic_write` gives, removed on failure."""
+    target = resolve(path)
+    sweep(target.parent)
+    tmp = temp_path(target)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield tmp
+        mode = _mode_for(target)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(target.parent)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on the existing file ``path`` (its link target) while the block runs.
+
+    Writers replace the file by rename, so the lock is taken on the inode the path names once the
+    lock is held: a process that waited on a file another one replaced locks the new file instead.
+    """
+    target = resolve(path)
+    while True:
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_ino == os.stat(target).st_ino:
+                yield target
+                return
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
     except OSError:
         pass  # some filesystems cannot fsync directories; the file itself is complete
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path`` for writers that want a file name (Parquet, video muxers); when the block
-    succeeds it is fsynced and renamed over ``path``, when it fails it is removed."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from . import atomic
 from .device import CudaUnavailableError, cuda_is_available
 from .store import ModelStore
 
@@ -149,8 +150,9 @@ class SessionCache:
                 )
             except Exception:  # ORT rejects a stale or foreign cache entry: rebuild it below
                 opts = self._options()
-        tmp = optimized.with_name(f".{optimized.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         optimized.parent.mkdir(parents=True, exist_ok=True)
+        atomic.sweep(optimized.parent)
+        tmp = atomic.temp_path(optimized)
         opts.optimized_model_filepath = str(tmp)
         session = ort.InferenceSession(data, opts, providers=providers, provider_options=provider_options)
         if tmp.is_file():

@@ -13,9 +13,11 @@ import json
 import sys
 from pathlib import Path
 
+from .arguments import Parser, integer
 from .command import (
     AddCommand,
     UserError,
+    add_overwrite_option,
     add_store_option,
     parse_frame_range,
     passive_openmp_waits,
@@ -23,6 +25,7 @@ from .command import (
     run_reporting_errors,
 )
 from .nvpfile import NvpFile
+from .outputs import check_output
 from .store import ModelStore
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi"}
@@ -84,7 +87,7 @@ def _db(value) -> str:
 
 
 def cmd_view(args) -> None:
-    from .video import write_pngs, write_video
+    from .video import png_name, write_pngs, write_video
 
     nvp = NvpFile.open(args.file)  # validate before importing torch
     out = Path(args.output)
@@ -93,12 +96,14 @@ def cmd_view(args) -> None:
         raise UserError(f"output {out} is a directory")
     if not is_video and out.exists() and not out.is_dir():
         raise UserError(f"output {out} is neither a video name ({', '.join(sorted(VIDEO_SUFFIXES))}) nor a folder")
-    total = nvp.manifest.get("video", {}).get("frames", 0)
+    total = nvp.manifest["inr"]["num_frames"]
     start, stop, step = args.frames
     stop = total if stop is None else stop
     if start >= total or stop > total:
         raise UserError(f"frames {start}:{stop} out of range: the video has {total} frames")
     indices = list(range(start, stop, step))
+    for path in [out] if is_video else [out / png_name(i) for i in indices] if out.is_dir() else []:
+        check_output(path, [args.file], args.overwrite)
     frames = _session(args).decode(indices)
     if is_video:
         fps = float(nvp.manifest.get("video", {}).get("fps") or 30) / step
@@ -130,6 +135,10 @@ def cmd_run(args) -> None:
     if start >= total or stop > total:
         raise UserError(f"frames {start}:{stop} out of range: the video has {total} frames")
     tasks = [t for t in args.tasks.split(",") if t]
+    for task in tasks:
+        classes = session.classes(task)
+        if classes is not None and args.top_k > classes:
+            raise UserError(f"--top-k {args.top_k}: task {task!r} ranks {classes} classes")
     t0 = time.perf_counter()
     answers = session.run(tasks, frames=range(start, stop, step), top_k=args.top_k)
     elapsed = time.perf_counter() - t0
@@ -181,7 +190,7 @@ def _positive(text: str) -> int:
 
 def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.ArgumentParser:
     """`nvp`'s parser; ``commands``: the subcommands other packages add (default: those registered)."""
-    p = argparse.ArgumentParser(prog="nvp", description=__doc__.splitlines()[0])
+    p = Parser(prog="nvp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     commands = registered_commands() if commands is None else commands
     for add in commands.values():
@@ -197,7 +206,7 @@ def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.Argu
     r.add_argument("file")
     r.add_argument("--tasks", required=True, help="comma-separated task names routed in the file, e.g. cls,det")
     r.add_argument("--frames", type=parse_frame_range, default=(0, None, 1), metavar="START:STOP:STEP")
-    r.add_argument("--top-k", type=int, default=5)
+    r.add_argument("--top-k", type=integer(1), default=5, help="classes per answer (at most the task's classes)")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     r.add_argument("--backend", choices=["auto", "ort", "trt"], default="auto")
     add_store_option(r)
@@ -230,7 +239,10 @@ def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.Argu
     v.add_argument("file")
     v.add_argument("-o", "--output", required=True, help="out.mp4 (.mkv, .mov, .avi) or a folder for PNGs")
     v.add_argument("--frames", type=parse_frame_range, default=(0, None, 1), metavar="START:STOP:STEP")
-    v.add_argument("--crf", type=int, default=12, help="x264 quality for video output (lower is better)")
+    v.add_argument(
+        "--crf", type=integer(0, 51), default=12, help="x264 quality for video output, 0..51 (lower is better)"
+    )
+    add_overwrite_option(v)
     add_store_option(v)
     v.set_defaults(run=cmd_view)
 

@@ -12,15 +12,23 @@ exactly to the quantised symbols.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NoReturn
 
 import constriction
 import numpy as np
 
-from .nvpfile import NvpFormatError
+from . import schema
+from .schema import NvpFormatError
 
 MAX_SYMBOLS = 1 << 31  # quantised values in one payload; far above any INR nvp writes
+# Symbols per coded bit a stream may claim. The entropy bound alone lets a near-constant stream
+# claim any count in a few bytes; INRs nvp writes code at 2-7 bits per symbol, so a stream claiming
+# more than 16 symbols per bit (under 1/16 bit each) is refused before anything is allocated --
+# unless it is small (FREE_SYMBOLS, 4 MB decoded): an untrained or constant tensor codes to nothing.
+MAX_SYMBOLS_PER_BIT = 16
+FREE_SYMBOLS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -108,28 +116,35 @@ def _check(ok: bool | np.bool_, what: str) -> None:
 
 
 def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
-    """Inverse of :func:`encode_tensors` (to the dequantised float32 values), validating as it goes."""
+    """Inverse of :func:`encode_tensors` (to the dequantised float32 values), validating as it goes.
+
+    Every size is checked against the stored bytes before it is allocated: a stream's symbol count
+    against its counts, the tensors' shapes and what its coded words can hold (:func:`_check_capacity`).
+    """
     _check(isinstance(meta, dict) and meta.get("codec") == "quant-range-v1", "unknown codec")
-    entries, streams = meta.get("tensors"), meta.get("streams")
-    if not (isinstance(entries, list) and isinstance(streams, dict)):
-        _fail("malformed index")
-    for e in entries:
-        _check(
-            isinstance(e, dict)
-            and isinstance(e.get("name"), str)
-            and isinstance(e.get("shape"), list)
-            and all(isinstance(d, int) and 0 <= d < 1 << 31 for d in e["shape"]),
-            "malformed tensor entry",
-        )
+    entries = schema.sequence(meta.get("tensors"), "INR payload: tensors", 1, 4096)
+    streams = schema.mapping(meta.get("streams"), "INR payload: streams")
+    names = set()
+    for i, e in enumerate(entries):
+        field = f"INR payload: tensors[{i}]"
+        e = schema.mapping(e, field)
+        name = schema.string(e.get("name"), f"{field}.name")
+        _check(name not in names, f"tensor {name!r} appears twice")
+        names.add(name)
+        dims = schema.sequence(e.get("shape"), f"{field}.shape", 0, 8)
+        for j, d in enumerate(dims):
+            schema.integer(d, f"{field}.shape[{j}]", 1, MAX_SYMBOLS)
+        schema.integer(e.get("bits"), f"{field}.bits", 1, 16)
+        schema.optional(e.get("axis"), schema.integer, f"{field}.axis", 0, max(len(dims) - 1, 0))
     claimed: dict[str, int] = {}
     for e in entries:
-        claimed[str(e.get("bits"))] = claimed.get(str(e.get("bits")), 0) + int(np.prod(e["shape"], dtype=np.int64))
+        claimed[str(e["bits"])] = claimed.get(str(e["bits"]), 0) + math.prod(e["shape"])
     # Checked before decoding, so a crafted symbol count cannot make the decoder allocate without bound.
     _check(claimed == streams and sum(claimed.values()) <= MAX_SYMBOLS, "stream sizes do not match the tensors")
     symbols_by_bits: dict[int, np.ndarray] = {}
     for key, total in streams.items():
         _check(
-            key.isdigit() and 1 <= int(key) <= 16 and isinstance(total, int) and 0 <= total <= MAX_SYMBOLS,
+            key.isdigit() and 1 <= int(key) <= 16 and type(total) is int and 0 <= total <= MAX_SYMBOLS,
             f"bad stream {key!r}",
         )
         b = int(key)
@@ -141,6 +156,7 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
             f"stream {b} symbol counts inconsistent",
         )
         _check(words.dtype == np.uint32 and words.ndim == 1, f"stream {b} words malformed")
+        _check_capacity(b, counts, words)
         try:
             decoded = (
                 constriction.stream.queue.RangeDecoder(words).decode(_model(counts), total)
@@ -159,7 +175,7 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         name, shape, b, axis = e["name"], tuple(e["shape"]), e.get("bits"), e.get("axis")
         _check(b in symbols_by_bits, f"{name}: no stream for {b} bits")
         _check(axis is None or (isinstance(axis, int) and 0 <= axis < len(shape)), f"{name}: bad axis")
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)
         stream, start = symbols_by_bits[b], used[b]
         _check(start + n <= stream.size, f"{name}: stream too short")
         q = stream[start : start + n].reshape(shape)
@@ -173,6 +189,10 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
             and low.shape == step.shape == (slices,)
         ):
             _fail(f"{name}: quantisation range malformed")
+        _check(
+            bool(np.isfinite(low).all() and np.isfinite(step).all() and (step >= 0).all()),
+            f"{name}: quantisation range holds NaN, infinite or negative values",
+        )
         view = [1] * len(shape)
         if axis is not None:
             view[axis] = slices
@@ -180,3 +200,19 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         out[name] = Quantised(q, low, step, b, axis).dequantise()
     _check(all(used[b] == s.size for b, s in symbols_by_bits.items()), "stream has unused symbols")
     return out
+
+
+def _check_capacity(bits: int, counts: np.ndarray, words: np.ndarray) -> None:
+    """The symbols a stream claims must fit in its coded bits.
+
+    A range coder spends at least the counts' entropy per symbol on average (up to a few words of
+    state), and nvp's INRs never code below 1/MAX_SYMBOLS_PER_BIT bit per symbol unless they are small.
+    """
+    total = float(counts.sum(dtype=np.float64))
+    coded_bits = 32.0 * words.size + 64
+    p = counts[counts > 0] / total if total else np.ones(1)
+    information = total * float(-(p * np.log2(p)).sum())
+    _check(
+        information <= 1.01 * coded_bits and total <= max(MAX_SYMBOLS_PER_BIT * coded_bits, FREE_SYMBOLS),
+        f"stream {bits} claims {int(total)} symbols; its {words.size} words cannot hold them",
+    )

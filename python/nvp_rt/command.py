@@ -24,7 +24,7 @@ COMMANDS_GROUP = "nvp.commands"
 # An entry point of the group names a function that adds its subcommand to `nvp`:
 # ``add(subparsers)`` calls ``subparsers.add_parser(name, ...)`` and sets ``run=callable(args)``.
 # Its module is imported for every `nvp` call (to list the commands): it must not import torch.
-AddCommand = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+AddCommand = Callable[["argparse._SubParsersAction[Any]"], None]
 
 
 class UserError(ValueError):
@@ -56,10 +56,14 @@ def parse_frame_range(text: str) -> tuple[int, int | None, int]:
         values = [int(p) if p else None for p in parts] + [None] * (3 - len(parts))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected START:STOP:STEP, got {text!r}") from None
-    start, stop, step = values[0] or 0, values[1], values[2] or 1
+    start, stop, step = values[0] or 0, values[1], 1 if values[2] is None else values[2]
     if start < 0 or step < 1 or (stop is not None and stop <= start):
         raise argparse.ArgumentTypeError(f"bad frame range {text!r}")
     return start, stop, step
+
+
+def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-y", "--overwrite", action="store_true", help="replace an existing output")
 
 
 def add_store_option(parser: argparse.ArgumentParser) -> None:

@@ -186,7 +186,7 @@ def answer_file(path: str, config: QueryConfig, store: ModelStore) -> list[dict[
         return rows + [_error_row(path, None, None, f"no frame of {config.frames} in a video of {total}")]
     if not known:
         return rows
-    step = _call_frames(config.frames_per_call, [session.clip_frames(t) for t in known])
+    step = _call_frames(config.frames_per_call, [session.clip_length(t) for t in known])
     for i in range(0, len(frames), step):
         rows.extend(_answer(session, path, known, frames[i : i + step], config.top_k))
     return rows

@@ -22,7 +22,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
-from .atomic import atomic_write
+from . import schema
+from .atomic import atomic_write, exclusive_lock
+from .schema import NvpFormatError
 
 MAGIC = b"\x89NVP\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation at byte 0
 FORMAT_VERSION = (1, 0)  # a reader accepts any minor of its major
@@ -40,10 +42,6 @@ _HEADER = struct.Struct("<8sHHII")
 MAX_MANIFEST_BYTES = 16 << 20
 INR_SECTION = "inr"
 ROUTES_SECTION = "routes"
-
-
-class NvpFormatError(ValueError):
-    """The bytes are not a valid .nvp file (truncated, tampered, wrong version, ...)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +81,7 @@ class NvpFile:
     manifest: dict[str, Any]  # without the section index
     sections: dict[str, Section]
     size_bytes: int
+    checksums: dict[str, int]  # section name -> crc32, as the manifest's index states it
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> NvpFile:
@@ -101,43 +100,32 @@ class NvpFile:
         for name, entry in index.items():
             try:
                 arrays = _st_load(raw[name]) if raw[name] else {}
-            except (SafetensorError, ValueError, TypeError) as e:
+            except (SafetensorError, ValueError, TypeError, KeyError) as e:  # KeyError: a dtype numpy lacks
                 raise NvpFormatError(f"{path}: section {name!r} is not a valid array blob ({e})") from None
             sections[name] = Section(arrays, entry.get("meta", {}))
-        return cls(path, version, manifest, sections, len(data))
+        checksums = {name: entry["crc32"] for name, entry in index.items()}
+        nvp = cls(path, version, manifest, sections, len(data), checksums)
+        try:
+            schema.check_inr_manifest(manifest)
+            nvp.routes()
+        except NvpFormatError as e:
+            raise NvpFormatError(f"{path}: {e}") from None
+        return nvp
 
     @property
     def inr(self) -> Section:
         return self.sections[INR_SECTION]
 
     def routes(self) -> list[Route]:
+        """The routes, validated against the INR's taps (``schema.check_routes``)."""
         section = self.sections.get(ROUTES_SECTION)
         if section is None:
             return []
-        routes = []
-        for i, head in enumerate(_expect(section.meta.get("routes", []), list, "routes")):
-            head = _expect(head, dict, "route")
-            try:
-                arrays = {k: section.arrays[f"{i}/{k}"] for k in head["arrays"]}
-                routes.append(
-                    Route(
-                        head["task"],
-                        head["backbone"],
-                        head["tap"],
-                        head["injection_point"],
-                        arrays,
-                        head.get("metadata", {}),
-                    )
-                )
-            except (KeyError, TypeError) as e:
-                raise NvpFormatError(f"{self.path}: route {i} is malformed ({e})") from None
-        return routes
-
-
-def _expect(value, kind, what):
-    if not isinstance(value, kind):
-        raise NvpFormatError(f"{what}: expected {kind.__name__}, got {type(value).__name__}")
-    return value
+        channels = {t["name"]: t["shape"][0] for t in self.manifest["taps"]}
+        return [
+            Route(h["task"], h["backbone"], h["tap"], h["injection_point"], h["arrays"], h["metadata"])
+            for h in schema.check_routes(section.meta, section.arrays, channels)
+        ]
 
 
 def _parse(data: bytes, where: str) -> tuple[tuple[int, int], dict, dict[str, bytes]]:
@@ -157,18 +145,13 @@ def _parse(data: bytes, where: str) -> tuple[tuple[int, int], dict, dict[str, by
     if zlib.crc32(manifest_bytes, zlib.crc32(data[: _HEADER.size - 4])) != manifest_crc:
         raise NvpFormatError(f"{where}: manifest checksum mismatch (file corrupt or tampered)")
     try:
-        manifest = json.loads(manifest_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise NvpFormatError(f"{where}: manifest is not valid JSON ({e})") from None
-    manifest = _expect(manifest, dict, "manifest")
-    index = _expect(manifest.get("sections"), dict, "manifest sections")
+        manifest = schema.mapping(schema.load_json(manifest_bytes, "manifest"), "manifest")
+        index = schema.check_section_index(manifest.get("sections"))
+    except NvpFormatError as e:
+        raise NvpFormatError(f"{where}: {e}") from None
     body = memoryview(data)[body_start:]
     raw, end = {}, 0
-    for name, entry in sorted(index.items(), key=lambda kv: kv[1].get("offset", -1) if isinstance(kv[1], dict) else -1):
-        entry = _expect(entry, dict, f"section {name!r}")
-        offset, length, crc = (entry.get(k) for k in ("offset", "length", "crc32"))
-        if not all(isinstance(v, int) and v >= 0 for v in (offset, length, crc)):
-            raise NvpFormatError(f"{where}: section {name!r} has an invalid index entry")
+    for name, (offset, length, crc, _) in sorted(index.items(), key=lambda kv: kv[1][0]):
         if offset != end:
             raise NvpFormatError(f"{where}: section {name!r} overlaps or leaves a gap")
         if offset + length > len(body):
@@ -194,7 +177,8 @@ def _serialise(manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]]
     for name, (blob, meta) in sections.items():
         index[name] = {"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob), "meta": meta}
         offset += len(blob)
-    manifest_bytes = json.dumps({**manifest, "sections": index}, indent=1, sort_keys=True).encode()
+    # allow_nan=False: a NaN would make a file its own reader refuses (strict JSON), so writing fails instead.
+    manifest_bytes = json.dumps({**manifest, "sections": index}, indent=1, sort_keys=True, allow_nan=False).encode()
     prefix = _HEADER.pack(MAGIC, *FORMAT_VERSION, len(manifest_bytes), 0)[:-4]
     header = prefix + struct.pack("<I", zlib.crc32(manifest_bytes, zlib.crc32(prefix)))
     return b"".join([header, manifest_bytes, *(blob for blob, _ in sections.values())])
@@ -222,11 +206,27 @@ def write_nvp(
 
 def replace_routes(path: str | os.PathLike, routes: list[Route]) -> int:
     """Swap the routes of an existing file; the INR payload bytes are copied verbatim, not re-encoded."""
-    data = Path(path).read_bytes()
-    _, manifest, raw = _parse(data, str(path))
-    index = manifest.pop("sections")
-    sections = {name: (raw[name], index[name].get("meta", {})) for name in raw if name != ROUTES_SECTION}
-    sections[ROUTES_SECTION] = _routes_section(list(routes))
-    out = _serialise(manifest, sections)
-    atomic_write(path, out)
+    return update_routes(path, lambda _: list(routes))
+
+
+def update_routes(
+    path: str | os.PathLike, change: Callable[[list[Route]], list[Route]], inr_checksum: int | None = None
+) -> int:
+    """Read-modify-write of the routes under an exclusive lock: ``change`` gets the routes the file
+    has at that moment, so concurrent writers each keep the others' routes. With ``inr_checksum``
+    (the INR section's crc32 the caller worked from), a file whose INR changed meanwhile is refused."""
+    with exclusive_lock(path):
+        current = NvpFile.open(path)
+        data = Path(path).read_bytes()
+        _, manifest, raw = _parse(data, str(path))
+        index = manifest.pop("sections")
+        if inr_checksum is not None and index[INR_SECTION]["crc32"] != inr_checksum:
+            raise NvpFormatError(
+                f"{path}: its video payload was rewritten while this route was trained "
+                "(another process changed the file); run the export again"
+            )
+        sections = {name: (raw[name], index[name].get("meta", {})) for name in raw if name != ROUTES_SECTION}
+        sections[ROUTES_SECTION] = _routes_section(list(change(current.routes())))
+        out = _serialise(manifest, sections)
+        atomic_write(path, out)
     return len(out)

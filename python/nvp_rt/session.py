@@ -123,22 +123,27 @@ class _Route:
 
 
 def _check_route_shapes(route: Route, tap, head: _Head, where: str) -> None:
-    """Adapter widths against the tap they read and the head they feed, at open rather than mid-query."""
+    """Adapter widths and sizes against the tap they read and the head they feed, at open rather than
+    mid-query (the schema has checked the adapter's own shapes)."""
     pathways = len(head.inputs)
     for p, head_input in enumerate(head.session.get_inputs()):
         prefix = f"pathway{p}/" if pathways > 1 else ""
         first = route.arrays[f"{prefix}weight0"]
         last = route.arrays[f"{prefix}weight{1 if route.metadata.get('hidden') else 0}"]
-        channels = head_input.shape[2 if head.clip_frames > 1 else 1]  # video heads take (N, T, C, H, W)
-        if (
-            first.ndim != 2
-            or first.shape[1] != tap.shape[0]
-            or (isinstance(channels, int) and last.shape[0] != channels)
-        ):
+        size = tuple(route.metadata["pathways"][p]["size"])
+        video = head.clip_frames > 1
+        expected = (head.clip_frames, last.shape[0], *size) if video else (last.shape[0], *size)
+        if first.shape[1] != tap.shape[0] or not _fits((1, *expected), head_input.shape):
             raise NvpFormatError(
-                f"{where}: route {route.task!r} adapter {tuple(first.shape)} does not fit tap "
-                f"{tap.name} ({tap.shape[0]} channels) and its head ({channels} channels)"
+                f"{where}: route {route.task!r} adapter {tuple(first.shape)} to {size} does not "
+                f"fit tap {tap.name} ({tap.shape[0]} channels) and its head's input "
+                f"{head_input.shape[1:]}"
             )
+
+
+def _fits(shape: tuple[int, ...], graph_shape: list) -> bool:
+    """An array shape against a graph's declared one, whose symbolic dimensions match anything."""
+    return len(shape) == len(graph_shape) and all(not isinstance(g, int) or g == d for d, g in zip(shape, graph_shape))
 
 
 class Session:
@@ -173,9 +178,20 @@ class Session:
     def tasks(self) -> list[str]:
         return list(self._routes)
 
-    def clip_frames(self, task: str) -> int:
-        """Consecutive frames ``task`` answers together: 1 for frame tasks, the clip length for video heads."""
-        return self._plan([task])[0][0].head.clip_frames
+    def clip_length(self, task: str) -> int:
+        """Consecutive frames one answer of ``task`` takes (1 for image tasks)."""
+        self._plan([task])
+        return self._routes[task].head.clip_frames
+
+    def classes(self, task: str) -> int | None:
+        """How many classes a classification or action task ranks (None for other kinds)."""
+        self._plan([task])
+        head = self._routes[task].head
+        if head.task not in ("classification", "action"):
+            return None
+        labels = head.description.get("labels") or []
+        width = head.session.get_outputs()[0].shape[-1]
+        return len(labels) or (width if isinstance(width, int) else None)
 
     @property
     def last_timings(self) -> dict[str, float]:
@@ -188,6 +204,16 @@ class Session:
         expected = {i.name: i.shape for i in session.get_inputs() if i.name != STAGE_INPUT}
         if set(expected) != set(weights) or any(tuple(weights[k].shape) != tuple(s) for k, s in expected.items()):
             raise NvpFormatError(f"{self.path}: the INR weights of stage {name!r} do not fit its architecture's graph")
+        stage_input = next(i for i in session.get_inputs() if i.name == STAGE_INPUT)
+        if name == self.inr.tap_names[0] and not _fits(
+            self.inr.stem_input(np.zeros(1, np.int64)).shape, stage_input.shape
+        ):
+            raise NvpFormatError(f"{self.path}: the INR's stem input does not fit its architecture's graph")
+        if not _fits((1, *self.inr.tap(name).shape), session.get_outputs()[0].shape):
+            raise NvpFormatError(
+                f"{self.path}: tap {name!r} is {self.inr.tap(name).shape} in the manifest "
+                f"but {session.get_outputs()[0].shape[1:]} in its architecture's graph"
+            )
         return session, {k: self._device.graph_array(v) for k, v in weights.items()}
 
     # -- a query ---------------------------------------------------------------------------------------------
@@ -250,6 +276,8 @@ class Session:
         tasks = [tasks] if isinstance(tasks, str) else list(tasks)
         if not tasks:
             raise ValueError("no tasks requested")
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer; got {top_k!r}")
         idx = self._frames(frames)
         routes, deepest = self._plan(tasks)
         with clock.step("prefix"):
@@ -279,11 +307,11 @@ class Session:
 
 
 def _flatten(frames) -> Iterable[int]:
-    if isinstance(frames, (int, np.integer)):
+    if isinstance(frames, (int, np.integer)) and not isinstance(frames, bool):
         yield int(frames)
         return
     for f in frames:
-        if not isinstance(f, (int, np.integer)):
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
             raise ValueError(f"frame indices must be integers; got {f!r}")
         yield int(f)
 

@@ -8,13 +8,12 @@ one-line message.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .atomic import atomic_output, atomic_write
 
 
 class VideoError(ValueError):
@@ -66,9 +65,11 @@ def read_video(path: str | os.PathLike, selection: FrameSelection = FrameSelecti
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             fps = float(stream.average_rate or stream.guessed_rate or 30)
+            decoded = 0
             for i, frame in enumerate(container.decode(stream)):
                 if selection.stop is not None and i >= selection.stop:
                     break
+                decoded = i + 1
                 if i < selection.start or (i - selection.start) % selection.step:
                     continue
                 frames.append(_shape(frame.to_ndarray(format="rgb24"), selection, frame, path))
@@ -76,6 +77,10 @@ def read_video(path: str | os.PathLike, selection: FrameSelection = FrameSelecti
         raise
     except (av.FFmpegError, ValueError, OSError) as e:
         raise VideoError(f"{path}: cannot decode video ({_reason(e)})") from None
+    if selection.stop is not None and decoded < selection.stop:
+        raise VideoError(
+            f"{path}: frames {selection.start}:{selection.stop} out of range: the video has {decoded} frames"
+        )
     if not frames:
         raise VideoError(f"{path}: no frames in the selected range")
     return np.stack(frames), fps / selection.step
@@ -121,27 +126,22 @@ def write_video(
     fmt = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov", ".avi": "avi"}.get(path.suffix.lower())
     if fmt is None:
         raise VideoError(f"{path}: unsupported video extension (use .mp4, .mkv, .mov or .avi, or a folder for PNGs)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
     payload = 0
-    try:
-        with av.open(tmp, "w", format=fmt) as container:
-            stream = container.add_stream(codec, rate=round(fps) or 30, options=options or {})
-            stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-            for rgb in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                    payload += packet.size
-                    container.mux(packet)
-            for packet in stream.encode():
+    with atomic_output(path) as tmp, av.open(str(tmp), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=round(fps) or 30, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
                 payload += packet.size
                 container.mux(packet)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for packet in stream.encode():
+            payload += packet.size
+            container.mux(packet)
     return payload
+
+
+def png_name(index: int) -> str:
+    return f"frame_{index:06d}.png"
 
 
 def write_pngs(folder: str | os.PathLike, frames: np.ndarray, first_index: int = 0, step: int = 1) -> list[Path]:
@@ -157,7 +157,7 @@ def write_pngs(folder: str | os.PathLike, frames: np.ndarray, first_index: int =
         codec.width, codec.height, codec.pix_fmt = rgb.shape[1], rgb.shape[0], "rgb24"
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
-        out = folder / f"frame_{first_index + k * step:06d}.png"
+        out = folder / png_name(first_index + k * step)
         atomic_write(out, data)
         written.append(out)
     return written

@@ -140,8 +140,8 @@ def prepare_video(
     nvp_path = folder / f"{spec.name}.nvp"
     progress(f"encode {spec.name}")
     report = encode_video(
-        source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit), store=store
-    )
+        source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit), store=store, overwrite=True
+    )  # the benchmark's own file, from an earlier run
     inr = load_nvp(nvp_path)
     routes, infos = [], {}
     for task in spec.tasks:

@@ -48,6 +48,19 @@ def stored_bits(cfg) -> int:
     return WEIGHT_BITS * params + EMBEDDING_BITS * embedding
 
 
+# Ever smaller variants of each family's defaults, tried in turn when a budget leaves fc_dim < 16.
+SHRINK = {
+    "nerv": [{"mlp_hidden": h} for h in (512, 256, 128, 64, 32)],
+    "hnerv": [
+        {},
+        {"embed_dim": 8},
+        {"embed_dim": 8, "lower_width": 8},
+        {"embed_dim": 4, "lower_width": 6},
+        {"embed_dim": 2, "lower_width": 4},
+    ],
+}
+
+
 def config_for_budget(
     family: str,
     height: int,
@@ -62,8 +75,10 @@ def config_for_budget(
 
     ``params`` counts decoder weights plus embeddings; ``bpp`` counts their
     quantised bits over frames x height x width (the entropy coder then lands
-    below it). NeRV's stem MLP is narrowed from 512 when the budget is too
-    small for a useful fc_dim with the full width.
+    below it). When the budget is too small for a useful fc_dim at the default
+    sizes, smaller variants are tried in turn (SHRINK): NeRV's stem MLP is
+    narrowed from 512; HNeRV's embeddings and narrowest blocks are thinned, so
+    short clips at low rates still get a model.
     """
     if (params is None) == (bpp is None):
         raise ValueError("give exactly one budget: params or bpp")
@@ -72,10 +87,9 @@ def config_for_budget(
         cost, budget = (lambda c: sum(c.stored_values())), params
     else:
         cost, budget = stored_bits, bpp * num_frames * height * width
-    hidden_choices = [overrides.pop("mlp_hidden")] if "mlp_hidden" in overrides else [512, 256, 128, 64, 32]
+    variants = [{k: v for k, v in extra.items() if k not in overrides} for extra in SHRINK[family]]
     best = None
-    for hidden in hidden_choices if family == "nerv" else [None]:
-        extra = {"mlp_hidden": hidden} if hidden else {}
+    for extra in variants:
         lo, hi = 0, 4096
         while lo < hi:  # largest fc_dim within budget; cost grows with fc_dim
             mid = (lo + hi + 1) // 2

@@ -1,0 +1,427 @@
+"""Structure-aware mutations of a valid .nvp file, with every checksum fixed up afterwards.
+
+A mutant is a valid file plus a list of operations, each a small JSON-serialisable dict, so a
+reproducer is its operation list: applied to any valid file it regenerates the mutant
+(``apply(parse(valid), ops)``). Operations reach past the checksums into what the reader trusts:
+
+- ``json``: set, delete or insert a value anywhere in the manifest, a section's meta or a
+  safetensors header (type confusion, huge and negative numbers, NaN / Infinity / 1e999, deep
+  nesting, long strings, values moved from elsewhere in the document);
+- ``array``: overwrite elements of an array (NaN, Inf, huge, zero, random), truncate or extend it;
+- ``inflate``: multiply one dimension of an INR tensor and re-encode its stream consistently, so
+  a small valid stream claims a huge tensor (the frame count follows for the embeddings);
+- ``index``: set a section's offset / length / crc32 in the index;
+- ``flip``: xor one byte of a section.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import constriction
+import numpy as np
+
+MAGIC = b"\x89NVP\r\n\x1a\n"
+_HEADER = struct.Struct("<8sHHII")
+Op = dict[str, Any]
+# Values a field is set to: other types, boundaries, overflows (markers are expanded when serialised).
+POOL: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    2,
+    3,
+    7,
+    255,
+    65535,
+    2**31 - 1,
+    2**31,
+    2**32,
+    2**53,
+    2**63,
+    10**30,
+    -(2**31),
+    0.5,
+    32.5,
+    -0.0,
+    1e-300,
+    1e308,
+    "",
+    "32",
+    "rgb",
+    "stem",
+    "x" * 300,
+    [],
+    [1],
+    [0, 0],
+    [[[]]],
+    {},
+    {"a": 1},
+    {"$": "nan"},
+    {"$": "inf"},
+    {"$": "-inf"},
+    {"$": "1e999"},
+    {"$": "deep"},
+]
+DTYPES = [
+    "BF16",
+    "F8_E4M3",
+    "F8_E5M2",
+    "F16",
+    "F32",
+    "F64",
+    "I8",
+    "I16",
+    "I32",
+    "I64",
+    "U8",
+    "U16",
+    "U32",
+    "U64",
+    "BOOL",
+    "C64",
+    "XX",
+]
+FILLS: list[str | int] = ["nan", "inf", "-inf", "huge", "zero", 2**31, 7, 0]  # what array elements become
+MAX_INFLATED = 1 << 24  # symbols an inflated stream may claim (the mutator itself encodes them)
+SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 3e38, "zero": 0.0}
+
+
+@dataclass
+class State:
+    """A parsed file: the manifest (without its section index), and per section its meta and blob parts."""
+
+    version: tuple[int, int]
+    manifest: dict[str, Any]
+    metas: dict[str, dict[str, Any]]
+    headers: dict[str, dict[str, Any]]  # safetensors header per section ({} for an empty section)
+    data: dict[str, bytes]  # safetensors data bytes per section
+    order: list[str]
+
+
+def parse(data: bytes) -> State:
+    _, major, minor, length, _ = _HEADER.unpack_from(data)
+    manifest = json.loads(data[_HEADER.size : _HEADER.size + length])
+    body = data[_HEADER.size + length :]
+    index = manifest.pop("sections")
+    order = sorted(index, key=lambda n: index[n]["offset"])
+    headers, blobs, metas = {}, {}, {}
+    for name in order:
+        e = index[name]
+        blob = body[e["offset"] : e["offset"] + e["length"]]
+        metas[name] = e.get("meta", {})
+        if blob:
+            n = struct.unpack_from("<Q", blob)[0]
+            headers[name], blobs[name] = json.loads(blob[8 : 8 + n]), blob[8 + n :]
+        else:
+            headers[name], blobs[name] = {}, b""
+    return State((major, minor), manifest, metas, headers, blobs, order)
+
+
+def _expand(text: str) -> str:
+    """Markers -> what JSON writers never produce but a crafted file may hold."""
+    for marker, raw in (
+        ("nan", "NaN"),
+        ("inf", "Infinity"),
+        ("-inf", "-Infinity"),
+        ("1e999", "1e999"),
+        ("deep", "[" * 100_000 + "]" * 100_000),
+    ):
+        text = text.replace(json.dumps({"$": marker}), raw)
+    return text
+
+
+def _dump(doc: Any) -> bytes:
+    return _expand(json.dumps(doc, sort_keys=True)).encode()
+
+
+def array(state: State, section: str, name: str) -> np.ndarray | None:
+    h = state.headers[section].get(name)
+    if not isinstance(h, dict) or h.get("dtype") not in _NP:
+        return None
+    try:
+        a, b = (int(v) for v in h["data_offsets"])
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None
+    flat = np.frombuffer(state.data[section][a:b], dtype=_NP[h["dtype"]]).copy()
+    shape = h.get("shape")
+    if isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape) and math.prod(shape) == flat.size:
+        return flat.reshape(shape)
+    return flat
+
+
+_NP = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "U32": np.uint32, "I64": np.int64, "U8": np.uint8}
+_ST = {np.dtype(v).name: k for k, v in _NP.items()}
+
+
+def set_arrays(state: State, section: str, arrays: dict[str, np.ndarray]) -> None:
+    """Replace/add arrays of a section, rewriting its data and offsets (other headers kept as they are)."""
+    old = {k: v for k, v in state.headers[section].items() if k != "__metadata__"}
+    parts, header, offset = [], {}, 0
+    for name in sorted(set(old) | set(arrays)):
+        if name in arrays:
+            a = np.ascontiguousarray(arrays[name])
+            raw, entry = a.tobytes(), {"dtype": _ST[a.dtype.name], "shape": list(a.shape)}
+        else:
+            h = old[name]
+            try:
+                lo, hi = h["data_offsets"]
+                raw, entry = state.data[section][lo:hi], {k: v for k, v in h.items() if k != "data_offsets"}
+            except (TypeError, KeyError, ValueError):
+                continue
+        header[name] = {**entry, "data_offsets": [offset, offset + len(raw)]}
+        parts.append(raw)
+        offset += len(raw)
+    state.headers[section], state.data[section] = header, b"".join(parts)
+
+
+def serialise(state: State, index_ops: Sequence[Op] = ()) -> bytes:
+    blobs = {}
+    for name in state.order:
+        if state.headers[name] or state.data[name]:
+            h = _dump(state.headers[name])
+            blobs[name] = struct.pack("<Q", len(h)) + h + state.data[name]
+        else:
+            blobs[name] = b""
+    for op in (o for o in index_ops if o["op"] == "flip"):
+        blob = bytearray(blobs[op["section"]])
+        if blob:
+            blob[op["pos"] % len(blob)] ^= op["xor"]
+        blobs[op["section"]] = bytes(blob)
+    index, offset = {}, 0
+    for name in state.order:
+        index[name] = {
+            "offset": offset,
+            "length": len(blobs[name]),
+            "crc32": zlib.crc32(blobs[name]),
+            "meta": state.metas[name],
+        }
+        offset += len(blobs[name])
+    for op in (o for o in index_ops if o["op"] == "index"):
+        index[op["section"]][op["key"]] = op["value"]
+    manifest = _dump({**state.manifest, "sections": index})
+    prefix = _HEADER.pack(MAGIC, *state.version, len(manifest), 0)[:-4]
+    crc = zlib.crc32(manifest, zlib.crc32(prefix))
+    return prefix + struct.pack("<I", crc) + manifest + b"".join(blobs[n] for n in state.order)
+
+
+# -- applying operations ---------------------------------------------------------------------------
+
+
+def _doc(state: State, which: str) -> Any:
+    kind, _, section = which.partition(":")
+    return {
+        "manifest": lambda: state.manifest,
+        "meta": lambda: state.metas[section],
+        "st": lambda: state.headers[section],
+    }[kind]()
+
+
+def _apply_json(state: State, op: Op) -> None:
+    doc = _doc(state, op["doc"])
+    *parents, last = op["path"]
+    for key in parents:
+        doc = doc[key]
+    if op["action"] == "delete":
+        del doc[last]
+    elif op["action"] == "insert" and isinstance(doc, list):
+        doc.insert(last, copy.deepcopy(op["value"]))
+    else:
+        doc[last] = copy.deepcopy(op["value"])
+
+
+def _apply_array(state: State, op: Op) -> None:
+    a = array(state, op["section"], op["name"])
+    if a is None:
+        return
+    if op["action"] == "fill":
+        flat = a.reshape(-1)
+        for pos, value in zip(op["positions"], op["values"]):
+            if not flat.size:
+                continue
+            v = SPECIAL.get(value, value) if isinstance(value, str) else value
+            if a.dtype.kind == "f":
+                with np.errstate(all="ignore"):
+                    flat[pos % flat.size] = np.array(v).astype(a.dtype)
+            else:  # integers: the non-finite specials become the largest value
+                flat[pos % flat.size] = (int(v) if np.isfinite(v) else -1) % (1 << (8 * a.dtype.itemsize))
+    elif op["action"] == "resize":
+        a = np.resize(a.reshape(-1), op["size"]) if a.size else np.zeros(op["size"], a.dtype)
+    set_arrays(state, op["section"], {op["name"]: a})
+
+
+def _apply_inflate(state: State, op: Op) -> None:
+    """Scale one dimension of an INR tensor; re-encode its bit width's stream to match (valid again)."""
+    meta = state.metas["inr"]
+    entry = next(e for e in meta["tensors"] if e["name"] == op["tensor"])
+    entry["shape"][op["dim"]] *= op["factor"]
+    bits = entry["bits"]
+    total = sum(math.prod(e["shape"]) for e in meta["tensors"] if e["bits"] == bits)
+    if not (isinstance(bits, int) and 1 <= bits <= 16 and 0 < total <= MAX_INFLATED):
+        return  # earlier operations broke the index: this one has nothing consistent to re-encode
+    meta["streams"][str(bits)] = total
+    symbols = np.zeros(total, np.int32)
+    symbols[:: max(total // 97, 1)] = 1  # a near-constant stream: tiny once range-coded
+    counts = np.bincount(symbols, minlength=1 << bits).astype(np.uint32)
+    model = constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(symbols, model)
+    set_arrays(state, "inr", {f"stream{bits}:counts": counts, f"stream{bits}:words": encoder.get_compressed()})
+    if op["tensor"] == "embeddings" and op["dim"] == 0:
+        frames = entry["shape"][0]
+        state.manifest["inr"]["num_frames"] = frames
+        if isinstance(state.manifest.get("video"), dict):
+            state.manifest["video"]["frames"] = frames
+
+
+def _apply_one(state: State, op: Op) -> None:
+    try:
+        {"json": _apply_json, "array": _apply_array, "inflate": _apply_inflate}.get(op["op"], lambda *_: None)(
+            state, op
+        )
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, MemoryError, StopIteration):
+        pass  # an earlier operation removed what this one targets: the mutant is what remains
+
+
+def apply(state: State, ops: list[Op]) -> bytes:
+    """The mutant's bytes; ``state`` is changed in place."""
+    for op in ops:
+        _apply_one(state, op)
+    return serialise(state, ops)
+
+
+# -- generating operations -------------------------------------------------------------------------
+
+
+def _paths(doc: Any, prefix: Sequence[Any] = ()) -> list[list]:
+    out = [list(prefix)] if prefix else []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out += _paths(v, [*prefix, k])
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc[:16]):
+            out += _paths(v, [*prefix, i])
+    return out
+
+
+def _get(doc: Any, path: list) -> Any:
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
+def _value(rng: np.random.Generator, current: Any, docs: list[Any]) -> Any:
+    roll = rng.random()
+    if roll < 0.25 and isinstance(current, (int, float)) and not isinstance(current, bool):
+        return type(current)(current * rng.choice([0, -1, 2, 10, 1000, 2**20]) + rng.integers(-2, 3))
+    if roll < 0.35 and docs:  # a value from elsewhere
+        doc = docs[rng.integers(len(docs))]
+        paths = _paths(doc)
+        return copy.deepcopy(_get(doc, paths[rng.integers(len(paths))])) if paths else None
+    if roll < 0.4 and isinstance(current, str):
+        return rng.choice(DTYPES)
+    return copy.deepcopy(POOL[rng.integers(len(POOL))])
+
+
+def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
+    ops: list[Op] = []
+    for _ in range(int(rng.choice([1, 1, 1, 2, 3]))):
+        kind = str(
+            rng.choice(
+                ["json", "json", "json", "st", "array", "inflate", "index", "flip"],
+                p=[0.3, 0.15, 0.1, 0.12, 0.15, 0.08, 0.05, 0.05],
+            )
+        )
+        section = state.order[rng.integers(len(state.order))]
+        if kind in ("json", "st"):
+            which = f"st:{section}" if kind == "st" else rng.choice(["manifest", f"meta:{section}"])
+            doc = _doc(state, which)
+            paths = _paths(doc)
+            if not paths:
+                continue
+            path = paths[rng.integers(len(paths))]
+            current = _get(doc, path)
+            action = rng.choice(["set", "set", "set", "delete", "insert"])
+            ops.append(
+                {
+                    "op": "json",
+                    "doc": which,
+                    "path": path,
+                    "action": str(action),
+                    "value": _value(rng, current, [state.manifest, *state.metas.values()]),
+                }
+            )
+            _apply_one(state, ops[-1])  # later operations see this one's result
+        elif kind == "array":
+            names = [k for k in state.headers[section] if k != "__metadata__"]
+            if not names:
+                continue
+            name = names[rng.integers(len(names))]
+            if rng.random() < 0.7:
+                k = int(rng.integers(1, 4))
+                op: Op = {
+                    "op": "array",
+                    "section": section,
+                    "name": name,
+                    "action": "fill",
+                    "positions": [int(p) for p in rng.integers(0, 2**31, k)],
+                    "values": [FILLS[i] for i in rng.integers(0, len(FILLS), k)],
+                }
+            else:
+                a = array(state, section, name)
+                size = 0 if a is None else int(a.size)
+                op = {
+                    "op": "array",
+                    "section": section,
+                    "name": name,
+                    "action": "resize",
+                    "size": int(rng.choice([0, 1, max(size // 2, 1), size + 1, size * 2 + 3])),
+                }
+            ops.append(op)
+            _apply_one(state, op)
+        elif kind == "inflate":
+            tensors = state.metas.get("inr", {}).get("tensors")
+            if not isinstance(tensors, list) or not tensors:
+                continue
+            e = tensors[rng.integers(len(tensors))]
+            if not (isinstance(e, dict) and isinstance(e.get("shape"), list) and e["shape"]):
+                continue
+            op = {
+                "op": "inflate",
+                "tensor": e.get("name"),
+                "dim": int(rng.integers(len(e["shape"]))),
+                "factor": int(rng.choice([2, 16, 256, 2048])),
+            }
+            ops.append(op)
+            _apply_one(state, op)
+        elif kind == "index":
+            ops.append(
+                {
+                    "op": "index",
+                    "section": section,
+                    "key": str(rng.choice(["offset", "length", "crc32"])),
+                    "value": _value(rng, 0, []),
+                }
+            )
+        else:
+            ops.append(
+                {"op": "flip", "section": section, "pos": int(rng.integers(0, 2**31)), "xor": int(rng.integers(1, 256))}
+            )
+    return ops
+
+
+def mutant(valid: bytes, seed: int, index: int) -> tuple[bytes, list[Op]]:
+    """Mutant ``index`` of run ``seed``: (bytes, operations that regenerate it from ``valid``)."""
+    rng = np.random.default_rng([seed, index])
+    ops = random_ops(parse(valid), rng)
+    return apply(parse(valid), ops), ops
