@@ -304,6 +304,10 @@ def test_encode_survives_workers_dying_mid_task(cluster, clips, tmp_path):
     (tmp_path / "markers").mkdir()
     outcomes = encode_many(jobs, FrameSelection(), config, store.root, progress=False, encode=dying)
     assert [o.error for o in outcomes] == [None, None]
+    sources = [str(d / "chelsea.mp4"), str(d / "coffee.mp4")]
+    with pytest.raises(ValueError, match="exists; pass --overwrite"):  # finished outputs are kept unless asked
+        plan_jobs(sources, tmp_path)
+    assert plan_jobs(sources, tmp_path, overwrite=True) == jobs
     assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == ["chelsea.nvp", "coffee.nvp"]  # each died
     # Under the outputs' names only complete files (a worker killed inside an atomic write may leave a hidden
     # temporary beside them, never a part under the name).

@@ -361,7 +361,7 @@ def cmd_encode(args) -> None:
     if output.exists() and not output.is_dir():
         raise UserError(f"output {output} is a file; several inputs need a folder (-o OUTDIR/)")
     output.mkdir(exist_ok=True)
-    jobs = plan_jobs(sources, output)
+    jobs = plan_jobs(sources, output, overwrite=args.overwrite)
     resources = TaskResources(cpus=args.cpus_per_task, gpus=args.gpus_per_task, max_retries=args.retries)
     outcomes = encode_many(jobs, selection, cfg, args.store, resources, args.address, progress=not args.quiet)
     failed = [o for o in outcomes if o.error is not None]

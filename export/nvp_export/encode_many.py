@@ -44,13 +44,17 @@ class EncodeOutcome:
     error: str | None = None
 
 
-def plan_jobs(sources: list[str], folder: Path) -> list[EncodeJob]:
-    """``folder/<input name>.nvp`` for each input; two inputs that would write the same file are an error."""
+def plan_jobs(sources: list[str], folder: Path, overwrite: bool = False) -> list[EncodeJob]:
+    """``folder/<input name>.nvp`` for each input; two inputs that would write the same file are an error,
+    and so is an existing output unless ``overwrite``. Checked here, once: a task run again after its
+    worker died may then replace the output its first attempt finished."""
     outputs: dict[Path, str] = {}
     for source in sources:
         output = folder / f"{Path(source).stem}.nvp"
         if output in outputs:
             raise ValueError(f"inputs {outputs[output]} and {source} would both be written to {output}")
+        if output.exists() and not overwrite:
+            raise ValueError(f"output {output} exists; pass --overwrite (-y) to replace it")
         outputs[output] = source
     return [EncodeJob(source, str(output)) for output, source in outputs.items()]
 
@@ -95,7 +99,7 @@ def encode_many(
 
 
 def _encode_one(encode, job: EncodeJob, selection: FrameSelection, config: EncodeConfig, store: str) -> EncodeReport:
-    return encode(job.source, job.output, selection, config, store=ModelStore(store))
+    return encode(job.source, job.output, selection, config, store=ModelStore(store), overwrite=True)
 
 
 def _first_line(error: BaseException) -> str:
