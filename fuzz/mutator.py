@@ -323,7 +323,8 @@ def _get(doc: Any, path: list) -> Any:
 def _value(rng: np.random.Generator, current: Any, docs: list[Any]) -> Any:
     roll = rng.random()
     if roll < 0.25 and isinstance(current, (int, float)) and not isinstance(current, bool):
-        return type(current)(current * rng.choice([0, -1, 2, 10, 1000, 2**20]) + rng.integers(-2, 3))
+        # Python arithmetic: a value already near 2**63 must grow, not overflow numpy's int64.
+        return type(current)(current * int(rng.choice([0, -1, 2, 10, 1000, 2**20])) + int(rng.integers(-2, 3)))
     if roll < 0.35 and docs:  # a value from elsewhere
         doc = docs[rng.integers(len(docs))]
         paths = _paths(doc)

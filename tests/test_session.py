@@ -259,11 +259,12 @@ def test_nvp_run_prints_the_session_answers_as_json(video, capsys):
     assert set(printed["timings_ms"]) >= {"prefix", "adapters", "heads", "total"}
 
     here = ["--store", str(store.root)]
+    classes = nvp_rt.Session(d / "clip.nvp", store=store).classes("act")
     for args, words in [
         (["--tasks", "nope", *here], "no route"),
         (["--tasks", "cls", "--frames", "0:99", *here], "out of range"),
         (["--tasks", "cls", "--store", str(d / "nowhere")], "model store"),
-        (["--tasks", "act", "--top-k", "401", *here], "ranks 400 classes"),
+        (["--tasks", "act", "--top-k", str(classes + 1), *here], f"ranks {classes} classes"),
     ]:
         assert main(["run", str(d / "clip.nvp"), *args]) == 1
         err = capsys.readouterr().err.strip().splitlines()
@@ -313,6 +314,7 @@ def test_a_route_that_does_not_fit_its_tap_is_rejected_at_open(video, tmp_path):
     # Well formed on its own, but resized to what its head does not take: refused at open, not in a query.
     (size,) = [p["size"] for p in cls.metadata["pathways"]]
     smaller = {**cls.metadata, "pathways": [{"size": [size[0] - 1, size[1]], "frames": None}]}
+    shutil.copy(d / "clip.nvp", bad)
     replace_routes(bad, [Route("cls", cls.backbone, cls.tap, cls.injection_point, cls.arrays, smaller)])
     with pytest.raises(NvpFormatError, match="does not fit tap .* head's input"):
         nvp_rt.Session(bad, store=store)
