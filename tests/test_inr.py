@@ -233,8 +233,8 @@ def test_fit_starts_afresh_when_stuck_at_the_mean_frame():
 def test_a_short_clip_at_the_default_budget_gets_a_smaller_model():
     from nvp_export.encode import DEFAULT_BPP
 
-    budget = DEFAULT_BPP * 8 * 180 * 320  # 8 frames of 320x180: the default sizes' embeddings alone exceed it
-    assert stored_bits(make_config("hnerv", height=180, width=320, num_frames=8, fc_dim=1)) > budget
+    budget = DEFAULT_BPP * 8 * 180 * 320  # 8 frames of 320x180: the default sizes leave no useful width
+    assert stored_bits(make_config("hnerv", height=180, width=320, num_frames=8, fc_dim=16)) > budget
     cfg = config_for_budget("hnerv", 180, 320, 8, bpp=DEFAULT_BPP)
     assert stored_bits(cfg) <= budget and cfg.fc_dim >= 16
     wider = make_config("hnerv", **{**cfg.__dict__, "fc_dim": cfg.fc_dim + 1})
