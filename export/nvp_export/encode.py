@@ -74,6 +74,7 @@ def encode_video(
     budget = {"params": cfg.params} if cfg.params is not None else {"bpp": cfg.bpp or DEFAULT_BPP}
     inr_config = config_for_budget(cfg.family, h, w, n, **budget)
     target = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
+    torch.manual_seed(cfg.fit.seed)  # the initial weights too: the same command encodes the same file
     inr = from_config(inr_config)
     objective = (
         TaskAwareObjective(inr, target, [load_backbone(p) for p in cfg.tasks.values()], cfg.task_aware)
