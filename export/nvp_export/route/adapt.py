@@ -125,6 +125,11 @@ class Route:
         return MicroAdapter.from_arrays(self.adapter_spec(), self.adapter)
 
 
+def storable(value) -> bool:
+    """A metric the manifest can hold: JSON has no NaN or infinity (the reader refuses them)."""
+    return isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value))
+
+
 def to_file_route(route) -> FileRoute:
     """A classification route (``Route``) as the .nvp container stores it."""
     metadata = {
@@ -133,7 +138,7 @@ def to_file_route(route) -> FileRoute:
         "out_channels": route.out_channels,
         "hidden": route.hidden,
         "pathways": [{"size": list(route.size), "frames": None}],
-        **{k: v for k, v in route.metrics.items() if isinstance(v, (int, float, str))},
+        **{k: v for k, v in route.metrics.items() if storable(v)},
     }
     return FileRoute(route.task, route.backbone, route.inr_tap, route.injection_point, dict(route.adapter), metadata)
 

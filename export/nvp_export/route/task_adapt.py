@@ -35,7 +35,7 @@ from nvp_rt.nvpfile import Route as FileRoute
 from ..backbone import Backbone, to_unit_frames
 from ..fidelity.clip_score import ClipScorer
 from ..fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
-from .adapt import AdaptConfig, candidate_pairs
+from .adapt import AdaptConfig, candidate_pairs, storable
 from .cka import CKAMatrix, cka_matrix
 from .multipathway import FitConfig, PathwayAdapter, as_pathways, decode_clips, fit_adapter
 from .task_cost import RouteCost, route_cost
@@ -285,7 +285,7 @@ def task_file_route(task: str, kind: str, result) -> FileRoute:
         "kind": kind,
         "in_channels": route.adapter.adapters[0].spec.in_channels,
         **layout,
-        **{k: v for k, v in result.metrics().items() if isinstance(v, (int, float, str))},
+        **{k: v for k, v in result.metrics().items() if storable(v)},
     }
     return FileRoute(task, route.cost.backbone, route.tap, route.point, arrays, metadata)
 

@@ -22,7 +22,6 @@ EfficientNet-Lite0: 41-54% agreement against 0-22% for block1 -> stage5/stage7, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -191,7 +190,7 @@ class TaskAwareObjective:
                     tuple(spec.size),
                     spec.hidden,
                     adapter.to_arrays(),
-                    {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))},
+                    metrics,  # to_file_route keeps what the manifest can hold
                 )
             )
         return routes
