@@ -26,7 +26,7 @@ from nvp_rt.nvpfile import NvpFile
 
 
 def one_export(path: Path, task: str, seed: int, baseline: bool = False) -> None:
-    from nvp_rt.nvpfile import INR_SECTION, NvpFile, Route, replace_routes, update_routes
+    from nvp_rt.nvpfile import NvpFile, Route, replace_routes, update_routes
 
     nvp = NvpFile.open(path)  # what nvp-export reads first ...
     tap = nvp.manifest["taps"][1]
@@ -46,7 +46,7 @@ def one_export(path: Path, task: str, seed: int, baseline: bool = False) -> None
     update_routes(
         path,
         lambda routes: [r for r in routes if r.task != task] + [route],  # ... and adds its route
-        inr_checksum=nvp.checksums[INR_SECTION],
+        payload_checksum=nvp.payload_checksum,
     )
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from nvp_rt.atomic import TEMP_SUFFIX, atomic_output, atomic_write
-from nvp_rt.nvpfile import INR_SECTION, NvpFile, NvpFormatError, update_routes, write_nvp
-from test_nvpfile import MANIFEST, _random_payload, _route
+from nvp_rt.nvpfile import NvpFile, NvpFormatError, update_routes
+from test_nvpfile import MANIFEST, _random_payload, _route, write_nvp
 
 
 def _mode(path):
@@ -74,7 +74,7 @@ def _export(path, task, start, seed):
         time.sleep(0.001)
     time.sleep(0.05)
     update_routes(
-        path, lambda routes: [r for r in routes if r.task != task] + [route], inr_checksum=nvp.checksums[INR_SECTION]
+        path, lambda routes: [r for r in routes if r.task != task] + [route], payload_checksum=nvp.payload_checksum
     )
 
 
@@ -100,5 +100,5 @@ def test_a_route_trained_on_a_payload_that_changed_is_refused(tmp_path, rng):
     arrays, meta = _random_payload(rng)
     write_nvp(path, MANIFEST, arrays, meta, before.routes())  # e.g. a joint optimisation meanwhile
     with pytest.raises(NvpFormatError, match="rewritten while"):
-        update_routes(path, lambda routes: routes + [_route(rng, "late")], inr_checksum=before.checksums[INR_SECTION])
+        update_routes(path, lambda routes: routes + [_route(rng, "late")], payload_checksum=before.payload_checksum)
     assert [r.task for r in NvpFile.open(path).routes()] == ["first"]

@@ -58,11 +58,56 @@ def test_bitstream_round_trip_is_exact_and_near_entropy():
         np.testing.assert_array_equal(decoded[name], expected)
     # Compressed size vs the empirical entropy of the symbols (the best any order-0 coder can do).
     for b in (8, 6):
-        counts = arrays[f"stream{b}:counts"].astype(np.float64)
+        counts = arrays[f"model/stream{b}:counts"].astype(np.float64)
         p = counts[counts > 0] / counts.sum()
         entropy_bytes = -(counts[counts > 0] * np.log2(p)).sum() / 8
-        assert arrays[f"stream{b}:words"].nbytes <= entropy_bytes * 1.02 + 16
-        assert arrays[f"stream{b}:words"].nbytes < counts.sum() * b / 8  # real gain over raw symbols
+        assert arrays[f"all/stream{b}:words"].nbytes <= entropy_bytes * 1.02 + 16
+        assert arrays[f"all/stream{b}:words"].nbytes < counts.sum() * b / 8  # real gain over raw symbols
+
+
+def test_groups_decode_alone_and_share_one_model():
+    """Grouped coding: any subset of groups decodes to exactly what the whole payload decodes to, and
+    the groups' streams together cost what one stream would (one model, fitted to all of them)."""
+    rng = np.random.default_rng()
+    stages = [f"s{i}" for i in range(int(rng.integers(2, 5)))]
+    tensors = {
+        f"stages.{s}.{k}.weight": (rng.laplace(size=(int(rng.integers(4, 40)), 24)) * 0.1).astype(np.float32)
+        for s in stages
+        for k in range(2)
+    }
+    tensors["embeddings"] = rng.normal(size=(6, 8, 2, 3)).astype(np.float32)
+    bits = {k: 6 if k == "embeddings" else 8 for k in tensors}
+    group = lambda name: name.split(".")[1] if name.startswith("stages.") else name  # noqa: E731
+    arrays, meta = encode_tensors(tensors, bits, group)
+    whole = decode_tensors(arrays, meta)
+    for name, x in tensors.items():
+        np.testing.assert_array_equal(whole[name], quantise_best(x, bits[name]).dequantise())
+    pick = [g for g in [*stages, "embeddings"] if rng.random() < 0.5] or [stages[0]]
+    without_others = {k: v for k, v in arrays.items() if k.split("/")[0] in (*pick, "model")}
+    part = decode_tensors(without_others, meta, pick)
+    assert set(part) == {k for k in tensors if group(k) in pick}
+    for name, value in part.items():
+        np.testing.assert_array_equal(value, whole[name])
+    alone, _ = encode_tensors(tensors, bits)  # one group: one stream per bit width
+    grouped_words = sum(v.nbytes for k, v in arrays.items() if k.endswith(":words"))
+    single_words = sum(v.nbytes for k, v in alone.items() if k.endswith(":words"))
+    assert grouped_words <= single_words + 8 * len(meta["groups"]) * len(meta["streams"])
+
+
+def test_format_1_payloads_still_decode():
+    """Files of format 1.0 hold one payload with its counts beside its words, unprefixed."""
+    rng = np.random.default_rng()
+    tensors = {
+        "w": rng.normal(size=(9, 5)).astype(np.float32),
+        "embeddings": rng.normal(size=(3, 4)).astype(np.float32),
+    }
+    bits = {"w": 8, "embeddings": 6}
+    arrays, meta = encode_tensors(tensors, bits)
+    v1_arrays = {k.split("/", 1)[1]: v for k, v in arrays.items()}
+    v1_meta = {"codec": "quant-range-v1", "tensors": meta["groups"]["all"]["tensors"], "streams": meta["streams"]}
+    decoded = decode_tensors(v1_arrays, v1_meta)
+    for name, x in tensors.items():
+        np.testing.assert_array_equal(decoded[name], quantise_best(x, bits[name]).dequantise())
 
 
 def test_constant_tensors_round_trip():
@@ -73,7 +118,7 @@ def test_constant_tensors_round_trip():
         "conv.weight": rng.normal(size=(8, 4)).astype(np.float32),
     }
     arrays, meta = encode_tensors(tensors, {"embeddings": 6, "conv.weight": 8})
-    assert arrays["stream6:words"].size <= 2
+    assert arrays["all/stream6:words"].size <= 2
     decoded = decode_tensors(arrays, meta)
     np.testing.assert_array_equal(decoded["embeddings"], quantise_best(tensors["embeddings"], 6).dequantise())
 
@@ -82,17 +127,18 @@ def test_constant_tensors_round_trip():
 def test_inconsistent_payload_is_rejected(damage):
     rng = np.random.default_rng()
     arrays, meta = encode_tensors({"w": rng.normal(size=(8, 4)).astype(np.float32)}, {"w": 8})
+    entry = meta["groups"]["all"]["tensors"][0]
     if damage == "shape":
-        meta["tensors"][0]["shape"] = [8, 5]
+        entry["shape"] = [8, 5]
     elif damage == "counts":
-        arrays["stream8:counts"] = arrays["stream8:counts"].copy()
-        arrays["stream8:counts"][0] += 1
+        arrays["model/stream8:counts"] = arrays["model/stream8:counts"].copy()
+        arrays["model/stream8:counts"][0] += 1
     elif damage == "words":
-        arrays["stream8:words"] = arrays["stream8:words"][:1]
+        arrays["all/stream8:words"] = arrays["all/stream8:words"][:1]
     elif damage == "bits":
-        meta["tensors"][0]["bits"] = 6
+        entry["bits"] = 6
     else:
-        arrays["w:low"] = arrays["w:low"][:1].astype(np.float32)
+        arrays["all/w:low"] = arrays["all/w:low"][:1].astype(np.float32)
     with pytest.raises(NvpFormatError):
         decode_tensors(arrays, meta)
 

@@ -8,16 +8,28 @@ import numpy as np
 import pytest
 
 from nvp_rt import nvpfile
-from nvp_rt.nvpfile import MAGIC, NvpFile, NvpFormatError, Route, replace_routes, write_nvp
+from nvp_rt.codec import decode_tensors, encode_tensors
+from nvp_rt.nvpfile import MAGIC, NvpFile, NvpFormatError, Route, SegmentPayload, replace_routes, stored_route
+from nvp_rt.prefix import payload_group
 
 
-def _random_payload(rng):
-    arrays = {
-        f"t{i}": rng.normal(size=tuple(rng.integers(1, 6, size=rng.integers(1, 4)))).astype(np.float32)
-        for i in range(4)
+def _random_payload(rng, frames=8):
+    """A coded payload of random tensors, grouped as an INR's: one group per stage of MANIFEST, embeddings."""
+    tensors = {
+        f"stages.{stage}.{i}.weight": rng.normal(size=tuple(rng.integers(1, 6, size=rng.integers(1, 4)))).astype(
+            np.float32
+        )
+        for stage in ("stem", "block1", "block2", "rgb")
+        for i in range(2)
     }
-    arrays["words"] = rng.integers(0, 2**32, size=37, dtype=np.uint32)
-    return arrays, {"codec": "test", "n": int(rng.integers(100))}
+    tensors["embeddings"] = rng.normal(size=(frames, 4, 1, 1)).astype(np.float32)
+    bits = {k: 6 if k == "embeddings" else 8 for k in tensors}
+    return encode_tensors(tensors, bits, payload_group)
+
+
+def write_nvp(path, manifest, arrays, meta, routes=()):
+    """One segment of MANIFEST's frames."""
+    return nvpfile.write_nvp(path, manifest, [SegmentPayload(manifest["inr"]["num_frames"], arrays, meta)], routes)
 
 
 def _route(rng, task="cls"):
@@ -68,16 +80,41 @@ def test_round_trip(tmp_path):
     path, manifest, arrays, meta, size = _write(tmp_path, rng, [route])
     nvp = NvpFile.open(path)
     assert size == os.path.getsize(path) == nvp.size_bytes
-    assert nvp.manifest == manifest and nvp.version == nvpfile.FORMAT_VERSION
-    assert nvp.inr.meta == meta
-    assert arrays.keys() == nvp.inr.arrays.keys()
-    for k in arrays:
-        assert nvp.inr.arrays[k].dtype == arrays[k].dtype
-        np.testing.assert_array_equal(nvp.inr.arrays[k], arrays[k])
+    assert {k: v for k, v in nvp.manifest.items() if k != "segments"} == manifest
+    assert nvp.version == nvpfile.FORMAT_VERSION and nvp.segments == [nvpfile.Segment(0, 8)]
+    expected = decode_tensors(arrays, meta)
+    got = nvp.segment_tensors(0)
+    assert got.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_array_equal(got[k], expected[k])
     (back,) = nvp.routes()
     assert back.header() == route.header()
-    for k in route.arrays:
-        np.testing.assert_array_equal(back.arrays[k], route.arrays[k])
+    for k, value in route.arrays.items():  # 8-bit codes: within half a step of the float adapter
+        np.testing.assert_array_equal(back.arrays[k], stored_route(route).arrays[k])
+        assert np.abs(back.arrays[k] - value).max() <= (value.max() - value.min()) / 255 * 0.51 + 1e-3
+
+
+def test_a_query_reads_only_its_segment_and_stages(tmp_path):
+    """Three segments: decoding stages of one reads the header, the manifest, that segment's model and
+    those stages' sections, and nothing else."""
+    rng = np.random.default_rng()
+    frames = [int(n) for n in rng.integers(1, 6, size=3)]
+    payloads = [SegmentPayload(n, *_random_payload(rng, n)) for n in frames]
+    manifest = {**MANIFEST, "video": {**MANIFEST["video"], "frames": sum(frames)}}
+    path = tmp_path / "long.nvp"
+    nvpfile.write_nvp(path, manifest, payloads)
+    nvp = NvpFile.open(path)
+    assert [s.frames for s in nvp.segments] == frames and nvp.segments[2].start == frames[0] + frames[1]
+    opened = nvp.bytes_read
+    assert opened < nvp.size_bytes
+    k = int(rng.integers(3))
+    got = nvp.segment_tensors(k, ["stem", "block1"])
+    want = decode_tensors(payloads[k].arrays, payloads[k].meta)
+    assert set(got) == {n for n in want if payload_group(n) in ("stem", "block1")}
+    for name, value in got.items():
+        np.testing.assert_array_equal(value, want[name])
+    sizes = nvp.payload_sizes(k)
+    assert nvp.bytes_read - opened == sizes["model"] + sizes["stem"] + sizes["block1"]
 
 
 def test_every_flipped_byte_is_detected(tmp_path):
@@ -91,7 +128,7 @@ def test_every_flipped_byte_is_detected(tmp_path):
         corrupt[pos] ^= 1 << int(rng.integers(8))
         bad.write_bytes(bytes(corrupt))
         with pytest.raises(NvpFormatError):
-            NvpFile.open(bad)
+            NvpFile.open(bad).verify()  # open checks header and manifest; a section, when it is read
 
 
 def test_truncation_and_trailing_bytes_are_detected(tmp_path):
@@ -102,7 +139,7 @@ def test_truncation_and_trailing_bytes_are_detected(tmp_path):
     for cut in [0, 3, len(MAGIC), 20, *rng.integers(21, len(data), size=40)]:
         bad.write_bytes(data[:cut])
         with pytest.raises(NvpFormatError):
-            NvpFile.open(bad)
+            NvpFile.open(bad).verify()
     bad.write_bytes(data + b"\0")
     with pytest.raises(NvpFormatError, match="trailing"):
         NvpFile.open(bad)
@@ -127,7 +164,7 @@ def test_crafted_headers_are_rejected_before_use(tmp_path):
     header = struct.calcsize("<8sHHII")
     manifest_len = struct.unpack_from("<I", data, 12)[0]
     manifest = data[header : header + manifest_len].decode()
-    huge = manifest.replace('"length": ', '"length": 9', 1).encode()
+    huge = manifest.replace('"length":', '"length":9', 1).encode()
     prefix = bytes(data[:12]) + struct.pack("<I", len(huge))
     crafted = prefix + struct.pack("<I", zlib.crc32(huge, zlib.crc32(prefix))) + huge + data[header + manifest_len :]
     bad.write_bytes(bytes(crafted))
@@ -166,17 +203,18 @@ def test_replace_routes_keeps_payload_bytes(tmp_path):
         manifest_len = struct.unpack_from("<I", data, 12)[0]
         import json
 
-        entry = json.loads(data[header : header + manifest_len])["sections"]["inr"]
-        start = header + manifest_len + entry["offset"]
-        return data[start : start + entry["length"]]
+        sections = json.loads(data[header : header + manifest_len])["sections"]
+        return [
+            data[header + manifest_len + e["offset"] :][: e["length"]] for n, e in sections.items() if n != "routes"
+        ]
 
     payload = inr_bytes(path)
     routes = [_route(rng, "cls"), _route(rng, "det")]
     replace_routes(path, routes)
     new = NvpFile.open(path)
     assert inr_bytes(path) == payload
-    assert new.manifest == old.manifest
+    assert new.manifest == old.manifest and new.payload_checksum == old.payload_checksum
     assert [r.task for r in new.routes()] == ["cls", "det"]
-    np.testing.assert_array_equal(new.routes()[1].arrays["weight0"], routes[1].arrays["weight0"])
+    np.testing.assert_array_equal(new.routes()[1].arrays["weight0"], stored_route(routes[1]).arrays["weight0"])
     replace_routes(path, [])
     assert NvpFile.open(path).routes() == [] and inr_bytes(path) == payload

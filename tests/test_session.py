@@ -16,7 +16,7 @@ from nvp_export.inr.store import quantise_inr, save_nvp
 from nvp_export.onnx_export import export_route_graphs
 from nvp_export.route.multipathway import PathwayAdapter, decode_clips
 from nvp_export.zoo import load_backbone
-from nvp_rt.nvpfile import NvpFormatError, Route, replace_routes
+from nvp_rt.nvpfile import NvpFormatError, Route, replace_routes, stored_route
 from nvp_rt.session import UnknownTaskError
 from nvp_rt.store import ModelStore, StoreEntryMissing
 
@@ -63,7 +63,9 @@ def video(tmp_path_factory):
         adapter = adapters[task] = PathwayAdapter(inr.tap_shapes()[tap][0], bb.point(point), hidden).eval()
         key = export_route_graphs(inr, bb, point, store, stacked=hidden is not None)
         arrays, meta = adapter.to_route()
-        routes.append(Route(task, key, tap, point, arrays, {"kind": bb.task, **meta}))
+        route = stored_route(Route(task, key, tap, point, arrays, {"kind": bb.task, **meta}))
+        adapter.load_route(route.arrays)  # the reference runs the adapter the file holds (8-bit)
+        routes.append(route)
     replace_routes(d / "clip.nvp", routes)
     return d, store, inr, backbones, adapters
 
@@ -151,7 +153,7 @@ def test_shared_prefix_decodes_once_to_the_deepest_tap(video, monkeypatch):
     d, store, *_ = video
     session = nvp_rt.Session(d / "clip.nvp", store=store)
     stages_run = []
-    for name, (graph, weights) in list(session._stages.items()):
+    for name, graph in list(session._graphs.items()):
 
         class Counting:
             def __init__(self, graph, name):
@@ -161,7 +163,10 @@ def test_shared_prefix_decodes_once_to_the_deepest_tap(video, monkeypatch):
                 stages_run.append(self.name)
                 return self.graph.run(*args)
 
-        session._stages[name] = (Counting(graph, name), weights)
+            def __getattr__(self, attribute):
+                return getattr(self.graph, attribute)
+
+        session._graphs[name] = Counting(graph, name)
     session.run(["cls", "det", "seg"], frames=[1, 2])
     assert stages_run == ["stem", "block1", "block2", "block3"]  # det's block3 is deepest; cls, seg reuse
 

@@ -44,7 +44,7 @@ from nvp_rt.command import (
     passive_openmp_waits,
     run_reporting_errors,
 )
-from nvp_rt.nvpfile import INR_SECTION, NvpFile, Route, update_routes
+from nvp_rt.nvpfile import NvpFile, Route, update_routes
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
@@ -175,7 +175,7 @@ def run(args) -> None:
         return kept + [route]
 
     if joint is None:  # the routes as they are now: another export may have added one meanwhile
-        size = update_routes(args.file, add_route, inr_checksum=nvp.checksums[INR_SECTION])
+        size = update_routes(args.file, add_route, payload_checksum=nvp.payload_checksum)
     else:
         from .route.joint import save_joint
 

@@ -24,7 +24,7 @@ from .command import (
     registered_commands,
     run_reporting_errors,
 )
-from .nvpfile import NvpFile
+from .nvpfile import ROUTES_SECTION, NvpFile
 from .outputs import check_output
 from .store import ModelStore
 
@@ -53,14 +53,16 @@ def cmd_info(args) -> None:
                     "bytes": nvp.size_bytes,
                     "bpp": bpp,
                     "manifest": m,
-                    "routes": [r.header() for r in nvp.routes()],
+                    "routes": [{**r.header(), "task_bytes": nvp.task_bytes(r.tap)} for r in nvp.routes()],
                 },
                 indent=1,
             )
         )
         return
     metrics = m.get("metrics", {})
-    sizes = {name: (len(s.arrays), sum(a.nbytes for a in s.arrays.values())) for name, s in nvp.sections.items()}
+    sections = nvp.sections
+    inr_bytes = sum(n for name, n in sections.items() if name != ROUTES_SECTION)
+    lengths = [s.frames for s in nvp.segments]
     lines = [
         f"file        {nvp.path} (.nvp format {nvp.version[0]}.{nvp.version[1]})",
         f"size        {nvp.size_bytes} bytes" + (f", {bpp:.4f} bpp" if bpp is not None else ""),
@@ -68,7 +70,9 @@ def cmd_info(args) -> None:
         f"quality     PSNR {_db(metrics.get('psnr_quantised_db'))} after quantisation "
         f"({_db(metrics.get('psnr_float_db'))} before)",
         f"inr         {inr.get('family', '?')}: " + ", ".join(f"{k}={v}" for k, v in inr.items() if k != "family"),
-        "sections    " + ", ".join(f"{k} ({n} arrays, {b} bytes)" for k, (n, b) in sizes.items()),
+        f"segments    {len(lengths)} of {min(lengths)}-{max(lengths)} frames",
+        f"sections    {len(sections)}: INR {inr_bytes} bytes, routes {sections.get(ROUTES_SECTION, 0)} bytes, "
+        f"header and manifest {nvp.size_bytes - sum(sections.values())} bytes",
         "taps        "
         + ", ".join(
             f"{t.get('name')} {'x'.join(map(str, t.get('shape', [])))}"
@@ -78,7 +82,10 @@ def cmd_info(args) -> None:
         f"routes      {len(nvp.routes())}",
     ]
     for r in nvp.routes():
-        lines.append(f"  {r.task}: tap {r.tap} -> {r.backbone} @ {r.injection_point}")
+        lines.append(
+            f"  {r.task}: tap {r.tap} -> {r.backbone} @ {r.injection_point}; "
+            f"a query on one segment reads {nvp.task_bytes(r.tap)} bytes"
+        )
     print("\n".join(lines))
 
 

@@ -3,18 +3,19 @@
 Each tensor is quantised to ``bits`` unsigned levels with a min and a step that
 are stored in float16, either once for the whole tensor or once per slice along
 an axis, whichever gives the lower squared error (HNeRV's rule; weights use 8
-bits, HNeRV embeddings 6). The symbols of all tensors with the same bit width
-share one adaptive-free categorical model whose symbol counts are stored, and
-are range-coded (``constriction``) into one stream per bit width. The decoder
-rebuilds the identical model from the stored counts, so the stream decodes
-exactly to the quantised symbols.
+bits, HNeRV embeddings 6). Tensors are coded in groups (an INR's decoder stages
+and its embeddings): each group is one range-coded stream per bit width
+(``constriction``), all coded with one categorical model per bit width whose
+symbol counts are stored once. The decoder rebuilds the identical model from the
+stored counts, so any subset of groups decodes exactly, without the others' bytes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import constriction
 import numpy as np
@@ -84,26 +85,49 @@ def _model(counts: np.ndarray):
     return constriction.stream.model.Categorical(probabilities, perfect=False)
 
 
-def encode_tensors(tensors: dict[str, np.ndarray], bits: dict[str, int]) -> tuple[dict[str, np.ndarray], dict]:
-    """Quantise and entropy-code ``tensors``; returns (arrays, meta) for an .nvp section."""
+CODEC = "quant-range-v2"
+MODEL = "model"  # the group that holds the symbol counts every other group is coded with
+
+
+def encode_tensors(
+    tensors: dict[str, np.ndarray], bits: dict[str, int], group: Callable[[str], str] = lambda name: "all"
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Quantise and entropy-code ``tensors``; returns (arrays, meta) of the payload.
+
+    Tensors are coded in groups (``group(name)``), each group its own range-coded stream per bit width,
+    all with one categorical model per bit width (the ``model`` group's counts) fitted to every group's
+    symbols: a reader decodes any subset of groups without touching the others' bytes, and the model
+    is stored once. Array names are ``<group>/<name>``: the container stores each group as a section.
+    """
     arrays: dict[str, np.ndarray] = {}
-    entries = []
-    groups: dict[int, list[np.ndarray]] = {}
+    groups: dict[str, dict] = {}
+    symbols: dict[str, dict[int, list[np.ndarray]]] = {}
     for name, x in tensors.items():
+        g = group(name)
+        _check("/" not in g and g != MODEL, f"bad group name {g!r}")
         q = quantise_best(x, bits[name])
-        entries.append({"name": name, "shape": list(np.shape(x)), "bits": q.bits, "axis": q.axis})
-        arrays[f"{name}:low"], arrays[f"{name}:step"] = q.low.reshape(-1), q.step.reshape(-1)
-        groups.setdefault(q.bits, []).append(q.symbols.reshape(-1))
-    streams = {}
-    for b, parts in groups.items():
-        symbols = np.concatenate(parts).astype(np.int32)
-        counts = np.bincount(symbols, minlength=1 << b).astype(np.uint32)
-        encoder = constriction.stream.queue.RangeEncoder()
-        encoder.encode(symbols, _model(counts))
-        arrays[f"stream{b}:counts"] = counts
-        arrays[f"stream{b}:words"] = encoder.get_compressed()
-        streams[str(b)] = int(symbols.size)
-    return arrays, {"codec": "quant-range-v1", "tensors": entries, "streams": streams}
+        groups.setdefault(g, {"tensors": [], "streams": {}})["tensors"].append(
+            {"name": name, "shape": list(np.shape(x)), "bits": q.bits, "axis": q.axis}
+        )
+        arrays[f"{g}/{name}:low"], arrays[f"{g}/{name}:step"] = q.low.reshape(-1), q.step.reshape(-1)
+        symbols.setdefault(g, {}).setdefault(q.bits, []).append(q.symbols.reshape(-1))
+    joined = {
+        g: {b: np.concatenate(parts).astype(np.int32) for b, parts in by_bits.items()} for g, by_bits in symbols.items()
+    }
+    totals: dict[int, np.ndarray] = {}
+    for by_bits in joined.values():
+        for b, s in by_bits.items():
+            totals[b] = totals.get(b, np.zeros(1 << b, np.uint32)) + np.bincount(s, minlength=1 << b).astype(np.uint32)
+    for b, counts in totals.items():
+        arrays[f"{MODEL}/stream{b}:counts"] = counts
+    for g, by_bits in joined.items():
+        for b, s in by_bits.items():
+            encoder = constriction.stream.queue.RangeEncoder()
+            encoder.encode(s, _model(totals[b]))
+            arrays[f"{g}/stream{b}:words"] = encoder.get_compressed()
+            groups[g]["streams"][str(b)] = int(s.size)
+    streams = {str(b): int(c.sum(dtype=np.uint64)) for b, c in totals.items()}
+    return arrays, {"codec": CODEC, "streams": streams, "groups": groups}
 
 
 def _fail(what: str) -> NoReturn:
@@ -115,72 +139,135 @@ def _check(ok: bool | np.bool_, what: str) -> None:
         _fail(what)
 
 
-def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.ndarray]:
-    """Inverse of :func:`encode_tensors` (to the dequantised float32 values), validating as it goes.
+def _from_v1(arrays: dict[str, np.ndarray], meta: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """A format-1.0 payload (one group, its counts beside its words) in the grouped form."""
+    renamed = {(f"{MODEL}/{k}" if k.endswith(":counts") else f"all/{k}"): v for k, v in arrays.items()}
+    streams = meta.get("streams")
+    return renamed, {
+        "codec": CODEC,
+        "streams": streams,
+        "groups": {"all": {"tensors": meta.get("tensors"), "streams": streams}},
+    }
 
-    Every size is checked against the stored bytes before it is allocated: a stream's symbol count
-    against its counts, the tensors' shapes and what its coded words can hold (:func:`_check_capacity`).
-    """
-    _check(isinstance(meta, dict) and meta.get("codec") == "quant-range-v1", "unknown codec")
-    entries = schema.sequence(meta.get("tensors"), "INR payload: tensors", 1, 4096)
-    streams = schema.mapping(meta.get("streams"), "INR payload: streams")
-    names = set()
+
+def _check_entries(entries: Any, field: str) -> list[dict]:
+    entries = schema.sequence(entries, field, 1, 4096)
     for i, e in enumerate(entries):
-        field = f"INR payload: tensors[{i}]"
-        e = schema.mapping(e, field)
-        name = schema.string(e.get("name"), f"{field}.name")
-        _check(name not in names, f"tensor {name!r} appears twice")
-        names.add(name)
-        dims = schema.sequence(e.get("shape"), f"{field}.shape", 0, 8)
+        e = schema.mapping(e, f"{field}[{i}]")
+        schema.string(e.get("name"), f"{field}[{i}].name")
+        dims = schema.sequence(e.get("shape"), f"{field}[{i}].shape", 0, 8)
         for j, d in enumerate(dims):
-            schema.integer(d, f"{field}.shape[{j}]", 1, MAX_SYMBOLS)
-        schema.integer(e.get("bits"), f"{field}.bits", 1, 16)
-        schema.optional(e.get("axis"), schema.integer, f"{field}.axis", 0, max(len(dims) - 1, 0))
-    claimed: dict[str, int] = {}
-    for e in entries:
-        claimed[str(e["bits"])] = claimed.get(str(e["bits"]), 0) + math.prod(e["shape"])
-    # Checked before decoding, so a crafted symbol count cannot make the decoder allocate without bound.
-    _check(claimed == streams and sum(claimed.values()) <= MAX_SYMBOLS, "stream sizes do not match the tensors")
-    symbols_by_bits: dict[int, np.ndarray] = {}
-    for key, total in streams.items():
+            schema.integer(d, f"{field}[{i}].shape[{j}]", 1, MAX_SYMBOLS)
+        schema.integer(e.get("bits"), f"{field}[{i}].bits", 1, 16)
+        schema.optional(e.get("axis"), schema.integer, f"{field}[{i}].axis", 0, max(len(dims) - 1, 0))
+    return entries
+
+
+def _check_streams(streams: Any, field: str) -> dict[int, int]:
+    out = {}
+    for key, total in schema.mapping(streams, field).items():
         _check(
             key.isdigit() and 1 <= int(key) <= 16 and type(total) is int and 0 <= total <= MAX_SYMBOLS,
-            f"bad stream {key!r}",
+            f"bad stream {key[:20]!r}",
         )
-        b = int(key)
-        counts, words = arrays.get(f"stream{b}:counts"), arrays.get(f"stream{b}:words")
-        if counts is None or words is None:
-            _fail(f"stream {b} missing")
+        out[int(key)] = total
+    return out
+
+
+def decode_tensors(
+    arrays: dict[str, np.ndarray], meta: dict, groups: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Inverse of :func:`encode_tensors` (to the dequantised float32 values) for ``groups`` (default: all),
+    validating as it goes.
+
+    Every size is checked against the stored bytes before it is allocated: a group's symbol count
+    against the tensors' shapes and what its coded words can hold (:func:`_check_capacity`). When every
+    group is decoded, the symbols must also add up to the stored counts exactly.
+    """
+    _check(isinstance(meta, dict), "no payload description")
+    if meta.get("codec") == "quant-range-v1":
+        arrays, meta = _from_v1(arrays, meta)
+    _check(meta.get("codec") == CODEC, "unknown codec")
+    totals = _check_streams(meta.get("streams"), "INR payload: streams")
+    described = schema.mapping(meta.get("groups"), "INR payload: groups")
+    _check(0 < len(described) <= 4096, "no groups")
+    wanted = list(described) if groups is None else list(groups)
+    _check(all(g in described for g in wanted), "a requested group is missing")
+    models = {}
+    for b, total in totals.items():
+        counts = arrays.get(f"{MODEL}/stream{b}:counts")
         _check(
-            counts.dtype == np.uint32 and counts.shape == (1 << b,) and int(counts.sum(dtype=np.uint64)) == total,
+            counts is not None
+            and counts.dtype == np.uint32
+            and counts.shape == (1 << b,)
+            and int(counts.sum(dtype=np.uint64)) == total,
             f"stream {b} symbol counts inconsistent",
         )
-        _check(words.dtype == np.uint32 and words.ndim == 1, f"stream {b} words malformed")
-        _check_capacity(b, counts, words)
-        try:
-            decoded = (
-                constriction.stream.queue.RangeDecoder(words).decode(_model(counts), total)
-                if total
-                else np.zeros(0, np.int32)
-            )
-        except Exception as err:  # a damaged stream may fail inside the coder in coder-specific ways
-            raise NvpFormatError(f"INR payload: stream {b} does not decode ({err})") from None
+        models[b] = counts
+    claimed = dict.fromkeys(totals, 0)
+    plans = {}
+    for g, description in described.items():
+        field = f"INR payload: groups.{g[:40]}"
+        description = schema.mapping(description, field)
+        entries = _check_entries(description.get("tensors"), f"{field}.tensors")
+        streams = _check_streams(description.get("streams"), f"{field}.streams")
+        sizes: dict[int, int] = {}
+        for e in entries:
+            sizes[e["bits"]] = sizes.get(e["bits"], 0) + math.prod(e["shape"])
+        # Checked before decoding, so a crafted symbol count cannot make the decoder allocate without bound.
         _check(
-            np.array_equal(np.bincount(decoded, minlength=1 << b), counts), f"stream {b} does not decode to its counts"
+            sizes == streams and all(b in totals for b in streams),
+            f"group {g[:40]!r}: stream sizes do not match its tensors",
         )
-        symbols_by_bits[b] = decoded
-    used = dict.fromkeys(symbols_by_bits, 0)  # symbols taken from each stream so far
+        for b, n in streams.items():
+            claimed[b] += n
+        plans[g] = (entries, streams)
+    _check(claimed == totals, "the groups' symbols do not add up to the model's counts")
+    names = [e["name"] for entries, _ in plans.values() for e in entries]
+    _check(len(set(names)) == len(names), "a tensor appears twice")
+    out: dict[str, np.ndarray] = {}
+    histograms = {b: np.zeros(1 << b, np.int64) for b in totals}
+    for g in wanted:
+        entries, streams = plans[g]
+        symbols_by_bits = {}
+        for b, n in streams.items():
+            words = arrays.get(f"{g}/stream{b}:words")
+            _check(
+                words is not None and words.dtype == np.uint32 and words.ndim == 1,
+                f"group {g[:40]!r}: stream {b} words missing or malformed",
+            )
+            _check_capacity(b, models[b], n, words)
+            try:
+                decoded = (
+                    constriction.stream.queue.RangeDecoder(words).decode(_model(models[b]), n)
+                    if n
+                    else np.zeros(0, np.int32)
+                )
+            except Exception as err:  # a damaged stream may fail inside the coder in coder-specific ways
+                raise NvpFormatError(f"INR payload: stream {b} of group {g[:40]!r} does not decode ({err})") from None
+            histograms[b] += np.bincount(decoded, minlength=1 << b)
+            symbols_by_bits[b] = decoded
+        out.update(_dequantise(arrays, g, entries, symbols_by_bits))
+    if set(wanted) == set(described):
+        _check(
+            all(np.array_equal(histograms[b], models[b]) for b in totals), "the streams do not decode to their counts"
+        )
+    return out
+
+
+def _dequantise(
+    arrays: dict[str, np.ndarray], group: str, entries: list[dict], symbols_by_bits: dict[int, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Hand a group's decoded symbols out to its tensors, in order, and map them back to values."""
+    used = dict.fromkeys(symbols_by_bits, 0)
     out = {}
     for e in entries:
-        name, shape, b, axis = e["name"], tuple(e["shape"]), e.get("bits"), e.get("axis")
-        _check(b in symbols_by_bits, f"{name}: no stream for {b} bits")
-        _check(axis is None or (isinstance(axis, int) and 0 <= axis < len(shape)), f"{name}: bad axis")
+        name, shape, b, axis = e["name"], tuple(e["shape"]), e["bits"], e.get("axis")
         n = math.prod(shape)
         stream, start = symbols_by_bits[b], used[b]
-        _check(start + n <= stream.size, f"{name}: stream too short")
         q = stream[start : start + n].reshape(shape)
         used[b] += n
-        low, step = arrays.get(f"{name}:low"), arrays.get(f"{name}:step")
+        low, step = arrays.get(f"{group}/{name}:low"), arrays.get(f"{group}/{name}:step")
         slices = 1 if axis is None else shape[axis]
         if not (
             low is not None
@@ -196,23 +283,21 @@ def decode_tensors(arrays: dict[str, np.ndarray], meta: dict) -> dict[str, np.nd
         view = [1] * len(shape)
         if axis is not None:
             view[axis] = slices
-        low, step = low.reshape(view), step.reshape(view)
-        out[name] = Quantised(q, low, step, b, axis).dequantise()
-    _check(all(used[b] == s.size for b, s in symbols_by_bits.items()), "stream has unused symbols")
+        out[name] = Quantised(q, low.reshape(view), step.reshape(view), b, axis).dequantise()
     return out
 
 
-def _check_capacity(bits: int, counts: np.ndarray, words: np.ndarray) -> None:
+def _check_capacity(bits: int, counts: np.ndarray, symbols: int, words: np.ndarray) -> None:
     """The symbols a stream claims must fit in its coded bits.
 
-    A range coder spends at least the counts' entropy per symbol on average (up to a few words of
-    state), and nvp's INRs never code below 1/MAX_SYMBOLS_PER_BIT bit per symbol unless they are small.
+    A range coder spends at least -log2 of the model's largest probability on every symbol (up to a few
+    words of state), and nvp's INRs never code below 1/MAX_SYMBOLS_PER_BIT bit per symbol unless they
+    are small.
     """
     total = float(counts.sum(dtype=np.float64))
     coded_bits = 32.0 * words.size + 64
-    p = counts[counts > 0] / total if total else np.ones(1)
-    information = total * float(-(p * np.log2(p)).sum())
+    cheapest = -math.log2(min(float(counts.max()) / total, 1.0)) if total else 0.0
     _check(
-        information <= 1.01 * coded_bits and total <= max(MAX_SYMBOLS_PER_BIT * coded_bits, FREE_SYMBOLS),
-        f"stream {bits} claims {int(total)} symbols; its {words.size} words cannot hold them",
+        symbols * cheapest <= 1.01 * coded_bits and symbols <= max(MAX_SYMBOLS_PER_BIT * coded_bits, FREE_SYMBOLS),
+        f"stream {bits} claims {symbols} symbols; its {words.size} words cannot hold them",
     )

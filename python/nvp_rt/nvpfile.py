@@ -11,16 +11,24 @@ arrays, whose meaning is described by the section's ``meta`` in the manifest.
 Nothing here executes stored code: JSON and safetensors only, every length is
 checked against the file before it is used, every byte is covered by a checksum.
 
-Sections: ``inr`` holds the entropy-coded INR (see codec.py) and is written
-once; ``routes`` holds the per-task adapters and is replaced by
-:func:`replace_routes`, which carries the ``inr`` bytes over verbatim.
+A video is a list of *segments* (consecutive frame ranges), each an
+independently decodable INR of one shared architecture, stored as one section
+per group of its payload (``seg<i>/model``: the entropy model; ``seg<i>/<stage>``:
+a decoder stage; ``seg<i>/embeddings``): opening reads the header and manifest
+only, and a query reads the sections of the segments and stages it needs,
+checking each one's crc32 as it arrives. A path with a protocol
+(``s3://``, ``gs://``, ``memory://``...) is read through fsspec with ranged reads.
+``routes`` holds the per-task adapters (entropy-coded too) and is replaced by
+:func:`update_routes`, which carries the INR sections over verbatim.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,16 +40,23 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
-from . import schema
+from . import codec, schema
 from .atomic import atomic_write, exclusive_lock
 from .schema import NvpFormatError
 
 MAGIC = b"\x89NVP\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation at byte 0
-FORMAT_VERSION = (1, 0)  # a reader accepts any minor of its major
+FORMAT_VERSION = (2, 0)  # a reader accepts any minor of the majors it knows
+READABLE_MAJORS = (1, 2)  # 1.x: one INR section, float32 routes
 _HEADER = struct.Struct("<8sHHII")
 MAX_MANIFEST_BYTES = 16 << 20
-INR_SECTION = "inr"
+V1_INR_SECTION = "inr"
 ROUTES_SECTION = "routes"
+ROUTE_BITS = 8
+_SEGMENT_SECTION = re.compile(r"^seg(0|[1-9][0-9]{0,6})/([A-Za-z0-9][A-Za-z0-9._@+=-]{0,199})$")
+
+
+def segment_section(segment: int, group: str) -> str:
+    return f"seg{segment}/{group}"
 
 
 @dataclass(frozen=True)
@@ -67,105 +82,298 @@ class Route:
 
 
 @dataclass(frozen=True)
-class Section:
-    arrays: dict[str, np.ndarray]
-    meta: dict[str, Any]
+class Segment:
+    """Frames ``start .. start + frames - 1`` of the video, decoded by their own INR."""
+
+    start: int
+    frames: int
 
 
-@dataclass(frozen=True)
-class NvpFile:
-    """A validated .nvp file in memory."""
+class _Source:
+    """Byte ranges of a file: ``os.pread`` on a local file kept open (a file replaced meanwhile is still
+    read whole, from the inode it had at open), exact ranged reads through fsspec for a URL."""
 
-    path: Path
-    version: tuple[int, int]
-    manifest: dict[str, Any]  # without the section index
-    sections: dict[str, Section]
-    size_bytes: int
-    checksums: dict[str, int]  # section name -> crc32, as the manifest's index states it
+    def __init__(self, path: str):
+        self.path, self.bytes_read = path, 0
+        self._lock = threading.Lock()
+        if "://" in path:
+            import fsspec
 
-    @classmethod
-    def open(cls, path: str | os.PathLike) -> NvpFile:
-        path = Path(path)
-        if path.is_dir():
+            try:
+                self._fs, self._key = fsspec.core.url_to_fs(path)
+                self.size = int(self._fs.size(self._key))
+            except FileNotFoundError:
+                raise NvpFormatError(f"{path}: no such file") from None
+            except (OSError, ValueError, ImportError) as e:
+                raise NvpFormatError(f"{path}: cannot read ({e})") from None
+            self._fd = None
+            return
+        if Path(path).is_dir():
             raise NvpFormatError(f"{path} is a directory, not a .nvp file")
         try:
-            data = path.read_bytes()
+            self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise NvpFormatError(f"{path}: no such file") from None
         except OSError as e:
             raise NvpFormatError(f"{path}: cannot read ({e.strerror})") from None
-        version, manifest, raw = _parse(data, str(path))
-        index = manifest.pop("sections")
-        sections = {}
-        for name, entry in index.items():
-            try:
-                arrays = _st_load(raw[name]) if raw[name] else {}
-            except (SafetensorError, ValueError, TypeError, KeyError) as e:  # KeyError: a dtype numpy lacks
-                raise NvpFormatError(f"{path}: section {name!r} is not a valid array blob ({e})") from None
-            sections[name] = Section(arrays, entry.get("meta", {}))
-        checksums = {name: entry["crc32"] for name, entry in index.items()}
-        nvp = cls(path, version, manifest, sections, len(data), checksums)
+        self.size = os.fstat(self._fd).st_size
+
+    def read(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.size - offset))
+        if self._fd is None:
+            data = bytes(self._fs.cat_file(self._key, start=offset, end=offset + length)) if length else b""
+        else:
+            data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise NvpFormatError(f"{self.path}: the file changed or shrank while it was read")
+        with self._lock:
+            self.bytes_read += length
+        return data
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self):
+        self.close()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    offset: int  # from the start of the file
+    length: int
+    crc32: int
+    meta: dict[str, Any]
+
+
+class NvpFile:
+    """A .nvp file whose header and manifest are read and validated; sections are read when asked for."""
+
+    def __init__(self, source: _Source, version: tuple[int, int], manifest: dict[str, Any], index: dict[str, _Entry]):
+        self.path, self.version, self.manifest = source.path, version, manifest
+        self.size_bytes = source.size
+        self._source, self._index = source, index
+        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
+        self.segments = _segments(manifest, version)
+        if version[0] >= 2:
+            _check_segment_sections(index, len(self.segments))
+        self._routes: list[Route] | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> NvpFile:
+        source = _Source(str(path))
+        where = source.path
+        header = source.read(0, _HEADER.size)
+        version, manifest_len = _parse_header(header, source.size, where)
+        body_start = _HEADER.size + manifest_len
+        manifest = _parse_manifest(header + source.read(_HEADER.size, manifest_len), where)
         try:
+            index = _check_index(manifest.pop("sections"), version, body_start, source.size)
             schema.check_inr_manifest(manifest)
+            nvp = cls(source, version, manifest, index)
             nvp.routes()
         except NvpFormatError as e:
-            raise NvpFormatError(f"{path}: {e}") from None
+            raise NvpFormatError(f"{where}: {e}") from None
         return nvp
 
     @property
-    def inr(self) -> Section:
-        return self.sections[INR_SECTION]
+    def bytes_read(self) -> int:
+        """Bytes this object has fetched from storage so far (header, manifest, sections)."""
+        return self._source.bytes_read
+
+    @property
+    def sections(self) -> dict[str, int]:
+        """Section name -> length in bytes, in file order."""
+        return {name: e.length for name, e in self._index.items()}
+
+    @property
+    def payload_checksum(self) -> int:
+        """One crc32 over every section but the routes: changes whenever the video payload does."""
+        crc = 0
+        for name, entry in self._index.items():
+            if name != ROUTES_SECTION:
+                crc = zlib.crc32(struct.pack("<I", entry.crc32), zlib.crc32(name.encode(), crc))
+        return crc
+
+    def section(self, name: str) -> dict[str, np.ndarray]:
+        """A section's arrays, read (one ranged read), checksummed and parsed on first use."""
+        with self._lock:
+            if name in self._arrays:
+                return self._arrays[name]
+        entry = self._index[name]
+        chunk = self._source.read(entry.offset, entry.length)
+        if zlib.crc32(chunk) != entry.crc32:
+            raise NvpFormatError(f"{self.path}: section {name!r} checksum mismatch (file corrupt or tampered)")
+        try:
+            arrays = _st_load(chunk) if chunk else {}
+        except (SafetensorError, ValueError, TypeError, KeyError) as e:  # KeyError: a dtype numpy lacks
+            raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({e})") from None
+        with self._lock:
+            self._arrays[name] = arrays
+        return arrays
+
+    def verify(self) -> None:
+        """Read every section once: any damaged byte anywhere in the file raises NvpFormatError."""
+        for name in self._index:
+            self.section(name)
+
+    def groups(self, segment: int) -> list[str]:
+        """The payload groups of a segment in file order: its decoder stages, and embeddings for HNeRV."""
+        if self.version[0] == 1:
+            return ["all"]
+        prefix = f"seg{segment}/"
+        return [n[len(prefix) :] for n in self._index if n.startswith(prefix) and n != prefix + codec.MODEL]
+
+    def segment_tensors(self, segment: int, groups: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The dequantised tensors of ``groups`` (default: all) of one segment; reads only their sections."""
+        if self.version[0] == 1:  # one segment, one section: it is all or nothing
+            entry = self._index[V1_INR_SECTION]
+            return codec.decode_tensors(self.section(V1_INR_SECTION), entry.meta)
+        model = self._index[segment_section(segment, codec.MODEL)]
+        wanted = self.groups(segment) if groups is None else list(groups)
+        arrays = {f"{codec.MODEL}/{k}": v for k, v in self.section(segment_section(segment, codec.MODEL)).items()}
+        for g in wanted:
+            name = segment_section(segment, g)
+            if name not in self._index:
+                raise NvpFormatError(f"{self.path}: segment {segment} has no section {g!r}")
+            arrays.update({f"{g}/{k}": v for k, v in self.section(name).items()})
+        try:
+            return codec.decode_tensors(arrays, model.meta, wanted)
+        except NvpFormatError as e:
+            raise NvpFormatError(f"{self.path}: segment {segment}: {e}") from None
+
+    def declared_symbols(self, segment: int) -> int:
+        """How many quantised values a segment's payload says it holds (before anything is decoded)."""
+        name = V1_INR_SECTION if self.version[0] == 1 else segment_section(segment, codec.MODEL)
+        streams = self._index[name].meta.get("streams")
+        if not isinstance(streams, dict):
+            raise NvpFormatError(f"{self.path}: segment {segment} has no stream index")
+        return sum(v for v in streams.values() if isinstance(v, int) and not isinstance(v, bool))
+
+    def payload_sizes(self, segment: int) -> dict[str, int]:
+        """Bytes of each of a segment's sections, the entropy model included, by group."""
+        if self.version[0] == 1:
+            return {"all": self._index[V1_INR_SECTION].length}
+        prefix = f"seg{segment}/"
+        return {n[len(prefix) :]: e.length for n, e in self._index.items() if n.startswith(prefix)}
 
     def routes(self) -> list[Route]:
         """The routes, validated against the INR's taps (``schema.check_routes``)."""
-        section = self.sections.get(ROUTES_SECTION)
-        if section is None:
+        if self._routes is None:
+            self._routes = self._read_routes()
+        return list(self._routes)
+
+    def _read_routes(self) -> list[Route]:
+        entry = self._index.get(ROUTES_SECTION)
+        if entry is None:
             return []
+        arrays = self.section(ROUTES_SECTION)
+        if self.version[0] >= 2 and arrays:
+            payload = entry.meta.get("payload")
+            arrays = codec.decode_tensors(arrays, payload if isinstance(payload, dict) else {})
         channels = {t["name"]: t["shape"][0] for t in self.manifest["taps"]}
         return [
             Route(h["task"], h["backbone"], h["tap"], h["injection_point"], h["arrays"], h["metadata"])
-            for h in schema.check_routes(section.meta, section.arrays, channels)
+            for h in schema.check_routes(entry.meta, arrays, channels)
         ]
 
+    def task_bytes(self, tap: str, segment: int = 0) -> int:
+        """What a query that reads ``tap`` on frames of one segment fetches: header and manifest, the
+        segment's entropy model, its embeddings, its stages up to the tap, and the routes section."""
+        taps = [t["name"] for t in self.manifest["taps"]]
+        needed = taps[: taps.index(tap) + 1] + ["embeddings", codec.MODEL]
+        sizes = self.payload_sizes(segment)
+        inr = sum(n for g, n in sizes.items() if g in needed or g == "all")
+        routes = self._index[ROUTES_SECTION].length if ROUTES_SECTION in self._index else 0
+        return self._body_start + inr + routes
 
-def _parse(data: bytes, where: str) -> tuple[tuple[int, int], dict, dict[str, bytes]]:
+    @property
+    def _body_start(self) -> int:
+        return min((e.offset for e in self._index.values()), default=self.size_bytes)
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> NvpFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _segments(manifest: dict[str, Any], version: tuple[int, int]) -> list[Segment]:
+    frames = manifest["inr"]["num_frames"]
+    if version[0] == 1:
+        return [Segment(0, frames)]
+    return [Segment(s["start"], s["frames"]) for s in schema.check_segments(manifest.get("segments"), frames)]
+
+
+def _check_segment_sections(index: dict[str, _Entry], segments: int) -> None:
+    """Every segment has an entropy model and at least one group; no section belongs to no segment."""
+    groups: dict[int, set[str]] = {}
+    for name in index:
+        match = _SEGMENT_SECTION.match(name)
+        if match:
+            groups.setdefault(int(match.group(1)), set()).add(match.group(2))
+    if set(groups) != set(range(segments)):
+        raise NvpFormatError(f"the sections hold segments {sorted(groups)[:8]}, the manifest lists {segments}")
+    for i, names in groups.items():
+        if codec.MODEL not in names or len(names) < 2:
+            raise NvpFormatError(f"segment {i} lacks its entropy model or its payload")
+
+
+def _parse_header(data: bytes, size: int, where: str) -> tuple[tuple[int, int], int]:
     if len(data) < _HEADER.size:
         raise NvpFormatError(f"{where}: too short to be a .nvp file ({len(data)} bytes)")
-    magic, major, minor, manifest_len, manifest_crc = _HEADER.unpack_from(data)
+    magic, major, minor, manifest_len, _ = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise NvpFormatError(f"{where}: not a .nvp file (bad magic)")
-    if major != FORMAT_VERSION[0]:
+    if major not in READABLE_MAJORS:
         raise NvpFormatError(
-            f"{where}: .nvp format {major}.{minor} is not supported (this reader: {FORMAT_VERSION[0]}.x)"
+            f"{where}: .nvp format {major}.{minor} is not supported (this reader: "
+            + ", ".join(f"{m}.x" for m in READABLE_MAJORS)
+            + "; a newer nvp wrote it)"
         )
-    if manifest_len > MAX_MANIFEST_BYTES or _HEADER.size + manifest_len > len(data):
+    if manifest_len > MAX_MANIFEST_BYTES or _HEADER.size + manifest_len > size:
         raise NvpFormatError(f"{where}: truncated or corrupt (manifest length {manifest_len} exceeds the file)")
-    body_start = _HEADER.size + manifest_len
-    manifest_bytes = data[_HEADER.size : body_start]
-    if zlib.crc32(manifest_bytes, zlib.crc32(data[: _HEADER.size - 4])) != manifest_crc:
+    return (major, minor), manifest_len
+
+
+def _parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+    manifest_crc = _HEADER.unpack_from(data)[4]
+    if zlib.crc32(data[_HEADER.size :], zlib.crc32(data[: _HEADER.size - 4])) != manifest_crc:
         raise NvpFormatError(f"{where}: manifest checksum mismatch (file corrupt or tampered)")
     try:
-        manifest = schema.mapping(schema.load_json(manifest_bytes, "manifest"), "manifest")
-        index = schema.check_section_index(manifest.get("sections"))
+        return schema.mapping(schema.load_json(data[_HEADER.size :], "manifest"), "manifest")
     except NvpFormatError as e:
         raise NvpFormatError(f"{where}: {e}") from None
-    body = memoryview(data)[body_start:]
-    raw, end = {}, 0
-    for name, (offset, length, crc, _) in sorted(index.items(), key=lambda kv: kv[1][0]):
+
+
+def _check_index(sections: Any, version: tuple[int, int], body_start: int, size: int) -> dict[str, _Entry]:
+    """Sections tile the body exactly, in offset order, and are the ones this version knows."""
+    index = schema.check_section_index(sections)
+    out, end = {}, 0
+    for name, (offset, length, crc, meta) in sorted(index.items(), key=lambda kv: kv[1][0]):
         if offset != end:
-            raise NvpFormatError(f"{where}: section {name!r} overlaps or leaves a gap")
-        if offset + length > len(body):
-            raise NvpFormatError(f"{where}: truncated (section {name!r} ends past the end of the file)")
-        chunk = bytes(body[offset : offset + length])
-        if zlib.crc32(chunk) != crc:
-            raise NvpFormatError(f"{where}: section {name!r} checksum mismatch (file corrupt or tampered)")
-        raw[name] = chunk
+            raise NvpFormatError(f"section {name[:40]!r} overlaps or leaves a gap")
+        if body_start + offset + length > size:
+            raise NvpFormatError(f"truncated (section {name[:40]!r} ends past the end of the file)")
+        known = (
+            name in (ROUTES_SECTION, V1_INR_SECTION)
+            if version[0] == 1
+            else (name == ROUTES_SECTION or _SEGMENT_SECTION.match(name) is not None)
+        )
+        if not known:
+            raise NvpFormatError(f"unknown section {name[:40]!r}")
+        out[name] = _Entry(body_start + offset, length, crc, meta)
         end = offset + length
-    if end != len(body):
-        raise NvpFormatError(f"{where}: {len(body) - end} unexpected trailing bytes")
-    if INR_SECTION not in raw:
-        raise NvpFormatError(f"{where}: no {INR_SECTION!r} section")
-    return (major, minor), manifest, raw
+    if body_start + end != size:
+        raise NvpFormatError(f"{size - body_start - end} unexpected trailing bytes")
+    if version[0] == 1 and V1_INR_SECTION not in out:
+        raise NvpFormatError(f"no {V1_INR_SECTION!r} section")
+    return out
 
 
 def _blob(arrays: dict[str, np.ndarray]) -> bytes:
@@ -175,31 +383,125 @@ def _blob(arrays: dict[str, np.ndarray]) -> bytes:
 def _serialise(manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]]) -> bytes:
     index, offset = {}, 0
     for name, (blob, meta) in sections.items():
-        index[name] = {"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob), "meta": meta}
+        index[name] = {"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob)}
+        if meta:
+            index[name]["meta"] = meta
         offset += len(blob)
     # allow_nan=False: a NaN would make a file its own reader refuses (strict JSON), so writing fails instead.
-    manifest_bytes = json.dumps({**manifest, "sections": index}, indent=1, sort_keys=True, allow_nan=False).encode()
+    # Compact separators: at low rates the manifest is a visible part of the file.
+    manifest_bytes = json.dumps(
+        {**manifest, "sections": index}, sort_keys=True, allow_nan=False, separators=(",", ":")
+    ).encode()
     prefix = _HEADER.pack(MAGIC, *FORMAT_VERSION, len(manifest_bytes), 0)[:-4]
     header = prefix + struct.pack("<I", zlib.crc32(manifest_bytes, zlib.crc32(prefix)))
     return b"".join([header, manifest_bytes, *(blob for blob, _ in sections.values())])
 
 
 def _routes_section(routes: Sequence[Route]) -> tuple[bytes, dict]:
-    arrays = {f"{i}/{k}": v for i, r in enumerate(routes) for k, v in r.arrays.items()}
-    return _blob(arrays), {"routes": [r.header() for r in routes]}
+    """Every adapter array quantised to 8 bits (per output channel where that errs less) and range-coded."""
+    headers = [r.header() for r in routes]
+    tensors = {f"{i}/{k}": np.asarray(v, np.float32) for i, r in enumerate(routes) for k, v in r.arrays.items()}
+    if not tensors:
+        return b"", {"routes": headers}
+    arrays, payload = codec.encode_tensors(tensors, dict.fromkeys(tensors, ROUTE_BITS))
+    return _blob(arrays), {"routes": headers, "payload": payload}
+
+
+def stored_route(route: Route) -> Route:
+    """``route`` with its adapter exactly as a reader will get it back from a file (quantised)."""
+    blob, meta = _routes_section([route])
+    arrays = codec.decode_tensors(_st_load(blob), meta["payload"])
+    return Route(
+        route.task,
+        route.backbone,
+        route.tap,
+        route.injection_point,
+        {k: arrays[f"0/{k}"] for k in route.arrays},
+        route.metadata,
+    )
+
+
+def _payload_sections(segment: int, arrays: dict[str, np.ndarray], meta: dict) -> dict[str, tuple[bytes, dict]]:
+    """A segment's grouped payload (``codec.encode_tensors``) as sections: the model first, then its groups."""
+    groups: dict[str, dict[str, np.ndarray]] = {codec.MODEL: {}}
+    for key, value in arrays.items():
+        group, _, name = key.partition("/")
+        groups.setdefault(group, {})[name] = value
+    return {
+        segment_section(segment, g): (_blob(a), meta if g == codec.MODEL else {})
+        for g, a in sorted(groups.items(), key=lambda kv: kv[0] != codec.MODEL)
+    }
+
+
+@dataclass(frozen=True)
+class SegmentPayload:
+    """One segment's coded INR (``codec.encode_tensors`` output) and how many frames it holds."""
+
+    frames: int
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    info: dict[str, Any] | None = None  # e.g. its own metrics, kept in the manifest's segment entry
 
 
 def write_nvp(
     path: str | os.PathLike,
     manifest: dict[str, Any],
-    inr_arrays: dict[str, np.ndarray],
-    inr_meta: dict[str, Any],
+    segments: Sequence[SegmentPayload],
     routes: Sequence[Route] = (),
 ) -> int:
-    """Write a complete .nvp file atomically; returns its size in bytes."""
-    data = _serialise(
-        manifest, {INR_SECTION: (_blob(inr_arrays), inr_meta), ROUTES_SECTION: _routes_section(list(routes))}
-    )
+    """Write a complete .nvp file atomically; returns its size in bytes.
+
+    ``manifest["inr"]`` is the shared architecture; its ``num_frames`` is set to the segments' total.
+    """
+    sections: dict[str, tuple[bytes, dict]] = {}
+    entries, start = [], 0
+    for i, seg in enumerate(segments):
+        sections.update(_payload_sections(i, seg.arrays, seg.meta))
+        entries.append({"start": start, "frames": seg.frames, **({"info": seg.info} if seg.info else {})})
+        start += seg.frames
+    sections[ROUTES_SECTION] = _routes_section(list(routes))
+    manifest = {**manifest, "inr": {**manifest["inr"], "num_frames": start}, "segments": entries}
+    data = _serialise(manifest, sections)
+    atomic_write(path, data)
+    return len(data)
+
+
+def join_segments(
+    path: str | os.PathLike, parts: Sequence[str | os.PathLike], video: dict[str, Any], routes: Sequence[Route] = ()
+) -> int:
+    """One file of ``parts`` (single-segment .nvp files of one architecture, in frame order), their
+    payload bytes copied verbatim; ``video`` describes the whole source. Atomic; returns the size."""
+    if not parts:
+        raise ValueError("no segments to join")
+    sections: dict[str, tuple[bytes, dict]] = {}
+    entries, start, first = [], 0, None
+    for i, part in enumerate(parts):
+        with NvpFile.open(part) as nvp:
+            if nvp.version[0] < 2 or len(nvp.segments) != 1:
+                raise NvpFormatError(f"{part}: not a single-segment .nvp file of format 2")
+            shape = ({k: v for k, v in nvp.manifest["inr"].items() if k != "num_frames"}, nvp.manifest["taps"])
+            if first is None:
+                first = (shape, nvp.manifest)
+            elif shape != first[0]:
+                raise NvpFormatError(f"{part}: its INR architecture differs from {parts[0]}'s")
+            nvp.verify()
+            for name, entry in nvp._index.items():
+                if name != ROUTES_SECTION:
+                    group = name.partition("/")[2]
+                    sections[segment_section(i, group)] = (nvp._source.read(entry.offset, entry.length), entry.meta)
+            frames = nvp.segments[0].frames
+            info = {k: nvp.manifest[k] for k in ("metrics", "encoding") if k in nvp.manifest}
+            entries.append({"start": start, "frames": frames, "info": info})
+            start += frames
+    assert first is not None
+    sections[ROUTES_SECTION] = _routes_section(list(routes))
+    manifest = {
+        **{k: v for k, v in first[1].items() if k not in ("segments", "video", "metrics", "encoding")},
+        "inr": {**first[1]["inr"], "num_frames": start},
+        "video": {**video, "frames": start},
+        "segments": entries,
+    }
+    data = _serialise(manifest, sections)
     atomic_write(path, data)
     return len(data)
 
@@ -210,23 +512,29 @@ def replace_routes(path: str | os.PathLike, routes: list[Route]) -> int:
 
 
 def update_routes(
-    path: str | os.PathLike, change: Callable[[list[Route]], list[Route]], inr_checksum: int | None = None
+    path: str | os.PathLike, change: Callable[[list[Route]], list[Route]], payload_checksum: int | None = None
 ) -> int:
     """Read-modify-write of the routes under an exclusive lock: ``change`` gets the routes the file
-    has at that moment, so concurrent writers each keep the others' routes. With ``inr_checksum``
-    (the INR section's crc32 the caller worked from), a file whose INR changed meanwhile is refused."""
+    has at that moment, so concurrent writers each keep the others' routes. With ``payload_checksum``
+    (the file's ``payload_checksum`` the caller worked from), a file whose INR changed meanwhile is refused.
+    The file is rewritten in the current format (a 1.x file's INR section is carried over as it is)."""
     with exclusive_lock(path):
-        current = NvpFile.open(path)
-        data = Path(path).read_bytes()
-        _, manifest, raw = _parse(data, str(path))
-        index = manifest.pop("sections")
-        if inr_checksum is not None and index[INR_SECTION]["crc32"] != inr_checksum:
-            raise NvpFormatError(
-                f"{path}: its video payload was rewritten while this route was trained "
-                "(another process changed the file); run the export again"
-            )
-        sections = {name: (raw[name], index[name].get("meta", {})) for name in raw if name != ROUTES_SECTION}
-        sections[ROUTES_SECTION] = _routes_section(list(change(current.routes())))
+        with NvpFile.open(path) as current:
+            if payload_checksum is not None and current.payload_checksum != payload_checksum:
+                raise NvpFormatError(
+                    f"{path}: its video payload was rewritten while this route was trained "
+                    "(another process changed the file); run the export again"
+                )
+            current.verify()
+            if current.version[0] == 1:
+                raise NvpFormatError(f"{path}: a format 1.x file; re-encode it to add routes (`nvp encode`)")
+            sections = {
+                name: (current._source.read(e.offset, e.length), e.meta)
+                for name, e in current._index.items()
+                if name != ROUTES_SECTION
+            }
+            sections[ROUTES_SECTION] = _routes_section(list(change(current.routes())))
+            manifest = current.manifest
         out = _serialise(manifest, sections)
         atomic_write(path, out)
     return len(out)

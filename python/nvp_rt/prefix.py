@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
-from .codec import decode_tensors
 from .nvpfile import NvpFile, NvpFormatError
 
 FAMILIES = ("hnerv", "nerv")
@@ -47,10 +48,18 @@ class Tap:
     shape: tuple[int, ...]  # (C, H, W) of one frame
 
 
-class VideoINR:
-    """One video's INR as the runtime needs it: taps, per-stage weights and the stem input of any frame."""
+def payload_group(tensor: str) -> str:
+    """The payload group (file section) a tensor of an INR's state is stored in: its decoder stage, or
+    ``embeddings``; a query reads the groups of the stages it runs, nothing else."""
+    parts = tensor.split(".")
+    return parts[1] if len(parts) >= 3 and parts[0] == "stages" else tensor
 
-    def __init__(self, nvp: NvpFile):
+
+class VideoINR:
+    """One video's INR as the runtime needs it: taps, and per segment the stage weights and the stem
+    input of any frame, decoded from the file when a query first needs them."""
+
+    def __init__(self, nvp: NvpFile, cached_segments: int = 4):
         config = nvp.manifest.get("inr")
         where = str(nvp.path)
         if not isinstance(config, dict) or config.get("family") not in FAMILIES:
@@ -65,20 +74,12 @@ class VideoINR:
             raise NvpFormatError(f"{where}: malformed INR manifest ({e})") from None
         if not self.taps or self.taps[-1].name != "rgb" or self.num_frames <= 0:
             raise NvpFormatError(f"{where}: the INR must have frames and end in an 'rgb' tap")
-        tensors = decode_tensors(nvp.inr.arrays, nvp.inr.meta)
-        embeddings = tensors.pop("embeddings", None)
-        self.embeddings: np.ndarray | None = None  # HNeRV's: one per frame; NeRV's stem input is computed
-        if self.family == "hnerv":
-            if embeddings is None or embeddings.ndim != 4 or embeddings.shape[0] != self.num_frames:
-                raise NvpFormatError(f"{where}: HNeRV payload lacks one embedding per frame")
-            self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        names = {t.name for t in self.taps}
-        self.stage_weights: dict[str, dict[str, np.ndarray]] = {t.name: {} for t in self.taps}
-        for name, value in tensors.items():
-            parts = name.split(".")
-            if len(parts) < 3 or parts[0] != "stages" or parts[1] not in names:
-                raise NvpFormatError(f"{where}: INR payload has a tensor {name!r} that belongs to no stage")
-            self.stage_weights[parts[1]][name] = np.ascontiguousarray(value, dtype=np.float32)
+        self.segments = nvp.segments
+        self._starts = np.array([s.start for s in self.segments], np.int64)
+        self._nvp, self._where = nvp, where
+        self._cached = cached_segments
+        self._decoded: OrderedDict[tuple[int, str], np.ndarray | dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def tap_names(self) -> list[str]:
@@ -94,10 +95,60 @@ class VideoINR:
         names = self.tap_names
         return names[: names.index(deepest) + 1]
 
-    def stem_input(self, frames: np.ndarray) -> np.ndarray:
-        """(B,) frame indices, already range-checked -> the stem graph's input."""
-        if self.embeddings is not None:
-            return self.embeddings[frames]
-        return positional_encoding(
-            frames / self.num_frames, int(self.config["pe_levels"]), float(self.config["pe_base"])
-        )
+    def locate(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) frame indices, already range-checked -> (segment of each, index within its segment)."""
+        segment = np.searchsorted(self._starts, frames, side="right") - 1
+        return segment, frames - self._starts[segment]
+
+    def stage_weights(self, segment: int, stage: str) -> dict[str, np.ndarray]:
+        """A segment's weights of one stage, named as the stage graph's inputs."""
+        weights = self._group(segment, stage)
+        assert isinstance(weights, dict)
+        return weights
+
+    def stem_input(self, segment: int, frames: np.ndarray) -> np.ndarray:
+        """(B,) frame indices within ``segment`` -> the stem graph's input."""
+        if self.family == "hnerv":
+            embeddings = self._group(segment, "embeddings")
+            assert isinstance(embeddings, np.ndarray)
+            return embeddings[frames]
+        length = self.segments[segment].frames
+        return positional_encoding(frames / length, int(self.config["pe_levels"]), float(self.config["pe_base"]))
+
+    def _group(self, segment: int, group: str) -> np.ndarray | dict[str, np.ndarray]:
+        """One payload group of one segment, decoded and checked; the last few segments' stay decoded."""
+        key = (segment, group)
+        with self._lock:
+            if key in self._decoded:
+                self._decoded.move_to_end(key)
+                return self._decoded[key]
+        value = self._decode_group(segment, group)
+        with self._lock:
+            self._decoded[key] = value
+            segments = dict.fromkeys(s for s, _ in self._decoded)
+            while len(segments) > self._cached:
+                oldest = next(iter(segments))
+                for k in [k for k in self._decoded if k[0] == oldest]:
+                    del self._decoded[k]
+                segments.pop(oldest)
+        return value
+
+    def _decode_group(self, segment: int, group: str) -> np.ndarray | dict[str, np.ndarray]:
+        where = f"{self._where}: segment {segment}"
+        if self._nvp.version[0] == 1:  # one section for everything: pick the group's tensors from it
+            everything = self._nvp.segment_tensors(segment)
+            tensors = {k: v for k, v in everything.items() if payload_group(k) == group}
+            unknown = {payload_group(k) for k in everything} - {*self.tap_names, "embeddings"}
+            if unknown:
+                raise NvpFormatError(f"{where}: INR payload has tensors of no stage ({sorted(unknown)[:3]})")
+        else:
+            tensors = self._nvp.segment_tensors(segment, [group])
+        stray = [k for k in tensors if payload_group(k) != group]
+        if stray:
+            raise NvpFormatError(f"{where}: section {group!r} holds a tensor {stray[0]!r} of another stage")
+        if group != "embeddings":
+            return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        embeddings = tensors.get("embeddings")
+        if embeddings is None or embeddings.ndim != 4 or embeddings.shape[0] != self.segments[segment].frames:
+            raise NvpFormatError(f"{where}: HNeRV payload lacks one embedding per frame")
+        return np.ascontiguousarray(embeddings, dtype=np.float32)

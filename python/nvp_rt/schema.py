@@ -22,6 +22,7 @@ import numpy as np
 MAX_JSON_DEPTH = 32  # nvp writes depth 6; Python's parser recurses, so depth is bounded before parsing
 MAX_SIDE = 8192  # frame width / height
 MAX_FRAMES = 1 << 20
+MAX_SEGMENTS = 1 << 16
 MAX_STAGES = 8  # upsampling stages of an INR
 MAX_CHANNELS = 1 << 14
 MAX_TAP_VALUES = 1 << 28  # C x H x W of one frame's tap
@@ -189,6 +190,22 @@ def check_inr_manifest(manifest: dict[str, Any]) -> None:
     video = manifest.get("video")
     if video is not None:
         check_video(video, {"frames": frames, "height": height, "width": width})
+
+
+def check_segments(segments: Any, frames: int) -> list[dict[str, Any]]:
+    """``segments``: consecutive frame ranges from 0 that cover the INR's ``frames`` exactly."""
+    segments = sequence(segments, "manifest.segments", 1, MAX_SEGMENTS)
+    start = 0
+    for i, seg in enumerate(segments):
+        field = f"manifest.segments[{i}]"
+        seg = mapping(seg, field)
+        if integer(seg.get("start"), f"{field}.start", 0, MAX_FRAMES) != start:
+            raise fail(f"{field}.start", f"{seg['start']} does not follow the previous segment's end {start}")
+        start += integer(seg.get("frames"), f"{field}.frames", 1, MAX_FRAMES)
+        optional(seg.get("info"), mapping, f"{field}.info")
+    if start != frames:
+        raise fail("manifest.segments", f"cover {start} frames, the INR has {frames}")
+    return segments
 
 
 def _check_taps(taps: Any, grid: tuple[int, int], strides: list[int]) -> None:

@@ -8,8 +8,10 @@
 A query, as data flows (each step one place in this file):
 
 1. ``_plan``: the routes of the asked tasks; the deepest INR tap any of them reads.
-2. ``_decode_prefix``: the INR's stage graphs run once, stem to that tap; every
-   shallower tap on the way is kept for the tasks that read it.
+2. ``_decode_prefix``: per segment of the video the asked frames fall in, that
+   segment's stage graphs run once, stem to that tap (the weights of a segment are
+   read from the file and decoded on first use); every shallower tap on the way is
+   kept for the tasks that read it.
 3. ``_adapt``: each route's micro adapter, ``ops.resize_conv1x1`` (the fused
    C++/CUDA kernel), frame by frame, once per pathway of its injection point.
 4. ``_Head.run``: the backbone suffix graph from the injection point (video
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +47,8 @@ from .results import postprocess
 from .store import ModelStore
 
 __all__ = ["Session", "UnknownTaskError"]
+
+RESIDENT_SEGMENTS = 4  # segments whose decoded weights a Session keeps, most recently used first
 
 
 class UnknownTaskError(ValueError):
@@ -163,7 +168,9 @@ class Session:
         self.inr = VideoINR(nvp)
         _, height, width = self.inr.tap("rgb").shape
         self.size = (height, width)
-        self._stages = {name: self._stage(name) for name in self.inr.tap_names}
+        self._graphs = {name: self._stage_graph(name) for name in self.inr.tap_names}
+        self._weights_cache: OrderedDict[tuple[int, str], dict[str, Any]] = OrderedDict()
+        self._weights_lock = threading.Lock()
         self._routes: dict[str, _Route] = {}
         for route in nvp.routes():
             head = _Head(self._sessions, self.store, route.backbone, route.injection_point)
@@ -198,23 +205,42 @@ class Session:
         """Seconds per step of this thread's last query: prefix, adapters, heads, post, total, engine."""
         return dict(getattr(self._timings, "value", {}))
 
-    def _stage(self, name: str):
+    def _stage_graph(self, name: str):
+        """A stage's graph from the store, its output checked against the manifest's tap."""
         session = self._sessions.get(self.store.get("inr", f"{self.inr.key}.{name}"))
-        weights = self.inr.stage_weights[name]
-        expected = {i.name: i.shape for i in session.get_inputs() if i.name != STAGE_INPUT}
-        if set(expected) != set(weights) or any(tuple(weights[k].shape) != tuple(s) for k, s in expected.items()):
-            raise NvpFormatError(f"{self.path}: the INR weights of stage {name!r} do not fit its architecture's graph")
-        stage_input = next(i for i in session.get_inputs() if i.name == STAGE_INPUT)
-        if name == self.inr.tap_names[0] and not _fits(
-            self.inr.stem_input(np.zeros(1, np.int64)).shape, stage_input.shape
-        ):
-            raise NvpFormatError(f"{self.path}: the INR's stem input does not fit its architecture's graph")
         if not _fits((1, *self.inr.tap(name).shape), session.get_outputs()[0].shape):
             raise NvpFormatError(
                 f"{self.path}: tap {name!r} is {self.inr.tap(name).shape} in the manifest "
                 f"but {session.get_outputs()[0].shape[1:]} in its architecture's graph"
             )
-        return session, {k: self._device.graph_array(v) for k, v in weights.items()}
+        return session
+
+    def _stage_weights(self, segment: int, name: str) -> dict[str, Any]:
+        """One segment's weights of one stage on the session's device, checked against the stage graph
+        when first decoded; the last few segments' stay resident."""
+        key = (segment, name)
+        with self._weights_lock:
+            if key in self._weights_cache:
+                self._weights_cache.move_to_end(key)
+                return self._weights_cache[key]
+        session = self._graphs[name]
+        weights = self.inr.stage_weights(segment, name)
+        expected = {i.name: i.shape for i in session.get_inputs() if i.name != STAGE_INPUT}
+        if set(expected) != set(weights) or any(tuple(weights[k].shape) != tuple(s) for k, s in expected.items()):
+            raise NvpFormatError(
+                f"{self.path}: the INR weights of stage {name!r} (segment {segment}) do not fit its "
+                "architecture's graph"
+            )
+        if name == self.inr.tap_names[0]:
+            stage_input = next(i for i in session.get_inputs() if i.name == STAGE_INPUT)
+            if not _fits(self.inr.stem_input(segment, np.zeros(1, np.int64)).shape, stage_input.shape):
+                raise NvpFormatError(f"{self.path}: the INR's stem input does not fit its architecture's graph")
+        placed = {k: self._device.graph_array(v) for k, v in weights.items()}
+        with self._weights_lock:
+            self._weights_cache[key] = placed
+            while len(self._weights_cache) > RESIDENT_SEGMENTS * len(self._graphs):
+                self._weights_cache.popitem(last=False)
+        return placed
 
     # -- a query ---------------------------------------------------------------------------------------------
 
@@ -240,14 +266,30 @@ class Session:
         return routes, max((r.tap for r in routes), key=order.index)
 
     def _decode_prefix(self, frames: np.ndarray, deepest: str, keep: set[str], clock: _Clock) -> dict[str, Any]:
-        x, taps = self._device.graph_array(self.inr.stem_input(frames)), {}
-        for name in self.inr.stages_until(deepest):
-            session, weights = self._stages[name]
-            with clock.engine():
-                x = self._device.run(session, {STAGE_INPUT: x, **weights}, [STAGE_OUTPUT])[0]
-            if name in keep:
-                taps[name] = x
-        return taps
+        """The taps in ``keep`` of ``frames``, each segment's frames run through that segment's weights;
+        frames from several segments are put back in the asked order (on the host)."""
+        segments, local = self.inr.locate(frames)
+        parts = []
+        for segment in dict.fromkeys(segments.tolist()):
+            mine = np.flatnonzero(segments == segment)
+            x, taps = self._device.graph_array(self.inr.stem_input(segment, local[mine])), {}
+            for name in self.inr.stages_until(deepest):
+                weights = self._stage_weights(segment, name)
+                with clock.engine():
+                    x = self._device.run(self._graphs[name], {STAGE_INPUT: x, **weights}, [STAGE_OUTPUT])[0]
+                if name in keep:
+                    taps[name] = x
+            parts.append((mine, taps))
+        if len(parts) == 1:
+            return parts[0][1]
+        merged = {}
+        for name in keep:
+            host = [self._device.to_host(taps[name]) for _, taps in parts]
+            out = np.empty((frames.size, *host[0].shape[1:]), np.float32)
+            for (mine, _), values in zip(parts, host):
+                out[mine] = values
+            merged[name] = self._device.from_host(out)
+        return merged
 
     def _adapt(self, route: _Route, features, clock: _Clock) -> list:
         """(N, C, h, w) tap features -> one input per head pathway: (N, C', H', W'), or clips frame-major
@@ -337,6 +379,11 @@ class _Device:
         """A host array as a graph input (weights are placed once, at open)."""
         a = np.ascontiguousarray(a, dtype=np.float32)
         return a if self.kind == "cpu" else self._ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0)
+
+    def from_host(self, a: np.ndarray):
+        """A host array as a stage output would be: numpy on the CPU, device memory on CUDA."""
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        return a if self.kind == "cpu" else _OrtCudaArray(self._ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0))
 
     def kernel_array(self, a: np.ndarray):
         """A host array as an argument of the adapter kernel."""

@@ -61,10 +61,10 @@ def query_flops(
 
 def _stage_macs(store: ModelStore, inr: VideoINR, until: str) -> int:
     """MACs of decoding one frame up to ``until`` through the stage graphs."""
-    stem = inr.stem_input(np.zeros(1, dtype=np.int64))
+    stem = inr.stem_input(0, np.zeros(1, dtype=np.int64))
     shape, total = tuple(stem.shape), 0
     for name in inr.stages_until(until):
-        weights = {k: v.shape for k, v in inr.stage_weights[name].items()}
+        weights = {k: v.shape for k, v in inr.stage_weights(0, name).items()}
         total += graph_macs(store.get("inr", f"{inr.key}.{name}"), {STAGE_INPUT: shape, **weights}).total
         shape = (1, *inr.tap(name).shape)
     return total

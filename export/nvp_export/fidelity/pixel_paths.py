@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from nvp_rt.nvpfile import NvpFile
+from nvp_rt.nvpfile import ROUTES_SECTION, NvpFile
 from nvp_rt.quality import psnr
 
 from ..backbone import Backbone, to_uint8_frames, to_unit_frames
@@ -46,12 +46,12 @@ class PixelPath:
 
 
 def payload_bpp(nvp: NvpFile) -> float:
-    """Bits per pixel of the file's coded INR (entropy-coded streams and their tables; no manifest, no routes)."""
+    """Bits per pixel of the file's coded INR (entropy-coded streams and their models; no manifest, no routes)."""
     video = nvp.manifest.get("video", {})
     pixels = video.get("frames", 0) * video.get("height", 0) * video.get("width", 0)
     if not pixels:
         raise ValueError(f"{nvp.path}: the manifest does not give the video's frames, height and width")
-    return 8 * sum(a.nbytes for a in nvp.inr.arrays.values()) / pixels
+    return 8 * sum(n for name, n in nvp.sections.items() if name != ROUTES_SECTION) / pixels
 
 
 @torch.no_grad()

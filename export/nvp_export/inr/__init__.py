@@ -111,7 +111,7 @@ def config_for_budget(
     return best
 
 
-from .store import load_nvp, quantise_inr, save_nvp  # noqa: E402  (store needs the names above)
+from .store import load_nvp, load_segments, quantise_inr, save_nvp  # noqa: E402  (store needs the names above)
 
 __all__ = [
     "INR",
@@ -127,6 +127,7 @@ __all__ = [
     "config_for_budget",
     "stored_bits",
     "load_nvp",
+    "load_segments",
     "save_nvp",
     "quantise_inr",
 ]

@@ -9,16 +9,20 @@ import numpy as np
 import torch
 
 from nvp_rt.codec import decode_tensors, encode_tensors
-from nvp_rt.nvpfile import NvpFile, NvpFormatError, write_nvp
+from nvp_rt.nvpfile import NvpFile, NvpFormatError, SegmentPayload, write_nvp
+from nvp_rt.prefix import payload_group
 
 from . import EMBEDDING_BITS, INR, WEIGHT_BITS, from_config, make_config
 
 
 def quantise_inr(inr: INR) -> tuple[dict[str, np.ndarray], dict, INR]:
-    """(payload arrays, payload meta, the INR with exactly the weights a reader will get)."""
+    """(payload arrays, payload meta, the INR with exactly the weights a reader will get).
+
+    The payload is grouped by decoder stage (``nvp_rt.prefix.payload_group``), so a reader decodes
+    only the stages a query runs."""
     tensors = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in inr.state_dict().items()}
     bits = {k: EMBEDDING_BITS if k == "embeddings" else WEIGHT_BITS for k in tensors}
-    arrays, meta = encode_tensors(tensors, bits)
+    arrays, meta = encode_tensors(tensors, bits, payload_group)
     return arrays, meta, _build(inr.config_dict(), decode_tensors(arrays, meta))
 
 
@@ -31,32 +35,46 @@ def _build(config: dict, tensors: dict[str, np.ndarray]) -> INR:
 def save_nvp(
     path: str | os.PathLike, inr: INR, arrays: dict[str, np.ndarray], meta: dict, info: dict, routes: Sequence = ()
 ) -> int:
-    """Write the quantised INR (from :func:`quantise_inr`) with ``info`` (video, metrics, ...) in the manifest
-    and ``routes`` (``nvp_rt.nvpfile.Route``)."""
+    """Write the quantised INR (from :func:`quantise_inr`) as a one-segment file, with ``info`` (video,
+    metrics, ...) in the manifest and ``routes`` (``nvp_rt.nvpfile.Route``)."""
+    manifest = {"inr": inr.config_dict(), "taps": tap_list(inr), **info}
+    return write_nvp(path, manifest, [SegmentPayload(inr.num_frames, arrays, meta)], routes)
+
+
+def tap_list(inr: INR) -> list[dict]:
     # A list, not an object: tap order (shallow to deep) is meaningful and JSON objects are unordered.
-    taps = [{"name": k, "shape": list(v)} for k, v in inr.tap_shapes().items()]
-    manifest = {"inr": inr.config_dict(), "taps": taps, **info}
-    return write_nvp(path, manifest, arrays, meta, routes)
+    return [{"name": k, "shape": list(v)} for k, v in inr.tap_shapes().items()]
+
+
+def load_segments(path: str | os.PathLike) -> list[tuple[int, INR]]:
+    """Every segment of a .nvp file as (first frame, its INR dequantised, in eval mode); NvpFormatError
+    if the file is not sound."""
+    with NvpFile.open(path) as nvp:
+        config = nvp.manifest["inr"]
+        out = []
+        for i, segment in enumerate(nvp.segments):
+            own = {**config, "num_frames": segment.frames}
+            try:
+                expected = sum(make_config(**own).stored_values())
+            except (ValueError, TypeError) as e:
+                raise NvpFormatError(f"{path}: invalid INR configuration ({e})") from None
+            stored = nvp.declared_symbols(i)
+            if stored != expected:  # before building a network a tampered config could make huge
+                raise NvpFormatError(
+                    f"{path}: segment {i}'s INR configuration needs {expected} values, the payload has {stored}"
+                )
+            try:
+                out.append((segment.start, _build(own, nvp.segment_tensors(i))))
+            except (ValueError, TypeError, KeyError, RuntimeError) as e:
+                raise NvpFormatError(
+                    f"{path}: INR does not match its configuration ({str(e).splitlines()[0]})"
+                ) from None
+        return out
 
 
 def load_nvp(path: str | os.PathLike) -> INR:
-    """The INR stored in a .nvp file, dequantised, in eval mode; NvpFormatError if the file is not sound."""
-    nvp = NvpFile.open(path)
-    config = nvp.manifest.get("inr")
-    if not isinstance(config, dict):
-        raise NvpFormatError(f"{path}: manifest has no INR configuration")
-    try:
-        expected = sum(make_config(**config).stored_values())
-    except (ValueError, TypeError) as e:
-        raise NvpFormatError(f"{path}: invalid INR configuration ({e})") from None
-    streams = nvp.inr.meta.get("streams")
-    if not isinstance(streams, dict):
-        raise NvpFormatError(f"{path}: INR payload has no stream index")
-    stored = sum(v for v in streams.values() if isinstance(v, int))
-    if stored != expected:  # before building a network a tampered config could make huge
-        raise NvpFormatError(f"{path}: INR configuration needs {expected} values, the payload has {stored}")
-    tensors = decode_tensors(nvp.inr.arrays, nvp.inr.meta)
-    try:
-        return _build(config, tensors)
-    except (ValueError, TypeError, KeyError, RuntimeError) as e:
-        raise NvpFormatError(f"{path}: INR does not match its configuration ({str(e).splitlines()[0]})") from None
+    """The INR of a one-segment .nvp file (see :func:`load_segments` for longer ones)."""
+    segments = load_segments(path)
+    if len(segments) != 1:
+        raise NvpFormatError(f"{path}: holds {len(segments)} segments; load them with load_segments")
+    return segments[0][1]

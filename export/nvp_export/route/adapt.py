@@ -377,6 +377,7 @@ def adapt(inr, frames: Any, backbone: Backbone, config: AdaptConfig = AdaptConfi
     if backbone.task == "classification" and config.task_epochs:
         adapter = _learn_answers(adapter, feats, best, reference, backbone, config)
         seconds["training"] += time.perf_counter() - t0
+    adapter.round_to_storage()  # the figures below are the stored route's
     with torch.no_grad():
         x = feats.tap(best.tap)
         nvp_out = _batched(lambda sl: backbone.suffix(adapter(x[sl]), best.point), frames.shape[0], config.decode_batch)

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nvp_rt.codec import quantise_best
+from nvp_rt.nvpfile import ROUTE_BITS
+
 __all__ = ["AdapterSpec", "MicroAdapter", "resize", "fit_linear", "relative_feature_loss", "finetune_for_task"]
 
 
@@ -100,6 +103,16 @@ class MicroAdapter(nn.Module):
         conv = self.conv_layers()[0]
         conv.weight.copy_(weight.reshape(conv.weight.shape))
         conv.bias.copy_(bias)
+
+    @torch.no_grad()
+    def round_to_storage(self) -> None:
+        """Round the weights to what a .nvp file stores (``nvp_rt.nvpfile.ROUTE_BITS``-bit codes), so that
+        figures measured afterwards are the file's, not the float adapter's."""
+        for conv in self.conv_layers():
+            w = conv.weight.reshape(conv.out_channels, conv.in_channels)
+            for param, values in ((conv.weight, w), (conv.bias, conv.bias)):
+                stored = quantise_best(values.detach().float().cpu().numpy(), ROUTE_BITS).dequantise()
+                param.copy_(torch.from_numpy(stored).reshape(param.shape))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """float32 arrays: ``weight{i}`` (C_out, C_in) and ``bias{i}`` (C_out,) per conv, in order."""

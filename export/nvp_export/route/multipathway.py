@@ -119,6 +119,21 @@ class PathwayAdapter(nn.Module):
     def percent_of(self, backbone: nn.Module) -> float:
         return 100.0 * self.num_parameters() / sum(p.numel() for p in backbone.parameters())
 
+    def round_to_storage(self) -> None:
+        """Every pathway's weights rounded as a .nvp file stores them (``MicroAdapter.round_to_storage``)."""
+        for adapter in self.adapters:
+            cast(MicroAdapter, adapter).round_to_storage()
+
+    def load_route(self, arrays: dict[str, np.ndarray]) -> None:
+        """The inverse of :meth:`to_route`'s arrays: set every pathway's weights from a route's."""
+        for p, adapter in enumerate(self.adapters):
+            prefix = "" if len(self.adapters) == 1 else f"pathway{p}/"
+            own = {
+                k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix) and "/" not in k[len(prefix) :]
+            }
+            loaded = MicroAdapter.from_arrays(cast(MicroAdapter, adapter).spec, own)
+            adapter.load_state_dict(loaded.state_dict())
+
     def to_route(self) -> tuple[dict[str, np.ndarray], dict]:
         """(arrays, metadata) as a .nvp route stores them: ``weight{i}``/``bias{i}`` for one pathway,
         ``pathway{p}/weight{i}`` for several; metadata "hidden" and per pathway its "size" and "frames"."""

@@ -189,6 +189,7 @@ def adapt_route(
     history = fit_adapter(adapter, taps[~held], [t[~held] for t in as_pathways(targets)], config)
     train_s = time.perf_counter() - t0
     adapter.eval()
+    adapter.round_to_storage()  # the figures below are the stored route's
     with torch.no_grad():
         adapted = adapter(taps)
         nvp_out = backbone.suffix(adapted, point)

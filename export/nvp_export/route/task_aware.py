@@ -162,6 +162,7 @@ class TaskAwareObjective:
             r.adapter = adapter
             if self.config.finetune_epochs:
                 finetune_for_task(adapter, taps, r.target, r.labels, r.head, epochs=self.config.finetune_epochs)
+            adapter.round_to_storage()  # the figures below are the stored route's
             with torch.no_grad():
                 nvp_out = r.head(adapter(taps))
                 pixel_out = r.backbone(r.backbone.preprocess(rendered))
