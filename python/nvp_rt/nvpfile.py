@@ -380,7 +380,9 @@ def _blob(arrays: dict[str, np.ndarray]) -> bytes:
     return _st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}) if arrays else b""
 
 
-def _serialise(manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]]) -> bytes:
+def _serialise(
+    manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]], version: tuple[int, int] = FORMAT_VERSION
+) -> bytes:
     index, offset = {}, 0
     for name, (blob, meta) in sections.items():
         index[name] = {"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob)}
@@ -392,7 +394,7 @@ def _serialise(manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]]
     manifest_bytes = json.dumps(
         {**manifest, "sections": index}, sort_keys=True, allow_nan=False, separators=(",", ":")
     ).encode()
-    prefix = _HEADER.pack(MAGIC, *FORMAT_VERSION, len(manifest_bytes), 0)[:-4]
+    prefix = _HEADER.pack(MAGIC, *version, len(manifest_bytes), 0)[:-4]
     header = prefix + struct.pack("<I", zlib.crc32(manifest_bytes, zlib.crc32(prefix)))
     return b"".join([header, manifest_bytes, *(blob for blob, _ in sections.values())])
 

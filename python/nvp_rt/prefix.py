@@ -82,6 +82,10 @@ class VideoINR:
         self._lock = threading.Lock()
 
     @property
+    def bytes_read(self) -> int:
+        return self._nvp.bytes_read
+
+    @property
     def tap_names(self) -> list[str]:
         return [t.name for t in self.taps]
 

@@ -182,6 +182,11 @@ class Session:
         self._timings = threading.local()
 
     @property
+    def bytes_read(self) -> int:
+        """Bytes fetched from the file so far: header, manifest, routes, and the sections queries needed."""
+        return self.inr.bytes_read
+
+    @property
     def tasks(self) -> list[str]:
         return list(self._routes)
 
