@@ -11,7 +11,7 @@ from nvp_export.inr import load_nvp
 from nvp_export.route.adapter import AdapterSpec, MicroAdapter
 from nvp_export.zoo import load_backbone
 from nvp_rt.cli import main as nvp_main
-from nvp_rt.nvpfile import INR_SECTION, NvpFile
+from nvp_rt.nvpfile import ROUTES_SECTION, NvpFile
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def encoded(tmp_path_factory):
 def test_export_writes_a_route_and_keeps_the_payload(encoded, tmp_path, capsys):
     clip, out = encoded
     before = NvpFile.open(out)
-    payload = before.sections[INR_SECTION]
+    payload = {name: before.section(name) for name in before.sections if name != ROUTES_SECTION}
     args = [
         "--task",
         "efficientnet_lite0",
@@ -54,8 +54,10 @@ def test_export_writes_a_route_and_keeps_the_payload(encoded, tmp_path, capsys):
     assert weight.shape == (route.metadata["out_channels"], route.metadata["in_channels"])
     assert np.isfinite(weight).all()
     # The video payload is carried over verbatim.
-    for name, array in payload.arrays.items():
-        np.testing.assert_array_equal(after.sections[INR_SECTION].arrays[name], array)
+    assert after.payload_checksum == before.payload_checksum
+    for name, arrays in payload.items():
+        for key, array in arrays.items():
+            np.testing.assert_array_equal(after.section(name)[key], array)
     assert (tmp_path / "cka_efficientnet_lite0.json").is_file()
     assert (tmp_path / "cka_efficientnet_lite0.png").stat().st_size > 0
     # The runtime answers through the exported graphs exactly as the torch path does.

@@ -130,9 +130,10 @@ def test_load_rejects_a_config_that_does_not_match_the_weights(tmp_path):
     arrays, meta, quantised = quantise_inr(inr)
     path = tmp_path / "v.nvp"
     save_nvp(path, quantised, arrays, meta, {})
-    from nvp_rt.nvpfile import NvpFile, write_nvp
+    from nvp_rt.nvpfile import NvpFile, SegmentPayload, write_nvp
 
     nvp = NvpFile.open(path)
+    manifest = {k: v for k, v in nvp.manifest.items() if k != "segments"}
     for bad in (
         {**nvp.manifest["inr"], "fc_dim": 21},
         {**nvp.manifest["inr"], "fc_dim": 1 << 20},
@@ -140,7 +141,7 @@ def test_load_rejects_a_config_that_does_not_match_the_weights(tmp_path):
         {**nvp.manifest["inr"], "family": "other"},
         {**nvp.manifest["inr"], "bogus": 1},
     ):
-        write_nvp(path, {**nvp.manifest, "inr": bad}, nvp.inr.arrays, nvp.inr.meta)
+        write_nvp(path, {**manifest, "inr": bad}, [SegmentPayload(inr.num_frames, arrays, meta)])
         with pytest.raises(NvpFormatError):
             load_nvp(path)
 

@@ -8,6 +8,7 @@ runtime contract and against ``adapt_route`` retrained here with the same settin
 """
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,11 +20,10 @@ from nvp_export.cli import main as export_main
 from nvp_export.inr import from_config, load_nvp, make_config
 from nvp_export.inr.store import quantise_inr, save_nvp
 from nvp_export.onnx_export import backbone_key
-from nvp_export.route.adapter import MicroAdapter
 from nvp_export.route.multipathway import FitConfig, PathwayAdapter, decode_clips
 from nvp_export.route.task_adapt import adapt_route
 from nvp_export.zoo import REDUCED
-from nvp_rt.nvpfile import NvpFile
+from nvp_rt.nvpfile import NvpFile, stored_route
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 
@@ -93,10 +93,11 @@ def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rn
     reference = adapt_route(
         inr, frames, backbone, route.tap, route.injection_point, fit, clip_stride=STRIDE, holdout_every=5
     )
+    trained, _ = reference.adapter.to_route()  # as the file stores it: the same 8-bit codes
+    for name, value in stored_route(replace(route, arrays=trained)).arrays.items():
+        np.testing.assert_array_equal(route.arrays[name], value)
     rebuilt = PathwayAdapter(c_in, point)
-    for p, adapter in zip(prefixes, rebuilt.adapters):
-        arrays = {k[len(p) :]: v for k, v in route.arrays.items() if k.startswith(p)}
-        adapter.load_state_dict(MicroAdapter.from_arrays(adapter.spec, arrays).state_dict())
+    rebuilt.load_route(route.arrays)
     video_point = len(shapes[0]) == 4
     h, w = inr.tap_shapes()[route.tap][1:]
     x = torch.from_numpy(
@@ -107,7 +108,7 @@ def test_export_stores_a_route_for_every_task_preset(video, tmp_path, capsys, rn
     with torch.no_grad():
         expected, got = reference.adapter(x), rebuilt(x)
     for e, g in zip(expected if isinstance(expected, list) else [expected], got if isinstance(got, list) else [got]):
-        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-3 * float(e.abs().max()))  # 8-bit codes of 8-bit codes
     assert meta["features_rel_error"] == pytest.approx(reference.fidelity["features_rel_error"], rel=1e-4)
 
     # The runtime answers the stored route through the exported graphs as the torch path does.

@@ -94,7 +94,7 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
         )
     elif difference > fingerprint.TOLERANCE:
         raise UserError(
-            f"--source {source} is not the video {nvp.path.name} was encoded from (its frames differ "
+            f"--source {source} is not the video {Path(nvp.path).name} was encoded from (its frames differ "
             f"from the stored fingerprint by {difference:.1f} levels on average)"
         )
     return frames

@@ -40,6 +40,7 @@ EXPORT_COMMANDS = {
 
 def cmd_info(args) -> None:
     nvp = NvpFile.open(args.file)
+    nvp.verify()  # an inspection reads every byte: damage anywhere is reported here, not at a later query
     m = nvp.manifest
     video, inr = m.get("video", {}), m.get("inr", {})
     frames, h, w = video.get("frames"), video.get("height"), video.get("width")
