@@ -189,3 +189,28 @@ def test_format_1_files_still_open_and_decode(segmented, tmp_path, rng):
     assert np.abs(got - (np.clip(want, 0, 1) * 255).round().transpose(0, 2, 3, 1)).max() <= 1
     with pytest.raises(NvpFormatError, match="format 1"):
         replace_routes(old, [])
+
+
+def test_export_trains_one_route_over_all_segments(tmp_path, rng):
+    """``nvp-export`` on a file of several segments: one adapter for the whole video, whose answers through
+    the runtime equal the torch path on every segment's frames."""
+    from nvp_export.cli import main as export_main
+    from nvp_export.inr import load_video
+    from nvp_export.route.adapter import AdapterSpec, MicroAdapter
+
+    lengths = [int(n) for n in rng.integers(3, 6, size=2)]
+    path = tmp_path / "two.nvp"
+    _write(path, _segment_inrs("hnerv", lengths, int(rng.integers(1 << 16))))
+    store = tmp_path / "store"
+    args = ["--task", "efficientnet_lite0", str(path), "--epochs", "2", "--top", "0.05", "--store", str(store), "-q"]
+    assert export_main(args) == 0
+    (route,) = NvpFile.open(path).routes()
+    frames = list(range(sum(lengths)))
+    logits = nvp_rt.Session(path, store=store).run([route.task], frames=frames)[route.task].logits
+    weight = route.arrays["weight0"]
+    size = tuple(route.metadata["pathways"][0]["size"])
+    adapter = MicroAdapter.from_arrays(AdapterSpec(weight.shape[1], weight.shape[0], size), route.arrays)
+    with torch.no_grad():
+        taps = load_video(path).decode(torch.tensor(frames), until=route.tap)[route.tap]
+        reference = load_backbone("efficientnet_lite0").suffix(adapter(taps), route.injection_point).numpy()
+    assert np.abs(logits - reference).max() <= 1e-4 * np.abs(reference).max()

@@ -103,7 +103,7 @@ def original_frames(nvp: NvpFile, source: str | None, inr):
 def run(args) -> None:
     import torch
 
-    from .inr import load_nvp
+    from .inr import load_video
     from .onnx_export import export_route_graphs
     from .route.adapt import AdaptConfig, AdaptResult, adapt, to_file_route
     from .route.task_adapt import TaskAdaptResult, adapt_task, task_file_route
@@ -116,7 +116,9 @@ def run(args) -> None:
         )
     nvp = NvpFile.open(args.file)  # validated before anything heavy runs
     joint_config = joint_config_of(args) if args.joint else None
-    inr = load_nvp(args.file)
+    if joint_config and len(nvp.segments) > 1:
+        raise UserError(f"--joint optimises a one-segment video; {args.file} has {len(nvp.segments)} segments")
+    inr = load_video(args.file)
     torch.manual_seed(args.seed)  # a randomly initialised preset is the same for the same seed: its graphs are reused
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the weights note is printed below instead

@@ -352,7 +352,8 @@ def _parse_manifest(data: bytes, where: str) -> dict[str, Any]:
 
 
 def _check_index(sections: Any, version: tuple[int, int], body_start: int, size: int) -> dict[str, _Entry]:
-    """Sections tile the body exactly, in offset order, and are the ones this version knows."""
+    """Sections tile the body exactly, in offset order (sections a newer minor version added are skipped,
+    not refused: they still tile and are checksummed by ``verify``)."""
     index = schema.check_section_index(sections)
     out, end = {}, 0
     for name, (offset, length, crc, meta) in sorted(index.items(), key=lambda kv: kv[1][0]):
@@ -360,13 +361,6 @@ def _check_index(sections: Any, version: tuple[int, int], body_start: int, size:
             raise NvpFormatError(f"section {name[:40]!r} overlaps or leaves a gap")
         if body_start + offset + length > size:
             raise NvpFormatError(f"truncated (section {name[:40]!r} ends past the end of the file)")
-        known = (
-            name in (ROUTES_SECTION, V1_INR_SECTION)
-            if version[0] == 1
-            else (name == ROUTES_SECTION or _SEGMENT_SECTION.match(name) is not None)
-        )
-        if not known:
-            raise NvpFormatError(f"unknown section {name[:40]!r}")
         out[name] = _Entry(body_start + offset, length, crc, meta)
         end = offset + length
     if body_start + end != size:

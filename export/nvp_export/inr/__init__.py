@@ -111,7 +111,7 @@ def config_for_budget(
     return best
 
 
-from .store import load_nvp, load_segments, quantise_inr, save_nvp  # noqa: E402  (store needs the names above)
+from .store import load_nvp, load_segments, load_video, quantise_inr, save_nvp  # noqa: E402  (store needs the names above)
 
 __all__ = [
     "INR",
@@ -128,6 +128,7 @@ __all__ = [
     "stored_bits",
     "load_nvp",
     "load_segments",
+    "load_video",
     "save_nvp",
     "quantise_inr",
 ]

@@ -13,6 +13,7 @@ from nvp_rt.nvpfile import NvpFile, NvpFormatError, SegmentPayload, write_nvp
 from nvp_rt.prefix import payload_group
 
 from . import EMBEDDING_BITS, INR, WEIGHT_BITS, from_config, make_config
+from .segmented import SegmentedVideo
 
 
 def quantise_inr(inr: INR) -> tuple[dict[str, np.ndarray], dict, INR]:
@@ -70,6 +71,12 @@ def load_segments(path: str | os.PathLike) -> list[tuple[int, INR]]:
                     f"{path}: INR does not match its configuration ({str(e).splitlines()[0]})"
                 ) from None
         return out
+
+
+def load_video(path: str | os.PathLike) -> INR | SegmentedVideo:
+    """The INR of a .nvp file; a file of several segments as one ``SegmentedVideo``."""
+    segments = load_segments(path)
+    return segments[0][1] if len(segments) == 1 else SegmentedVideo(segments)
 
 
 def load_nvp(path: str | os.PathLike) -> INR:
