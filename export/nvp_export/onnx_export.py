@@ -34,6 +34,7 @@ from nvp_rt.store import ModelStore
 
 from .backbone import Backbone
 from .inr import INR
+from .inr.segmented import SegmentedVideo
 from .route.multipathway import MultiPathwayPoint, temporal_indices
 
 __all__ = ["backbone_key", "export_inr_graphs", "export_backbone_graphs", "export_route_graphs", "OUTPUT_NAMES"]
@@ -126,7 +127,7 @@ class _Stage(nn.Module):
         return self.stages[self.name](x)
 
 
-def export_inr_graphs(inr: INR, store: ModelStore, progress=None) -> str:
+def export_inr_graphs(inr: INR | SegmentedVideo, store: ModelStore, progress=None) -> str:
     """Stage graphs of ``inr``'s architecture (weights unbound) into ``store``; returns the architecture key."""
     key = architecture_key(inr.config_dict())
     with torch.no_grad():
@@ -292,7 +293,7 @@ def export_adapter_tail(store: ModelStore) -> None:
 
 
 def export_route_graphs(
-    inr: INR, backbone: Backbone, point: str, store: ModelStore, stacked: bool = False, progress=None
+    inr: INR | SegmentedVideo, backbone: Backbone, point: str, store: ModelStore, stacked: bool = False, progress=None
 ) -> str:
     """Everything a route of ``inr`` into ``backbone`` at ``point`` needs in the store; returns the backbone key."""
     export_inr_graphs(inr, store, progress)

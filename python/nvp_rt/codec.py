@@ -193,16 +193,16 @@ def decode_tensors(
     _check(0 < len(described) <= 4096, "no groups")
     wanted = list(described) if groups is None else list(groups)
     _check(all(g in described for g in wanted), "a requested group is missing")
-    models = {}
+    models: dict[int, np.ndarray] = {}
     for b, total in totals.items():
         counts = arrays.get(f"{MODEL}/stream{b}:counts")
-        _check(
+        if not (
             counts is not None
             and counts.dtype == np.uint32
             and counts.shape == (1 << b,)
-            and int(counts.sum(dtype=np.uint64)) == total,
-            f"stream {b} symbol counts inconsistent",
-        )
+            and int(counts.sum(dtype=np.uint64)) == total
+        ):
+            _fail(f"stream {b} symbol counts inconsistent")
         models[b] = counts
     claimed = dict.fromkeys(totals, 0)
     plans = {}
@@ -232,10 +232,8 @@ def decode_tensors(
         symbols_by_bits = {}
         for b, n in streams.items():
             words = arrays.get(f"{g}/stream{b}:words")
-            _check(
-                words is not None and words.dtype == np.uint32 and words.ndim == 1,
-                f"group {g[:40]!r}: stream {b} words missing or malformed",
-            )
+            if words is None or words.dtype != np.uint32 or words.ndim != 1:
+                _fail(f"group {g[:40]!r}: stream {b} words missing or malformed")
             _check_capacity(b, models[b], n, words)
             try:
                 decoded = (

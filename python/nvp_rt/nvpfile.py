@@ -377,7 +377,8 @@ def _blob(arrays: dict[str, np.ndarray]) -> bytes:
 def _serialise(
     manifest: dict[str, Any], sections: dict[str, tuple[bytes, dict]], version: tuple[int, int] = FORMAT_VERSION
 ) -> bytes:
-    index, offset = {}, 0
+    index: dict[str, dict[str, Any]] = {}
+    offset = 0
     for name, (blob, meta) in sections.items():
         index[name] = {"offset": offset, "length": len(blob), "crc32": zlib.crc32(blob)}
         if meta:
