@@ -227,6 +227,7 @@ def decode_tensors(
     _check(len(set(names)) == len(names), "a tensor appears twice")
     out: dict[str, np.ndarray] = {}
     histograms = {b: np.zeros(1 << b, np.int64) for b in totals}
+    coders = {b: _model(models[b]) for b in totals}
     for g in wanted:
         entries, streams = plans[g]
         symbols_by_bits = {}
@@ -237,9 +238,7 @@ def decode_tensors(
             _check_capacity(b, models[b], n, words)
             try:
                 decoded = (
-                    constriction.stream.queue.RangeDecoder(words).decode(_model(models[b]), n)
-                    if n
-                    else np.zeros(0, np.int32)
+                    constriction.stream.queue.RangeDecoder(words).decode(coders[b], n) if n else np.zeros(0, np.int32)
                 )
             except Exception as err:  # a damaged stream may fail inside the coder in coder-specific ways
                 raise NvpFormatError(f"INR payload: stream {b} of group {g[:40]!r} does not decode ({err})") from None

@@ -119,40 +119,57 @@ class VideoINR:
         length = self.segments[segment].frames
         return positional_encoding(frames / length, int(self.config["pe_levels"]), float(self.config["pe_base"]))
 
+    def prepare(self, segment: int, stages: list[str]) -> None:
+        """Decode what a query of ``segment`` up to the last of ``stages`` needs, in one pass over the
+        payload (one validation of the segment's description, one model per bit width)."""
+        self._groups(segment, [*stages, *(["embeddings"] if self.family == "hnerv" else [])])
+
     def _group(self, segment: int, group: str) -> np.ndarray | dict[str, np.ndarray]:
-        """One payload group of one segment, decoded and checked; the last few segments' stay decoded."""
-        key = (segment, group)
+        return self._groups(segment, [group])[group]
+
+    def _groups(self, segment: int, groups: list[str]) -> dict[str, np.ndarray | dict[str, np.ndarray]]:
+        """Payload groups of one segment, decoded and checked; the last few segments' stay decoded."""
         with self._lock:
-            if key in self._decoded:
-                self._decoded.move_to_end(key)
-                return self._decoded[key]
-        value = self._decode_group(segment, group)
+            found = {g: self._decoded[(segment, g)] for g in groups if (segment, g) in self._decoded}
+            for g in found:
+                self._decoded.move_to_end((segment, g))
+        missing = [g for g in groups if g not in found]
+        if not missing:
+            return found
+        decoded = self._decode_groups(segment, missing)
         with self._lock:
-            self._decoded[key] = value
+            for g, value in decoded.items():
+                self._decoded[(segment, g)] = value
             segments = dict.fromkeys(s for s, _ in self._decoded)
             while len(segments) > self._cached:
                 oldest = next(iter(segments))
                 for k in [k for k in self._decoded if k[0] == oldest]:
                     del self._decoded[k]
                 segments.pop(oldest)
-        return value
+        return {**found, **decoded}
 
-    def _decode_group(self, segment: int, group: str) -> np.ndarray | dict[str, np.ndarray]:
+    def _decode_groups(self, segment: int, groups: list[str]) -> dict[str, np.ndarray | dict[str, np.ndarray]]:
         where = f"{self._where}: segment {segment}"
-        if self._nvp.version[0] == 1:  # one section for everything: pick the group's tensors from it
-            everything = self._nvp.segment_tensors(segment)
-            tensors = {k: v for k, v in everything.items() if payload_group(k) == group}
-            unknown = {payload_group(k) for k in everything} - {*self.tap_names, "embeddings"}
+        if self._nvp.version[0] == 1:  # one section for everything: split it by group
+            tensors = self._nvp.segment_tensors(segment)
+            unknown = {payload_group(k) for k in tensors} - {*self.tap_names, "embeddings"}
             if unknown:
                 raise NvpFormatError(f"{where}: INR payload has tensors of no stage ({sorted(unknown)[:3]})")
         else:
-            tensors = self._nvp.segment_tensors(segment, [group])
-        stray = [k for k in tensors if payload_group(k) != group]
-        if stray:
-            raise NvpFormatError(f"{where}: section {group!r} holds a tensor {stray[0]!r} of another stage")
-        if group != "embeddings":
-            return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-        embeddings = tensors.get("embeddings")
-        if embeddings is None or embeddings.ndim != 4 or embeddings.shape[0] != self.segments[segment].frames:
-            raise NvpFormatError(f"{where}: HNeRV payload lacks one embedding per frame")
-        return np.ascontiguousarray(embeddings, dtype=np.float32)
+            tensors = self._nvp.segment_tensors(segment, groups)
+        by_group: dict[str, dict[str, np.ndarray]] = {g: {} for g in groups}
+        for name, value in tensors.items():
+            if payload_group(name) in by_group:
+                by_group[payload_group(name)][name] = value
+            elif self._nvp.version[0] > 1:
+                raise NvpFormatError(f"{where}: a section holds a tensor {name!r} of another stage")
+        out: dict[str, np.ndarray | dict[str, np.ndarray]] = {}
+        for group, members in by_group.items():
+            if group != "embeddings":
+                out[group] = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in members.items()}
+                continue
+            embeddings = members.get("embeddings")
+            if embeddings is None or embeddings.ndim != 4 or embeddings.shape[0] != self.segments[segment].frames:
+                raise NvpFormatError(f"{where}: HNeRV payload lacks one embedding per frame")
+            out[group] = np.ascontiguousarray(embeddings, dtype=np.float32)
+        return out

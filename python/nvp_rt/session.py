@@ -275,10 +275,12 @@ class Session:
         frames from several segments are put back in the asked order (on the host)."""
         segments, local = self.inr.locate(frames)
         parts = []
+        stages = self.inr.stages_until(deepest)
         for segment in dict.fromkeys(segments.tolist()):
             mine = np.flatnonzero(segments == segment)
+            self.inr.prepare(segment, stages)
             x, taps = self._device.graph_array(self.inr.stem_input(segment, local[mine])), {}
-            for name in self.inr.stages_until(deepest):
+            for name in stages:
                 weights = self._stage_weights(segment, name)
                 with clock.engine():
                     x = self._device.run(self._graphs[name], {STAGE_INPUT: x, **weights}, [STAGE_OUTPUT])[0]
