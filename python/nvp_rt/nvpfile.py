@@ -96,6 +96,7 @@ class _Source:
     def __init__(self, path: str):
         self.path, self.bytes_read = path, 0
         self._lock = threading.Lock()
+        self._fd: int | None = None  # set first: __del__ runs even when opening fails
         if "://" in path:
             import fsspec
 
@@ -106,7 +107,6 @@ class _Source:
                 raise NvpFormatError(f"{path}: no such file") from None
             except (OSError, ValueError, ImportError) as e:
                 raise NvpFormatError(f"{path}: cannot read ({e})") from None
-            self._fd = None
             return
         if Path(path).is_dir():
             raise NvpFormatError(f"{path} is a directory, not a .nvp file")
