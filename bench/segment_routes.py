@@ -99,9 +99,9 @@ def main() -> None:
     for k in range(args.segments):
         part = frames[k * length : (k + 1) * length]
         target = torch.from_numpy(part).permute(0, 3, 1, 2).float() / 255
-        result = fit(from_config(config), target, FitConfig(time_limit_s=args.fit_seconds, progress=True))
-        segments.append((k * length, quantise_inr(result.inr)[2]))
-        print(f"segment {k}: {result.psnr:.2f} dB after {result.epochs} epochs", flush=True)
+        fitted = fit(from_config(config), target, FitConfig(time_limit_s=args.fit_seconds, progress=True))
+        segments.append((k * length, quantise_inr(fitted.inr)[2]))
+        print(f"segment {k}: {fitted.psnr:.2f} dB after {fitted.epochs} epochs", flush=True)
     video = SegmentedVideo(segments)
     frames = frames[: length * args.segments]
     backbone = load_backbone("efficientnet_lite0")
