@@ -49,6 +49,7 @@ FORMAT_VERSION = (2, 0)  # a reader accepts any minor of the majors it knows
 READABLE_MAJORS = (1, 2)  # 1.x: one INR section, float32 routes
 _HEADER = struct.Struct("<8sHHII")
 MAX_MANIFEST_BYTES = 16 << 20
+MAX_READ_BYTES = 64 << 20  # one ranged read; adjacent sections beyond it are fetched in further reads
 V1_INR_SECTION = "inr"
 ROUTES_SECTION = "routes"
 ROUTE_BITS = 8
@@ -199,25 +200,48 @@ class NvpFile:
 
     def section(self, name: str) -> dict[str, np.ndarray]:
         """A section's arrays, read (one ranged read), checksummed and parsed on first use."""
+        return self.sections_of([name])[name]
+
+    def sections_of(self, names: Sequence[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Several sections' arrays; those not read yet are fetched with one ranged read per run of
+        adjacent sections (a segment's model, embeddings and stages lie back to back), then each is
+        checksummed and parsed."""
         with self._lock:
-            if name in self._arrays:
-                return self._arrays[name]
-        entry = self._index[name]
-        chunk = self._source.read(entry.offset, entry.length)
-        if zlib.crc32(chunk) != entry.crc32:
+            out = {n: self._arrays[n] for n in names if n in self._arrays}
+        missing = sorted((n for n in dict.fromkeys(names) if n not in out), key=lambda n: self._index[n].offset)
+        runs: list[list[str]] = []
+        for name in missing:
+            last = self._index[runs[-1][-1]] if runs else None
+            entry = self._index[name]
+            if (
+                last is not None
+                and last.offset + last.length == entry.offset
+                and entry.offset + entry.length - self._index[runs[-1][0]].offset <= MAX_READ_BYTES
+            ):
+                runs[-1].append(name)
+            else:
+                runs.append([name])
+        for run in runs:
+            start = self._index[run[0]].offset
+            data = self._source.read(start, self._index[run[-1]].offset + self._index[run[-1]].length - start)
+            for name in run:
+                entry = self._index[name]
+                out[name] = self._parse_section(name, data[entry.offset - start :][: entry.length])
+        with self._lock:
+            self._arrays.update(out)
+        return out
+
+    def _parse_section(self, name: str, chunk: bytes) -> dict[str, np.ndarray]:
+        if zlib.crc32(chunk) != self._index[name].crc32:
             raise NvpFormatError(f"{self.path}: section {name!r} checksum mismatch (file corrupt or tampered)")
         try:
-            arrays = _st_load(chunk) if chunk else {}
+            return _st_load(chunk) if chunk else {}
         except (SafetensorError, ValueError, TypeError, KeyError) as e:  # KeyError: a dtype numpy lacks
             raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({e})") from None
-        with self._lock:
-            self._arrays[name] = arrays
-        return arrays
 
     def verify(self) -> None:
         """Read every section once: any damaged byte anywhere in the file raises NvpFormatError."""
-        for name in self._index:
-            self.section(name)
+        self.sections_of(list(self._index))
 
     def groups(self, segment: int) -> list[str]:
         """The payload groups of a segment in file order: its decoder stages, and embeddings for HNeRV."""
@@ -233,12 +257,11 @@ class NvpFile:
             return codec.decode_tensors(self.section(V1_INR_SECTION), entry.meta)
         model = self._index[segment_section(segment, codec.MODEL)]
         wanted = self.groups(segment) if groups is None else list(groups)
-        arrays = {f"{codec.MODEL}/{k}": v for k, v in self.section(segment_section(segment, codec.MODEL)).items()}
-        for g in wanted:
-            name = segment_section(segment, g)
-            if name not in self._index:
-                raise NvpFormatError(f"{self.path}: segment {segment} has no section {g!r}")
-            arrays.update({f"{g}/{k}": v for k, v in self.section(name).items()})
+        absent = [g for g in wanted if segment_section(segment, g) not in self._index]
+        if absent:
+            raise NvpFormatError(f"{self.path}: segment {segment} has no section {absent[0]!r}")
+        read = self.sections_of([segment_section(segment, g) for g in [codec.MODEL, *wanted]])
+        arrays = {f"{g}/{k}": v for g in [codec.MODEL, *wanted] for k, v in read[segment_section(segment, g)].items()}
         try:
             return codec.decode_tensors(arrays, model.meta, wanted)
         except NvpFormatError as e:
