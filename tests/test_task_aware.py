@@ -9,7 +9,7 @@ from nvp_export.clips import ClipSpec, write_clip
 from nvp_export.fidelity.agreement import fidelity
 from nvp_export.inr import load_nvp
 from nvp_export.route.adapter import AdapterSpec, MicroAdapter
-from nvp_export.route.task_aware import default_pair
+from nvp_export.route.task_aware import TaskAwareConfig, default_pair
 from nvp_export.zoo import load_backbone
 from nvp_rt.cli import main as nvp_main
 from nvp_rt.nvpfile import NvpFile
@@ -36,7 +36,8 @@ def test_routes_are_written_in_the_same_pass_and_answer_as_torch(task_aware, cap
     inr = load_nvp(out)
     backbone = load_backbone("efficientnet_lite0")
     assert route.task == "cls" and route.backbone.startswith("efficientnet_lite0-")
-    assert (route.tap, route.injection_point) == default_pair(inr, backbone, 1.0)
+    c = TaskAwareConfig()
+    assert (route.tap, route.injection_point) == default_pair(inr, backbone, c.max_adapter_percent, c.pair_channels)
     assert route.metadata["adapter_percent"] <= 1.0
     # The stored figures are the agreement of this very route on the source frames (recomputed in torch) ...
     frames, _ = read_video(clip)
