@@ -4,12 +4,14 @@ For each video, rate and path, one .nvp file under the same fit budget:
 
 - ``task-aware``: ``nvp encode --for efficientnet_lite0 --bpp R`` (the route fitted with the INR, its
   bytes inside the budget);
-- ``plain``: ``nvp encode --bpp R`` then ``nvp-export --task efficientnet_lite0 --source VIDEO`` (CKA
-  selection + adapter training on the finished INR; the route is added on top of the budget).
+- ``plain``: ``nvp encode --bpp R``, then (with --plain-routes) ``nvp-export --task efficientnet_lite0
+  --source VIDEO`` (CKA selection + adapter training on the finished INR; the route is added on top of
+  the budget). Without --plain-routes the plain rows give the viewing quality and pixel path only.
 
 Each file is then scored by ``nvp_export.fidelity.rate_accuracy.score_file``: its bpp from the size on
 disk, the route's top-1 agreement with EfficientNet-Lite0 (ImageNet weights) on the original frames,
 the full INR decode's, H.264 (libx264, one GOP) at the file's bpp, the constant answer, PSNR of both.
+The bench scores in torch, so its encodes skip the ONNX graphs the runtime would need.
 The plain path's PSNR is the viewing quality a fit of the same budget reaches without the task terms;
 the task-aware rows add the PSNR reconstruction alone had reached when the task terms joined.
 
@@ -18,7 +20,8 @@ the four-shot montage (synthetic), 64 frames at 320x180. Encodes run ``--jobs`` 
 each, the two paths of a point side by side (equal conditions on a shared machine).
 
     python bench/rate_accuracy.py [--videos bbb,bikes,montage] [--bpp 0.05,0.1,0.25,0.5]
-        [--paths task-aware,plain] [--fit-seconds 120] [--jobs 2] [--out bench/results/rate_accuracy]
+        [--paths task-aware,plain] [--plain-routes] [--fit-seconds 120] [--jobs 2]
+        [--out bench/results/rate_accuracy]
 
 JSON, markdown and PNG in --out.
 """
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -66,7 +70,7 @@ def source_of(video: str, folder: Path) -> tuple[str, FrameSelection]:
     return str(path), FrameSelection()
 
 
-def encode_point(video: str, bpp: float, path: str, fit_seconds: float, folder: str) -> dict:
+def encode_point(video: str, bpp: float, path: str, fit_seconds: float, plain_routes: bool, folder: str) -> dict:
     """One file: encode (and route) ``video`` at ``bpp`` along ``path``, then score it (a worker process)."""
     from nvp_export import cli
 
@@ -80,11 +84,11 @@ def encode_point(video: str, bpp: float, path: str, fit_seconds: float, folder: 
     row: dict = {"video": video, "target_bpp": bpp, "path": path}
     started = time.perf_counter()
     try:
-        report = encode_video(source, out, selection, EncodeConfig(bpp=bpp, fit=fit, tasks=tasks), store)
+        report = encode_video(source, out, selection, EncodeConfig(bpp=bpp, fit=fit, tasks=tasks, graphs=False), store)
     except ValueError as e:  # the budget holds no model (with its container and routes)
         return {**row, "error": str(e).split(";")[0]}
     encoded = time.perf_counter()
-    if path == "plain":  # what a user runs next: nvp-export --task, the source re-read as encode read it
+    if path == "plain" and plain_routes:  # what a user runs next (nvp-export re-reads the source as encode did)
         argv = [str(out), "--task", PRESET, "--name", TASK, "--source", source, "--store", str(work / "store")]
         with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
             if cli.main([*argv, "--no-compare-pixels", "-q"]) != 0:
@@ -92,11 +96,11 @@ def encode_point(video: str, bpp: float, path: str, fit_seconds: float, folder: 
     routed = time.perf_counter()
     frames, _ = read_video(source, selection)
     config = load_nvp(out).config
-    route = NvpFile.open(out).routes()[0]
+    routes = NvpFile.open(out).routes()
     return {
         **row,
-        **score_file(out, frames, load_backbone(PRESET).eval(), TASK),
-        "route": f"{route.tap} -> {route.injection_point}",
+        **score_file(out, frames, load_backbone(PRESET).eval(), TASK if routes else None),
+        "route": f"{routes[0].tap} -> {routes[0].injection_point}" if routes else None,
         "inr": f"fc {config.fc_dim}, embed {config.embed_dim}",
         "epochs": report.epochs,
         "fit_seconds": report.fit_seconds,
@@ -110,6 +114,7 @@ def main() -> None:
     p.add_argument("--videos", default="bbb,bikes,montage")
     p.add_argument("--bpp", default="0.05,0.1,0.25,0.5")
     p.add_argument("--paths", default=",".join(PATHS), help=f"any of {', '.join(PATHS)}")
+    p.add_argument("--plain-routes", action="store_true", help="route the plain encodes with nvp-export")
     p.add_argument("--fit-seconds", type=float, default=120.0, help="fit budget of every encode")
     p.add_argument("--jobs", type=int, default=2, help="encodes at a time, one thread each")
     p.add_argument("--out", type=Path, default=Path("bench/results/rate_accuracy"))
@@ -124,7 +129,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         for video in videos:  # synthetic clips written once, before the workers race for them
             source_of(video, Path(tmp))
-        futures = {pool.submit(encode_point, *u, args.fit_seconds, tmp): u for u in units}
+        futures = {pool.submit(encode_point, *u, args.fit_seconds, args.plain_routes, tmp): u for u in units}
         rows = []
         for future in tqdm(as_completed(futures), total=len(futures), desc="rate-accuracy", unit="file"):
             rows.append(future.result())
@@ -137,6 +142,7 @@ def main() -> None:
     )
     result = {
         "machine": machine,
+        "command": "python bench/rate_accuracy.py " + " ".join(sys.argv[1:]),
         "fit_seconds": args.fit_seconds,
         "wall_seconds": time.perf_counter() - started,
         "load_after": os.getloadavg(),

@@ -247,3 +247,36 @@ def test_a_short_clip_at_the_default_budget_gets_a_smaller_model():
     assert file_bits(cfg) <= budget and cfg.fc_dim >= 16
     wider = make_config("hnerv", **{**cfg.__dict__, "fc_dim": cfg.fc_dim + 1})
     assert file_bits(wider) > budget
+
+
+def test_clip_psnr_against_float64():
+    rng = np.random.default_rng()
+    source = rng.integers(0, 256, (4, 3, 6, 10)) / 255
+    decoded = np.clip(source + rng.normal(0, 0.05, source.shape), -0.1, 1.1)
+    rendered = np.round(np.clip(decoded, 0, 1) * 255)
+    mse = ((rendered - source * 255) ** 2).reshape(4, -1).mean(1)
+    expected = np.mean(10 * np.log10(255.0**2 / mse))
+    got = fit_module.clip_psnr(torch.from_numpy(decoded).float(), torch.from_numpy(source).float())
+    assert got == pytest.approx(expected, abs=1e-3)
+
+
+def test_the_fit_records_the_psnr_reconstruction_alone_reached():
+    """The clip's PSNR when an objective's terms join is the decoder's at that moment: what begin() sees."""
+
+    class Watcher:
+        start, lr = 0.5, 1e-3
+
+        def begin(self, decode_all):
+            self.seen = decode_all("rgb").clone()
+            return torch.nn.Linear(1, 1)
+
+        def loss(self, taps, idx):
+            return taps["rgb"].new_zeros(())
+
+    frames = _clip()
+    watcher = Watcher()
+    inr = from_config(make_config("hnerv", height=32, width=48, num_frames=6, fc_dim=8))
+    result = fit(inr, frames, FitConfig(epochs=4, time_limit_s=None, progress=False), watcher)
+    assert result.psnr_reconstruction_only == pytest.approx(fit_module.clip_psnr(watcher.seen, frames))
+    plain = fit(from_config(inr.config), frames, FitConfig(epochs=2, time_limit_s=None, progress=False))
+    assert plain.psnr_reconstruction_only is None

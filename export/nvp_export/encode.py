@@ -18,7 +18,7 @@ from nvp_rt.video import FrameSelection, read_video
 
 from .inr import config_for_budget, from_config, quantise_inr, save_nvp
 from .inr.fit import PLATEAU_PATIENCE_STEPS, PLATEAU_VARIANCE_RATIO, FitConfig, FitError, fit, temporal_variance_ratio
-from .onnx_export import export_inr_graphs, export_route_graphs
+from .onnx_export import backbone_key, export_inr_graphs, export_route_graphs
 from .route.adapt import to_file_route
 from .route.task_aware import TaskAwareConfig, TaskAwareObjective, untrained_routes
 from .zoo import load_backbone
@@ -38,6 +38,7 @@ class EncodeConfig:
     # Task-aware encoding: route name (what queries ask for) -> backbone preset, fitted with the INR.
     tasks: dict[str, str] = field(default_factory=dict)
     task_aware: TaskAwareConfig = field(default_factory=TaskAwareConfig)
+    graphs: bool = True  # export the decoder's and routes' ONNX graphs into the store (what the runtime runs)
 
 
 @dataclass
@@ -132,11 +133,16 @@ def encode_video(
         rendered_float = torch.from_numpy(rendered).permute(0, 3, 1, 2).float().div_(255)
         for name, route, task in zip(cfg.tasks, objective.finish(quantised, rendered_float), objective.routes):
             file_route = to_file_route(replace(route, task=name))
-            key = export_route_graphs(quantised, task.backbone, route.injection_point, store)
+            key = (
+                export_route_graphs(quantised, task.backbone, route.injection_point, store)
+                if cfg.graphs
+                else backbone_key(task.backbone)
+            )
             routes.append(replace(file_route, backbone=key))
         info["encoding"]["task_aware"] = {**asdict(cfg.task_aware), "tasks": cfg.tasks}
     size = save_nvp(output, quantised, arrays, meta, info, routes=routes)
-    export_inr_graphs(quantised, store)
+    if cfg.graphs:
+        export_inr_graphs(quantised, store)
     return EncodeReport(
         str(output),
         size,

@@ -53,8 +53,9 @@ def route_outputs(path: str | os.PathLike, backbone: Backbone, task: str, batch:
         )
 
 
-def score_file(path: str | os.PathLike, frames: np.ndarray, backbone: Backbone, task: str) -> dict:
-    """One point: the file's total bpp, its route's and its pixels' agreement, H.264 at that bpp, PSNR."""
+def score_file(path: str | os.PathLike, frames: np.ndarray, backbone: Backbone, task: str | None) -> dict:
+    """One point: the file's total bpp, its route ``task``'s (None: no route) and its pixels' agreement,
+    H.264 at that bpp, PSNR."""
     reference = backbone_outputs(backbone, frames)
     n, h, w, _ = frames.shape
     bpp = 8 * Path(path).stat().st_size / (n * h * w)
@@ -66,7 +67,7 @@ def score_file(path: str | os.PathLike, frames: np.ndarray, backbone: Backbone, 
         "nvp_psnr_db": pixels.psnr,
         "psnr_reconstruction_only_db": metrics.get("psnr_reconstruction_only_db"),
         "temporal_variance_ratio": metrics.get("temporal_variance_ratio"),
-        "nvp_top1": fidelity(route_outputs(path, backbone, task), reference).top1_agreement,
+        "nvp_top1": None if task is None else fidelity(route_outputs(path, backbone, task), reference).top1_agreement,
         "inr_pixels_top1": pixels.fidelity.top1_agreement,
         "h264_bpp": coded.bpp,
         "h264": coded.detail,
@@ -78,32 +79,36 @@ def score_file(path: str | os.PathLike, frames: np.ndarray, backbone: Backbone, 
 
 COLUMNS = (
     "| video | budget (bpp) | path | file bpp | NVP top-1 | INR pixels top-1 | H.264 bpp | H.264 top-1 | constant "
-    "| PSNR nvp / H.264 (dB) | PSNR reconstruction only (dB) | fit |\n" + "|---" * 12 + "|"
+    "| PSNR nvp / H.264 (dB) | PSNR reconstruction only (dB) | fit (variance ratio: over frames, vs the source) |\n"
+    + "|---" * 12
+    + "|"
 )
 
 
 def _cells(r: dict) -> list[str]:
     if "error" in r:
         return [r["video"], f"{r['target_bpp']:g}", r["path"], "does not fit: " + r["error"], *["-"] * 8]
-    before = r.get("psnr_reconstruction_only_db")
+    before, nvp = r.get("psnr_reconstruction_only_db"), r["nvp_top1"]
     return [
         r["video"],
         f"{r['target_bpp']:g}",
         r["path"],
         f"{r['nvp_bpp_total']:.3f}",
-        f"{r['nvp_top1']:.1%}",
+        "-" if nvp is None else f"{nvp:.1%}",
         f"{r['inr_pixels_top1']:.1%}",
         f"{r['h264_bpp']:.3f}",
         f"{r['h264_top1']:.1%}",
         f"{r['constant_top1']:.1%}",
         f"{r['nvp_psnr_db']:.2f} / {r['h264_psnr_db']:.2f}",
         "-" if before is None else f"{before:.2f}",
-        f"{r['fit_seconds']:.0f} s, {r['epochs']} epochs, {r['inr']}",
+        f"{r['fit_seconds']:.0f} s, {r['epochs']} epochs, {r['inr']}, "
+        f"variance ratio {r['temporal_variance_ratio']:.2f}",
     ]
 
 
 def markdown(rows: Sequence[dict]) -> str:
-    """One line per point, in the order given; a point whose model did not fit says why."""
+    """One line per point, in the order given; a point whose model did not fit says why, one without a
+    route has no NVP figure ("-")."""
     return "\n".join([COLUMNS, *("| " + " | ".join(_cells(r)) + " |" for r in rows)]) + "\n"
 
 
@@ -129,7 +134,14 @@ def chart(rows: Sequence[dict], path: str | os.PathLike, title: str) -> None:
             if not mine:
                 continue
             rates = [r["nvp_bpp_total"] for r in mine]
-            top.plot(rates, [100 * r["nvp_top1"] for r in mine], "o-", color=f"C{2 + k}", label=f"NVP ({name})")
+            routed = [r for r in mine if r["nvp_top1"] is not None]
+            top.plot(
+                [r["nvp_bpp_total"] for r in routed],
+                [100 * r["nvp_top1"] for r in routed],
+                "o-",
+                color=f"C{2 + k}",
+                label=f"NVP ({name})",
+            )
             top.plot(
                 rates,
                 [100 * r["inr_pixels_top1"] for r in mine],
