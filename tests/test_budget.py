@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from nvp_export.inr import config_for_budget, from_config, make_config, quantise_inr, save_nvp
+from nvp_export.inr import (
+    config_for_budget,
+    container_bytes,
+    from_config,
+    make_config,
+    quantise_inr,
+    save_nvp,
+    stored_bits,
+)
 from nvp_export.inr.budget import MIN_FC_DIM
 from nvp_export.inr.hnerv import HNeRVEncoder
 from nvp_export.route.task_aware import untrained_routes
@@ -50,7 +58,10 @@ def test_the_routes_written_beside_the_inr_are_counted(bpp):
     alone = config_for_budget("hnerv", H, W, N, bpp=bpp)
     cfg = config_for_budget("hnerv", H, W, N, bpp=bpp, routes=routes)
     budget = bpp * N * H * W / 8
-    assert _written_bytes(cfg, routes) <= budget < _written_bytes(alone, routes)
+    assert _written_bytes(cfg, routes) <= budget
+    assert cfg.fc_dim < alone.fc_dim  # the routes' bytes came out of the INR's
+    wider = make_config("hnerv", **{**cfg.__dict__, "fc_dim": cfg.fc_dim + 1})
+    assert stored_bits(wider) / 8 + container_bytes(wider, routes) > budget  # the widest that fits
     reserve = 4096
     reserved = config_for_budget("hnerv", H, W, N, bpp=bpp, routes=routes, reserve_bytes=reserve)
     assert _written_bytes(reserved, routes) <= budget - reserve

@@ -35,7 +35,8 @@ def constant_answer(reference: torch.Tensor) -> float:
 
 def route_outputs(path: str | os.PathLike, backbone: Backbone, task: str, batch: int = 8) -> torch.Tensor:
     """The backbone's outputs through the file's route ``task``: INR to the tap, adapter, suffix (torch)."""
-    (route,) = [r for r in NvpFile.open(path).routes() if r.task == task]
+    with NvpFile.open(path) as nvp:
+        (route,) = [r for r in nvp.routes() if r.task == task]
     meta = route.metadata
     spec = AdapterSpec(meta["in_channels"], meta["out_channels"], tuple(meta["pathways"][0]["size"]), meta["hidden"])
     adapter = MicroAdapter.from_arrays(spec, route.arrays).eval()
@@ -61,7 +62,8 @@ def score_file(path: str | os.PathLike, frames: np.ndarray, backbone: Backbone, 
     bpp = 8 * Path(path).stat().st_size / (n * h * w)
     inr = load_nvp(path)
     pixels, coded = compare_pixel_paths(inr, frames, backbone, bpp, reference=reference)
-    metrics = NvpFile.open(path).manifest.get("metrics", {})
+    with NvpFile.open(path) as nvp:
+        metrics = nvp.manifest.get("metrics", {})
     return {
         "nvp_bpp_total": bpp,
         "nvp_psnr_db": pixels.psnr,
