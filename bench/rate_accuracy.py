@@ -132,7 +132,7 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs (shared), "
         f"{args.jobs} encodes at a time, 1 thread each"
     )
-    started, rows = time.perf_counter(), []
+    started, rows = time.perf_counter(), list[dict]()
 
     def save() -> str:
         """JSON and markdown of the points so far (after each one: a run cut short keeps what it measured)."""

