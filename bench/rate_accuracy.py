@@ -85,7 +85,7 @@ def encode_point(video: str, bpp: float, path: str, fit_seconds: float, plain_ro
     started = time.perf_counter()
     try:
         report = encode_video(source, out, selection, EncodeConfig(bpp=bpp, fit=fit, tasks=tasks, graphs=False), store)
-    except ValueError as e:  # the budget holds no model (with its container and routes)
+    except ValueError as e:  # the budget holds no model (with its container and routes), or the fit failed
         return {**row, "error": str(e).split(";")[0]}
     encoded = time.perf_counter()
     if path == "plain" and plain_routes:  # what a user runs next (nvp-export re-reads the source as encode did)

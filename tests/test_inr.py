@@ -231,6 +231,10 @@ def test_fit_starts_afresh_when_stuck_at_the_mean_frame():
     cfg = make_config("nerv", height=32, width=32, num_frames=8, fc_dim=8, mlp_hidden=16, pe_levels=8)
     stuck = fit(from_config(cfg), frames, FitConfig(epochs=40, time_limit_s=None, lr=0.1, progress=False))
     assert 1 <= stuck.restarts <= 2
+    # A budget that ends where the fit would start afresh returns the state it has (it used to end on
+    # the fresh start's untrained weights: "training never produced a finite loss").
+    ended = fit(from_config(cfg), frames, FitConfig(epochs=19, time_limit_s=None, lr=0.1, progress=False))
+    assert ended.restarts == 0 and math.isfinite(ended.psnr)
     healthy = fit(from_config(cfg), frames, FitConfig(epochs=40, time_limit_s=None, lr=3e-3, progress=False))
     assert healthy.restarts == 0 and healthy.steps == 40 * 8
 

@@ -89,7 +89,7 @@ COLUMNS = (
 
 def _cells(r: dict) -> list[str]:
     if "error" in r:
-        return [r["video"], f"{r['target_bpp']:g}", r["path"], "does not fit: " + r["error"], *["-"] * 8]
+        return [r["video"], f"{r['target_bpp']:g}", r["path"], r["error"], *["-"] * 8]
     before, nvp = r.get("psnr_reconstruction_only_db"), r["nvp_top1"]
     return [
         r["video"],
@@ -109,9 +109,12 @@ def _cells(r: dict) -> list[str]:
 
 
 def markdown(rows: Sequence[dict]) -> str:
-    """One line per point, in the order given; a point whose model did not fit says why, one without a
-    route has no NVP figure ("-")."""
+    """One line per point, in the order given; a point without a file says why, one without a route has no
+    NVP figure ("-")."""
     return "\n".join([COLUMNS, *("| " + " | ".join(_cells(r)) + " |" for r in rows)]) + "\n"
+
+
+COLOURS = {"task-aware": "C2", "plain": "C0"}  # H.264 is C3
 
 
 def chart(rows: Sequence[dict], path: str | os.PathLike, title: str) -> None:
@@ -120,46 +123,50 @@ def chart(rows: Sequence[dict], path: str | os.PathLike, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from ..charts import save_png
 
     done = [r for r in rows if "error" not in r]
     videos = list(dict.fromkeys(r["video"] for r in done))
-    paths = list(dict.fromkeys(r["path"] for r in done))
     fig, axes = plt.subplots(2, max(len(videos), 1), figsize=(4.4 * max(len(videos), 1), 7), squeeze=False)
     for col, video in enumerate(videos):
         top, bottom = axes[0][col], axes[1][col]
-        for k, name in enumerate(paths):
+        for name, colour in COLOURS.items():
             mine = sorted(
                 (r for r in done if r["video"] == video and r["path"] == name), key=lambda r: r["nvp_bpp_total"]
             )
-            if not mine:
-                continue
-            rates = [r["nvp_bpp_total"] for r in mine]
             routed = [r for r in mine if r["nvp_top1"] is not None]
             top.plot(
                 [r["nvp_bpp_total"] for r in routed],
                 [100 * r["nvp_top1"] for r in routed],
                 "o-",
-                color=f"C{2 + k}",
+                color=colour,
                 label=f"NVP ({name})",
             )
             top.plot(
-                rates,
+                [r["nvp_bpp_total"] for r in mine],
                 [100 * r["inr_pixels_top1"] for r in mine],
                 "s--",
-                color=f"C{2 + k}",
+                color=colour,
                 alpha=0.5,
                 label=f"INR pixels ({name})",
             )
-            bottom.plot(rates, [r["nvp_psnr_db"] for r in mine], "o-", color=f"C{2 + k}", label=f"nvp ({name})")
+            bottom.plot(
+                [r["nvp_bpp_total"] for r in mine], [r["nvp_psnr_db"] for r in mine], "o-", color=colour, label=name
+            )
         h = sorted((r for r in done if r["video"] == video), key=lambda r: r["h264_bpp"])
         top.plot([r["h264_bpp"] for r in h], [100 * r["h264_top1"] for r in h], "^-", color="C3", label="H.264")
         top.axhline(100 * h[0]["constant_top1"], color="grey", ls=":", label="constant answer")
         bottom.plot([r["h264_bpp"] for r in h], [r["h264_psnr_db"] for r in h], "^-", color="C3", label="H.264")
-        top.set(title=video, ylabel="top-1 agreement (%)", ylim=(0, 102), xscale="log")
-        bottom.set(xlabel="bits per pixel (whole file, routes included)", ylabel="PSNR (dB)", xscale="log")
+        top.set(title=video, ylabel="top-1 agreement (%)", ylim=(0, 102))
+        bottom.set(xlabel="bits per pixel (whole file, routes included)", ylabel="PSNR (dB)")
         for ax in (top, bottom):
+            ax.set_xscale("log")
+            # Log-axis minor labels overlap within a decade: label a fixed set of rates instead.
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xticks([0.05, 0.1, 0.2, 0.5])
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     axes[1][0].legend(fontsize=7)

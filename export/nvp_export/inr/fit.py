@@ -243,6 +243,7 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
             not joined
             and step - started_at >= max(PLATEAU_PATIENCE_STEPS, 2 * steps_per_epoch)
             and restarts < PLATEAU_RESTARTS
+            and progress() < 1.0  # with no time left, the stuck state is the result (encode refuses it)
             and temporal_variance_ratio(epoch_outputs, small_frames) < PLATEAU_VARIANCE_RATIO
         ):
             # Stuck at the mean frame: the rate is too high for the decoder's tiny frame-dependent signal.
@@ -260,8 +261,6 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
                 f"epoch {epoch}: the fit renders about the mean frame (PSNR {epoch_psnr:.2f} dB); "
                 f"starting afresh (seed {seed}) at learning rate x{lr_scale:.3g}"
             )
-            if progress() >= 1.0:
-                break
             continue
         if joined or epoch_psnr >= best[0]:
             best = (epoch_psnr, copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
