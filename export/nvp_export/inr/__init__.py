@@ -48,69 +48,7 @@ def stored_bits(cfg) -> int:
     return WEIGHT_BITS * params + EMBEDDING_BITS * embedding
 
 
-# Ever smaller variants of each family's defaults, tried in turn when a budget leaves fc_dim < 16.
-SHRINK = {
-    "nerv": [{"mlp_hidden": h} for h in (512, 256, 128, 64, 32)],
-    "hnerv": [
-        {},
-        {"embed_dim": 8},
-        {"embed_dim": 8, "lower_width": 8},
-        {"embed_dim": 4, "lower_width": 6},
-        {"embed_dim": 2, "lower_width": 4},
-    ],
-}
-
-
-def config_for_budget(
-    family: str,
-    height: int,
-    width: int,
-    num_frames: int,
-    *,
-    params: int | None = None,
-    bpp: float | None = None,
-    **overrides,
-):
-    """The widest INR (largest fc_dim) whose stored values fit the budget.
-
-    ``params`` counts decoder weights plus embeddings; ``bpp`` counts their
-    quantised bits over frames x height x width (the entropy coder then lands
-    below it). When the budget is too small for a useful fc_dim at the default
-    sizes, smaller variants are tried in turn (SHRINK): NeRV's stem MLP is
-    narrowed from 512; HNeRV's embeddings and narrowest blocks are thinned, so
-    short clips at low rates still get a model.
-    """
-    if (params is None) == (bpp is None):
-        raise ValueError("give exactly one budget: params or bpp")
-    budget: float
-    if params is not None:
-        cost, budget = (lambda c: sum(c.stored_values())), params
-    else:
-        cost, budget = stored_bits, bpp * num_frames * height * width
-    variants = [{k: v for k, v in extra.items() if k not in overrides} for extra in SHRINK[family]]
-    best = None
-    for extra in variants:
-        lo, hi = 0, 4096
-        while lo < hi:  # largest fc_dim within budget; cost grows with fc_dim
-            mid = (lo + hi + 1) // 2
-            cfg = make_config(
-                family, height=height, width=width, num_frames=num_frames, fc_dim=mid, **extra, **overrides
-            )
-            lo, hi = (mid, hi) if cost(cfg) <= budget else (lo, mid - 1)
-        if lo:
-            best = make_config(
-                family, height=height, width=width, num_frames=num_frames, fc_dim=lo, **extra, **overrides
-            )
-            if lo >= 16:
-                break
-    if best is None:
-        raise ValueError(
-            f"a budget of {params if params is not None else f'{bpp} bpp'} is too small for any {family} "
-            f"model of {width}x{height} x {num_frames} frames; raise --bpp or --params"
-        )
-    return best
-
-
+from .budget import SHRINK, config_for_budget, container_bytes  # noqa: E402  (budget writes probe files)
 from .store import load_nvp, load_segments, load_video, quantise_inr, save_nvp  # noqa: E402  (store needs the names above)
 
 __all__ = [
@@ -125,6 +63,8 @@ __all__ = [
     "from_config",
     "make_config",
     "config_for_budget",
+    "container_bytes",
+    "SHRINK",
     "stored_bits",
     "load_nvp",
     "load_segments",

@@ -112,6 +112,16 @@ class FitResult:
     history: list[float] = field(default_factory=list)  # PSNR per epoch
     restarts: int = 0  # fresh starts after the fit sat at the mean frame
     steps: int = 0  # optimiser steps since the last (re)start
+    # clip_psnr of the whole clip when an objective's terms joined: what reconstruction alone had reached
+    psnr_reconstruction_only: float | None = None
+
+
+def clip_psnr(decoded: torch.Tensor, source: torch.Tensor) -> float:
+    """Mean per-frame PSNR (dB) of ``decoded`` rounded to 8 bits against ``source``, both (N, 3, H, W) in
+    [0, 1]: what ``nvp_rt.quality.psnr`` reports for a rendered clip."""
+    diff = (decoded.clamp(0, 1) * 255).round() - (source * 255).round()
+    mse = diff.double().pow(2).flatten(1).mean(1)
+    return float((10 * torch.log10(255.0**2 / mse.clamp_min(1e-12))).mean())
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -153,6 +163,7 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
 
     optimiser = new_optimiser()
     joined = False  # the objective's terms are part of the loss
+    psnr_reconstruction_only = None
     frames = frames.to(device)
     n = frames.shape[0]
     steps_per_epoch = math.ceil(n / cfg.batch)
@@ -187,6 +198,8 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
         psnrs, collapsed = [], False
         for idx in torch.randperm(n, generator=generator).split(cfg.batch):
             if objective is not None and not joined and progress() >= objective.start:
+                psnr_reconstruction_only = clip_psnr(decode_all(inr.tap_names[-1]), frames)
+                bar.write(f"epoch {epoch}: reconstruction alone reached {psnr_reconstruction_only:.2f} dB; tasks join")
                 extra = objective.begin(decode_all).to(device)
                 modules.append(extra)
                 optimiser.add_param_group({"params": extra.parameters(), "peak_lr": objective.lr})
@@ -230,6 +243,7 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
             not joined
             and step - started_at >= max(PLATEAU_PATIENCE_STEPS, 2 * steps_per_epoch)
             and restarts < PLATEAU_RESTARTS
+            and progress() < 1.0  # with no time left, the stuck state is the result (encode refuses it)
             and temporal_variance_ratio(epoch_outputs, small_frames) < PLATEAU_VARIANCE_RATIO
         ):
             # Stuck at the mean frame: the rate is too high for the decoder's tiny frame-dependent signal.
@@ -247,8 +261,6 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
                 f"epoch {epoch}: the fit renders about the mean frame (PSNR {epoch_psnr:.2f} dB); "
                 f"starting afresh (seed {seed}) at learning rate x{lr_scale:.3g}"
             )
-            if progress() >= 1.0:
-                break
             continue
         if joined or epoch_psnr >= best[0]:
             best = (epoch_psnr, copy.deepcopy(modules.state_dict()), copy.deepcopy(optimiser.state_dict()))
@@ -276,5 +288,13 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
         with torch.no_grad():
             inr.embeddings.copy_(torch.cat([encoder(frames[i : i + 8]) for i in range(0, n, 8)]))
     return FitResult(
-        inr.cpu(), best[0], len(history), time.perf_counter() - start, recoveries, history, restarts, step - started_at
+        inr.cpu(),
+        best[0],
+        len(history),
+        time.perf_counter() - start,
+        recoveries,
+        history,
+        restarts,
+        step - started_at,
+        psnr_reconstruction_only,
     )

@@ -15,7 +15,7 @@ fitted, rather than having routes bolted onto a finished fit (``adapt``, ``joint
    (``finetune_for_task``), so the route fits the bits a reader decodes.
 
 The pair is fixed before the fit, with no CKA search (there is no fitted INR to rank yet): the
-INR's first tap into the deepest injection point whose adapter stays within the size budget. On
+INR's first tap into the deepest injection point whose adapter stays within the size budgets. On
 the 320x180 clips this is where the answers were learnt at all at CPU budgets (stem -> stage7 for
 EfficientNet-Lite0: 41-54% agreement against 0-22% for block1 -> stage5/stage7, docs/encode.md).
 """
@@ -32,10 +32,10 @@ from torch import nn
 from ..backbone import Backbone
 from ..fidelity.agreement import fidelity
 from ..inr import INR
-from .adapt import Route
+from .adapt import Route, to_file_route
 from .adapter import AdapterSpec, MicroAdapter, finetune_for_task, fit_linear, relative_feature_loss
 
-__all__ = ["TaskAwareConfig", "TaskAwareObjective", "default_pair"]
+__all__ = ["TaskAwareConfig", "TaskAwareObjective", "default_pair", "untrained_routes"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ class TaskAwareConfig:
     adapter_lr: float = 1e-3
     finetune_epochs: int = 100  # adapter-only, on the stored INR's taps
     max_adapter_percent: float = 1.0
+    # The injection point is chosen as if the tap had at least this many channels, so a narrow INR (a low
+    # rate) does not reach for a wider point (EfficientNet-Lite0: head_conv, 1280 channels, 4x stage7's
+    # adapter) than a wide one gets, and a route's size grows with the INR's width (inr.budget sizes both).
+    pair_channels: int = 64
     ridge: float = 1e-3
     batch: int = 8
 
@@ -58,10 +62,11 @@ class TaskAwareConfig:
             raise ValueError("task-aware weights, rate and epochs must be >= 0")
 
 
-def default_pair(inr: INR, backbone: Backbone, max_adapter_percent: float) -> tuple[str, str]:
-    """The INR's first tap and the deepest injection point whose adapter fits ``max_adapter_percent``."""
+def default_pair(inr: INR, backbone: Backbone, max_adapter_percent: float, min_channels: int = 1) -> tuple[str, str]:
+    """The INR's first tap and the deepest injection point whose adapter fits ``max_adapter_percent``,
+    from that tap or from one of ``min_channels`` if it is narrower."""
     tap = inr.tap_names[0]
-    channels = inr.tap_shapes()[tap][0]
+    channels = max(inr.tap_shapes()[tap][0], min_channels)
     budget = max_adapter_percent / 100 * backbone.num_parameters()
     points = [
         p for p in backbone.point_names if channels * backbone.point(p).channels + backbone.point(p).channels <= budget
@@ -69,6 +74,22 @@ def default_pair(inr: INR, backbone: Backbone, max_adapter_percent: float) -> tu
     if not points:
         raise ValueError(f"no injection point of {backbone.name} takes an adapter within {max_adapter_percent}%")
     return tap, points[-1]
+
+
+def untrained_routes(inr: INR, backbones: Sequence[Backbone], config: TaskAwareConfig = TaskAwareConfig()) -> list:
+    """The file routes task-aware encoding writes for ``inr``, untrained: what they add to the file
+    (``inr.config_for_budget`` counts them in the budget)."""
+    routes = []
+    for backbone in backbones:
+        tap, point = default_pair(inr, backbone, config.max_adapter_percent, config.pair_channels)
+        shape = backbone.point(point)
+        spec = AdapterSpec(inr.tap_shapes()[tap][0], shape.channels, shape.spatial_size)
+        arrays = MicroAdapter(spec).to_arrays()
+        route = Route(
+            backbone.task, backbone.name, tap, point, spec.in_channels, spec.out_channels, spec.size, None, arrays, {}
+        )
+        routes.append(to_file_route(route))
+    return routes
 
 
 class _TaskRoute:
@@ -121,7 +142,7 @@ class TaskAwareObjective:
         self.config, self.start, self.lr = config, config.start, config.adapter_lr
         self.routes = []
         for backbone in backbones:
-            tap, point = default_pair(inr, backbone, config.max_adapter_percent)
+            tap, point = default_pair(inr, backbone, config.max_adapter_percent, config.pair_channels)
             self.routes.append(_TaskRoute(backbone, frames, tap, point, config.batch))
         self.in_channels = {t: shape[0] for t, shape in inr.tap_shapes().items()}
 
