@@ -232,7 +232,8 @@ class NvpFile:
             entry = self._index[V1_INR_SECTION]
             return codec.decode_tensors(self.section(V1_INR_SECTION), entry.meta)
         model = self._index[segment_section(segment, codec.MODEL)]
-        wanted = self.groups(segment) if groups is None else list(groups)
+        described = model.meta.get("groups")  # "all" is what the model codes, not the sections there happen to be
+        wanted = list(groups) if groups is not None else list(described) if isinstance(described, dict) else []
         arrays = {f"{codec.MODEL}/{k}": v for k, v in self.section(segment_section(segment, codec.MODEL)).items()}
         for g in wanted:
             name = segment_section(segment, g)
