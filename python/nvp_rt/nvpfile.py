@@ -273,7 +273,10 @@ class NvpFile:
         arrays = self.section(ROUTES_SECTION)
         if self.version[0] >= 2 and arrays:
             payload = entry.meta.get("payload")
-            arrays = codec.decode_tensors(arrays, payload if isinstance(payload, dict) else {})
+            try:
+                arrays = codec.decode_tensors(arrays, payload if isinstance(payload, dict) else {})
+            except NvpFormatError as e:  # the codec's message speaks of an INR payload: say which one it is
+                raise NvpFormatError(f"routes section: {e}") from None
         channels = {t["name"]: t["shape"][0] for t in self.manifest["taps"]}
         return [
             Route(h["task"], h["backbone"], h["tap"], h["injection_point"], h["arrays"], h["metadata"])
