@@ -16,7 +16,8 @@ reproducer is its operation list: applied to any valid file it regenerates the m
 - ``section``: drop a section, rename it (to another segment's, an unknown or a duplicate name) or
   copy it over another, so segments lack or share sections;
 - ``index``: set a section's offset / length / crc32 in the index;
-- ``flip``: xor one byte of a section.
+- ``flip``: xor one byte of a section;
+- ``version``: set the header's format version (a 2.0 layout read as 1.x, or the reverse).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ DTYPES = [
     "XX",
 ]
 FILLS: list[str | int] = ["nan", "inf", "-inf", "huge", "zero", 2**31, 7, 0]  # what array elements become
+VERSIONS = [[1, 0], [1, 7], [2, 0], [2, 65535], [3, 0], [0, 1], [65535, 0]]  # [major, minor]
 MAX_INFLATED = 1 << 24  # symbols an inflated stream may claim (the mutator itself encodes them)
 SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 3e38, "zero": 0.0}
 
@@ -215,7 +217,8 @@ def serialise(state: State, index_ops: Sequence[Op] = ()) -> bytes:
     for op in (o for o in index_ops if o["op"] == "index" and o["section"] in index):
         index[op["section"]][op["key"]] = op["value"]
     manifest = _dump({**state.manifest, "sections": index})
-    prefix = _HEADER.pack(MAGIC, *state.version, len(manifest), 0)[:-4]
+    version = next((o["value"] for o in index_ops if o["op"] == "version"), state.version)
+    prefix = _HEADER.pack(MAGIC, *version, len(manifest), 0)[:-4]
     crc = zlib.crc32(manifest, zlib.crc32(prefix))
     return prefix + struct.pack("<I", crc) + manifest + b"".join(blobs[n] for n in state.order)
 
@@ -370,7 +373,7 @@ def _set_frames(state: State, key: str, frames: int) -> None:
 
 def _apply_section(state: State, op: Op) -> None:
     """Drop a section, rename it (replacing any section of that name) or copy its bytes and meta over another."""
-    name, to = op["section"], op.get("to")
+    name, to = op["section"], str(op.get("to"))
     if name not in state.order:
         return
     if op["action"] == "drop":
@@ -441,8 +444,8 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
     for _ in range(int(rng.choice([1, 1, 1, 2, 3]))):
         kind = str(
             rng.choice(
-                ["json", "json", "json", "st", "array", "inflate", "section", "index", "flip"],
-                p=[0.3, 0.15, 0.1, 0.12, 0.13, 0.07, 0.05, 0.04, 0.04],
+                ["json", "json", "json", "st", "array", "inflate", "section", "index", "flip", "version"],
+                p=[0.3, 0.15, 0.1, 0.12, 0.13, 0.07, 0.05, 0.04, 0.03, 0.01],
             )
         )
         if not state.order:
@@ -546,6 +549,8 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
                     "value": _value(rng, 0, []),
                 }
             )
+        elif kind == "version":
+            ops.append({"op": "version", "value": VERSIONS[rng.integers(len(VERSIONS))]})
         else:
             ops.append(
                 {"op": "flip", "section": section, "pos": int(rng.integers(0, 2**31)), "xor": int(rng.integers(1, 256))}
