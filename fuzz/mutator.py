@@ -524,7 +524,8 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
             _apply_one(state, op)
         elif kind == "section":
             group = section.partition("/")[2]
-            segments = len(state.manifest.get("segments") or [1])
+            listed = state.manifest.get("segments")
+            segments = len(listed) if isinstance(listed, list) else 1
             targets = [
                 f"seg{int(rng.integers(segments + 1))}/{group or 'model'}",
                 *state.order,
