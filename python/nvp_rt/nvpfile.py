@@ -170,7 +170,7 @@ class NvpFile:
         body_start = _HEADER.size + manifest_len
         manifest = _parse_manifest(header + source.read(_HEADER.size, manifest_len), where)
         try:
-            index = _check_index(manifest.pop("sections"), version, body_start, source.size)
+            index = _check_index(manifest.pop("sections", None), version, body_start, source.size)
             schema.check_inr_manifest(manifest)
             nvp = cls(source, version, manifest, index)
             nvp.routes()
