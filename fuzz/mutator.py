@@ -15,7 +15,7 @@ reproducer is its operation list: applied to any valid file it regenerates the m
   embeddings);
 - ``section``: drop a section, rename it (to another segment's, an unknown or a duplicate name) or
   copy it over another, so segments lack or share sections;
-- ``index``: set a section's offset / length / crc32 in the index;
+- ``index``: set or delete a section's offset / length / crc32 / meta in the index, or the index;
 - ``flip``: xor one byte of a section;
 - ``version``: set the header's format version (a 2.0 layout read as 1.x, or the reverse).
 """
@@ -214,9 +214,14 @@ def serialise(state: State, index_ops: Sequence[Op] = ()) -> bytes:
             "meta": state.metas[name],
         }
         offset += len(blobs[name])
-    for op in (o for o in index_ops if o["op"] == "index" and o["section"] in index):
-        index[op["section"]][op["key"]] = op["value"]
-    manifest = _dump({**state.manifest, "sections": index})
+    document = {**state.manifest, "sections": index}
+    for op in (o for o in index_ops if o["op"] == "index"):
+        entry, key = (document, "sections") if op["section"] is None else (index.get(op["section"], {}), op["key"])
+        if op.get("action") == "delete":
+            entry.pop(key, None)
+        else:
+            entry[key] = op.get("value")
+    manifest = _dump(document)
     version = next((o["value"] for o in index_ops if o["op"] == "version"), state.version)
     prefix = _HEADER.pack(MAGIC, *version, len(manifest), 0)[:-4]
     crc = zlib.crc32(manifest, zlib.crc32(prefix))
@@ -541,15 +546,15 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
             }
             ops.append(op)
             _apply_one(state, op)
-        elif kind == "index":
-            ops.append(
-                {
-                    "op": "index",
-                    "section": section,
-                    "key": str(rng.choice(["offset", "length", "crc32"])),
-                    "value": _value(rng, 0, []),
-                }
-            )
+        elif kind == "index":  # one entry's field, or (one time in ten) the whole index, set or deleted
+            whole = rng.random() < 0.1
+            op = {"op": "index", "section": None if whole else section, "action": "set", "value": _value(rng, 0, [])}
+            if not whole:
+                op["key"] = str(rng.choice(["offset", "length", "crc32", "meta"]))
+            if rng.random() < 0.2:
+                op["action"] = "delete"
+                del op["value"]
+            ops.append(op)
         elif kind == "version":
             ops.append({"op": "version", "value": VERSIONS[rng.integers(len(VERSIONS))]})
         else:

@@ -105,6 +105,15 @@ CASES = {
         {"op": "index", "section": "seg0/model", "key": "offset", "value": None},
         r"sections\.seg0/model\.offset",
     ),
+    "section index missing": (
+        {"op": "index", "section": None, "action": "delete"},
+        r"manifest\.sections: expected an object",
+    ),
+    "section index a list": ({"op": "index", "section": None, "value": []}, r"manifest\.sections: expected an object"),
+    "section meta a list": (
+        {"op": "index", "section": "seg1/model", "key": "meta", "value": [1]},
+        r"sections\.seg1/model\.meta",
+    ),
     "segment index missing": (
         {"op": "json", "doc": "manifest", "path": ["segments"], "action": "delete"},
         r"manifest\.segments: expected a list",
