@@ -1,6 +1,6 @@
 """A fuzzing child: reads mutant paths on stdin, one per line, and answers each with one JSON line.
 
-Runs each file the way a user would: ``NvpFile.open`` and ``verify()``, every segment's INR
+Runs each file the way a user would: ``nvp info``, ``NvpFile.open`` and ``verify()``, every segment's INR
 decoded whole, ``Session()``, every task on a clip's worth of frames from each segment's first
 frame, and a decode of the first and last frame. Before each file the peak-RSS counter
 is reset (``/proc/self/clear_refs``), so each answer carries that file's own peak. The parent
@@ -9,6 +9,9 @@ sets the memory limit (RLIMIT_AS) and the time limit, and restarts a worker that
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -32,9 +35,13 @@ def reset_peak() -> None:
 
 
 def exercise(path: str, store) -> None:
+    from nvp_rt.cli import cmd_info
     from nvp_rt.nvpfile import NvpFile
     from nvp_rt.session import Session
 
+    with contextlib.redirect_stdout(io.StringIO()):  # ``nvp info``, as text and as JSON
+        for as_json in (False, True):
+            cmd_info(argparse.Namespace(file=path, json=as_json))
     with NvpFile.open(path) as nvp:
         nvp.verify()
         for i in range(len(nvp.segments)):  # every group at once: the model's counts are checked too

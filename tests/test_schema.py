@@ -100,6 +100,8 @@ CASES = {
     "deep nesting": (_set("manifest", ["note"], {"$": "deep"}), "nested"),
     "empty tap shape": (_set("manifest", ["taps", 0, "shape"], []), r"taps\[0\]\.shape"),
     "tap of the wrong size": (_set("manifest", ["taps", 2, "shape"], [5, 16, 15]), r"taps\[2\]\.shape"),
+    "video null": (_set("manifest", ["video"], None), r"manifest\.video: expected an object, got null"),
+    "metrics a list": (_set("manifest", ["metrics"], [1]), r"manifest\.metrics: expected an object, got list"),
     "video of another length": (_set("manifest", ["video", "frames"], 9), r"video\.frames"),
     "null section offset": (
         {"op": "index", "section": "seg0/model", "key": "offset", "value": None},
