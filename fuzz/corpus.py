@@ -4,12 +4,14 @@
 
 - ``hnerv.nvp``: one segment; routes: classification, stacked classification, detection, action
   with two pathways, segmentation;
-- ``segments.nvp``: three segments (3, 2 and 3 frames, each its own INR) with the same routes;
+- ``segments.nvp``: three segments (3, 2 and 3 frames, each its own INR, with its metrics) with the
+  same routes;
 - ``v1.nvp``: ``hnerv.nvp`` as format 1.0 wrote it (one ``inr`` section, float32 routes);
 - ``nerv.nvp``: a one-segment NeRV without routes;
 
-and their graphs into ``folder/store``. Deterministic for a given torch build; needs the export
-side (torch), the fuzzing itself does not.
+each with the video's description and metrics in its manifest, and their graphs into
+``folder/store``. Deterministic for a given torch build; needs the export side (torch), the
+fuzzing itself does not.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 FRAMES, HEIGHT, WIDTH = 8, 32, 48
 SEGMENT_FRAMES = (3, 2, 3)
 FILES = ("hnerv", "segments", "v1", "nerv")
+METRICS = {"psnr_float_db": 12.5, "psnr_quantised_db": 12.25}
 # task -> (preset, reduced, INR tap, injection point, adapter hidden width)
 ROUTES = {
     "cls": ("efficientnet_lite0", False, "block2", "stage3", None),
@@ -78,13 +81,15 @@ def build(folder: Path, store: Path | None = None, tasks: tuple[str, ...] = tupl
     graphs = ModelStore(store or folder / "store")
     files = {name: folder / f"{name}.nvp" for name in FILES}
     video = {"frames": FRAMES, "height": HEIGHT, "width": WIDTH, "fps": 30.0}
+    info = {"video": video, "metrics": METRICS}  # what an encode writes beside the INR, for mutations to reach
     for family in ("nerv", "hnerv"):  # hnerv last: ``quantised`` is the architecture the routes read
         arrays, meta, quantised = quantise_inr(_inr(family, FRAMES, 0))
-        save_nvp(files[family], quantised, arrays, meta, {"video": video})
+        save_nvp(files[family], quantised, arrays, meta, info)
         export_inr_graphs(quantised, graphs)
     parts = [quantise_inr(_inr("hnerv", n, 1 + i)) for i, n in enumerate(SEGMENT_FRAMES)]
-    manifest = {"inr": parts[0][2].config_dict(), "taps": tap_list(parts[0][2]), "video": video}
-    write_nvp(files["segments"], manifest, [SegmentPayload(q.num_frames, a, m) for a, m, q in parts])
+    manifest = {"inr": parts[0][2].config_dict(), "taps": tap_list(parts[0][2]), **info}
+    segments = [SegmentPayload(q.num_frames, a, m, {"metrics": METRICS}) for a, m, q in parts]
+    write_nvp(files["segments"], manifest, segments)
     routes = []
     for i, task in enumerate(tasks):
         preset, reduced, tap, point, hidden = ROUTES[task]
