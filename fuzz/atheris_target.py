@@ -1,6 +1,6 @@
 """Coverage-guided fuzzing of the reader with atheris (libFuzzer for Python):
 
-    NVP_FUZZ_STORE=WORK/store python -m fuzz.atheris_target WORK/atheris_corpus WORK/hnerv.nvp \\
+    NVP_FUZZ_STORE=WORK/store python -m fuzz.atheris_target WORK/atheris_corpus WORK/segments.nvp WORK/v1.nvp \\
         -atheris_runs=100000 -timeout=2 -rss_limit_mb=1024 -max_len=400000
 
 Each input is a whole file, run as ``fuzz.worker.exercise`` runs it (open, Session, every task,

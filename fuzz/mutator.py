@@ -4,14 +4,20 @@ A mutant is a valid file plus a list of operations, each a small JSON-serialisab
 reproducer is its operation list: applied to any valid file it regenerates the mutant
 (``apply(parse(valid), ops)``). Operations reach past the checksums into what the reader trusts:
 
-- ``json``: set, delete or insert a value anywhere in the manifest, a section's meta or a
+- ``json``: set, delete or insert a value anywhere in the manifest (its segment index included),
+  a section's meta (a segment's entropy-model description, the routes' headers and payload) or a
   safetensors header (type confusion, huge and negative numbers, NaN / Infinity / 1e999, deep
   nesting, long strings, values moved from elsewhere in the document);
 - ``array``: overwrite elements of an array (NaN, Inf, huge, zero, random), truncate or extend it;
-- ``inflate``: multiply one dimension of an INR tensor and re-encode its stream consistently, so
-  a small valid stream claims a huge tensor (the frame count follows for the embeddings);
-- ``index``: set a section's offset / length / crc32 in the index;
-- ``flip``: xor one byte of a section.
+- ``inflate``: multiply one dimension of a tensor of an entropy-coded payload (a segment's INR,
+  the routes, a format 1.0 ``inr`` section) and re-code its bit width's streams and counts
+  consistently, so a small valid stream claims a huge tensor (the frame counts follow for the
+  embeddings);
+- ``section``: drop a section, rename it (to another segment's, an unknown or a duplicate name) or
+  copy it over another, so segments lack or share sections;
+- ``index``: set or delete a section's offset / length / crc32 / meta in the index, or the index;
+- ``flip``: xor one byte of a section;
+- ``version``: set the header's format version (a 2.0 layout read as 1.x, or the reverse).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +99,7 @@ DTYPES = [
     "XX",
 ]
 FILLS: list[str | int] = ["nan", "inf", "-inf", "huge", "zero", 2**31, 7, 0]  # what array elements become
+VERSIONS = [[1, 0], [1, 7], [2, 0], [2, 65535], [3, 0], [0, 1], [65535, 0]]  # [major, minor]
 MAX_INFLATED = 1 << 24  # symbols an inflated stream may claim (the mutator itself encodes them)
 SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 3e38, "zero": 0.0}
 
@@ -193,7 +200,7 @@ def serialise(state: State, index_ops: Sequence[Op] = ()) -> bytes:
             blobs[name] = struct.pack("<Q", len(h)) + h + state.data[name]
         else:
             blobs[name] = b""
-    for op in (o for o in index_ops if o["op"] == "flip"):
+    for op in (o for o in index_ops if o["op"] == "flip" and o["section"] in blobs):
         blob = bytearray(blobs[op["section"]])
         if blob:
             blob[op["pos"] % len(blob)] ^= op["xor"]
@@ -207,10 +214,16 @@ def serialise(state: State, index_ops: Sequence[Op] = ()) -> bytes:
             "meta": state.metas[name],
         }
         offset += len(blobs[name])
+    document = {**state.manifest, "sections": index}
     for op in (o for o in index_ops if o["op"] == "index"):
-        index[op["section"]][op["key"]] = op["value"]
-    manifest = _dump({**state.manifest, "sections": index})
-    prefix = _HEADER.pack(MAGIC, *state.version, len(manifest), 0)[:-4]
+        entry, key = (document, "sections") if op["section"] is None else (index.get(op["section"], {}), op["key"])
+        if op.get("action") == "delete":
+            entry.pop(key, None)
+        else:
+            entry[key] = op.get("value")
+    manifest = _dump(document)
+    version = next((o["value"] for o in index_ops if o["op"] == "version"), state.version)
+    prefix = _HEADER.pack(MAGIC, *version, len(manifest), 0)[:-4]
     crc = zlib.crc32(manifest, zlib.crc32(prefix))
     return prefix + struct.pack("<I", crc) + manifest + b"".join(blobs[n] for n in state.order)
 
@@ -260,35 +273,132 @@ def _apply_array(state: State, op: Op) -> None:
     set_arrays(state, op["section"], {op["name"]: a})
 
 
+@dataclass(frozen=True)
+class Payload:
+    """Where an entropy-coded payload keeps its parts: its description (grouped as ``codec`` writes it),
+    the section and array name of a bit width's symbol counts, of a group's coded words, and of a
+    group's tensor's quantisation range (``<name>:low`` / ``<name>:step``)."""
+
+    meta: dict[str, Any]
+    counts: Callable[[int], tuple[str, str]]
+    words: Callable[[str, int], tuple[str, str]]
+    ranges: Callable[[str, str], tuple[str, str]]
+
+
+def payload(state: State, key: str) -> Payload:
+    """``key``: ``seg<i>/model`` (a segment's INR), ``routes`` or ``inr`` (format 1.0's one section)."""
+    if key == "inr":  # one group whose description is the payload's own: the view shares its lists
+        meta = state.metas["inr"]
+        view = {"streams": meta["streams"], "groups": {"all": {"tensors": meta["tensors"], "streams": meta["streams"]}}}
+        return Payload(
+            view,
+            lambda b: ("inr", f"stream{b}:counts"),
+            lambda g, b: ("inr", f"stream{b}:words"),
+            lambda g, t: ("inr", t),
+        )
+    if key == "routes":
+        return Payload(
+            state.metas["routes"]["payload"],
+            lambda b: ("routes", f"model/stream{b}:counts"),
+            lambda g, b: ("routes", f"{g}/stream{b}:words"),
+            lambda g, t: ("routes", f"{g}/{t}"),
+        )
+    segment = key.partition("/")[0]
+    return Payload(
+        state.metas[key],
+        lambda b: (key, f"stream{b}:counts"),
+        lambda g, b: (f"{segment}/{g}", f"stream{b}:words"),
+        lambda g, t: (f"{segment}/{g}", t),
+    )
+
+
+def payload_keys(state: State) -> list[str]:
+    keys = [k for k in state.order if k.endswith("/model") or k == "inr"]
+    routes = state.metas.get("routes", {})
+    return keys + (["routes"] if isinstance(routes, dict) and isinstance(routes.get("payload"), dict) else [])
+
+
+def _near_constant(n: int) -> np.ndarray:
+    symbols = np.zeros(n, np.int32)
+    symbols[:: max(n // 97, 1)] = 1  # tiny once range-coded
+    return symbols
+
+
 def _apply_inflate(state: State, op: Op) -> None:
-    """Scale one dimension of an INR tensor; re-encode its bit width's stream to match (valid again)."""
-    meta = state.metas["inr"]
-    entry = next(e for e in meta["tensors"] if e["name"] == op["tensor"])
+    """Scale one dimension of a coded tensor; re-code its bit width's streams and counts to match (valid again)."""
+    where = payload(state, op.get("payload", "seg0/model"))
+    groups = where.meta["groups"]
+    group, entry = next((g, e) for g, d in groups.items() for e in d["tensors"] if e["name"] == op["tensor"])
     entry["shape"][op["dim"]] *= op["factor"]
+    if entry.get("axis") == op["dim"]:  # one range per slice: as many more ranges
+        section, name = where.ranges(group, op["tensor"])
+        for part in (":low", ":step"):
+            values = array(state, section, name + part)
+            if values is not None:
+                set_arrays(state, section, {name + part: np.resize(values, entry["shape"][op["dim"]])})
     bits = entry["bits"]
-    total = sum(math.prod(e["shape"]) for e in meta["tensors"] if e["bits"] == bits)
+    sizes = {
+        g: sum(math.prod(e["shape"]) for e in d["tensors"] if e["bits"] == bits)
+        for g, d in groups.items()
+        if any(e["bits"] == bits for e in d["tensors"])
+    }
+    total = sum(sizes.values())
     if not (isinstance(bits, int) and 1 <= bits <= 16 and 0 < total <= MAX_INFLATED):
-        return  # earlier operations broke the index: this one has nothing consistent to re-encode
-    meta["streams"][str(bits)] = total
-    symbols = np.zeros(total, np.int32)
-    symbols[:: max(total // 97, 1)] = 1  # a near-constant stream: tiny once range-coded
-    counts = np.bincount(symbols, minlength=1 << bits).astype(np.uint32)
+        return  # earlier operations broke the description: this one has nothing consistent to re-code
+    symbols = {g: _near_constant(n) for g, n in sizes.items()}
+    counts = sum(np.bincount(s, minlength=1 << bits) for s in symbols.values()).astype(np.uint32)
     model = constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
-    encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(symbols, model)
-    set_arrays(state, "inr", {f"stream{bits}:counts": counts, f"stream{bits}:words": encoder.get_compressed()})
+    for g, s in symbols.items():
+        encoder = constriction.stream.queue.RangeEncoder()
+        encoder.encode(s, model)
+        section, name = where.words(g, bits)
+        set_arrays(state, section, {name: encoder.get_compressed()})
+        groups[g]["streams"][str(bits)] = int(s.size)
+    where.meta["streams"][str(bits)] = total
+    section, name = where.counts(bits)
+    set_arrays(state, section, {name: counts})
     if op["tensor"] == "embeddings" and op["dim"] == 0:
-        frames = entry["shape"][0]
-        state.manifest["inr"]["num_frames"] = frames
-        if isinstance(state.manifest.get("video"), dict):
-            state.manifest["video"]["frames"] = frames
+        _set_frames(state, op.get("payload", "seg0/model"), entry["shape"][0])
+
+
+def _set_frames(state: State, key: str, frames: int) -> None:
+    """The manifest's frame counts after a payload's embeddings changed length: its segment's, the
+    following segments' starts, and the video's."""
+    segments = state.manifest.get("segments")
+    if key.startswith("seg") and isinstance(segments, list):
+        segments[int(key[3 : key.index("/")])]["frames"] = frames
+        start = 0
+        for s in segments:
+            s["start"], start = start, start + s["frames"]
+        frames = start
+    state.manifest["inr"]["num_frames"] = frames
+    if isinstance(state.manifest.get("video"), dict):
+        state.manifest["video"]["frames"] = frames
+
+
+def _apply_section(state: State, op: Op) -> None:
+    """Drop a section, rename it (replacing any section of that name) or copy its bytes and meta over another."""
+    name, to = op["section"], str(op.get("to"))
+    if name not in state.order:
+        return
+    if op["action"] == "drop":
+        state.order.remove(name)
+        return
+    if to == name:
+        return
+    parts = (copy.deepcopy(state.metas[name]), copy.deepcopy(state.headers[name]), state.data[name])
+    if op["action"] == "rename":  # in place; a section already called ``to`` goes
+        state.order = [to if n == name else n for n in state.order if n != to]
+    elif to not in state.order:
+        state.order.append(to)
+    state.metas[to], state.headers[to], state.data[to] = parts
 
 
 def _apply_one(state: State, op: Op) -> None:
     try:
-        {"json": _apply_json, "array": _apply_array, "inflate": _apply_inflate}.get(op["op"], lambda *_: None)(
-            state, op
-        )
+        {"json": _apply_json, "array": _apply_array, "inflate": _apply_inflate, "section": _apply_section}.get(
+            op["op"], lambda *_: None
+        )(state, op)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, MemoryError, StopIteration):
         pass  # an earlier operation removed what this one targets: the mutant is what remains
 
@@ -339,11 +449,15 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
     for _ in range(int(rng.choice([1, 1, 1, 2, 3]))):
         kind = str(
             rng.choice(
-                ["json", "json", "json", "st", "array", "inflate", "index", "flip"],
-                p=[0.3, 0.15, 0.1, 0.12, 0.15, 0.08, 0.05, 0.05],
+                ["json", "json", "json", "st", "array", "inflate", "section", "index", "flip", "version"],
+                p=[0.3, 0.15, 0.1, 0.12, 0.13, 0.07, 0.05, 0.04, 0.03, 0.01],
             )
         )
-        section = state.order[rng.integers(len(state.order))]
+        if not state.order:
+            break
+        # The routes are one section among a segmented file's many; they still get a fair share.
+        routes = "routes" in state.order and rng.random() < 0.25
+        section = "routes" if routes else state.order[rng.integers(len(state.order))]
         if kind in ("json", "st"):
             which = f"st:{section}" if kind == "st" else rng.choice(["manifest", f"meta:{section}"])
             doc = _doc(state, which)
@@ -391,29 +505,58 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
             ops.append(op)
             _apply_one(state, op)
         elif kind == "inflate":
-            tensors = state.metas.get("inr", {}).get("tensors")
-            if not isinstance(tensors, list) or not tensors:
+            keys = payload_keys(state)
+            if not keys:
+                continue
+            key = keys[rng.integers(len(keys))]
+            try:
+                tensors = [e for g in payload(state, key).meta["groups"].values() for e in g["tensors"]]
+            except (KeyError, TypeError, AttributeError):
+                continue
+            if not tensors:
                 continue
             e = tensors[rng.integers(len(tensors))]
             if not (isinstance(e, dict) and isinstance(e.get("shape"), list) and e["shape"]):
                 continue
             op = {
                 "op": "inflate",
+                "payload": key,
                 "tensor": e.get("name"),
                 "dim": int(rng.integers(len(e["shape"]))),
                 "factor": int(rng.choice([2, 16, 256, 2048])),
             }
             ops.append(op)
             _apply_one(state, op)
-        elif kind == "index":
-            ops.append(
-                {
-                    "op": "index",
-                    "section": section,
-                    "key": str(rng.choice(["offset", "length", "crc32"])),
-                    "value": _value(rng, 0, []),
-                }
-            )
+        elif kind == "section":
+            group = section.partition("/")[2]
+            listed = state.manifest.get("segments")
+            segments = len(listed) if isinstance(listed, list) else 1
+            targets = [
+                f"seg{int(rng.integers(segments + 1))}/{group or 'model'}",
+                *state.order,
+                "seg0/x",
+                "inr",
+                "routes",
+            ]
+            op = {
+                "op": "section",
+                "section": section,
+                "action": str(rng.choice(["drop", "rename", "copy"])),
+                "to": targets[rng.integers(len(targets))],
+            }
+            ops.append(op)
+            _apply_one(state, op)
+        elif kind == "index":  # one entry's field, or (one time in ten) the whole index, set or deleted
+            whole = rng.random() < 0.1
+            op = {"op": "index", "section": None if whole else section, "action": "set", "value": _value(rng, 0, [])}
+            if not whole:
+                op["key"] = str(rng.choice(["offset", "length", "crc32", "meta"]))
+            if rng.random() < 0.2:
+                op["action"] = "delete"
+                del op["value"]
+            ops.append(op)
+        elif kind == "version":
+            ops.append({"op": "version", "value": VERSIONS[rng.integers(len(VERSIONS))]})
         else:
             ops.append(
                 {"op": "flip", "section": section, "pos": int(rng.integers(0, 2**31)), "xor": int(rng.integers(1, 256))}

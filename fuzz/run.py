@@ -23,13 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mutants", type=integer(1), default=100_000)
     p.add_argument("--start", type=integer(0), default=0, help="first mutant index (to resume a run)")
     p.add_argument("--seed", type=integer(0), default=1)
-    p.add_argument("--file", choices=["hnerv", "nerv"], default="hnerv", help="the seed file to mutate")
+    p.add_argument("--file", choices=corpus.FILES, default="segments", help="the seed file to mutate")
     p.add_argument("--work", type=Path, default=Path("bench/results/fuzz"), help="corpus and results folder")
     p.add_argument("--seconds", type=real(0, 600, low_open=True), default=2.0, help="time limit per mutant")
     p.add_argument("--rss-mb", type=real(1), default=1024.0, help="peak RSS a mutant may reach")
     p.add_argument("--every", type=integer(1), default=1000, help="print counts every this many mutants")
     args = p.parse_args(argv)
-    files = {name: args.work / f"{name}.nvp" for name in ("hnerv", "nerv")}
+    files = {name: args.work / f"{name}.nvp" for name in corpus.FILES}
     if not all(f.is_file() for f in files.values()):
         files = corpus.build(args.work)
     failures = args.work / "failures.jsonl"

@@ -1,13 +1,17 @@
 """A fuzzing child: reads mutant paths on stdin, one per line, and answers each with one JSON line.
 
-Runs each file the way a user would: ``NvpFile.open``, ``Session()``, every task on a clip's
-worth of frames, and a decode of the first and last frame. Before each file the peak-RSS counter
+Runs each file the way a user would: ``nvp info``, ``NvpFile.open`` and ``verify()``, every segment's INR
+decoded whole, ``Session()``, every task on a clip's worth of frames from each segment's first
+frame, and a decode of the first and last frame. Before each file the peak-RSS counter
 is reset (``/proc/self/clear_refs``), so each answer carries that file's own peak. The parent
 sets the memory limit (RLIMIT_AS) and the time limit, and restarts a worker that dies.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import sys
 import time
@@ -31,16 +35,25 @@ def reset_peak() -> None:
 
 
 def exercise(path: str, store) -> None:
+    from nvp_rt.cli import cmd_info
     from nvp_rt.nvpfile import NvpFile
     from nvp_rt.session import Session
 
-    NvpFile.open(path)
+    with contextlib.redirect_stdout(io.StringIO()):  # ``nvp info``, as text and as JSON
+        for as_json in (False, True):
+            cmd_info(argparse.Namespace(file=path, json=as_json))
+    with NvpFile.open(path) as nvp:
+        nvp.verify()
+        for i in range(len(nvp.segments)):  # every group at once: the model's counts are checked too
+            nvp.segment_tensors(i)
     session = Session(path, device="cpu", store=store, threads=1)
     n = session.inr.num_frames
+    starts = [s.start for s in session.inr.segments]
     for task in session.tasks:
         clip = session.clip_length(task)
-        if clip <= n:
-            session.run([task], frames=range(clip), top_k=1)
+        for start in starts:  # a clip from each segment's first frame (it may run into the next segment)
+            if start + clip <= n:
+                session.run([task], frames=range(start, start + clip), top_k=1)
     images = [t for t in session.tasks if session.clip_length(t) == 1]
     if len(images) > 1:
         session.run(images, frames=[0, n - 1])  # one prefix shared by several tasks

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nvp_rt.codec import decode_tensors, encode_tensors
-from nvp_rt.nvpfile import NvpFile, NvpFormatError, Route, write_nvp
+from nvp_rt.codec import encode_tensors
+from nvp_rt.nvpfile import NvpFile, NvpFormatError, Route, SegmentPayload, write_nvp
+from nvp_rt.prefix import payload_group
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the fuzz package lives beside tests/
 from fuzz import mutator  # noqa: E402
@@ -36,13 +37,17 @@ MANIFEST = {
 
 @pytest.fixture
 def valid(tmp_path, rng):
-    """A file nvp could have written: an entropy-coded payload and a two-conv route from block1."""
-    tensors = {
-        "embeddings": rng.normal(size=(8, 4, 4, 4)),
-        "stages.stem.0.weight": rng.normal(size=(7, 4, 1, 1)),
-        "stages.stem.0.bias": rng.normal(size=7),
-    }
-    arrays, meta = encode_tensors(tensors, {k: 6 if k == "embeddings" else 8 for k in tensors})
+    """A file nvp could have written: two segments (5 and 3 frames), each an entropy-coded payload in one
+    section per stage, and a two-conv route from block1."""
+    segments = []
+    for frames in (5, 3):
+        tensors = {
+            "embeddings": rng.normal(size=(frames, 4, 4, 4)),
+            "stages.stem.0.weight": rng.normal(size=(7, 4, 1, 1)),
+            "stages.stem.0.bias": rng.normal(size=7),
+        }
+        arrays, meta = encode_tensors(tensors, {k: 6 if k == "embeddings" else 8 for k in tensors}, payload_group)
+        segments.append(SegmentPayload(frames, arrays, meta))
     route = Route(
         "cls",
         "efficientnet_lite0-0123",
@@ -57,13 +62,16 @@ def valid(tmp_path, rng):
         {"kind": "classification", "hidden": 4, "pathways": [{"size": [28, 28], "frames": None}]},
     )
     path = tmp_path / "valid.nvp"
-    write_nvp(path, MANIFEST, arrays, meta, [route])
+    write_nvp(path, MANIFEST, segments, [route])
     return path
 
 
 def _open(path):
+    """Open, read every section and decode every segment: a section's damage shows when it is read."""
     nvp = NvpFile.open(path)
-    decode_tensors(nvp.inr.arrays, nvp.inr.meta)
+    nvp.verify()
+    for i in range(len(nvp.segments)):
+        nvp.segment_tensors(i)
     return nvp
 
 
@@ -77,7 +85,12 @@ def _set(doc, path, value):
     return {"op": "json", "doc": doc, "path": path, "action": "set", "value": value}
 
 
+def _fill(section, name, value):
+    return {"op": "array", "section": section, "name": name, "action": "fill", "positions": [0], "values": [value]}
+
+
 ROUTE = ["routes", 0]
+MODEL = "meta:seg1/model"
 CASES = {
     "frame count as a string": (_set("manifest", ["inr", "num_frames"], "32"), r"manifest\.inr\.num_frames"),
     "frame count with a fraction": (_set("manifest", ["inr", "num_frames"], 32.5), r"inr\.num_frames"),
@@ -87,10 +100,49 @@ CASES = {
     "deep nesting": (_set("manifest", ["note"], {"$": "deep"}), "nested"),
     "empty tap shape": (_set("manifest", ["taps", 0, "shape"], []), r"taps\[0\]\.shape"),
     "tap of the wrong size": (_set("manifest", ["taps", 2, "shape"], [5, 16, 15]), r"taps\[2\]\.shape"),
+    "video null": (_set("manifest", ["video"], None), r"manifest\.video: expected an object, got null"),
+    "metrics a list": (_set("manifest", ["metrics"], [1]), r"manifest\.metrics: expected an object, got list"),
     "video of another length": (_set("manifest", ["video", "frames"], 9), r"video\.frames"),
     "null section offset": (
-        {"op": "index", "section": "inr", "key": "offset", "value": None},
-        r"sections\.inr\.offset",
+        {"op": "index", "section": "seg0/model", "key": "offset", "value": None},
+        r"sections\.seg0/model\.offset",
+    ),
+    "section index missing": (
+        {"op": "index", "section": None, "action": "delete"},
+        r"manifest\.sections: expected an object",
+    ),
+    "section index a list": ({"op": "index", "section": None, "value": []}, r"manifest\.sections: expected an object"),
+    "section meta a list": (
+        {"op": "index", "section": "seg1/model", "key": "meta", "value": [1]},
+        r"sections\.seg1/model\.meta",
+    ),
+    "segment index missing": (
+        {"op": "json", "doc": "manifest", "path": ["segments"], "action": "delete"},
+        r"manifest\.segments: expected a list",
+    ),
+    "segments with a gap": (_set("manifest", ["segments", 1, "start"], 6), r"segments\[1\]\.start"),
+    "segments covering more frames than the INR": (_set("manifest", ["segments", 1, "frames"], 4), "cover 9 frames"),
+    "segment of no frames": (_set("manifest", ["segments", 0, "frames"], 0), r"segments\[0\]\.frames"),
+    "segment info a list": (_set("manifest", ["segments", 0, "info"], [1]), r"segments\[0\]\.info"),
+    "a segment without its model section": (
+        {"op": "section", "section": "seg1/model", "action": "drop"},
+        "segment 1 lacks its entropy model",
+    ),
+    "a segment with its model only": (
+        [{"op": "section", "section": f"seg1/{g}", "action": "drop"} for g in ("stem", "embeddings")],
+        "segment 1 lacks its entropy model or its payload",
+    ),
+    "a stray segment's section": (
+        {"op": "section", "section": "seg1/stem", "action": "copy", "to": "seg2/stem"},
+        r"the sections hold segments \[0, 1, 2\], the manifest lists 2",
+    ),
+    "an unknown section": (
+        {"op": "section", "section": "seg1/stem", "action": "copy", "to": "extra"},
+        "unknown section",
+    ),
+    "a stage a segment lacks": (
+        {"op": "section", "section": "seg1/stem", "action": "rename", "to": "seg1/block1"},
+        "segment 1 has no section 'stem'",  # decoding a segment whole reads every group its model codes
     ),
     "route metadata null": (_set("meta:routes", [*ROUTE, "metadata"], None), r"routes\[0\]\.metadata"),
     "route metadata a string": (_set("meta:routes", [*ROUTE, "metadata"], "x"), r"routes\[0\]\.metadata"),
@@ -106,49 +158,44 @@ CASES = {
         r"pathways\[0\]\.size\[0\]",
     ),
     "hidden width off": (_set("meta:routes", [*ROUTE, "metadata", "hidden"], 5), r"arrays\[weight0\]"),
+    # Stored adapters are 8-bit codes: a NaN or infinite adapter value can only come from its range.
     "NaN adapter weight": (
-        {
-            "op": "array",
-            "section": "routes",
-            "name": "0/weight1",
-            "action": "fill",
-            "positions": [3],
-            "values": ["nan"],
-        },
-        "NaN",
+        _fill("routes", "all/0/weight1:step", "nan"),
+        "routes section: .*0/weight1: quantisation range holds NaN",
     ),
     "infinite adapter bias": (
-        {"op": "array", "section": "routes", "name": "0/bias0", "action": "fill", "positions": [0], "values": ["inf"]},
-        "infinite",
+        _fill("routes", "all/0/bias0:low", "inf"),
+        "0/bias0: quantisation range holds NaN, infinite",
     ),
-    "bfloat16 array": (_set("st:routes", ["0/bias0", "dtype"], "BF16"), "not a valid array blob"),
-    "float8 array": (_set("st:inr", ["stages.stem.0.bias:low", "dtype"], "F8_E4M3"), "not a valid array blob"),
-    "NaN quantisation range": (
-        {
-            "op": "array",
-            "section": "inr",
-            "name": "embeddings:step",
-            "action": "fill",
-            "positions": [0],
-            "values": ["nan"],
-        },
-        "quantisation range",
+    "routes' payload of another codec": (_set("meta:routes", ["payload", "codec"], "zip"), "unknown codec"),
+    "routes' payload without a description": (
+        {"op": "json", "doc": "meta:routes", "path": ["payload"], "action": "delete"},
+        "routes section: INR payload: unknown codec",
     ),
-    "infinite quantisation low": (
-        {
-            "op": "array",
-            "section": "inr",
-            "name": "stages.stem.0.weight:low",
-            "action": "fill",
-            "positions": [0],
-            "values": ["-inf"],
-        },
-        "quantisation range",
+    "bfloat16 array": (_set("st:routes", ["all/0/bias0:low", "dtype"], "BF16"), "not a valid array blob"),
+    "float8 array": (_set("st:seg0/stem", ["stages.stem.0.bias:low", "dtype"], "F8_E4M3"), "not a valid array blob"),
+    "NaN quantisation range": (_fill("seg1/embeddings", "embeddings:step", "nan"), "quantisation range"),
+    "infinite quantisation low": (_fill("seg0/stem", "stages.stem.0.weight:low", "-inf"), "quantisation range"),
+    "bits a bool": (_set(MODEL, ["groups", "stem", "tensors", 0, "bits"], True), r"groups\.stem\.tensors\[0\]\.bits"),
+    "a group's stream sizes not its tensors'": (
+        _set(MODEL, ["groups", "embeddings", "streams", "6"], 4),
+        "group 'embeddings': stream sizes do not match its tensors",
     ),
-    "bits a bool": (_set("meta:inr", ["tensors", 0, "bits"], True), r"tensors\[0\]\.bits"),
+    "groups not adding up to the model's counts": (
+        _set(MODEL, ["streams", "8"], 1),
+        "stream 8 symbol counts inconsistent",
+    ),
+    "a tensor in two groups": (
+        _set(MODEL, ["groups", "stem", "tensors", 0, "name"], "embeddings"),
+        "stream sizes do not match|appears twice",
+    ),
+    "a group's stream claiming more symbols than its words hold": (
+        {"op": "array", "section": "seg1/embeddings", "name": "stream6:words", "action": "resize", "size": 1},
+        "stream 6 claims 192 symbols; its 1 words cannot hold them",
+    ),
     "a small stream claiming a huge tensor": (
-        {"op": "inflate", "tensor": "embeddings", "dim": 1, "factor": 4096},
-        "cannot hold",
+        {"op": "inflate", "payload": "seg1/model", "tensor": "embeddings", "dim": 1, "factor": 1 << 14},
+        "segment 1: INR payload: stream 6 claims .* cannot hold",
     ),
 }
 
@@ -156,17 +203,22 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_a_crafted_field_is_refused_by_name(valid, name):
     _open(valid)
-    op, field = CASES[name]
-    bad = _mutate(valid, [op])
+    ops, field = CASES[name]
+    bad = _mutate(valid, ops if isinstance(ops, list) else [ops])
     with pytest.raises(NvpFormatError, match=field):
         _open(bad)
 
 
 def test_a_near_constant_stream_cannot_claim_millions_of_frames(valid):
     """The reader allocates what the coded bytes can hold, not what the manifest claims: a valid stream of a
-    few kilobytes declaring 131,072 frames is refused before decoding (such files were accepted at GBs)."""
-    bad = _mutate(valid, [{"op": "inflate", "tensor": "embeddings", "dim": 0, "factor": 1 << 14}])
-    nvp = NvpFile.open(bad)  # consistent: the frame count follows the embeddings
-    assert nvp.manifest["inr"]["num_frames"] == 8 << 14 and bad.stat().st_size < 20_000
-    with pytest.raises(NvpFormatError, match="cannot hold"):
-        decode_tensors(nvp.inr.arrays, nvp.inr.meta)
+    few kilobytes declaring 49,152 frames for one segment is refused before decoding (such files were
+    accepted at GBs), and the other segment still decodes."""
+    bad = _mutate(
+        valid, [{"op": "inflate", "payload": "seg1/model", "tensor": "embeddings", "dim": 0, "factor": 1 << 14}]
+    )
+    nvp = NvpFile.open(bad)  # consistent: the segment's and the video's frame counts follow the embeddings
+    assert [s.frames for s in nvp.segments] == [5, 3 << 14] and nvp.manifest["inr"]["num_frames"] == 5 + (3 << 14)
+    assert bad.stat().st_size < nvp.declared_symbols(1) / 10  # bytes that claim more than ten values each
+    nvp.segment_tensors(0)
+    with pytest.raises(NvpFormatError, match="segment 1: INR payload: stream 6 claims"):
+        nvp.segment_tensors(1)

@@ -171,12 +171,12 @@ class NvpFile:
         body_start = _HEADER.size + manifest_len
         manifest = _parse_manifest(header + source.read(_HEADER.size, manifest_len), where)
         try:
-            index = _check_index(manifest.pop("sections"), version, body_start, source.size)
+            index = _check_index(manifest.pop("sections", None), version, body_start, source.size)
             schema.check_inr_manifest(manifest)
             nvp = cls(source, version, manifest, index)
             nvp.routes()
-        except NvpFormatError as e:
-            raise NvpFormatError(f"{where}: {e}") from None
+        except NvpFormatError as e:  # named once: a section's own errors already start with the path
+            raise NvpFormatError(str(e) if str(e).startswith(f"{where}: ") else f"{where}: {e}") from None
         return nvp
 
     @property
@@ -243,20 +243,14 @@ class NvpFile:
         """Read every section once: any damaged byte anywhere in the file raises NvpFormatError."""
         self.sections_of(list(self._index))
 
-    def groups(self, segment: int) -> list[str]:
-        """The payload groups of a segment in file order: its decoder stages, and embeddings for HNeRV."""
-        if self.version[0] == 1:
-            return ["all"]
-        prefix = f"seg{segment}/"
-        return [n[len(prefix) :] for n in self._index if n.startswith(prefix) and n != prefix + codec.MODEL]
-
     def segment_tensors(self, segment: int, groups: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """The dequantised tensors of ``groups`` (default: all) of one segment; reads only their sections."""
         if self.version[0] == 1:  # one segment, one section: it is all or nothing
             entry = self._index[V1_INR_SECTION]
             return codec.decode_tensors(self.section(V1_INR_SECTION), entry.meta)
         model = self._index[segment_section(segment, codec.MODEL)]
-        wanted = self.groups(segment) if groups is None else list(groups)
+        described = model.meta.get("groups")  # "all" is what the model codes, not the sections there happen to be
+        wanted = list(groups) if groups is not None else list(described) if isinstance(described, dict) else []
         absent = [g for g in wanted if segment_section(segment, g) not in self._index]
         if absent:
             raise NvpFormatError(f"{self.path}: segment {segment} has no section {absent[0]!r}")
@@ -295,7 +289,10 @@ class NvpFile:
         arrays = self.section(ROUTES_SECTION)
         if self.version[0] >= 2 and arrays:
             payload = entry.meta.get("payload")
-            arrays = codec.decode_tensors(arrays, payload if isinstance(payload, dict) else {})
+            try:
+                arrays = codec.decode_tensors(arrays, payload if isinstance(payload, dict) else {})
+            except NvpFormatError as e:  # the codec's message speaks of an INR payload: say which one it is
+                raise NvpFormatError(f"routes section: {e}") from None
         channels = {t["name"]: t["shape"][0] for t in self.manifest["taps"]}
         return [
             Route(h["task"], h["backbone"], h["tap"], h["injection_point"], h["arrays"], h["metadata"])

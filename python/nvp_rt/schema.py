@@ -160,7 +160,7 @@ def check_arrays(arrays: dict[str, np.ndarray], field: str, dtypes: tuple[type, 
 
 
 def check_inr_manifest(manifest: dict[str, Any]) -> None:
-    """``inr`` (the decoder's configuration), ``taps`` and ``video``, against each other."""
+    """``inr`` (the decoder's configuration), ``taps`` and ``video``, against each other; ``metrics``."""
     config = mapping(manifest.get("inr"), "manifest.inr")
     family = config.get("family")
     if family not in FAMILIES:
@@ -187,9 +187,10 @@ def check_inr_manifest(manifest: dict[str, Any]) -> None:
         integer(config.get("pe_levels"), "manifest.inr.pe_levels", 1, 1024)
         number(config.get("pe_base"), "manifest.inr.pe_base", 1e-6, 1e6)
     _check_taps(manifest.get("taps"), (height // scale, width // scale), strides)
-    video = manifest.get("video")
-    if video is not None:
-        check_video(video, {"frames": frames, "height": height, "width": width})
+    if "video" in manifest:  # present, even null: readers take its fields (``nvp info``)
+        check_video(manifest["video"], {"frames": frames, "height": height, "width": width})
+    if "metrics" in manifest:
+        mapping(manifest["metrics"], "manifest.metrics")
 
 
 def check_segments(segments: Any, frames: int) -> list[dict[str, Any]]:
