@@ -129,7 +129,7 @@ def test_settings_differences_are_named(gop_video, tmp_path):
 
 def test_warm_starts_stay_within_a_shot(gop_video):
     job = EncodeJob(str(gop_video), "out.nvp")
-    by_shot = plan_video(job, FrameSelection(), EncodeConfig(bpp=4, segment_frames=6))
+    by_shot = plan_video(job, FrameSelection(), EncodeConfig(bpp=12, segment_frames=6))
     assert [s.start for s in by_shot.segments] == [0, 5, 10, 15, 20, 25, 30, 35]  # shots of 10 in halves
     assert by_shot.warm_from == (None, 0, None, 2, None, 4, None, 6)  # each shot's second half from its first
     fixed = plan_video(job, FrameSelection(), EncodeConfig(bpp=4, segment_frames=16, cuts="none"))
