@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -200,10 +201,10 @@ def test_a_known_architecture_opens_without_reading_its_graphs(library, monkeypa
     assert [p for p in read if p.suffix == ".onnx"] == [stem]
 
 
-def nvp_cli(*args):
+def nvp_cli(*args, cwd=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "nvp_rt.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
 
 
 def test_nvp_query_joins_the_cluster_and_writes_parquet(cluster, library, tmp_path):
@@ -396,9 +397,10 @@ def test_an_interrupted_encode_resumes_without_redoing_finished_segments(cluster
     assert not parts.folder.exists()
     assert_valid_segmented(outcome, FrameSelection(), store)
 
-    # --overwrite starts over, whatever is there.
-    proc = nvp_cli("encode", source, "-o", output, "--segment-frames", 6, "--overwrite", "--store", store.root,
-                   *fit_args)  # fmt: skip
+    # --overwrite starts over, whatever is there; paths relative to the command's folder (not the workers').
+    shutil.copy(source, tmp_path / "input.mp4")
+    proc = nvp_cli("encode", "input.mp4", "-o", output.name, "--segment-frames", 6, "--overwrite", "--store",
+                   store.root, *fit_args, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "12 frames 32x32" in proc.stdout and "over 2 segments" in proc.stdout
     assert NvpFile.open(output).manifest["video"]["frames"] == 12 and not parts.folder.exists()

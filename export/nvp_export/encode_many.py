@@ -218,7 +218,10 @@ def encode_many(
         for job in jobs:
             try:
                 check_output(job.output, [job.source], overwrite=True)  # existing outputs: refused by the caller
-                plan = (planned or {}).get(job) or plan_video(job, selection, config)
+                # Absolute paths: a worker's working folder is not the driver's.
+                absolute = EncodeJob(os.path.abspath(job.source), os.path.abspath(job.output))
+                plan = (planned or {}).get(job) or plan_video(absolute, selection, config)
+                plan = replace(plan, job=absolute)
                 plan = replace(plan, config=replace(plan.config, fit=fit))
                 plan.parts.prepare(plan.settings, list(plan.segments), overwrite)
                 plans[job] = plan
@@ -283,7 +286,7 @@ def _finish(plan: VideoPlan, outcome: EncodeOutcome) -> None:
     except (ValueError, OSError) as e:
         outcome.error = _first_line(e)
         return
-    outcome.report = _report(plan, size, manifests)
+    outcome.report = replace(_report(plan, size, manifests), path=outcome.job.output)  # the path as given
 
 
 def _video_entry(plan: VideoPlan) -> dict[str, Any]:
