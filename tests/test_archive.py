@@ -1,4 +1,5 @@
-"""Archive scale on a local Ray cluster of two simulated nodes: library queries (Ray Data) and multi-input encodes.
+"""Archive scale on a local Ray cluster of two simulated nodes: library queries (Ray Data), and encodes of several
+inputs and of segmented videos (workers dying, resume, refused resumes).
 
 The cluster (a head and a worker node, one CPU each) starts once for the module. The library's files share one
 INR architecture and two routes into tiny backbones (classification, detection), so graphs export in seconds;
@@ -9,11 +10,14 @@ import functools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -25,9 +29,10 @@ import nvp_rt
 from nvp_export.backbone import Backbone, Preprocess
 from nvp_export.benchmark.library import LibrarySpec, RouteSpec, library_routes, write_library
 from nvp_export.clips import ClipSpec, write_clip
-from nvp_export.encode import EncodeConfig, encode_video
-from nvp_export.encode_many import encode_many, plan_jobs
+from nvp_export.encode import EncodeConfig
+from nvp_export.encode_many import EncodeJob, encode_many, encode_segment, plan_jobs, plan_video
 from nvp_export.inr.fit import FitConfig
+from nvp_export.parts import Parts
 from nvp_rt.atomic import atomic_write
 from nvp_rt.cli import main
 from nvp_rt.nvpfile import NvpFile
@@ -196,10 +201,10 @@ def test_a_known_architecture_opens_without_reading_its_graphs(library, monkeypa
     assert [p for p in read if p.suffix == ".onnx"] == [stem]
 
 
-def nvp_cli(*args):
+def nvp_cli(*args, cwd=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "nvp_rt.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=cwd)
 
 
 def test_nvp_query_joins_the_cluster_and_writes_parquet(cluster, library, tmp_path):
@@ -253,6 +258,7 @@ def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
     for i, name in enumerate(["coffee", "astronaut", "chelsea"]):
         write_clip(d / f"{name}.mp4", ClipSpec(name, width=32, height=32, frames=4, seed=i))
+    write_clip(d / "scenes.mp4", ClipSpec("montage", width=32, height=32, frames=12))  # four shots of 3 frames
     return d, ModelStore(d / "store")
 
 
@@ -283,38 +289,132 @@ def test_nvp_encode_several_inputs_on_the_cluster(cluster, clips, capsys):
         assert_valid_encoding(out / f"{name}.nvp", d / f"{name}.mp4", store)
 
 
-def encode_dying_once(markers, source, output, *args, **kwargs):
-    """The encoder, but its worker process dies in the first attempt at each input: half a second in, or as it
-    finishes where the encode is quicker, before the result is reported."""
-    marker = Path(markers) / Path(output).name
+def encode_dying_once(markers, plan, k, store):
+    """The segment encoder, but its worker process dies in the first attempt at each segment: half a second in, or
+    as it finishes where the encode is quicker, before the result is reported."""
+    marker = Path(markers) / f"{Path(plan.job.output).name}.{k}"
     if not marker.exists():
         marker.touch()
         threading.Timer(0.5, os._exit, (1,)).start()
-        encode_video(source, output, *args, **kwargs)
+        encode_segment(plan, k, store)
         os._exit(1)
-    return encode_video(source, output, *args, **kwargs)
+    encode_segment(plan, k, store)
+
+
+def assert_valid_segmented(outcome, selection, store):
+    """The output opens (every checksum holds), holds every selected frame, and decodes to the PSNR its segments
+    measured when they were fitted."""
+    nvp = NvpFile.open(outcome.job.output)
+    frames, _ = read_video(outcome.job.source, selection)
+    assert nvp.manifest["video"]["frames"] == len(frames) == outcome.report.frames
+    decoded = nvp_rt.Session(outcome.job.output, store=store).decode(range(len(frames)))
+    per_frame = [psnr(f[None], d[None]) for f, d in zip(frames, decoded)]
+    assert np.mean(per_frame) == pytest.approx(outcome.report.psnr_quantised, abs=0.05)
 
 
 def test_encode_survives_workers_dying_mid_task(cluster, clips, tmp_path):
     d, store = clips
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    jobs = plan_jobs([str(d / "chelsea.mp4"), str(d / "coffee.mp4")], tmp_path)
-    config = EncodeConfig(params=40000, fit=FitConfig(epochs=3, time_limit_s=None, threads=1))
+    sources = [str(d / "chelsea.mp4"), str(d / "scenes.mp4")]  # one segment; four shots, four segments
+    jobs = plan_jobs(sources, tmp_path)
+    config = EncodeConfig(params=120000, fit=FitConfig(epochs=3, time_limit_s=None, threads=1), segment_frames=4)
     dying = functools.partial(encode_dying_once, str(tmp_path / "markers"))
     (tmp_path / "markers").mkdir()
     outcomes = encode_many(jobs, FrameSelection(), config, store.root, progress=False, encode=dying)
     assert [o.error for o in outcomes] == [None, None]
-    sources = [str(d / "chelsea.mp4"), str(d / "coffee.mp4")]
+    assert [o.report.segments for o in outcomes] == [1, 4]
     with pytest.raises(ValueError, match="exists; pass --overwrite"):  # finished outputs are kept unless asked
         plan_jobs(sources, tmp_path)
     assert plan_jobs(sources, tmp_path, overwrite=True) == jobs
-    assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == ["chelsea.nvp", "coffee.nvp"]  # each died
-    # Under the outputs' names only complete files (a worker killed inside an atomic write may leave a hidden
-    # temporary beside them, never a part under the name).
+    died = ["chelsea.nvp.0", "scenes.nvp.0", "scenes.nvp.1", "scenes.nvp.2", "scenes.nvp.3"]
+    assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == died  # each segment's first attempt died
+    # Under the outputs' names only complete files, and the parts are gone (a worker killed inside an atomic write
+    # may leave a hidden temporary beside them, never a part under the name).
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [
         "chelsea.nvp",
-        "coffee.nvp",
         "markers",
+        "scenes.nvp",
     ]
-    for job in jobs:
-        assert_valid_encoding(job.output, job.source, store)
+    for outcome in outcomes:
+        assert_valid_segmented(outcome, FrameSelection(), store)
+
+
+def encode_counting(calls, interrupted, plan, k, store):
+    """The segment encoder, recording each call; segments in ``interrupted`` fail as an interruption would."""
+    (Path(calls) / f"{k}.{uuid.uuid4().hex}").touch()
+    if k in interrupted:
+        raise InterruptedError("interrupted")
+    encode_segment(plan, k, store)
+
+
+def fitted(calls) -> list[int]:
+    fits = sorted(int(p.name.split(".")[0]) for p in Path(calls).iterdir())
+    for p in Path(calls).iterdir():
+        p.unlink()
+    return fits
+
+
+def test_an_interrupted_encode_resumes_without_redoing_finished_segments(cluster, clips, tmp_path):
+    d, store = clips
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    source, output = str(d / "scenes.mp4"), tmp_path / "scenes.nvp"
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    fit_args = ["--params", "120000", "--epochs", "3", "--time-limit", "0", "--threads", "1", "-q"]
+    # Segments of at most 2 frames in shots of 3 (as the scene score finds them): a shot's second segment
+    # warm-starts from its first. The first warm start's source is interrupted: it and the segments that start
+    # from it are lost (they never run), the others are kept.
+    config = EncodeConfig(params=120000, fit=FitConfig(epochs=3, time_limit_s=None, threads=1), segment_frames=2)
+    job = EncodeJob(source, str(output))
+    plan = plan_video(job, FrameSelection(), config)
+    interrupted = next(k for k in plan.warm_from if k is not None)
+    dependent = {k for k, source_k in enumerate(plan.warm_from) if source_k == interrupted}
+    segments = set(range(len(plan.segments)))
+    counting = functools.partial(encode_counting, str(calls), {interrupted})
+    (outcome,) = encode_many([job], FrameSelection(), config, store.root, progress=False, encode=counting)
+    assert outcome.error is not None and outcome.report is None and not output.exists()
+    parts = Parts(output)
+    kept = sorted(segments - dependent - {interrupted})
+    assert sorted(p.name for p in parts.folder.iterdir()) == ["plan.json", *(f"seg-{k:05d}.nvp" for k in kept)]
+    assert fitted(calls) == sorted(segments - dependent)
+    names = sorted(p.name for p in parts.folder.iterdir())
+
+    # Other settings: refused in one line naming the difference, the parts left as they are.
+    proc = nvp_cli("encode", source, "-o", output, "--segment-frames", 2, "--store", store.root, *fit_args[:1],
+                   "100000", *fit_args[2:])  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "(--params 100000 vs 120000 in the existing parts)" in line and "--overwrite" in line, line
+    assert sorted(p.name for p in parts.folder.iterdir()) == names
+
+    # The same settings: the missing segment is fitted, and a part that fails validation is redone, never trusted.
+    damaged = parts.path(kept[-1]).read_bytes()
+    parts.path(kept[-1]).write_bytes(damaged[:-10])
+    counting = functools.partial(encode_counting, str(calls), set())
+    (outcome,) = encode_many([job], FrameSelection(), config, store.root, progress=False, encode=counting)
+    assert outcome.error is None, outcome.error
+    assert fitted(calls) == sorted({interrupted, *dependent, kept[-1]})
+    assert not parts.folder.exists()
+    assert_valid_segmented(outcome, FrameSelection(), store)
+
+    # --overwrite starts over, whatever is there; paths relative to the command's folder (not the workers').
+    shutil.copy(source, tmp_path / "input.mp4")
+    proc = nvp_cli("encode", "input.mp4", "-o", output.name, "--segment-frames", 6, "--overwrite", "--store",
+                   store.root, *fit_args, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "12 frames 32x32" in proc.stdout and "over 2 segments" in proc.stdout
+    assert NvpFile.open(output).manifest["video"]["frames"] == 12 and not parts.folder.exists()
+
+
+def test_encode_user_errors_are_one_line(clips, tmp_path):
+    d, store = clips
+    source, output = d / "scenes.mp4", tmp_path / "out.nvp"
+    for args, words in [
+        (["--address", "127.0.0.1:1"], "does not answer"),
+        (["--segment-frames", "0"], "--segment-frames"),
+    ]:
+        proc = nvp_cli("encode", source, "-o", output, "--store", store.root, *TINY_FIT, *args)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert words in lines[-1], proc.stderr
+        assert list(tmp_path.iterdir()) == []  # nothing written: no output, no parts

@@ -45,6 +45,7 @@ from nvp_rt.command import (
     run_reporting_errors,
 )
 from nvp_rt.nvpfile import NvpFile, Route, update_routes
+from nvp_rt.outputs import check_output
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
@@ -330,13 +331,12 @@ def _needs_torch() -> None:
 
 def cmd_encode(args) -> None:
     _needs_torch()
-    if args.cpus_per_task <= 0 or args.gpus_per_task < 0 or args.retries < 0:
-        raise UserError("--cpus-per-task must be positive, --gpus-per-task and --retries not negative")
     from nvp_rt.library import library_files
 
     from .encode import EncodeConfig, encode_video
-    from .encode_many import TaskResources, encode_many, plan_jobs
+    from .encode_many import EncodeJob, TaskResources, encode_many, plan_jobs, plan_video
     from .inr.fit import FitConfig
+    from .parts import Parts
 
     start, stop, step = args.frames
     selection = FrameSelection(start, stop, step, crop=args.crop, size=args.size)
@@ -351,26 +351,45 @@ def cmd_encode(args) -> None:
         threads=args.threads,
         progress=not args.quiet,
     )
-    cfg = EncodeConfig(family=args.family, params=args.params, bpp=args.bpp, fit=fit, tasks=task_presets(args.tasks))
+    cfg = EncodeConfig(
+        family=args.family,
+        params=args.params,
+        bpp=args.bpp,
+        fit=fit,
+        tasks=task_presets(args.tasks),
+        segment_frames=args.segment_frames,
+        cuts=args.cuts,
+        warm_start=args.warm_start,
+    )
+    resources = TaskResources(cpus=args.cpus_per_segment, gpus=args.gpus_per_segment, max_retries=args.retries)
     sources = library_files(args.input)
-    if len(sources) == 1:  # in this process, into the file -o names
-        report = encode_video(
-            sources[0], args.output, selection, cfg, store=ModelStore(args.store), overwrite=args.overwrite
-        )
-        print(_report_line(report))
-        return
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"output {output} is a file; several inputs need a folder (-o OUTDIR/)")
-    output.mkdir(exist_ok=True)
-    jobs = plan_jobs(sources, output, overwrite=args.overwrite)
-    resources = TaskResources(cpus=args.cpus_per_task, gpus=args.gpus_per_task, max_retries=args.retries)
-    outcomes = encode_many(jobs, selection, cfg, args.store, resources, args.address, progress=not args.quiet)
+    if len(sources) == 1:  # into the file -o names
+        job = EncodeJob(sources[0], args.output)
+        check_output(job.output, [job.source], args.overwrite)
+        cfg.fit.resolved_device()
+        plan = plan_video(job, selection, cfg)
+        if len(plan.segments) == 1 and args.address is None and not Parts(job.output).folder.exists():
+            # One segment: fitted in this process, with its progress bar, without starting Ray.
+            report = encode_video(job.source, job.output, selection, cfg, ModelStore(args.store), args.overwrite)
+            print(_report_line(report))
+            return
+        jobs, planned = [job], {job: plan}
+    else:
+        output = Path(args.output)
+        if output.exists() and not output.is_dir():
+            raise UserError(f"output {output} is a file; several inputs need a folder (-o OUTDIR/)")
+        output.mkdir(exist_ok=True)
+        jobs, planned = plan_jobs(sources, output, overwrite=args.overwrite), {}
+    outcomes = encode_many(
+        jobs, selection, cfg, args.store, resources, args.address, not args.quiet, args.overwrite, planned=planned
+    )
     failed = [o for o in outcomes if o.error is not None]
+    if len(jobs) == 1 and failed:
+        raise UserError(str(failed[0].error))
     for o in outcomes:
-        print(_report_line(o.report) if o.error is None else f"{o.job.source}: failed ({o.error})")
+        print(_report_line(o.report) if o.report is not None else f"{o.job.source}: failed ({o.error})")
     if failed:
-        source, error = failed[0].job.source, failed[0].error
+        source, error = failed[0].job.source, str(failed[0].error)
         first = error if source in error else f"{source}: {error}"
         raise UserError(f"{len(failed)} of {len(jobs)} inputs failed (first: {first})")
 
@@ -385,6 +404,7 @@ def _report_line(report) -> str:
             if report.psnr_reconstruction_only is not None
             else ""
         )
+        + (f" over {report.segments} segments" if report.segments > 1 else "")
     ) + "".join(
         f"\n  route {r['task']} ({r['tap']} -> {r['injection_point']}): top-1 agreement with the backbone on the "
         f"source frames {r['top1_agreement']:.1%} (full decode to pixels {r['pixel_top1_agreement']:.1%}, "
@@ -408,7 +428,7 @@ def task_presets(names: str | None) -> dict[str, str]:
 def add_encode(sub) -> None:
     """`nvp encode`, for the entry-point group ``nvp.commands``."""
     e = sub.add_parser("encode", help="fit a video into an INR and write a .nvp file")
-    e.add_argument("input", nargs="+", help="videos FFmpeg reads, or quoted globs; several run as Ray tasks")
+    e.add_argument("input", nargs="+", help="videos FFmpeg reads, or quoted globs")
     e.add_argument("-o", "--output", required=True, help="the .nvp file to write; several inputs: a folder")
     e.add_argument("--family", choices=["hnerv", "nerv"], default="hnerv")
     e.add_argument(
@@ -439,14 +459,32 @@ def add_encode(sub) -> None:
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     e.add_argument("--threads", type=integer(1, 1024), help="CPU threads for training (default: all cores)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    e.add_argument("--address", help="several inputs: join this Ray cluster (HOST:PORT, auto); default: local Ray")
     e.add_argument(
-        "--cpus-per-task", type=real(0, 1024, low_open=True), default=1.0, help="several inputs: CPUs per task"
+        "--segment-frames",
+        type=integer(1),
+        metavar="N",
+        help="encode the video as segments of at most N frames, each its own INR, fitted as Ray tasks "
+        "(default: the longest within the memory bound, see docs/encode.md)",
     )
-    e.add_argument("--gpus-per-task", type=real(0, 64), default=0.0, help="several inputs: GPUs per input's task")
     e.add_argument(
-        "--retries", type=integer(0, 100), default=3, help="several inputs: reruns of a task whose worker died"
+        "--cuts",
+        choices=["scene", "none"],
+        default="scene",
+        help="scene (default): segments start at shot cuts (FFmpeg's scene score), never longer than N; "
+        "none: segments of equal length",
     )
+    e.add_argument(
+        "--warm-start",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --cuts scene, a shot's later segments start from its first segment's decoder (default: on)",
+    )
+    e.add_argument("--address", help="join this Ray cluster (HOST:PORT, auto); default: a local Ray, embedded")
+    e.add_argument(
+        "--cpus-per-segment", type=real(0, 1024, low_open=True), default=1.0, help="CPUs (training threads) per task"
+    )
+    e.add_argument("--gpus-per-segment", type=real(0, 64), default=0.0, help="GPUs per segment's task")
+    e.add_argument("--retries", type=integer(0, 100), default=3, help="reruns of a task whose worker died")
     add_overwrite_option(e)
     add_store_option(e)
     e.set_defaults(run=cmd_encode)

@@ -29,10 +29,20 @@ def _thumbs(frames: np.ndarray, indices: list[int]) -> np.ndarray:
     return out
 
 
+def sampled_positions(frames: int) -> list[int]:
+    """The positions of the frames a fingerprint of a clip of ``frames`` frames looks at."""
+    return sorted({round(x) for x in np.linspace(0, frames - 1, min(FRAMES, frames))})
+
+
 def fingerprint(frames: np.ndarray) -> dict[str, Any]:
-    indices = sorted({round(x) for x in np.linspace(0, len(frames) - 1, min(FRAMES, len(frames)))})
-    thumbs = _thumbs(frames, indices)
-    return {"method": METHOD, "frames": indices, "thumbs": base64.b64encode(thumbs.tobytes()).decode()}
+    positions = sampled_positions(len(frames))
+    return fingerprint_of_samples(frames[positions], positions)
+
+
+def fingerprint_of_samples(samples: np.ndarray, positions: list[int]) -> dict[str, Any]:
+    """The fingerprint from only the frames at ``sampled_positions`` (a long video need not be held whole)."""
+    thumbs = _thumbs(samples, list(range(len(positions))))
+    return {"method": METHOD, "frames": positions, "thumbs": base64.b64encode(thumbs.tobytes()).decode()}
 
 
 def difference(stored: dict[str, Any], frames: np.ndarray) -> float | None:

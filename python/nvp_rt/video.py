@@ -8,8 +8,10 @@ one-line message.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,46 +46,130 @@ def _av():
     return av
 
 
-def read_video(path: str | os.PathLike, selection: FrameSelection = FrameSelection()) -> tuple[np.ndarray, float]:
+@dataclass(frozen=True)
+class VideoIndex:
+    """Where the frames of a video's first stream are: one pass over its packets, nothing decoded."""
+
+    frames: int
+    fps: float
+    # Presentation timestamps of the frames, in presentation order (stream time base); None where the
+    # container leaves a packet without one: such a video is then read from its start.
+    pts: np.ndarray | None
+
+    def selected(self, selection: FrameSelection) -> int:
+        """How many frames ``selection`` takes; VideoError if its stop is past the end."""
+        if selection.stop is not None and selection.stop > self.frames:
+            raise VideoError(
+                f"frames {selection.start}:{selection.stop} out of range: the video has {self.frames} frames"
+            )
+        return len(range(selection.start, self.frames if selection.stop is None else selection.stop, selection.step))
+
+
+def index_video(path: str | os.PathLike) -> VideoIndex:
+    """The frame count and timestamps of ``path``: reads its packets, decodes nothing (cheap for any length)."""
+    with _Video(path) as video:
+        return video.index()
+
+
+def iter_video(
+    path: str | os.PathLike, selection: FrameSelection = FrameSelection(), index: VideoIndex | None = None
+) -> Iterator[np.ndarray]:
+    """The selected frames (uint8 (H, W, 3)), decoded one at a time: decoding starts at the keyframe before
+    ``selection.start`` (``index``, from :func:`index_video`, saves a pass over the packets), so reading a
+    range costs that range, and memory one frame, whatever the video's length."""
+    with _Video(path) as video:
+        yield from video.frames(selection, index)
+
+
+def read_video(
+    path: str | os.PathLike, selection: FrameSelection = FrameSelection(), index: VideoIndex | None = None
+) -> tuple[np.ndarray, float]:
     """(frames uint8 (N, H, W, 3), frames per second of the source)."""
-    av = _av()
-    path = Path(path)
-    if not path.exists():
-        raise VideoError(f"{path}: no such file")
-    if path.is_dir():
-        raise VideoError(f"{path} is a directory, not a video")
-    frames = []
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, ValueError, OSError) as e:
-        # FFmpeg also refuses files whose only stream never got a frame (no codec parameters).
-        raise VideoError(f"{path}: not a readable video, or one without frames ({_reason(e)})") from None
-    try:
-        with container:
-            if not container.streams.video:
-                raise VideoError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            fps = float(stream.average_rate or stream.guessed_rate or 30)
-            decoded = 0
-            for i, frame in enumerate(container.decode(stream)):
+    with _Video(path) as video:
+        frames = list(video.frames(selection, index))
+        return np.stack(frames), video.fps / selection.step
+
+
+class _Video:
+    """An open video file's first video stream; failures a user can cause raise VideoError."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __enter__(self) -> _Video:
+        av = _av()
+        if not self.path.exists():
+            raise VideoError(f"{self.path}: no such file")
+        if self.path.is_dir():
+            raise VideoError(f"{self.path} is a directory, not a video")
+        try:
+            self.container = av.open(str(self.path))
+        except (av.FFmpegError, ValueError, OSError) as e:
+            # FFmpeg also refuses files whose only stream never got a frame (no codec parameters).
+            raise VideoError(f"{self.path}: not a readable video, or one without frames ({_reason(e)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoError(f"{self.path}: no video stream")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        self.fps = float(self.stream.average_rate or self.stream.guessed_rate or 30)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.container.close()
+
+    def index(self) -> VideoIndex:
+        av = _av()
+        pts: list[int | None] = []
+        try:
+            pts = [p.pts for p in self.container.demux(self.stream) if p.size]
+        except (av.FFmpegError, ValueError, OSError) as e:
+            raise VideoError(f"{self.path}: cannot read video ({_reason(e)})") from None
+        known = None if any(p is None for p in pts) else np.sort(np.array(pts, np.int64))
+        return VideoIndex(len(pts), self.fps, known)
+
+    def frames(self, selection: FrameSelection, index: VideoIndex | None) -> Iterator[np.ndarray]:
+        av = _av()
+        decoded = 0
+        taken = False
+        try:
+            for i, frame in self._numbered(selection.start, index):
                 if selection.stop is not None and i >= selection.stop:
                     break
                 decoded = i + 1
                 if i < selection.start or (i - selection.start) % selection.step:
                     continue
-                frames.append(_shape(frame.to_ndarray(format="rgb24"), selection, frame, path))
-    except VideoError:
-        raise
-    except (av.FFmpegError, ValueError, OSError) as e:
-        raise VideoError(f"{path}: cannot decode video ({_reason(e)})") from None
-    if selection.stop is not None and decoded < selection.stop:
-        raise VideoError(
-            f"{path}: frames {selection.start}:{selection.stop} out of range: the video has {decoded} frames"
-        )
-    if not frames:
-        raise VideoError(f"{path}: no frames in the selected range")
-    return np.stack(frames), fps / selection.step
+                taken = True
+                yield _shape(frame.to_ndarray(format="rgb24"), selection, frame, self.path)
+        except (av.FFmpegError, ValueError, OSError) as e:
+            if isinstance(e, VideoError):
+                raise
+            raise VideoError(f"{self.path}: cannot decode video ({_reason(e)})") from None
+        if selection.stop is not None and decoded < selection.stop:
+            raise VideoError(
+                f"{self.path}: frames {selection.start}:{selection.stop} out of range: the video has {decoded} frames"
+            )
+        if not taken:
+            raise VideoError(f"{self.path}: no frames in the selected range")
+
+    def _numbered(self, start: int, index: VideoIndex | None) -> Iterator[tuple[int, Any]]:
+        """Decoded frames with their position in presentation order, from the keyframe at or before ``start``."""
+        if start:
+            index = index or self.index()
+            if index.pts is not None and start < index.frames:
+                self.container.seek(int(index.pts[start]), stream=self.stream, backward=True)
+                decoded = self.container.decode(self.stream)
+                first = next(decoded, None)
+                at = -1 if first is None or first.pts is None else int(np.searchsorted(index.pts, first.pts))
+                if first is not None and 0 <= at <= start and at < index.frames and index.pts[at] == first.pts:
+                    yield at, first
+                    yield from enumerate(decoded, at + 1)
+                    return
+            # No timestamps to seek by, or a seek that missed (a container without a usable index):
+            # decode from the start.
+            self.container.close()
+            self.__enter__()
+        yield from enumerate(self.container.decode(self.stream))
 
 
 def _reason(e: Exception) -> str:

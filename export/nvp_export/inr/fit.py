@@ -114,6 +114,7 @@ class FitResult:
     steps: int = 0  # optimiser steps since the last (re)start
     # clip_psnr of the whole clip when an objective's terms joined: what reconstruction alone had reached
     psnr_reconstruction_only: float | None = None
+    encoder: HNeRVEncoder | None = None  # HNeRV: the frame encoder the embeddings came from (a warm start's)
 
 
 def clip_psnr(decoded: torch.Tensor, source: torch.Tensor) -> float:
@@ -142,8 +143,15 @@ def batch_psnr(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse.clamp_min(1e-12))
 
 
-def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective | None = None) -> FitResult:
+def fit(
+    inr: INR,
+    frames: torch.Tensor,
+    cfg: FitConfig,
+    objective: FitObjective | None = None,
+    encoder: HNeRVEncoder | None = None,
+) -> FitResult:
     """Train ``inr`` on ``frames`` (N, 3, H, W) float in [0, 1], with ``objective``'s terms from its start on.
+    HNeRV: ``encoder`` is the frame encoder to start from (a warm start: another fit's), default a fresh one.
 
     With an objective the state returned is the last one, not the one of the best PSNR: its terms
     may cost pixels on purpose."""
@@ -154,7 +162,10 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
     base_lr, default_warmup, betas = FAMILY_RECIPE[inr.family]
     base_lr, warmup = cfg.lr or base_lr, cfg.warmup if cfg.warmup is not None else default_warmup
     inr = inr.to(device).train()
-    encoder = HNeRVEncoder(inr.config).to(device).train() if isinstance(inr, HNeRV) else None
+    if isinstance(inr, HNeRV):
+        encoder = (HNeRVEncoder(inr.config) if encoder is None else copy.deepcopy(encoder)).to(device).train()
+    else:
+        encoder = None
     modules = torch.nn.ModuleList([m for m in (inr, encoder) if m is not None])
 
     def new_optimiser() -> torch.optim.Adam:
@@ -297,4 +308,5 @@ def fit(inr: INR, frames: torch.Tensor, cfg: FitConfig, objective: FitObjective 
         restarts,
         step - started_at,
         psnr_reconstruction_only,
+        encoder.cpu() if encoder is not None else None,
     )
