@@ -177,6 +177,42 @@ def driver(args) -> list[dict]:
     return [row]
 
 
+def scaling(args) -> list[dict]:
+    """Segments per second on a simulated Ray cluster (``ray.cluster_utils.Cluster``) of 1 and of 2 nodes of one
+    CPU each: one video of ``--segments`` equal segments, fixed epochs, no cuts or warm starts (all parallel).
+    Efficiency = rate with 2 nodes / (2 x rate with 1). The clock covers ``encode_many`` on the running cluster
+    (planning, workers starting, fits, the join)."""
+    from ray.cluster_utils import Cluster
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "clip.mp4"
+        frames = args.segments * args.segment_frames
+        make = f"from nvp_export.clips import *; write_clip({str(source)!r}, ClipSpec('montage', 80, 48, {frames}))"
+        subprocess.run([sys.executable, "-c", make], check=True)
+        fit_cfg = FitConfig(epochs=args.epochs, time_limit_s=None, threads=1, progress=False)
+        config = EncodeConfig(bpp=0.5, fit=fit_cfg, segment_frames=args.segment_frames, cuts="none", graphs=False)
+        for nodes in (1, 2):
+            cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+            for _ in range(nodes - 1):
+                cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            job = EncodeJob(str(source), f"{folder}/out{nodes}.nvp")
+            t0 = time.perf_counter()
+            (outcome,) = encode_many([job], FrameSelection(), config, f"{folder}/store", address=cluster.address,
+                                     progress=False)  # fmt: skip
+            seconds = time.perf_counter() - t0
+            cluster.shutdown()
+            assert outcome.report is not None, outcome.error
+            rows.append({"nodes": nodes, "segments": outcome.report.segments, "seconds": round(seconds, 2),
+                         "segments_per_s": outcome.report.segments / seconds})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    efficiency = rows[1]["segments_per_s"] / (2 * rows[0]["segments_per_s"])
+    rows.append({"scaling_efficiency": round(efficiency, 3), "load_average_1min": os.getloadavg()[0]})
+    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -194,13 +230,18 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("rss")
     r.add_argument("--frames", default="256,4096", help="video lengths (80x48 montage clips)")
     r.add_argument("--segment-frames", type=int, default=64)
+    sc = sub.add_parser("scaling")
+    sc.add_argument("--segments", type=int, default=8)
+    sc.add_argument("--segment-frames", type=int, default=32)
+    sc.add_argument("--epochs", type=int, default=40)
     d = sub.add_parser("driver", help="(rss runs this for each length)")
     d.add_argument("source")
     d.add_argument("folder")
     d.add_argument("--segment-frames", type=int, default=256)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    rows = {"cuts": run_cuts, "warm": run_warm, "rss": driver_rss, "driver": driver}[args.what](args)
+    runs = {"cuts": run_cuts, "warm": run_warm, "rss": driver_rss, "driver": driver, "scaling": scaling}
+    rows = runs[args.what](args)
     if args.what == "driver":
         return 0
     RESULTS.mkdir(exist_ok=True)
