@@ -191,7 +191,7 @@ def scaling(args) -> list[dict]:
         make = f"from nvp_export.clips import *; write_clip({str(source)!r}, ClipSpec('montage', 80, 48, {frames}))"
         subprocess.run([sys.executable, "-c", make], check=True)
         fit_cfg = FitConfig(epochs=args.epochs, time_limit_s=None, threads=1, progress=False)
-        config = EncodeConfig(bpp=0.5, fit=fit_cfg, segment_frames=args.segment_frames, cuts="none", graphs=False)
+        config = EncodeConfig(params=60000, fit=fit_cfg, segment_frames=args.segment_frames, cuts="none", graphs=False)
         for nodes in (1, 2):
             cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
             for _ in range(nodes - 1):
