@@ -14,25 +14,9 @@ from nvp_rt.prefix import payload_group
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the fuzz package lives beside tests/
 from fuzz import mutator  # noqa: E402
 
-MANIFEST = {
-    "video": {"frames": 8, "height": 16, "width": 16, "fps": 30.0},
-    "inr": {
-        "family": "hnerv",
-        "height": 16,
-        "width": 16,
-        "num_frames": 8,
-        "fc_dim": 7,
-        "strides": [2, 2],
-        "embed_dim": 4,
-        "reduction": 1.2,
-    },
-    "taps": [
-        {"name": "stem", "shape": [7, 4, 4]},
-        {"name": "block1", "shape": [6, 8, 8]},
-        {"name": "block2", "shape": [5, 16, 16]},
-        {"name": "rgb", "shape": [3, 16, 16]},
-    ],
-}
+from test_nvpfile import MANIFEST as _WRITTEN  # noqa: E402
+
+MANIFEST = {**_WRITTEN, "video": {**_WRITTEN["video"], "fps": 30.0}}  # fps: a float field for the NaN case
 
 
 @pytest.fixture
