@@ -239,6 +239,17 @@ class NvpFile:
         except (SafetensorError, ValueError, TypeError, KeyError) as e:  # KeyError: a dtype numpy lacks
             raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({e})") from None
 
+    def payload_sections(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        """Every section but the routes as (bytes, meta), each read once and checked (crc32, array blob):
+        what a rewrite carries over verbatim."""
+        out = {}
+        for name, entry in self._index.items():
+            if name != ROUTES_SECTION:
+                chunk = self._source.read(entry.offset, entry.length)
+                self._parse_section(name, chunk)
+                out[name] = (chunk, entry.meta)
+        return out
+
     def verify(self) -> None:
         """Read every section once: any damaged byte anywhere in the file raises NvpFormatError."""
         self.sections_of(list(self._index))
@@ -501,11 +512,8 @@ def join_segments(
                 first = (shape, nvp.manifest)
             elif shape != first[0]:
                 raise NvpFormatError(f"{part}: its INR architecture differs from {parts[0]}'s")
-            nvp.verify()
-            for name, entry in nvp._index.items():
-                if name != ROUTES_SECTION:
-                    group = name.partition("/")[2]
-                    sections[segment_section(i, group)] = (nvp._source.read(entry.offset, entry.length), entry.meta)
+            for name, payload in nvp.payload_sections().items():
+                sections[segment_section(i, name.partition("/")[2])] = payload
             frames = nvp.segments[0].frames
             info = {k: nvp.manifest[k] for k in ("metrics", "encoding") if k in nvp.manifest}
             entries.append({"start": start, "frames": frames, "info": info})
@@ -542,14 +550,9 @@ def update_routes(
                     f"{path}: its video payload was rewritten while this route was trained "
                     "(another process changed the file); run the export again"
                 )
-            current.verify()
             if current.version[0] == 1:
                 raise NvpFormatError(f"{path}: a format 1.x file; re-encode it to add routes (`nvp encode`)")
-            sections = {
-                name: (current._source.read(e.offset, e.length), e.meta)
-                for name, e in current._index.items()
-                if name != ROUTES_SECTION
-            }
+            sections = current.payload_sections()
             sections[ROUTES_SECTION] = _routes_section(list(change(current.routes())))
             manifest = current.manifest
         out = _serialise(manifest, sections)
