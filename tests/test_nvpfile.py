@@ -3,6 +3,7 @@
 import os
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def _route(rng, task="cls"):
 
 
 # A manifest as nvp writes it: an INR configuration (16x16, strides 2 2) and its taps.
-MANIFEST = {
+MANIFEST: dict[str, Any] = {
     "video": {"frames": 8, "height": 16, "width": 16},
     "inr": {
         "family": "hnerv",
