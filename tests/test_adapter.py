@@ -113,3 +113,29 @@ def test_finetune_for_task_learns_the_answers_features_alone_miss():
             float(relative_feature_loss(adapter(taps), target))
             < float(relative_feature_loss(torch.zeros_like(target), target)) * 2
         )
+
+
+def test_finetune_for_task_ends_in_the_state_select_scored_highest():
+    """``select`` is asked every ``select_every`` epochs and at the end; the adapter ends in the state it
+    scored highest, here the first one checked (a score that falls with every call), not the last."""
+    from nvp_export.route.adapter import finetune_for_task
+
+    g = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    taps, target = torch.randn(16, 8, 4, 4, generator=g), torch.randn(16, 6, 2, 2, generator=g)
+    head = torch.nn.Sequential(torch.nn.Conv2d(6, 5, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    head.requires_grad_(False)
+    labels = torch.randint(0, 5, (16,), generator=g)
+    adapter = MicroAdapter(AdapterSpec(8, 6, (2, 2)))
+    checked: list[dict[str, torch.Tensor]] = []
+
+    def select(a: MicroAdapter) -> float:
+        assert not a.training
+        checked.append(copy.deepcopy(a.state_dict()))
+        return -float(len(checked))
+
+    finetune_for_task(adapter, taps, target, labels, head, epochs=23, lr=1e-2, select=select, select_every=5)
+    assert len(checked) == 5  # epochs 5, 10, 15, 20 and the last, 23
+    assert not torch.equal(checked[0]["convs.0.weight"], checked[-1]["convs.0.weight"])
+    for name, value in adapter.state_dict().items():
+        assert torch.equal(value, checked[0][name]), name
+    assert not adapter.training

@@ -90,3 +90,30 @@ def test_the_rate_accuracy_scoring_recomputes_the_stored_figures(task_aware):
     assert {k: v.shape for k, v in planned.arrays.items()} == {k: v.shape for k, v in route.arrays.items()}
     metrics = NvpFile.open(out).manifest["metrics"]
     assert 0 < metrics["psnr_reconstruction_only_db"] < 100  # the fit ran past the task terms' start
+
+
+def test_the_task_terms_ramp_in_linearly_over_ramp_epochs():
+    """The objective's terms grow in proportion to the frames trained on since they joined, reaching full
+    weight (that of an objective without a ramp) after ``ramp_epochs`` epochs, and stay there."""
+    from nvp_export.inr import config_for_budget, from_config
+    from nvp_export.route.task_aware import TaskAwareObjective
+
+    seed = int(np.random.default_rng().integers(1 << 31))
+    torch.manual_seed(seed)
+    frames = torch.rand(4, 3, 64, 64)
+    inr = from_config(config_for_budget("hnerv", 64, 64, 4, params=30000)).eval()
+    backbones = [load_backbone("efficientnet_lite0").eval()]
+    idx = torch.tensor([1, 3])
+    with torch.no_grad():
+        taps = inr.decode(idx)
+
+        def terms(config: TaskAwareConfig) -> list[float]:
+            objective = TaskAwareObjective(inr, frames, backbones, config)
+            objective.begin(lambda tap: inr.decode(torch.arange(4), until=tap)[tap])
+            return [float(objective.loss(taps, idx)) for _ in range(6)]
+
+        full = terms(TaskAwareConfig(ramp_epochs=0))
+        ramped = terms(TaskAwareConfig(ramp_epochs=2))  # 8 frames: full weight from the 4th call of 2 frames
+    assert full[0] > 0 and max(full) == pytest.approx(min(full), rel=1e-6)
+    expected = [full[0] * min(1.0, 2 * (k + 1) / 8) for k in range(6)]
+    assert ramped == pytest.approx(expected, rel=1e-5), seed

@@ -76,8 +76,9 @@ class AdaptConfig:
     init: str = "lstsq"
     # Classifiers: epochs of adapter-only training of the chosen pair with the task term (cross-entropy
     # to the backbone's answers on the original frames) beside the feature term; 0: features only.
-    task_epochs: int = 100
-    task_lr: float = 1e-3
+    # The state whose stored route agrees most is kept (route.task_aware measured these settings).
+    task_epochs: int = 300
+    task_lr: float = 1e-2
     ridge: float = 1e-3  # relative ridge for the lstsq start
     # top-1 agreement (classifiers) or relative feature error (task presets) within this of the best counts as
     # equally good
@@ -445,6 +446,9 @@ def _learn_answers(
             out = _batched(lambda sl: backbone.suffix(a(taps[sl]), best.point), len(taps), config.decode_batch)
         return float((out.argmax(1) == labels).double().mean())
 
+    def stored_agreement(a: MicroAdapter) -> float:
+        return agreement(a.stored())
+
     tuned = copy.deepcopy(adapter)
     finetune_for_task(
         tuned,
@@ -455,8 +459,9 @@ def _learn_answers(
         epochs=config.task_epochs,
         lr=config.task_lr,
         seed=config.seed,
+        select=stored_agreement,
     )
-    return tuned if agreement(tuned) > agreement(adapter) else adapter
+    return tuned if stored_agreement(tuned) > stored_agreement(adapter) else adapter
 
 
 def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig) -> list[tuple[str, str, float]]:

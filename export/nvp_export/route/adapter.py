@@ -8,6 +8,8 @@ Video features (N, C, T, H, W) are resized frame by frame.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -114,6 +116,12 @@ class MicroAdapter(nn.Module):
                 stored = quantise_best(values.detach().float().cpu().numpy(), ROUTE_BITS).dequantise()
                 param.copy_(torch.from_numpy(stored).reshape(param.shape))
 
+    def stored(self) -> MicroAdapter:
+        """A copy rounded as a .nvp file stores it (``round_to_storage``): what a reader gets."""
+        rounded = copy.deepcopy(self)
+        rounded.round_to_storage()
+        return rounded
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """float32 arrays: ``weight{i}`` (C_out, C_in) and ``bias{i}`` (C_out,) per conv, in order."""
         arrays = {}
@@ -182,6 +190,8 @@ def finetune_for_task(
     feat_weight: float = 0.2,
     batch: int = 16,
     seed: int = 0,
+    select: Callable[[MicroAdapter], float] | None = None,
+    select_every: int = 25,
 ) -> list[float]:
     """Adapter-only training on the answers as well as the features (the paper's L_task + L_feat, eq. 3).
 
@@ -190,15 +200,18 @@ def finetune_for_task(
     them (pseudo-labels); ``head(features)``: the backbone suffix from the injection point. A
     feature loss alone leaves the class to chance wherever the INR is far from the frames
     (docs/adapt.md); the cross-entropy term trains for the answer itself. The resize is done
-    once. Returns the mean loss per epoch.
+    once. With ``select``, the adapter ends in the state it scored highest, checked every
+    ``select_every`` epochs and at the end (Adam at a high rate wanders between states that agree on
+    more or fewer frames). Returns the mean loss per epoch.
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         resized = torch.cat([resize(taps[s : s + batch], adapter.spec.size) for s in range(0, len(taps), batch)])
     optimiser = torch.optim.Adam(adapter.parameters(), lr=lr)
     history = []
+    best: tuple[float, dict[str, torch.Tensor] | None] = (-math.inf, None)
     adapter.train()
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         total = 0.0
         for order in torch.randperm(len(taps), generator=generator).split(batch):
             adapted = adapter.pointwise(resized[order])
@@ -210,5 +223,13 @@ def finetune_for_task(
             optimiser.step()
             total += float(loss.detach()) * len(order)
         history.append(total / len(taps))
+        if select is not None and (epoch % select_every == 0 or epoch == epochs):
+            adapter.eval()
+            score = select(adapter)
+            if score > best[0]:
+                best = (score, copy.deepcopy(adapter.state_dict()))
+            adapter.train()
     adapter.eval()
+    if best[1] is not None:
+        adapter.load_state_dict(best[1])
     return history
