@@ -117,3 +117,32 @@ def test_the_task_terms_ramp_in_linearly_over_ramp_epochs():
     assert full[0] > 0 and max(full) == pytest.approx(min(full), rel=1e-6)
     expected = [full[0] * min(1.0, 2 * (k + 1) / 8) for k in range(6)]
     assert ramped == pytest.approx(expected, rel=1e-5), seed
+
+
+def test_nvp_export_adds_a_task_to_a_task_aware_file(task_aware, tmp_path):
+    """A task chosen later is added by nvp-export beside the route encode fitted: the payload and the
+    first route stay as they were, and a session answers both, the new one as its torch path does."""
+    import shutil
+
+    from nvp_export.cli import main as export_main
+    from nvp_export.fidelity.rate_accuracy import route_outputs
+
+    clip, encoded = task_aware
+    out = tmp_path / "clip.nvp"
+    shutil.copy(encoded, out)
+    before = NvpFile.open(out)
+    (first,) = before.routes()
+    argv = [str(out), "--task", "efficientnet_lite0", "--name", "later", "--source", str(clip), "--epochs", "2", "-q"]
+    assert export_main(argv) == 0
+    after = NvpFile.open(out)
+    assert after.payload_checksum == before.payload_checksum
+    assert [r.task for r in after.routes()] == ["cls", "later"]
+    kept = after.routes()[0]
+    assert (kept.tap, kept.injection_point, kept.metadata) == (first.tap, first.injection_point, first.metadata)
+    for name, array in first.arrays.items():
+        np.testing.assert_array_equal(kept.arrays[name], array)
+    answers = nvp_rt.Session(out).run(["cls", "later"], frames=range(8))
+    backbone = load_backbone("efficientnet_lite0")
+    for task in ("cls", "later"):
+        expected = route_outputs(out, backbone, task).numpy()
+        assert np.abs(answers[task].logits - expected).max() <= 1e-4 * np.abs(expected).max(), task

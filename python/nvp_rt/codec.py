@@ -69,14 +69,22 @@ def quantise(x: np.ndarray, bits: int, axis: int | None) -> Quantised:
     return Quantised(q.astype(np.uint8 if bits <= 8 else np.uint16), low, step, bits, axis)
 
 
+# A slice's range is two float16 (4 bytes). Per-slice ranges are considered only where they add at most
+# this share to the tensor's codes: a route's (320, 4) adapter weight has as many bytes of ranges per
+# output channel as of codes, which at 0.05 bpp left no room for the decoder.
+MAX_RANGE_SHARE = 1 / 8
+
+
 def quantise_best(x: np.ndarray, bits: int) -> Quantised:
-    """Per-tensor or per-slice along one of the first two axes, whichever errs less.
+    """Per-tensor or per-slice along one of the first two axes, whichever errs less, among the slicings
+    whose ranges cost at most ``MAX_RANGE_SHARE`` of the codes.
 
     1-D tensors (biases) stay per-tensor: one range per element would store them in float16.
     """
     x64 = np.asarray(x, dtype=np.float64)
     axes = range(min(x64.ndim, 2)) if x64.ndim >= 2 else ()
-    candidates = [quantise(x, bits, None)] + [quantise(x, bits, a) for a in axes if x64.shape[a] > 1]
+    affordable = [a for a in axes if 1 < x64.shape[a] and 4 * 8 * x64.shape[a] <= MAX_RANGE_SHARE * bits * x64.size]
+    candidates = [quantise(x, bits, None)] + [quantise(x, bits, a) for a in affordable]
     return min(candidates, key=lambda q: float(np.sum((q.dequantise().astype(np.float64) - x64) ** 2)))
 
 
@@ -86,6 +94,7 @@ def _model(counts: np.ndarray):
 
 
 CODEC = "quant-range-v2"
+COUNT_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
 MODEL = "model"  # the group that holds the symbol counts every other group is coded with
 
 
@@ -118,8 +127,8 @@ def encode_tensors(
     for by_bits in joined.values():
         for b, s in by_bits.items():
             totals[b] = totals.get(b, np.zeros(1 << b, np.uint32)) + np.bincount(s, minlength=1 << b).astype(np.uint32)
-    for b, counts in totals.items():
-        arrays[f"{MODEL}/stream{b}:counts"] = counts
+    for b, counts in totals.items():  # in the narrowest type that holds them: 256 counts are 1 KB as uint32
+        arrays[f"{MODEL}/stream{b}:counts"] = counts.astype(np.min_scalar_type(int(counts.max())))
     for g, by_bits in joined.items():
         for b, s in by_bits.items():
             encoder = constriction.stream.queue.RangeEncoder()
@@ -198,7 +207,7 @@ def decode_tensors(
         counts = arrays.get(f"{MODEL}/stream{b}:counts")
         if not (
             counts is not None
-            and counts.dtype == np.uint32
+            and counts.dtype in COUNT_DTYPES
             and counts.shape == (1 << b,)
             and int(counts.sum(dtype=np.uint64)) == total
         ):
