@@ -139,3 +139,11 @@ def test_finetune_for_task_ends_in_the_state_select_scored_highest():
     for name, value in adapter.state_dict().items():
         assert torch.equal(value, checked[0][name]), name
     assert not adapter.training
+    calls = []
+
+    def rising(a: MicroAdapter) -> float:
+        calls.append(a)
+        return float(len(calls))
+
+    finetune_for_task(adapter, taps, target, labels, head, epochs=23, select=rising, select_every=5, select_stop=2.0)
+    assert len(calls) == 2  # the second check scored select_stop: training stopped there

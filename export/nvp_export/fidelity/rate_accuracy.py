@@ -136,6 +136,8 @@ def chart(rows: Sequence[dict], path: str | os.PathLike, title: str) -> None:
             mine = sorted(
                 (r for r in done if r["video"] == video and r["path"] == name), key=lambda r: r["nvp_bpp_total"]
             )
+            if not mine:  # a path the run left out gets no empty legend entries
+                continue
             routed = [r for r in mine if r["nvp_top1"] is not None]
             top.plot(
                 [r["nvp_bpp_total"] for r in routed],

@@ -449,6 +449,9 @@ def _learn_answers(
     def stored_agreement(a: MicroAdapter) -> float:
         return agreement(a.stored())
 
+    before = stored_agreement(adapter)
+    if before == 1.0:  # nothing left to learn
+        return adapter
     tuned = copy.deepcopy(adapter)
     finetune_for_task(
         tuned,
@@ -460,8 +463,9 @@ def _learn_answers(
         lr=config.task_lr,
         seed=config.seed,
         select=stored_agreement,
+        select_stop=1.0,
     )
-    return tuned if stored_agreement(tuned) > stored_agreement(adapter) else adapter
+    return tuned if stored_agreement(tuned) > before else adapter
 
 
 def candidate_pairs(cka: CKAMatrix, inr, backbone: Backbone, config: AdaptConfig) -> list[tuple[str, str, float]]:

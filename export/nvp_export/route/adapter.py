@@ -192,6 +192,7 @@ def finetune_for_task(
     seed: int = 0,
     select: Callable[[MicroAdapter], float] | None = None,
     select_every: int = 25,
+    select_stop: float | None = None,
 ) -> list[float]:
     """Adapter-only training on the answers as well as the features (the paper's L_task + L_feat, eq. 3).
 
@@ -202,7 +203,8 @@ def finetune_for_task(
     (docs/adapt.md); the cross-entropy term trains for the answer itself. The resize is done
     once. With ``select``, the adapter ends in the state it scored highest, checked every
     ``select_every`` epochs and at the end (Adam at a high rate wanders between states that agree on
-    more or fewer frames). Returns the mean loss per epoch.
+    more or fewer frames); training stops once it scores ``select_stop`` (agreement: 1.0, all frames).
+    Returns the mean loss per epoch.
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -228,6 +230,8 @@ def finetune_for_task(
             score = select(adapter)
             if score > best[0]:
                 best = (score, copy.deepcopy(adapter.state_dict()))
+            if select_stop is not None and score >= select_stop:
+                break
             adapter.train()
     adapter.eval()
     if best[1] is not None:

@@ -209,6 +209,7 @@ class TaskAwareObjective:
                     epochs=self.config.finetune_epochs,
                     lr=self.config.finetune_lr,
                     select=partial(r.stored_agreement, taps=taps),
+                    select_stop=1.0,
                 )
             adapter.round_to_storage()  # the figures below are the stored route's
             with torch.no_grad():
