@@ -77,6 +77,7 @@ def point(video: str, bpp: float, fit_seconds: float) -> list[dict]:
         _, _, stored = quantise_inr(result.inr)
         rendered = torch.from_numpy(stored.render(range(FRAMES))).permute(0, 3, 1, 2).float().div(255)
         (fitted,) = objective.routes
+        assert fitted.adapter is not None, "the task terms joined within the fit"
         start = copy.deepcopy(fitted.adapter)
         with torch.no_grad():
             taps = stored.decode(torch.arange(FRAMES), until=fitted.tap)[fitted.tap]
