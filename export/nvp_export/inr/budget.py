@@ -17,7 +17,7 @@ from typing import Any
 from . import INR, from_config, make_config, stored_bits
 from .store import quantise_inr, save_nvp
 
-# Ever smaller variants of each family's defaults, tried in turn while a budget leaves fc_dim < 16.
+# Ever smaller variants of each family's defaults, tried in turn while a budget leaves fc_dim < PREFERRED_FC_DIM.
 # HNeRV's per-frame embeddings dominate at low rates (embed_dim 16 on a 9x16 grid is 0.24 bpp at
 # 6 bits a value before anything else), so they are thinned first, then the narrowest blocks. Below 8
 # channels the encoder projects them from a normalised stage (hnerv.MIN_NORMALISED_EMBED_DIM): 1 and 2
@@ -36,6 +36,11 @@ SHRINK = {
 
 # Narrower stems are not models: a budget that leaves less than this is refused.
 MIN_FC_DIM = 4
+# The first SHRINK variant leaving at least this stem width is taken: per-frame embeddings are worth more than
+# decoder width down to here. At 0.1 bpp (64 frames of 320x180, 150 s fits on 2 threads), embed 4 with fc 12
+# reached 25.65 dB on bikes and 23.51 on Big Buck Bunny, against 23.95 and 22.74 for embed 2 with fc 19 and
+# 21.18 (bikes) for embed 1 with fc 22; the threshold of 16 this replaces picked embed 2.
+PREFERRED_FC_DIM = 8
 
 # Routes the file will carry, given the INR whose taps they read (their size depends on its widths).
 RoutesFor = Callable[[INR], Sequence]
@@ -79,7 +84,7 @@ def config_for_budget(
     height x width: the quantised values at 8 bits per weight and 6 per embedding value (the
     entropy coder then lands a little below), the container around them and ``routes`` (both by
     ``container_bytes``), and ``reserve_bytes`` for manifest entries the caller adds after the fit.
-    When the budget leaves fc_dim < 16 at the default sizes, smaller variants are tried in turn
+    When the budget leaves fc_dim < PREFERRED_FC_DIM at the default sizes, smaller variants are tried in turn
     (SHRINK), so short clips and low rates still get a model.
     """
     if (params is None) == (bpp is None):
@@ -105,7 +110,7 @@ def config_for_budget(
                 fc_dim -= 1
         if fc_dim >= MIN_FC_DIM:
             best = build(fc_dim)
-            if fc_dim >= 16:
+            if fc_dim >= PREFERRED_FC_DIM:
                 break
     if best is None:
         raise ValueError(
