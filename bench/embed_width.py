@@ -27,14 +27,12 @@ from nvp_export.encode import INFO_BYTES
 from nvp_export.inr import config_for_budget, from_config, quantise_inr
 from nvp_export.inr.fit import FitConfig, clip_psnr, fit
 from nvp_rt.atomic import atomic_write
-from nvp_rt.video import read_video
 
 SIZE, FRAMES = (320, 180), 64
 
 
 def point(video: str, bpp: float, embed_dim: int, fit_seconds: float) -> dict:
-    source, selection = RealClip(video, *SIZE, FRAMES).source()
-    frames, _ = read_video(source, selection)
+    frames = RealClip(video, *SIZE, FRAMES).read()
     target = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)
     row = {"video": video, "bpp": bpp, "embed_dim": embed_dim}
     try:

@@ -45,7 +45,6 @@ from nvp_export.route.adapter import finetune_for_task
 from nvp_export.route.task_aware import TaskAwareConfig, TaskAwareObjective, untrained_routes
 from nvp_export.zoo import load_backbone
 from nvp_rt.atomic import atomic_write
-from nvp_rt.video import read_video
 
 PRESET, SIZE, FRAMES = "efficientnet_lite0", (320, 180), 64
 TODAY = TaskAwareConfig()
@@ -53,8 +52,7 @@ WEIGHTS = {"stop 18": replace(TODAY, task=5e-4, feat=2e-4, ramp_epochs=0), "toda
 
 
 def point(video: str, bpp: float, fit_seconds: float) -> list[dict]:
-    source, selection = RealClip(video, *SIZE, FRAMES).source()
-    frames, _ = read_video(source, selection)
+    frames = RealClip(video, *SIZE, FRAMES).read()
     target = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(255)
     backbone = load_backbone(PRESET).eval()
     reference = backbone_outputs(backbone, frames)
