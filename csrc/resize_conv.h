@@ -8,7 +8,6 @@
 #pragma once
 
 #include <cstdint>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -50,12 +49,12 @@ struct Problem {
 };
 
 namespace detail {
+// Messages are built with std::to_string, not iostreams: formatting through a stringstream crashed
+// the interpreter on the lent H200's image (Ubuntu 24.04, GCC 13.3, Python 3.12), in _C and _C_cuda alike.
 inline std::string shape_str(const std::vector<int64_t>& s) {
-  std::ostringstream o;
-  o << "(";
-  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
-  o << (s.size() == 1 ? ",)" : ")");
-  return o.str();
+  std::string o = "(";
+  for (size_t i = 0; i < s.size(); ++i) o += (i ? ", " : "") + std::to_string(s[i]);
+  return o + (s.size() == 1 ? ",)" : ")");
 }
 }  // namespace detail
 
@@ -75,12 +74,9 @@ inline Problem make_problem(const std::vector<int64_t>& x, const std::vector<int
     throw std::invalid_argument("weight must be (C_out, C_in) or (C_out, C_in, 1, 1); got shape " +
                                 shape_str(weight));
   if (weight[0] <= 0) throw std::invalid_argument("weight has C_out = 0: shape " + shape_str(weight));
-  if (weight[1] != x[1]) {
-    std::ostringstream o;
-    o << "channel mismatch: x has C_in = " << x[1] << " but weight " << shape_str(weight) << " expects C_in = "
-      << weight[1];
-    throw std::invalid_argument(o.str());
-  }
+  if (weight[1] != x[1])
+    throw std::invalid_argument("channel mismatch: x has C_in = " + std::to_string(x[1]) + " but weight " +
+                                shape_str(weight) + " expects C_in = " + std::to_string(weight[1]));
   if (bias && !(bias->size() == 1 && (*bias)[0] == weight[0]))
     throw std::invalid_argument("bias must have shape (" + std::to_string(weight[0]) + ",) to match weight; got " +
                                 shape_str(*bias));
