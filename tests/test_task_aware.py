@@ -146,3 +146,27 @@ def test_nvp_export_adds_a_task_to_a_task_aware_file(task_aware, tmp_path):
     for task in ("cls", "later"):
         expected = route_outputs(out, backbone, task).numpy()
         assert np.abs(answers[task].logits - expected).max() <= 1e-4 * np.abs(expected).max(), task
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_a_task_aware_fit_trains_its_route_wherever_the_fit_runs(device):
+    """Fit, ridge start and finetune on ``device`` (the ridge start once mixed CUDA taps with a CPU Gram
+    matrix): the route it returns answers, recomputed from its arrays on the CPU, as its metrics say."""
+    from nvp_export.inr import config_for_budget, from_config
+    from nvp_export.inr.fit import FitConfig, fit
+    from nvp_export.route.task_aware import TaskAwareObjective
+
+    torch.manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    frames = torch.rand(4, 3, 64, 64)
+    inr = from_config(config_for_budget("hnerv", 64, 64, 4, params=30000))
+    backbone = load_backbone("efficientnet_lite0").eval()
+    objective = TaskAwareObjective(inr, frames, [backbone], TaskAwareConfig(start=0.0, finetune_epochs=5))
+    result = fit(inr, frames, FitConfig(epochs=3, time_limit_s=None, device=device, progress=False), objective)
+    (route,) = objective.finish(result.inr, frames)
+
+    adapter = MicroAdapter.from_arrays(route.adapter_spec(), route.adapter)
+    with torch.no_grad():
+        taps = result.inr.eval().decode(torch.arange(4), until=route.inr_tap)[route.inr_tap]
+        answers = backbone.suffix(adapter(taps), route.injection_point).argmax(1)
+        reference = backbone(backbone.preprocess(frames)).argmax(1)
+    assert route.metrics["top1_agreement"] == pytest.approx(float((answers == reference).double().mean()))

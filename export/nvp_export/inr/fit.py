@@ -200,7 +200,7 @@ def fit(
             parts = [
                 inr.run_stages(encoder(frames[s : s + 8]), until=tap)[tap]
                 if encoder is not None
-                else inr.decode(torch.arange(s, min(s + 8, n)), until=tap)[tap]
+                else inr.decode(torch.arange(s, min(s + 8, n), device=device), until=tap)[tap]
                 for s in range(0, n, 8)
             ]
         return torch.cat(parts)

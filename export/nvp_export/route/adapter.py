@@ -157,8 +157,8 @@ def fit_linear(
     plus ridge * mean(diag(X'X)) * |W|^2.
     """
     c_in, c_out = x.shape[1], y.shape[1]
-    gram = torch.zeros(c_in + 1, c_in + 1, dtype=torch.float64)
-    cross = torch.zeros(c_in + 1, c_out, dtype=torch.float64)
+    gram = torch.zeros(c_in + 1, c_in + 1, dtype=torch.float64, device=x.device)
+    cross = torch.zeros(c_in + 1, c_out, dtype=torch.float64, device=x.device)
     for start in range(0, x.shape[0], batch):
         xs = resize(x[start : start + batch], size).double()
         xs = xs.movedim(1, -1).reshape(-1, c_in)
@@ -167,7 +167,7 @@ def fit_linear(
         gram += xs.T @ xs
         cross += xs.T @ ys
     reg = ridge * gram.diagonal()[:-1].mean().clamp_min(1e-12)
-    gram[:-1, :-1] += reg * torch.eye(c_in, dtype=torch.float64)
+    gram[:-1, :-1] += reg * torch.eye(c_in, dtype=torch.float64, device=x.device)
     solution = torch.linalg.solve(gram, cross)
     return solution[:-1].T.float().contiguous(), solution[-1].float().contiguous()
 
