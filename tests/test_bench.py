@@ -317,10 +317,20 @@ def test_a_tiny_bench_run_writes_tables_and_charts(video, tmp_path):
         fit=FitConfig(epochs=2, time_limit_s=None, progress=False),
         adapter_epochs=1,
     )
+    aware = replace(spec, bpp=3.0, task_aware=True)  # the route fitted with the INR, inside the budget
     config = BenchConfig.quick(
-        latency=spec, accuracy=(spec,), repeats=3, crf_sweep=(30,), out=tmp_path / "out", store=video[1].root
+        latency=spec, accuracy=(spec, aware), repeats=3, crf_sweep=(30,), out=tmp_path / "out", store=video[1].root
     )  # EfficientNet-Lite0's graphs are already there
     results = run_bench(config)
+    points = {(p["pipeline"], p["bpp_budget"]): p for p in results["accuracy"]["points"] if "bpp_budget" in p}
+    nvp_aware, plain = points[("NVP", 3.0)], points[("NVP", 2.0)]
+    assert nvp_aware["routes_in_bpp"] and not plain["routes_in_bpp"]
+    route = nvp_aware["routes"]["cls"]
+    assert route["selected_by"].startswith("task-aware") and plain["routes"]["cls"]["selected_by"].startswith("CKA")
+    # The runtime, through the file's route, answers as the encoder's own torch figure said (a near-tie may flip
+    # one frame between ONNX Runtime and torch).
+    frames = spec.clip.frames
+    assert abs(nvp_aware["accuracy"]["cls"]["top1_agreement"] - route["top1_agreement_torch"]) <= 1 / frames + 1e-9
     rows = {r["pipeline"]: r for r in results["latency"]["rows"]}
     assert set(rows) == {"H.264 CPU", "INR full decode", "NVP"}
     for r in rows.values():

@@ -66,10 +66,13 @@ class VideoSpec:
     fit: FitConfig = field(default_factory=FitConfig)
     adapter_epochs: int = 30
     family: str = "hnerv"
+    # Classification routes fitted with the INR (nvp encode --for), inside the budget, instead of routed
+    # after encoding (nvp-export: CKA selection and adapter training on the finished INR, on top of it).
+    task_aware: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.clip.name}.{self.family}.bpp{self.bpp:g}"
+        return f"{self.clip.name}.{self.family}.bpp{self.bpp:g}" + (".for" if self.task_aware else "")
 
 
 @dataclass
@@ -78,7 +81,7 @@ class Video:
     source: Path  # lossless mp4 of the clip; a real clip's whole sample (``frames`` is its window)
     frames: np.ndarray  # uint8 (N, H, W, 3): the originals every pipeline is judged against
     nvp: Path
-    bpp: float  # of the encoded video (INR payload + manifest), before routes are added
+    bpp: float  # of the encoded file: INR payload + manifest, and its routes when they were fitted with it
     psnr: float
     epochs: int
     fit_seconds: float
@@ -145,19 +148,30 @@ def prepare_video(
         frames = write_clip(source, spec.clip)
     nvp_path = folder / f"{spec.name}.nvp"
     progress(f"encode {spec.name}")
-    config = EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit)
+    aware = {task.name: task.preset for task in spec.tasks} if spec.task_aware else {}
+    config = EncodeConfig(family=spec.family, bpp=spec.bpp, fit=spec.fit, tasks=aware)
     # overwrite: the benchmark's own file, from an earlier run
     report = encode_video(source, nvp_path, selection, config, store, overwrite=True)
     inr = load_nvp(nvp_path)
+    written = {r["task"]: r for r in report.routes}  # task-aware: already in the file, graphs in the store
     routes, infos = [], {}
     for task in spec.tasks:
-        progress(f"route {task.name} ({task.preset})")
         backbone = task.backbone()
-        build = _selected_route if task.point is None else _fitted_route
         key = backbone_key(backbone)
-        route, info = build(inr, frames, backbone, task, key, spec.adapter_epochs)
-        export_route_graphs(inr, backbone, route.injection_point, store)
-        routes.append(route)
+        if task.name in written:
+            r = written[task.name]
+            info = {
+                "tap": r["tap"],
+                "point": r["injection_point"],
+                "selected_by": "task-aware encoding (nvp encode --for)",
+                "top1_agreement_torch": r.get("top1_agreement"),
+            }
+        else:
+            progress(f"route {task.name} ({task.preset})")
+            build = _selected_route if task.point is None else _fitted_route
+            route, info = build(inr, frames, backbone, task, key, spec.adapter_epochs)
+            export_route_graphs(inr, backbone, route.injection_point, store)
+            routes.append(route)
         infos[task.name] = {
             **info,
             "backbone": key,
@@ -165,7 +179,8 @@ def prepare_video(
             "pretrained": backbone.pretrained,
             "weights_note": backbone.weights_note,
         }
-    replace_routes(nvp_path, routes)
+    if routes:
+        replace_routes(nvp_path, routes)
     return Video(
         spec, source, frames, nvp_path, report.bpp, report.psnr_quantised, report.epochs, report.fit_seconds, infos
     )

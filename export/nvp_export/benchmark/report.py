@@ -164,10 +164,15 @@ def _table2_of_clip(points: list[dict]) -> str:
             + " |" * (len(budgets) - 1)
         )
     psnrs = ", ".join(f"{b:g}: {next(p['psnr_db'] for p in matched if p['bpp_budget'] == b):.1f} dB" for b in budgets)
+    nvp_bytes = (
+        "the whole file, its route fitted with the INR and counted"
+        if all(p.get("routes_in_bpp") for p in matched)
+        else "the encoded file before routes were added"
+    )
     return (
         "\n".join(lines) + "\n\n- Top-1 agreement of EfficientNet-Lite0 (ImageNet weights) with itself on the "
-        "original frames, every frame of the clip; cells: agreement @ measured bpp (.nvp: whole encoded file "
-        "before routes; H.264: coded stream, CRF bisected to the .nvp's bpp); a path ignoring its input scores "
+        f"original frames, every frame of the clip; cells: agreement @ measured bpp (.nvp: {nvp_bytes}; "
+        "H.264: coded stream, CRF bisected to the .nvp's bpp); a path ignoring its input scores "
         "the constant answer's agreement.\n"
         f"- INR PSNR per budget: {psnrs}.\n"
     )

