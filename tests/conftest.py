@@ -61,10 +61,27 @@ def one_torch_thread():
 
 @pytest.fixture(autouse=True, scope="session")
 def model_store(tmp_path_factory):
-    """Graphs the tests export go to a throwaway store, never the user's ~/.cache/nvp (subprocesses inherit it)."""
-    path = tmp_path_factory.mktemp("model_store")
+    """Graphs the tests export go to a throwaway store, never the user's ~/.cache/nvp (subprocesses inherit it).
+
+    One store for the whole run, shared by pytest-xdist's workers too: graphs are keyed by architecture and
+    weights (presets without a checkpoint have seeded weights), so each is exported once per run. Exports are
+    most of the suite's time; the store's writes are atomic, so workers may race to write the same graph.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.getbasetemp().parent / "model_store"
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("model_store")
     os.environ["NVP_STORE"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def shared_store(model_store):
+    """The run's model store (see ``model_store``), for tests that export graphs themselves."""
+    from nvp_rt.store import ModelStore
+
+    return ModelStore(model_store)
 
 
 @pytest.fixture(autouse=True, scope="session")

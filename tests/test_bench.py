@@ -34,7 +34,6 @@ from nvp_export.route.task_cost import route_cost
 from nvp_export.zoo import load_backbone
 from nvp_rt.backends import SessionCache, resolve_backend
 from nvp_rt.nvpfile import Route, replace_routes
-from nvp_rt.store import ModelStore
 from nvp_rt.video import read_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
@@ -104,10 +103,10 @@ def test_adapter_graph_counts_resize_and_conv(rng):
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory):
+def video(tmp_path_factory, shared_store):
     """A random HNeRV video routed into EfficientNet-Lite0 (random adapter), its H.264 file and store."""
     d = tmp_path_factory.mktemp("bench")
-    store = ModelStore(d / "store")
+    store = shared_store
     torch.manual_seed(0)
     inr = from_config(make_config("hnerv", height=HEIGHT, width=WIDTH, num_frames=FRAMES, fc_dim=16)).eval()
     with torch.no_grad():
@@ -117,7 +116,7 @@ def video(tmp_path_factory):
     backbone = load_backbone("efficientnet_lite0")
     tap, point = "block1", "stage3"
     adapter = PathwayAdapter(inr.tap_shapes()[tap][0], backbone.point(point)).eval()
-    key = export_route_graphs(inr, backbone, point, store)
+    key = export_route_graphs(inr, backbone, point, store, full=True)
     route_arrays, route_meta = adapter.to_route()
     replace_routes(
         d / "clip.nvp", [Route("cls", key, tap, point, route_arrays, {"kind": "classification", **route_meta})]

@@ -16,7 +16,6 @@ from nvp_export.zoo import load_backbone
 from nvp_rt import nvpfile
 from nvp_rt.codec import decode_tensors
 from nvp_rt.nvpfile import NvpFile, NvpFormatError, Route, SegmentPayload, join_segments, replace_routes
-from nvp_rt.store import ModelStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 
@@ -51,12 +50,12 @@ def _write(path, inrs):
 
 
 @pytest.fixture(scope="module")
-def segmented(tmp_path_factory):
+def segmented(tmp_path_factory, shared_store):
     rng = np.random.default_rng()
     d = tmp_path_factory.mktemp("segments")
     lengths = [int(n) for n in rng.integers(3, 7, size=3)]
     stored = _write(d / "long.nvp", _segment_inrs("hnerv", lengths, int(rng.integers(1 << 16))))
-    store = ModelStore(d / "store")
+    store = shared_store
     backbone = load_backbone("efficientnet_lite0")
     torch.manual_seed(0)
     adapter = PathwayAdapter(stored[0].tap_shapes()[TAP][0], backbone.point(POINT)).eval()

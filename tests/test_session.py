@@ -52,10 +52,10 @@ def _write_video(path, inr):
 
 
 @pytest.fixture(scope="module")
-def video(tmp_path_factory):
+def video(tmp_path_factory, shared_store):
     """An HNeRV video with a route of every kind (random adapters: equality, not accuracy, is under test)."""
     d = tmp_path_factory.mktemp("session")
-    store = ModelStore(d / "store")
+    store = shared_store
     inr = _write_video(d / "clip.nvp", _random_inr("hnerv", 0))
     backbones, adapters, routes = {}, {}, []
     for task, (build, tap, point, hidden) in ROUTES.items():

@@ -222,8 +222,11 @@ def _postprocess_settings(backbone: Backbone) -> dict:
     return {} if threshold is None else {"threshold": threshold.default}
 
 
-def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: ModelStore, progress=None) -> str:
-    """The full graph, the description and the suffix graph from each of ``points``; returns the backbone key."""
+def export_backbone_graphs(
+    backbone: Backbone, points: Sequence[str], store: ModelStore, progress=None, full: bool = False
+) -> str:
+    """The description, the suffix graph from each of ``points`` and, if ``full``, the whole backbone's graph
+    (only the pixel pipelines ``nvp bench`` compares against run it: a route never does); returns the key."""
     if backbone.task not in OUTPUT_NAMES:
         raise ValueError(
             f"{backbone.name}: {backbone.task} backbones cannot be exported to ONNX yet "
@@ -234,9 +237,9 @@ def export_backbone_graphs(backbone: Backbone, points: Sequence[str], store: Mod
     h, w = backbone.preprocess.input_size
     t = backbone.preprocess.num_frames
     pixels = torch.zeros((2, 3, h, w) if t == 1 else (2, 3, t, h, w))
-    if ("backbone", key) not in store:
-        full = _ImageEmbeds(backbone) if backbone.task == "captioning" else backbone
-        store.put("backbone", key, _to_onnx(full, (pixels,), [STAGE_INPUT], outputs).SerializeToString())
+    if full and ("backbone", key) not in store:
+        model = _ImageEmbeds(backbone) if backbone.task == "captioning" else backbone
+        store.put("backbone", key, _to_onnx(model, (pixels,), [STAGE_INPUT], outputs).SerializeToString())
         if progress:
             progress(f"{backbone.name} full graph")
     if backbone.task == "captioning" and ("decoder", key) not in store:
@@ -293,10 +296,17 @@ def export_adapter_tail(store: ModelStore) -> None:
 
 
 def export_route_graphs(
-    inr: INR | SegmentedVideo, backbone: Backbone, point: str, store: ModelStore, stacked: bool = False, progress=None
+    inr: INR | SegmentedVideo,
+    backbone: Backbone,
+    point: str,
+    store: ModelStore,
+    stacked: bool = False,
+    progress=None,
+    full: bool = False,
 ) -> str:
-    """Everything a route of ``inr`` into ``backbone`` at ``point`` needs in the store; returns the backbone key."""
+    """Everything a route of ``inr`` into ``backbone`` at ``point`` needs in the store (and, if ``full``, the
+    whole backbone's graph for the pixel pipelines); returns the backbone key."""
     export_inr_graphs(inr, store, progress)
     if stacked:
         export_adapter_tail(store)
-    return export_backbone_graphs(backbone, [point], store, progress)
+    return export_backbone_graphs(backbone, [point], store, progress, full)

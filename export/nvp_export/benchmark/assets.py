@@ -26,7 +26,7 @@ from ..clips import ClipSpec, RealClip, write_clip
 from ..encode import EncodeConfig, encode_video
 from ..inr import load_nvp
 from ..inr.fit import FitConfig
-from ..onnx_export import backbone_key, export_route_graphs
+from ..onnx_export import backbone_key, export_backbone_graphs, export_route_graphs
 from ..route.adapt import AdaptConfig, adapt, to_file_route
 from ..route.multipathway import FitConfig as AdapterFitConfig
 from ..route.multipathway import PathwayAdapter, decode_clips, fit_adapter
@@ -172,6 +172,7 @@ def prepare_video(
             route, info = build(inr, frames, backbone, task, key, spec.adapter_epochs)
             export_route_graphs(inr, backbone, route.injection_point, store)
             routes.append(route)
+        export_backbone_graphs(backbone, [], store, full=True)  # the pixel pipelines run the whole backbone
         infos[task.name] = {
             **info,
             "backbone": key,

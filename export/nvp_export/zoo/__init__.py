@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import torch
+
 from ..backbone import Backbone
 from . import blip, clip_rn50, detr_r50, efficientnet_lite0, i3d_r50, resnet50, segformer_b0, slowfast_r50, vit_b_16
 from .reduced import REDUCED
@@ -33,13 +35,16 @@ __all__ = ["PRESETS", "REDUCED", "load_backbone", "WeightsError"]
 
 def load_backbone(name: str, weights: str | os.PathLike | None = None, reduced: bool = False) -> Backbone:
     """The preset ``name``, with the checkpoint ``weights`` if given, else the weights found locally;
-    ``reduced``: its reduced configuration (``zoo.reduced``)."""
+    ``reduced``: its reduced configuration (``zoo.reduced``).
+
+    Weights a preset has no checkpoint for are initialised from a fixed seed, without touching the
+    caller's random state: the same preset is then the same model in every process, so its graphs
+    (keyed by a hash of the weights) are exported into a model store once, not once per run.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown backbone {name!r}; presets: {', '.join(sorted(PRESETS))}")
-    if reduced:
-        if name not in REDUCED:
-            raise ValueError(
-                f"{name} has no reduced configuration; presets that have one: {', '.join(sorted(REDUCED))}"
-            )
-        return REDUCED[name](weights)
-    return PRESETS[name](weights=weights)
+    if reduced and name not in REDUCED:
+        raise ValueError(f"{name} has no reduced configuration; presets that have one: {', '.join(sorted(REDUCED))}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return REDUCED[name](weights) if reduced else PRESETS[name](weights=weights)
