@@ -8,7 +8,7 @@ For each video, rate and path, one .nvp file under the same fit budget:
   --source VIDEO`` (CKA selection + adapter training on the finished INR; the route is added on top of
   the budget). Without --plain-routes the plain rows give the viewing quality and pixel path only.
 
-Each file is then scored by ``nvp_export.fidelity.rate_accuracy.score_file``: its bpp from the size on
+Each file is then scored by ``nvp_export.benchmark.rate_accuracy.score_file``: its bpp from the size on
 disk, the route's top-1 agreement with EfficientNet-Lite0 (ImageNet weights) on the original frames,
 the full INR decode's, H.264 (libx264, one GOP) at the file's bpp, the constant answer, PSNR of both.
 The bench scores in torch, so its encodes skip the ONNX graphs the runtime would need.
@@ -43,9 +43,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from nvp_export.benchmark.rate_accuracy import chart, markdown, score_file
 from nvp_export.clips import ClipSpec, RealClip, write_clip
 from nvp_export.encode import EncodeConfig, encode_video
-from nvp_export.fidelity.rate_accuracy import chart, markdown, score_file
 from nvp_export.inr import load_nvp
 from nvp_export.inr.fit import FitConfig
 from nvp_export.zoo import load_backbone

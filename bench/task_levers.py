@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
+from nvp_export.benchmark.rate_accuracy import constant_answer
 from nvp_export.clips import RealClip
 from nvp_export.encode import INFO_BYTES
 from nvp_export.fidelity import h264
 from nvp_export.fidelity.agreement import fidelity
 from nvp_export.fidelity.pixel_paths import backbone_outputs
-from nvp_export.fidelity.rate_accuracy import constant_answer
 from nvp_export.inr import config_for_budget, from_config, quantise_inr
 from nvp_export.inr.fit import FitConfig, clip_psnr, fit
 from nvp_export.route.adapter import finetune_for_task
