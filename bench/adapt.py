@@ -21,9 +21,6 @@ frequent label: what a route ignoring its input scores).
 
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -39,7 +36,7 @@ from nvp_export.route.adapt import AdaptConfig, adapt, candidate_pairs, select_r
 from nvp_export.route.adapter import AdapterSpec
 from nvp_export.route.losses import FeatureLoss
 from nvp_export.zoo import load_backbone
-from nvp_rt.atomic import atomic_write
+from report import Run, make_parser
 
 TOP_FRACTIONS = (0.05, 0.1, 0.2)
 
@@ -179,7 +176,6 @@ def measure(video: str, fit_seconds: float, threads: int, backbone) -> dict:
         "inr_psnr_db": psnr,
         "inr_taps": inr.tap_shapes(),
         "threads": threads,
-        "machine": platform.processor() or platform.machine(),
         "default_run": {
             "seconds": default_seconds,
             "stage_seconds": default.seconds,
@@ -218,7 +214,7 @@ def summary(video: str, report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__, threads=2)
     parser.add_argument(
         "--videos",
         default="montage,bbb",
@@ -226,18 +222,16 @@ def main() -> None:
         f"({', '.join(REAL)}), comma-separated",
     )
     parser.add_argument("--fit-seconds", type=float, default=420.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    run = Run(args.out, "adapt", args.threads)
     backbone = load_backbone("efficientnet_lite0")
     reports = {}
     for video in args.videos.split(","):
         reports[video] = measure(video, args.fit_seconds, args.threads, backbone)
-        plot(reports[video], args.out / f"adapt_{video}.png")
+        plot(reports[video], run.out / f"adapt_{video}.png")
         print(summary(video, reports[video]), flush=True)
-    atomic_write(args.out / "adapt.json", json.dumps(reports, indent=1, default=str).encode())
+        run.write({"videos": reports})  # after each video: a run cut short keeps what it measured
 
 
 if __name__ == "__main__":

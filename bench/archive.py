@@ -18,9 +18,6 @@ shallowest INR tap at least as large as injection point stage5. Every query is o
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,9 +30,8 @@ import torch
 import nvp_rt
 from nvp_export.benchmark.library import LibrarySpec, RouteSpec, library_routes, write_library
 from nvp_export.zoo import load_backbone
-from nvp_rt.atomic import atomic_write
 from nvp_rt.store import ModelStore
-from resize_conv import machine
+from report import Run, make_parser
 
 POINT = "stage5"
 TARGET_FILES_PER_S_PER_CORE = 50
@@ -123,11 +119,9 @@ def cli_query(work: Path, store: ModelStore, actors: int) -> dict:
 
 
 def markdown(report: dict) -> str:
-    m, o = report["machine"], report["open_and_query"]
+    o = report["open_and_query"]
     lines = [
-        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, load average {report['load_average']} at start; "
-        f"ONNX Runtime {m['onnxruntime']}, 1 thread per actor. Library: {report['files']} files "
-        f"{report['video']}, route {report['route']}.",
+        f"1 thread per actor. Library: {report['files']} files {report['video']}, route {report['route']}.",
         "",
         "| measure | value | target |",
         "|---|---|---|",
@@ -149,9 +143,8 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__)
     p.add_argument("--files", type=int, default=200)
-    p.add_argument("--out", default="bench/results")
     p.add_argument(
         "--open-only",
         action="store_true",
@@ -159,14 +152,12 @@ def main() -> None:
     )
     args = p.parse_args()
     torch.set_num_threads(1)
-    load = [round(v, 2) for v in os.getloadavg()]
+    run = Run(args.out, "archive_open" if args.open_only else "archive", threads=1)
     work = Path(tempfile.mkdtemp(prefix="nvp-bench-archive-"))
     spec = LibrarySpec()
     print(f"building {args.files} files in {work} ...", file=sys.stderr)
     store, paths, tap = build(work, args.files, spec)
     report = {
-        "machine": machine(),
-        "load_average": load,
         "files": len(paths),
         "video": f"{spec.width}x{spec.height}, {spec.frames} frames, HNeRV fc_dim {spec.fc_dim}, random weights",
         "route": f"cls: INR {tap} -> efficientnet_lite0 @ {POINT}",
@@ -180,12 +171,8 @@ def main() -> None:
         with ray_runtime(num_cpus=2):
             report["ray_query"] = [ray_query(paths, store, n, work / f"q{n}.parquet") for n in (1, 2)]
         report["cli_query"] = [cli_query(work, store, n) for n in (1, 2)]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     table = markdown(report)
-    name = "archive_open" if args.open_only else "archive"
-    atomic_write(out / f"{name}.json", json.dumps(report, indent=1).encode())
-    atomic_write(out / f"{name}.md", table.encode())
+    run.write(report, table)
     print(table)
 
 

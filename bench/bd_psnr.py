@@ -21,28 +21,24 @@ JSON, markdown and PNG in --out.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
 import os
-import platform
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import bjontegaard
 from tqdm.auto import tqdm
 
-from nvp_export.charts import save_png
 from nvp_export.clips import RealClip
 from nvp_export.fidelity import h264
-from nvp_rt.atomic import atomic_write
 from nvp_rt.quality import psnr
+from report import Run, make_parser
 
 SIZE, FRAMES = (320, 180), 64
 ENCODERS = ("baseline", "current")
@@ -129,7 +125,7 @@ def bd(rows: list[dict], video: str, anchor_name: str, test_name: str) -> float 
     return float(bjontegaard.bd_psnr(ra, da, rt, dt, method="akima", require_matching_points=False))
 
 
-def chart(rows: list[dict], videos: list[str], path: Path, title: str) -> None:
+def chart(rows: list[dict], videos: list[str], title: str):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(videos), figsize=(5.5 * len(videos), 4.2), squeeze=False)
@@ -143,24 +139,22 @@ def chart(rows: list[dict], videos: list[str], path: Path, title: str) -> None:
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__, "bd_psnr")
     p.add_argument("--videos", default="bbb,bikes")
     p.add_argument("--bpp", default="0.3,0.5,0.75,1.0")
     p.add_argument("--fit-seconds", type=float, default=300.0, help="fit budget of every encode")
     p.add_argument("--baseline", default="5b7dd20", help="the commit whose encoder is the baseline")
-    p.add_argument("--out", type=Path, default=Path("bench/results/bd_psnr"))
     args = p.parse_args()
     videos, rates = args.videos.split(","), [float(b) for b in args.bpp.split(",")]
-    args.out.mkdir(parents=True, exist_ok=True)
-    site = baseline_site(args.baseline, args.out.resolve())
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, 2 encodes at a time"
-    started, rows = time.perf_counter(), [anchor(v, b) for v in tqdm(videos, desc="x264 anchors") for b in rates]
+    run = Run(args.out, "bd_psnr", threads=1)
+    site = baseline_site(args.baseline, run.out.resolve())
+    rows = [anchor(v, b) for v in tqdm(videos, desc="x264 anchors") for b in rates]
 
-    def save() -> str:
+    def save(figure=None) -> str:
         summary = {
             v: {
                 "baseline_vs_x264_db": bd(rows, v, "x264", "baseline"),
@@ -169,16 +163,7 @@ def main() -> None:
             }
             for v in videos
         }
-        result = {
-            "machine": machine,
-            "command": "python bench/bd_psnr.py " + " ".join(sys.argv[1:]),
-            "baseline": args.baseline,
-            "fit_seconds": args.fit_seconds,
-            "wall_seconds": time.perf_counter() - started,
-            "bd_psnr": summary,
-            "rows": rows,
-        }
-        atomic_write(args.out / "bd_psnr.json", json.dumps(result, indent=1).encode())
+        result = {"baseline": args.baseline, "fit_seconds": args.fit_seconds, "bd_psnr": summary, "rows": rows}
         lines = ["| video | target bpp | encoder | bpp | PSNR (dB) | epochs |", "|---" * 6 + "|"]
         for r in sorted(rows, key=lambda r: (r["video"], r["target_bpp"], r["encoder"])):
             cells = [r["video"], f"{r['target_bpp']:g}", r["encoder"]]
@@ -190,8 +175,9 @@ def main() -> None:
         lines += ["", "| video | baseline vs x264 | current vs x264 | current vs baseline |", "|---" * 4 + "|"]
         for v, s in summary.items():
             lines.append(f"| {v} | " + " | ".join("-" if d is None else f"{d:+.2f} dB" for d in s.values()) + " |")
-        table = f"Machine: {machine}; fit budget {args.fit_seconds:g} s per encode, one thread.\n\n" + "\n".join(lines)
-        atomic_write(args.out / "bd_psnr.md", (table + "\n").encode())
+        table = f"2 encodes at a time, one thread each; fit budget {args.fit_seconds:g} s per encode.\n\n"
+        table += "\n".join(lines)
+        run.write(result, table, figure)
         return table
 
     units = [(e, v, b) for v in videos for b in rates for e in ENCODERS]
@@ -200,10 +186,9 @@ def main() -> None:
         for row in tqdm(jobs, total=len(units), desc="encodes", unit="file"):
             rows.append(row)
             tqdm.write(json.dumps(row))
-            table = save()
+            save()
     title = f"INR alone, 320x180x64, {args.fit_seconds:g} s fits: baseline {args.baseline} vs current, x264 anchor"
-    chart(rows, videos, args.out / "bd_psnr.png", title)
-    print(table)
+    print(save(chart(rows, videos, title)))
 
 
 if __name__ == "__main__":

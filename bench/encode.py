@@ -12,11 +12,7 @@ and a rate-distortion chart to --out.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -24,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nvp_export.charts import save_png
 from nvp_export.clips import PHOTOS, ClipSpec, write_clip
 from nvp_export.encode import EncodeConfig, encode_video
 from nvp_export.inr import load_nvp
 from nvp_export.inr.fit import FitConfig
 from nvp_rt.quality import psnr
 from nvp_rt.video import read_video, write_video
+from report import Run, make_parser
 
 X264_CRFS = list(range(0, 52, 3))  # from lossless down; smooth pans need low CRFs to reach the INR's bpp
 
@@ -73,7 +69,7 @@ def decode_fps(path: Path, batch: int, repeats: int = 2) -> float:
     return repeats * inr.num_frames / (time.perf_counter() - start)
 
 
-def chart(results: list[dict], path: Path) -> None:
+def chart(results: list[dict]):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,10 +97,10 @@ def chart(results: list[dict], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
 
 
-def markdown(results: list[dict], meta: dict) -> str:
+def markdown(results: list[dict]) -> str:
     rows = [
         "| clip | family | params | PSNR quant (dB) | PSNR float (dB) | bpp | encode (s) | epochs | "
         "decode FPS b=1 | decode FPS b=8 | x264 PSNR @ same bpp (dB) |",
@@ -117,15 +113,11 @@ def markdown(results: list[dict], meta: dict) -> str:
             f"{r['psnr_float']:.2f} | {r['bpp']:.4f} | {r['encode_seconds']:.0f} | {r['epochs']} | "
             f"{r['decode_fps_batch1']:.1f} | {r['decode_fps_batch8']:.1f} | {x} |"
         )
-    return (
-        f"# Encode benchmark\n\n{meta['machine']}; torch threads {meta['threads']}; command `{meta['command']}`\n\n"
-        + "\n".join(rows)
-        + "\n"
-    )
+    return "# Encode benchmark\n\n" + "\n".join(rows) + "\n"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__, "encode", threads=2)
     p.add_argument("--clips", nargs="+", default=list(PHOTOS), choices=PHOTOS)
     p.add_argument("--family", default="hnerv", choices=["hnerv", "nerv"])
     p.add_argument("--bpp", type=float, help="budget (default: nvp encode's)")
@@ -136,10 +128,8 @@ def main() -> None:
         default=FitConfig.time_limit_s,
         help="training time budget per clip (s); 0: epochs only",
     )
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size", default="320x180")
     p.add_argument("--frames", type=int, default=64)
-    p.add_argument("--out", type=Path, default=Path("bench/results/encode"))
     p.add_argument(
         "--reuse",
         action="store_true",
@@ -149,13 +139,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     width, height = (int(v) for v in args.size.split("x"))
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores visible "
-        f"(shared with other jobs), torch {torch.__version__}",
-        "threads": args.threads,
-        "command": " ".join(["python", *sys.argv]),
-    }
+    run = Run(args.out, "encode", args.threads)
     previous = {}
     if args.reuse and (args.out / "encode.json").exists():
         previous = {r["clip"]: r for r in json.loads((args.out / "encode.json").read_text())["results"]}
@@ -206,10 +190,8 @@ def main() -> None:
         )
         print(json.dumps({k: v for k, v in results[-1].items() if k not in ("x264", "fit_config")}), flush=True)
         # Written after every clip, so a long run that is stopped still leaves its finished clips.
-        (args.out / "encode.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-        (args.out / "encode.md").write_text(markdown(results, meta))
-        chart(results, args.out / "encode.png")
-    print(markdown(results, meta))
+        run.write({"results": results}, markdown(results), chart(results))
+    print(markdown(results))
 
 
 if __name__ == "__main__":

@@ -18,26 +18,21 @@ JSON + markdown + PNG in --out (default bench/results).
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from nvp_export.charts import save_png
 from nvp_export.clips import ClipSpec, make_clip
 from nvp_export.fidelity.pixel_paths import compare_pixel_paths, payload_bpp
 from nvp_export.inr import load_nvp
 from nvp_export.route.adapt import AdaptConfig, adapt
 from nvp_export.route.joint import JointConfig, joint_route
 from nvp_export.zoo import load_backbone
-from nvp_rt.atomic import atomic_write
 from nvp_rt.nvpfile import NvpFile
 from nvp_rt.video import read_video
+from report import Run, make_parser
 
 
 def source_frames(nvp: NvpFile, source: str | None):
@@ -50,7 +45,7 @@ def source_frames(nvp: NvpFile, source: str | None):
         raise SystemExit(f"{name} is not a clip made by nvp_export.clips; pass --source") from None
 
 
-def plot(report: dict, path: Path) -> None:
+def chart(report: dict):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,7 +74,7 @@ def plot(report: dict, path: Path) -> None:
     b.legend()
     fig.suptitle(f"{report['clip']}, EfficientNet-Lite0, threads={report['threads']}", fontsize=10)
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
 
 
 def markdown(report: dict) -> str:
@@ -108,15 +103,13 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = make_parser(__doc__, threads=2)
     parser.add_argument("--nvp", required=True, help="an encoded 320x180 clip (nvp encode)")
     parser.add_argument("--source", help="its source video (default: made again from the manifest's clip name)")
     parser.add_argument("--joint-epochs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    run = Run(args.out, "joint", args.threads)
 
     nvp = NvpFile.open(args.nvp)
     inr = load_nvp(args.nvp)
@@ -126,8 +119,6 @@ def main() -> None:
         "clip": nvp.manifest["video"]["source"],
         "nvp": str(args.nvp),
         "threads": args.threads,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "torch": torch.__version__,
         "inr_psnr_db": nvp.manifest.get("metrics", {}).get("psnr_quantised_db"),
         "payload_bpp": payload_bpp(nvp),
         "strategies": [],
@@ -182,9 +173,7 @@ def main() -> None:
         }
         print(f"[{key}] {joint.summary()}", flush=True)
 
-    atomic_write(args.out / "joint.json", json.dumps(report, indent=1, default=str).encode())
-    atomic_write(args.out / "joint.md", markdown(report).encode())
-    plot(report, args.out / "joint.png")
+    run.write(report, markdown(report), chart(report))
     print(markdown(report))
 
 

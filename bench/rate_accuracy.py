@@ -8,7 +8,7 @@ For each video, rate and path, one .nvp file under the same fit budget:
   --source VIDEO`` (CKA selection + adapter training on the finished INR; the route is added on top of
   the budget). Without --plain-routes the plain rows give the viewing quality and pixel path only.
 
-Each file is then scored by ``nvp_export.fidelity.rate_accuracy.score_file``: its bpp from the size on
+Each file is then scored by ``nvp_export.benchmark.rate_accuracy.score_file``: its bpp from the size on
 disk, the route's top-1 agreement with EfficientNet-Lite0 (ImageNet weights) on the original frames,
 the full INR decode's, H.264 (libx264, one GOP) at the file's bpp, the constant answer, PSNR of both.
 The bench scores in torch, so its encodes skip the ONNX graphs the runtime would need.
@@ -28,11 +28,8 @@ JSON, markdown and PNG in --out.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -43,16 +40,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from nvp_export.benchmark.rate_accuracy import chart, markdown, score_file
 from nvp_export.clips import ClipSpec, RealClip, write_clip
 from nvp_export.encode import EncodeConfig, encode_video
-from nvp_export.fidelity.rate_accuracy import chart, markdown, score_file
 from nvp_export.inr import load_nvp
 from nvp_export.inr.fit import FitConfig
 from nvp_export.zoo import load_backbone
-from nvp_rt.atomic import atomic_write
 from nvp_rt.nvpfile import NvpFile
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
+from report import Run, make_parser
 
 PRESET = "efficientnet_lite0"
 TASK = "cls"
@@ -111,43 +108,30 @@ def encode_point(video: str, bpp: float, path: str, fit_seconds: float, plain_ro
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__, "rate_accuracy")
     p.add_argument("--videos", default="bbb,bikes,montage")
     p.add_argument("--bpp", default="0.05,0.1,0.25,0.5")
     p.add_argument("--paths", default=",".join(PATHS), help=f"any of {', '.join(PATHS)}")
     p.add_argument("--plain-routes", action="store_true", help="route the plain encodes with nvp-export")
     p.add_argument("--fit-seconds", type=float, default=100.0, help="fit budget of every encode")
     p.add_argument("--jobs", type=int, default=2, help="encodes at a time, one thread each")
-    p.add_argument("--out", type=Path, default=Path("bench/results/rate_accuracy"))
     args = p.parse_args()
     paths = args.paths.split(",")
     if not set(paths) <= set(PATHS):
         p.error(f"--paths: choose from {', '.join(PATHS)}")
     videos, rates = args.videos.split(","), [float(b) for b in args.bpp.split(",")]
-    args.out.mkdir(parents=True, exist_ok=True)
+    run = Run(args.out, "rate_accuracy", threads=1)
     # Every path's first rate before any path's second: a run cut short still has each path's curve begun.
     units = [(v, b, path) for path in paths for b in rates for v in videos]
     order = {u: k for k, u in enumerate(sorted(units, key=lambda u: (videos.index(u[0]), u[1], paths.index(u[2]))))}
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs (shared), "
-        f"{args.jobs} encodes at a time, 1 thread each"
-    )
-    started, rows = time.perf_counter(), list[dict]()
+    rows = list[dict]()
 
     def save() -> str:
         """JSON and markdown of the points so far (after each one: a run cut short keeps what it measured)."""
         rows.sort(key=lambda r: order[(r["video"], r["target_bpp"], r["path"])])
-        result = {
-            "machine": machine,
-            "command": "python bench/rate_accuracy.py " + " ".join(sys.argv[1:]),
-            "fit_seconds": args.fit_seconds,
-            "wall_seconds": time.perf_counter() - started,
-            "load_average": os.getloadavg(),
-            "rows": rows,
-        }
-        atomic_write(args.out / "rate_accuracy.json", json.dumps(result, indent=1).encode())
-        table = f"Machine: {machine}; fit budget {args.fit_seconds:g} s per encode.\n\n" + markdown(rows)
-        atomic_write(args.out / "rate_accuracy.md", table.encode())
+        table = f"{args.jobs} encodes at a time, 1 thread each; fit budget {args.fit_seconds:g} s per encode.\n\n"
+        table += markdown(rows)
+        run.write({"jobs": args.jobs, "fit_seconds": args.fit_seconds, "rows": rows}, table)
         return table
 
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
@@ -161,7 +145,7 @@ def main() -> None:
     title = (
         f"EfficientNet-Lite0 agreement with its answers on the original frames, 320x180x64, {args.fit_seconds:g} s fits"
     )
-    chart(rows, args.out / "rate_accuracy.png", title)
+    chart(rows, run.out / "rate_accuracy.png", title)
     print(table)
 
 

@@ -15,15 +15,10 @@ bandwidth against the device's measured copy bandwidth.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -33,8 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 from tqdm import tqdm
 
 import nvp_rt
-from nvp_export.charts import save_png
 from nvp_rt import ops
+from report import Run, make_parser
 
 # (name, input shape, C_out, (Ho, Wo)): INR taps feeding backbone stage inputs.
 SHAPES = [
@@ -223,29 +218,6 @@ def bench_cuda(iters: int, warmup: int) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "kernel_isa": ops.cpu_capability(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "nvp": nvp_rt.__version__,
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def markdown(rows: list[Row], threads: int) -> str:
     lines = [
         f"CPU, {threads} threads, median ms (fused IQR); ratio = other / fused",
@@ -265,7 +237,7 @@ def markdown(rows: list[Row], threads: int) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[Row], threads: int, path: Path) -> None:
+def chart(rows: list[Row], threads: int):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,19 +254,18 @@ def plot(rows: list[Row], threads: int, path: Path) -> None:
     ax.set_title(f"resize + 1x1 conv on CPU, {threads} threads")
     ax.legend()
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser = make_parser(__doc__, threads=os.cpu_count())
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=3, help="unrecorded calls at the start of each block")
-    parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
 
+    run = Run(args.out, "resize_conv", args.threads)
     rows = bench_cpu(args.threads, args.iters, args.warmup)
-    report = {"machine": machine(), "threads": args.threads, "iters": args.iters, "cpu": [asdict(r) for r in rows]}
+    report = {"threads": args.threads, "iters": args.iters, "cpu": [asdict(r) for r in rows]}
     print(markdown(rows, args.threads))
     if nvp_rt.cuda_is_available() and torch.cuda.is_available():
         report["cuda"] = bench_cuda(args.iters, args.warmup)
@@ -309,11 +280,8 @@ def main() -> None:
             )
     else:
         print("\nCUDA: skipped (no CUDA device or nvp built without CUDA)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "resize_conv.json").write_text(json.dumps(report, indent=2))
-    (args.out / "resize_conv.md").write_text(markdown(rows, args.threads) + "\n")
-    plot(rows, args.threads, args.out / "resize_conv.png")
-    print(f"\nwrote {args.out}/resize_conv.{{json,md,png}}")
+    run.write(report, markdown(rows, args.threads), chart(rows, args.threads))
+    print(f"\nwrote {run.out}/resize_conv.{{json,md,png}}")
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ as its checkpoint stores it (quantised; no frame encoder) with a fresh frame enc
 of 256 and 4096 frames, segments of 64 frames fitted one epoch each (too few steps for the mean-frame check to
 refuse them): the driver holds no frames, so it should not grow with the length.
 
-Results: bench/results/segments_{cuts,warm,rss}.json, and a line per measurement on stdout.
+Results: bench/results/segments_{cuts,warm,rss,scaling}.json (--out), and a line per measurement on stdout.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -45,8 +44,8 @@ from nvp_export.inr.fit import FitConfig, fit  # noqa: E402
 from nvp_rt.nvpfile import NvpFile  # noqa: E402
 from nvp_rt.quality import psnr  # noqa: E402
 from nvp_rt.video import FrameSelection, read_video  # noqa: E402
+from report import Run, make_parser  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 SIZE = (320, 180)
 
 
@@ -214,7 +213,7 @@ def scaling(args) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__)
     sub = p.add_subparsers(dest="what", required=True)
     c = sub.add_parser("cuts")
     c.add_argument("--seconds", type=float, default=400.0, help="total fit time of each plan")
@@ -240,12 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--segment-frames", type=int, default=256)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    runs = {"cuts": run_cuts, "warm": run_warm, "rss": driver_rss, "driver": driver, "scaling": scaling}
-    rows = runs[args.what](args)
-    if args.what == "driver":
+    if args.what == "driver":  # a child of rss: its line on stdout is the result
+        driver(args)
         return 0
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"segments_{args.what}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    run = Run(args.out, f"segments_{args.what}", threads=1)
+    runs = {"cuts": run_cuts, "warm": run_warm, "rss": driver_rss, "scaling": scaling}
+    run.write({"args": vars(args), "rows": runs[args.what](args)})
     return 0
 
 

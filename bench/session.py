@@ -22,7 +22,6 @@ given below (deep points: most of each backbone is skipped, as NVP intends).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -41,17 +40,15 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import nvp_rt  # noqa: E402
-from nvp_export.charts import save_png  # noqa: E402
 from nvp_export.encode import DEFAULT_BPP  # noqa: E402
 from nvp_export.inr import config_for_budget, from_config  # noqa: E402
 from nvp_export.inr.store import quantise_inr, save_nvp  # noqa: E402
 from nvp_export.onnx_export import export_route_graphs  # noqa: E402
 from nvp_export.route.multipathway import PathwayAdapter  # noqa: E402
 from nvp_export.zoo import load_backbone, slowfast_r50  # noqa: E402
-from nvp_rt.atomic import atomic_write  # noqa: E402
 from nvp_rt.nvpfile import Route, replace_routes  # noqa: E402
 from nvp_rt.store import ModelStore  # noqa: E402
-from resize_conv import machine  # noqa: E402
+from report import Run, make_parser  # noqa: E402
 
 CLIP = 8  # frames per query: one SlowFast 8x8 clip, and the frames classification and detection answer on
 ROUTES = {  # task -> (backbone builder, injection point)
@@ -122,12 +119,12 @@ print(json.dumps({"import_open_ms": (t1 - t0) * 1e3, "first_ms": (t2 - t1) * 1e3
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__)
     p.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the video")
     p.add_argument("--frames", type=int, default=32, help="frames in the video")
     p.add_argument("--runs", type=int, default=15)
-    p.add_argument("--out", default="bench/results")
     args = p.parse_args()
+    run = Run(args.out, "session")
     size = tuple(int(v) for v in args.size.split("x"))
     work = Path(tempfile.mkdtemp(prefix="nvp-bench-session-"))
     store = ModelStore(work / "store")
@@ -174,7 +171,6 @@ def main() -> None:
 
     sum_single = sum(s["median_ms"] for s in single.values())
     report = {
-        "machine": machine(),
         "video": {"size": list(size), "frames": args.frames, "inr": inr.config_dict()},
         "note": "INR and adapters have random weights (latency does not depend on values); detection and action "
         "backbones are randomly initialised offline",
@@ -195,12 +191,9 @@ def main() -> None:
         },
         "cold_new_process": {**process, "first_over_warm": process["first_ms"] / process["warm_ms"]},
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "session.json", json.dumps(report, indent=1).encode())
     lines = [
-        f"Session latency, {size[0]}x{size[1]}, {CLIP} frames per query; {report['machine']['cpu']}, "
-        f"{report['machine']['logical_cpus']} logical CPUs. {report['note']}.",
+        f"Session latency, {size[0]}x{size[1]}, {CLIP} frames per query; ONNX Runtime's default threads. "
+        f"{report['note']}.",
         "",
         "| query | median ms | IQR ms |",
         "|---|---|---|",
@@ -218,8 +211,6 @@ def main() -> None:
         f"{report['cold_in_process']['first_over_warm']:.2f}x, new process "
         f"{report['cold_new_process']['first_over_warm']:.2f}x (target <= 2x)",
     ]
-    atomic_write(out / "session.md", ("\n".join(lines) + "\n").encode())
-
     fig, ax = plt.subplots(figsize=(7, 3.2))
     names = [*single, "shared"]
     values = [*(s["median_ms"] for s in single.values()), shared["median_ms"]]
@@ -228,7 +219,7 @@ def main() -> None:
     ax.set_xlabel("median ms per query")
     ax.set_title(f"nvp_rt.Session, {size[0]}x{size[1]}, {CLIP} frames")
     fig.tight_layout()
-    save_png(fig, out / "session.png")
+    run.write(report, "\n".join(lines), fig)
     print("\n".join(lines))
 
 

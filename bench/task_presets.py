@@ -22,12 +22,8 @@ suffix alone), then compares its outputs with those of the original frames.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import platform
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,12 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from nvp_export.charts import save_png
 from nvp_export.route.multipathway import FitConfig
 from nvp_export.route.task_adapt import adapt_route
 from nvp_export.route.task_cost import macs, route_cost
 from nvp_export.zoo import PRESETS
-from nvp_rt.atomic import atomic_write
+from report import Run, make_parser
 
 TASK_PRESETS = ["slowfast_r50", "i3d_r50", "detr_r50", "segformer_b0", "blip"]
 RESOLUTIONS = {"180p": ((180, 320), (5, 2, 2)), "720p": ((720, 1280), (5, 4, 2, 2))}
@@ -165,9 +160,9 @@ def fidelity_rows(frames_per_preset: dict[str, int], epochs: int) -> list[dict]:
     return rows
 
 
-def markdown(costs: list[dict], fidelity: list[dict], machine: str) -> str:
+def markdown(costs: list[dict], fidelity: list[dict]) -> str:
     lines = [
-        f"# Task presets: adapter size, MACs, fidelity\n\nMachine: {machine}. MACs per sample "
+        "# Task presets: adapter size, MACs, fidelity\n\nMACs per sample "
         "(frame, or 32-frame clip for SlowFast/I3D), 1 MAC = 1 FLOP, resizes included.\n"
     ]
     for res in sorted({r["resolution"] for r in costs}):
@@ -197,7 +192,7 @@ def markdown(costs: list[dict], fidelity: list[dict], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(costs: list[dict], path: Path) -> None:
+def chart(costs: list[dict]):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,20 +215,17 @@ def plot(costs: list[dict], path: Path) -> None:
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    save_png(fig, path)
+    return fig
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = make_parser(__doc__)
     ap.add_argument("--resolution", nargs="+", default=["720p", "180p"], choices=sorted(RESOLUTIONS))
     ap.add_argument("--fidelity", action="store_true", help="also adapt one route per preset and measure agreement")
     ap.add_argument("--epochs", type=int, default=30, help="adapter epochs in the fidelity run (paper: 30)")
-    ap.add_argument("--out", type=Path, default=Path("bench/results"))
     args = ap.parse_args()
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    machine = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
+    run = Run(args.out, "task_presets", torch.get_num_threads())
     text_macs = caption_macs()
     costs = [row for res in args.resolution for row in cost_table(res, text_macs)]
     # SlowFast/I3D: 64-frame clip of the reference workload -> 9 clips at stride 8 is too slow here;
@@ -243,14 +235,8 @@ def main() -> None:
         if args.fidelity
         else []
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        args.out / "task_presets.json",
-        json.dumps({"machine": machine, "costs": costs, "fidelity": fidelity}, indent=1).encode(),
-    )
-    atomic_write(args.out / "task_presets.md", markdown(costs, fidelity, machine).encode())
-    plot(costs, args.out / "task_presets.png")
-    print(markdown(costs, fidelity, machine))
+    run.write({"costs": costs, "fidelity": fidelity}, markdown(costs, fidelity), chart(costs))
+    print(markdown(costs, fidelity))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from nvp_export.cli import main as export_main
 from nvp_export.fidelity.clip_score import ClipScorer
 from nvp_export.inr import load_nvp
 from nvp_export.route.task_adapt import task_fidelity
+from nvp_export.weights import WeightsError
 from nvp_export.zoo import REDUCED
-from nvp_export.zoo.weights import WeightsError
 from nvp_rt.nvpfile import NvpFile
 from test_task_cli import ARGS, FRAMES, _write_video
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from skimage.transform import resize
 
+from nvp_export.benchmark.rate_accuracy import constant_answer, markdown
 from nvp_export.clips import REAL, RealClip
-from nvp_export.fidelity.rate_accuracy import constant_answer, markdown
 from nvp_rt.video import FrameSelection, read_video
 
 

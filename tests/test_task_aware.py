@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import nvp_rt
+from nvp_export.benchmark.rate_accuracy import score_file
 from nvp_export.clips import ClipSpec, write_clip
 from nvp_export.fidelity.agreement import fidelity
-from nvp_export.fidelity.rate_accuracy import score_file
 from nvp_export.inr import load_nvp
 from nvp_export.route.adapter import AdapterSpec, MicroAdapter
 from nvp_export.route.task_aware import TaskAwareConfig, default_pair, untrained_routes
@@ -124,8 +124,8 @@ def test_nvp_export_adds_a_task_to_a_task_aware_file(task_aware, tmp_path):
     first route stay as they were, and a session answers both, the new one as its torch path does."""
     import shutil
 
+    from nvp_export.benchmark.rate_accuracy import route_outputs
     from nvp_export.cli import main as export_main
-    from nvp_export.fidelity.rate_accuracy import route_outputs
 
     clip, encoded = task_aware
     out = tmp_path / "clip.nvp"

@@ -14,6 +14,7 @@ import torch
 from transformers import DetrForObjectDetection, SegformerForSemanticSegmentation
 
 from clip_inr_standin import StandinINR
+from nvp_export.backbone import temporal_indices
 from nvp_export.fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
 from nvp_export.route.adapt import AdaptConfig
 from nvp_export.route.cka import CKAConfig, cka_matrix, linear_cka, positions, sample_clips, sample_indices
@@ -24,7 +25,6 @@ from nvp_export.route.multipathway import (
     decode_clips,
     fit_adapter,
     pathway_loss,
-    temporal_indices,
 )
 from nvp_export.route.task_adapt import adapt_route, adapt_task
 from nvp_export.route.task_cost import macs, route_cost
@@ -134,7 +134,7 @@ def test_detr_set_loss_is_permutation_invariant_and_lowest_at_its_own_prediction
     bb = backbones["detr_r50"]
     with torch.no_grad():
         out = bb(sample_input(bb))
-    targets = detr_r50.pseudo_targets(out, threshold=0.0)  # every query's own class and box
+    targets = bb.pseudo_targets(out, threshold=0.0)  # every query's own class and box
     own = bb.task_loss(out, targets)
     perm = [{k: v.flip(0) for k, v in t.items()} for t in targets]
     torch.testing.assert_close(bb.task_loss(out, perm), own)

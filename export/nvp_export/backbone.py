@@ -28,10 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+Features = torch.Tensor | Sequence[torch.Tensor]  # one tensor, or one per pathway
+
 __all__ = [
     "Preprocess",
     "InjectionPoint",
+    "MultiPathwayPoint",
     "Backbone",
+    "MultiPathwayBackbone",
+    "as_pathways",
+    "temporal_indices",
     "RandomWeightsWarning",
     "to_unit_frames",
     "classify",
@@ -99,6 +105,34 @@ class InjectionPoint:
     def pathway_frames(self) -> tuple[int | None, ...]:
         """Per pathway, its frame count; None for image features."""
         return tuple(s[1] if len(s) == 4 else None for s in self.pathway_shapes)
+
+
+@dataclass(frozen=True)
+class MultiPathwayPoint(InjectionPoint):
+    """An injection point carrying one tensor per pathway; ``shape`` is the tuple of their shapes."""
+
+    shape: tuple[tuple[int, ...], ...]  # type: ignore[assignment]  # one shape per pathway
+
+    @property
+    def channels(self) -> tuple[int, ...]:  # type: ignore[override]  # one per pathway
+        return tuple(s[0] for s in self.shape)
+
+    @property
+    def spatial_size(self) -> tuple[tuple[int, ...], ...]:  # type: ignore[override]  # one per pathway
+        return tuple(tuple(s[-2:]) for s in self.shape)
+
+    @property
+    def pathway_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(s) for s in self.shape)
+
+
+def as_pathways(features: Features) -> tuple[torch.Tensor, ...]:
+    return (features,) if isinstance(features, torch.Tensor) else tuple(features)
+
+
+def temporal_indices(num_frames: int, out_frames: int, device=None) -> torch.Tensor:
+    """The frames a pathway sampling ``out_frames`` of ``num_frames`` sees (pytorchvideo's PackPathway rule)."""
+    return torch.linspace(0, num_frames - 1, out_frames, device=device).long()
 
 
 def to_unit_frames(frames: Any) -> torch.Tensor:
@@ -287,3 +321,12 @@ class Backbone(nn.Module):
         pts = ", ".join(f"{p.name} {'x'.join(map(str, p.shape))}" for p in self.injection_points)
         params = f"{self.num_parameters() / 1e6:.2f}M params"
         return f"{self.name} ({self.task}, {params}): {self.weights_note}\n  injection points: {pts}"
+
+
+class MultiPathwayBackbone(Backbone):
+    """A ``Backbone`` whose stage boundaries may carry a tuple of tensors (one per pathway)."""
+
+    def _injection_point(self, name: str, features: Features) -> InjectionPoint:
+        if isinstance(features, torch.Tensor):
+            return super()._injection_point(name, features)
+        return MultiPathwayPoint(name, tuple(tuple(p.shape[1:]) for p in features))

@@ -32,10 +32,9 @@ from torch import nn
 from nvp_rt.prefix import STAGE_INPUT, STAGE_OUTPUT, architecture_key
 from nvp_rt.store import ModelStore
 
-from .backbone import Backbone
+from .backbone import Backbone, MultiPathwayPoint, temporal_indices
 from .inr import INR
 from .inr.segmented import SegmentedVideo
-from .route.multipathway import MultiPathwayPoint, temporal_indices
 
 __all__ = ["backbone_key", "export_inr_graphs", "export_backbone_graphs", "export_route_graphs", "OUTPUT_NAMES"]
 

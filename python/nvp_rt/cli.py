@@ -19,10 +19,12 @@ from .command import (
     UserError,
     add_overwrite_option,
     add_store_option,
+    add_unavailable_command,
     parse_frame_range,
     passive_openmp_waits,
     registered_commands,
     run_reporting_errors,
+    warn_unloadable,
 )
 from .nvpfile import ROUTES_SECTION, NvpFile
 from .outputs import check_output
@@ -205,10 +207,8 @@ def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.Argu
         add(sub)
     for name, summary in EXPORT_COMMANDS.items():
         if name not in sub.choices:
-            # No option characters: whatever follows, --help included, gets the one-line error.
-            missing = sub.add_parser(name, help=f"{summary} (needs the export side)", add_help=False, prefix_chars="\0")
-            missing.add_argument("arguments", nargs="*")
-            missing.set_defaults(run=_needs_export(name))
+            needs = f"nvp {name} needs the export side: pip install 'nvp[export]'"
+            add_unavailable_command(sub, name, f"{summary} (needs the export side)", needs)
 
     r = sub.add_parser("run", help="answer tasks on frames of a .nvp file; prints JSON")
     r.add_argument("file")
@@ -257,16 +257,11 @@ def build_parser(commands: dict[str, AddCommand] | None = None) -> argparse.Argu
     return p
 
 
-def _needs_export(name: str):
-    def run(args) -> None:
-        raise UserError(f"nvp {name} needs the export side: pip install 'nvp[export]'")
-
-    return run
-
-
 def main(argv: list[str] | None = None) -> int:
     passive_openmp_waits()  # the export side's commands import torch lazily, after this
-    args = build_parser().parse_args(argv)
+    commands = registered_commands()
+    args = build_parser(commands).parse_args(argv)
+    warn_unloadable(commands, args.command)
     return run_reporting_errors(f"nvp {args.command}", args.run, args)
 
 

@@ -4,7 +4,8 @@ Both the runtime's `nvp` and the export side's `nvp-export` report user mistakes
 line (``UserError``, ``run_reporting_errors``) and set OpenMP's wait policy before torch
 loads (``passive_openmp_waits``). The export side adds its torch-dependent subcommands
 (`nvp encode`, `nvp bench`) through the entry-point group ``nvp.commands``, declared in
-pyproject.toml: the runtime finds them here by name, so it never imports the export side.
+pyproject.toml: the runtime finds them here by name, so it never imports the export side. A
+plugin that fails to import costs only its own command (``UnloadableCommand``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from .backends import BackendUnavailableError
@@ -32,8 +34,55 @@ class UserError(ValueError):
 
 
 def registered_commands() -> dict[str, AddCommand]:
-    """The subcommands installed packages declare under ``nvp.commands``, by command name."""
-    return {ep.name: ep.load() for ep in entry_points(group=COMMANDS_GROUP)}
+    """The subcommands installed packages declare under ``nvp.commands``, by command name; one whose
+    plugin fails to import is an ``UnloadableCommand`` saying why."""
+    commands: dict[str, AddCommand] = {}
+    for ep in entry_points(group=COMMANDS_GROUP):
+        try:
+            commands[ep.name] = ep.load()
+        except Exception as e:  # whatever a plugin's import raises, the other commands must still run
+            commands[ep.name] = UnloadableCommand(ep.name, _load_failure(ep, e))
+    return commands
+
+
+def _load_failure(ep: EntryPoint, error: Exception) -> str:
+    dist = f", from {ep.dist.name} {ep.dist.version}" if ep.dist else ""
+    why = ": ".join([type(error).__name__, *str(error).splitlines()[:1]])
+    return f"plugin {ep.value!r}{dist} failed to import: {why}"
+
+
+@dataclass(frozen=True)
+class UnloadableCommand:
+    """The subcommand of a plugin that failed to import: running it fails with ``message``, one line;
+    every other command runs as usual, after that line as a warning (``warn_unloadable``)."""
+
+    name: str
+    reason: str  # names the plugin and its error
+
+    @property
+    def message(self) -> str:
+        return f"nvp {self.name} is unavailable: {self.reason}"
+
+    def __call__(self, subparsers: argparse._SubParsersAction[Any]) -> None:
+        add_unavailable_command(subparsers, self.name, f"unavailable: {self.reason}", self.message)
+
+
+def warn_unloadable(commands: dict[str, AddCommand], running: str) -> None:
+    """One line on stderr per command of ``commands`` whose plugin failed to import, but ``running``'s own."""
+    for name, add in commands.items():
+        if isinstance(add, UnloadableCommand) and name != running:
+            print(f"nvp: warning: {add.message}", file=sys.stderr)
+
+
+def add_unavailable_command(subparsers: argparse._SubParsersAction[Any], name: str, summary: str, error: str) -> None:
+    """A subcommand that cannot run here: whatever follows it, --help included, gets ``error`` in one line."""
+    command = subparsers.add_parser(name, help=summary, add_help=False, prefix_chars="\0")  # no option characters
+
+    def run(args) -> None:
+        raise UserError(error)
+
+    command.add_argument("arguments", nargs="*")
+    command.set_defaults(run=run)
 
 
 def parse_size(text: str) -> tuple[int, int]:

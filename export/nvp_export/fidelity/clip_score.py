@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
-from ..zoo.weights import WeightsError
+from ..weights import WeightsError
 
 __all__ = ["ClipScorer"]
 

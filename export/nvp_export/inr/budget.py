@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import INR, from_config, make_config, stored_bits
+from .base import INR
+from .config import from_config, make_config, stored_bits
 from .store import quantise_inr, save_nvp
 
 # Ever smaller variants of each family's defaults, tried in turn while a budget leaves fc_dim < PREFERRED_FC_DIM.

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from pytorch_msssim import ssim
 from tqdm.auto import tqdm
 
-from . import INR, HNeRV, HNeRVEncoder
+from .base import INR
+from .hnerv import HNeRV, HNeRVEncoder
 
 
 @dataclass

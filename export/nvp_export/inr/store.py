@@ -12,7 +12,8 @@ from nvp_rt.codec import decode_tensors, encode_tensors
 from nvp_rt.nvpfile import NvpFile, NvpFormatError, SegmentPayload, write_nvp
 from nvp_rt.prefix import payload_group
 
-from . import EMBEDDING_BITS, INR, WEIGHT_BITS, from_config, make_config
+from .base import INR
+from .config import EMBEDDING_BITS, WEIGHT_BITS, from_config, make_config
 from .segmented import SegmentedVideo
 
 

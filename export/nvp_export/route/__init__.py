@@ -3,7 +3,7 @@
 ``cka`` ranks (INR tap, injection point) pairs by linear CKA; ``adapter`` is the micro adapter
 (bilinear resize + 1x1 conv) and its closed-form fit; ``losses`` the feature-transfer loss;
 ``adapt`` selects and trains a classification route, ``task_adapt`` one for the other task
-presets; ``multipathway`` holds injection points that carry several tensors (SlowFast's
-pathways, a segmenter's scales) and their adapters; ``task_cost`` and ``flops`` count what a
+presets; ``multipathway`` the adapters of injection points that carry several tensors
+(SlowFast's pathways, a segmenter's scales); ``task_cost`` and ``flops`` count what a
 route costs; ``joint`` optimises the INR and a route's adapter together.
 """

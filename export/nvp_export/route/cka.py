@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from nvp_rt.atomic import atomic_write
 
+from ..backbone import temporal_indices
 from ..charts import save_png
-from .multipathway import temporal_indices
 
 __all__ = [
     "CKAConfig",

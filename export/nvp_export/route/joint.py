@@ -85,11 +85,9 @@ def classification_loss(backbone: Backbone, outputs: torch.Tensor, reference: to
 
 def detection_loss(backbone: Backbone, outputs: Outputs, reference: Outputs) -> torch.Tensor:
     """DETR's set loss (Hungarian matching; class CE + L1 + GIoU) against the original frames' confident detections."""
-    from ..zoo.detr_r50 import pseudo_targets
-
-    if not hasattr(backbone, "task_loss"):
-        raise ValueError(f"{backbone.name} is a detection backbone without a set loss (task_loss)")
-    return backbone.task_loss(outputs, pseudo_targets(reference))
+    if not (hasattr(backbone, "task_loss") and hasattr(backbone, "pseudo_targets")):
+        raise ValueError(f"{backbone.name} is a detection backbone without a set loss (task_loss, pseudo_targets)")
+    return backbone.task_loss(outputs, backbone.pseudo_targets(reference))
 
 
 # L_task per task kind (Backbone.task): (backbone, outputs, reference outputs on the original frames) -> scalar.

@@ -1,11 +1,9 @@
-"""Injection points whose features are several tensors, and the adapters that feed them.
+"""Adapters for injection points whose features are several tensors, and their fitting.
 
 Some backbones carry more than one tensor across a stage boundary: SlowFast's slow
 and fast pathways (different frame rates and channel widths), or a segmentation
-encoder whose decode head needs every earlier scale. Such a boundary is a
-``MultiPathwayPoint``: its ``shape`` is a tuple of per-pathway shapes.
-``MultiPathwayBackbone`` is a ``Backbone`` whose stages pass tuples of tensors
-and whose probed points say so; single-tensor backbones are untouched.
+encoder whose decode head needs every earlier scale. The interface for them,
+``MultiPathwayPoint`` and ``MultiPathwayBackbone``, is ``nvp_export.backbone``'s.
 
 A ``PathwayAdapter`` maps one INR tap to every pathway of a point with a micro
 adapter each (bilinear resize + 1x1 conv, as ``MicroAdapter``). Video pathways
@@ -17,7 +15,6 @@ all pathways.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -26,55 +23,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..backbone import Backbone, InjectionPoint
+from ..backbone import Features, InjectionPoint, MultiPathwayPoint, as_pathways, temporal_indices
 from .adapter import AdapterSpec, MicroAdapter, fit_linear
 from .losses import FeatureLoss
 
 __all__ = [
-    "MultiPathwayPoint",
-    "MultiPathwayBackbone",
-    "as_pathways",
     "PathwayAdapter",
     "decode_clips",
-    "temporal_indices",
     "FitConfig",
     "pathway_loss",
     "fit_adapter",
 ]
-
-Features = torch.Tensor | Sequence[torch.Tensor]
-
-
-@dataclass(frozen=True)
-class MultiPathwayPoint(InjectionPoint):
-    """An injection point carrying one tensor per pathway; ``shape`` is the tuple of their shapes."""
-
-    shape: tuple[tuple[int, ...], ...]  # type: ignore[assignment]  # one shape per pathway
-
-    @property
-    def channels(self) -> tuple[int, ...]:  # type: ignore[override]  # one per pathway
-        return tuple(s[0] for s in self.shape)
-
-    @property
-    def spatial_size(self) -> tuple[tuple[int, ...], ...]:  # type: ignore[override]  # one per pathway
-        return tuple(tuple(s[-2:]) for s in self.shape)
-
-    @property
-    def pathway_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(tuple(s) for s in self.shape)
-
-
-def as_pathways(features: Features) -> tuple[torch.Tensor, ...]:
-    return (features,) if isinstance(features, torch.Tensor) else tuple(features)
-
-
-class MultiPathwayBackbone(Backbone):
-    """A ``Backbone`` whose stage boundaries may carry a tuple of tensors (one per pathway)."""
-
-    def _injection_point(self, name: str, features: Features) -> InjectionPoint:
-        if isinstance(features, torch.Tensor):
-            return super()._injection_point(name, features)
-        return MultiPathwayPoint(name, tuple(tuple(p.shape[1:]) for p in features))
 
 
 class PathwayAdapter(nn.Module):
@@ -145,11 +104,6 @@ class PathwayAdapter(nn.Module):
             {"size": list(cast(MicroAdapter, a).spec.size), "frames": f} for a, f in zip(self.adapters, self.frames)
         ]
         return arrays, {"hidden": self.adapters[0].spec.hidden, "pathways": pathways}
-
-
-def temporal_indices(num_frames: int, out_frames: int, device=None) -> torch.Tensor:
-    """The frames a pathway sampling ``out_frames`` of ``num_frames`` sees (pytorchvideo's PackPathway rule)."""
-    return torch.linspace(0, num_frames - 1, out_frames, device=device).long()
 
 
 def decode_clips(inr, clips: torch.Tensor, tap: str) -> torch.Tensor:

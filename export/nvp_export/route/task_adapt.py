@@ -32,12 +32,12 @@ from tqdm.auto import tqdm
 
 from nvp_rt.nvpfile import Route as FileRoute
 
-from ..backbone import Backbone, to_unit_frames
+from ..backbone import Backbone, as_pathways, to_unit_frames
 from ..fidelity.clip_score import ClipScorer
 from ..fidelity.task_agreement import box_agreement, caption_agreement, mean_iou, relative_error
 from .adapt import AdaptConfig, candidate_pairs, storable
 from .cka import CKAMatrix, cka_matrix
-from .multipathway import FitConfig, PathwayAdapter, as_pathways, decode_clips, fit_adapter
+from .multipathway import FitConfig, PathwayAdapter, decode_clips, fit_adapter
 from .task_cost import RouteCost, route_cost
 
 __all__ = [

@@ -43,7 +43,7 @@ __all__ = ["TaskAwareConfig", "TaskAwareObjective", "default_pair", "untrained_r
 class TaskAwareConfig:
     start: float = 0.3  # fraction of the fit on reconstruction alone
     # Weights against HNeRV's MSE (about 1e-3 at 30 dB): the paper's 0.5 : 0.2 ratio, scaled so the
-    # answers are learnt at 0.7-1.0 dB of the picture. At 0.1 bpp, 150 s fits (bench/task_levers.py), 10x
+    # answers are learnt at 0.7-1.0 dB of the picture. At 0.1 bpp, 150 s fits (docs/encode.md, task levers), 10x
     # stop 18's 5e-4 / 2e-4 added 1.6 (bikes) and 14 (Big Buck Bunny) points of agreement; 5e-2 swamped
     # the reconstruction.
     task: float = 5e-3
@@ -51,7 +51,7 @@ class TaskAwareConfig:
     adapter_lr: float = 1e-3
     ramp_epochs: float = 3.0  # the task terms' weight grows linearly from 0 over this many epochs after they join
     # Adapter-only, on the stored INR's taps, keeping the state whose stored (8-bit) route agrees most.
-    # Against stop 18's 1e-3 over 100 epochs (last state kept): +6 to +12.5 points at 0.1 bpp (bench/task_levers.py).
+    # Against stop 18's 1e-3 over 100 epochs (last state kept): +6 to +12.5 points at 0.1 bpp (same run).
     finetune_epochs: int = 300
     finetune_lr: float = 1e-2
     max_adapter_percent: float = 1.0

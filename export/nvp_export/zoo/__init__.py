@@ -2,8 +2,9 @@
 
 One module per preset (architecture, preprocessing, named stages and injection points, where
 its weights come from); ``PRESETS`` maps names to their builders, ``reduced`` holds the small
-configurations tests use, ``weights`` the checkpoint loading they share. The ``Backbone``
-interface itself is ``nvp_export.backbone``: the INRs, routes and fidelity use it too.
+configurations tests use, ``torchvision_classifier`` the ImageNet classifiers with torchvision's
+parameter names. The ``Backbone`` interface itself is ``nvp_export.backbone`` and the checkpoint
+loading they share ``nvp_export.weights``: the INRs, routes and fidelity use them too.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Callable
 import torch
 
 from ..backbone import Backbone
+from ..weights import WeightsError
 from . import blip, clip_rn50, detr_r50, efficientnet_lite0, i3d_r50, resnet50, segformer_b0, slowfast_r50, vit_b_16
 from .reduced import REDUCED
-from .weights import WeightsError
 
 PRESETS: dict[str, Callable[..., Backbone]] = {
     "efficientnet_lite0": efficientnet_lite0.build,

@@ -26,9 +26,8 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, BlipConfig, BlipForConditionalGeneration
 
-from ..backbone import Preprocess
-from ..route.multipathway import MultiPathwayBackbone
-from .weights import WeightsError
+from ..backbone import MultiPathwayBackbone, Preprocess
+from ..weights import WeightsError
 
 __all__ = ["blip_config", "build", "BlipBackbone", "clip_frame_indices", "CLIP_FRAMES", "MAX_TOKENS"]
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbone import Backbone, Preprocess
-from .weights import load_exact, read_state_dict
+from ..weights import load_exact, read_state_dict
 
 PREPROCESS = Preprocess(
     input_size=(224, 224),

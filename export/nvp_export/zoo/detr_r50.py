@@ -14,7 +14,7 @@ as normalised (cx, cy, w, h); since preprocessing resizes the whole frame, they
 scale straight back to the original video's pixels in ``postprocess``.
 
 ``set_loss`` is DETR's Hungarian-matched set loss (transformers' implementation),
-usable as L_task against ``pseudo_targets`` from the original frames.
+usable as L_task against ``DetrBackbone.pseudo_targets`` of the original frames.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from transformers import DetrConfig, DetrForObjectDetection
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
 from ..backbone import Backbone, Preprocess
-from .weights import WeightsError, load_exact, read_state_dict
+from ..weights import WeightsError, load_exact, read_state_dict
 
-__all__ = ["coco_labels", "detr_config", "build", "DetrBackbone", "Detections", "pseudo_targets", "set_loss"]
+__all__ = ["coco_labels", "detr_config", "build", "DetrBackbone", "Detections", "set_loss"]
 
 # 16:9 like the reference clips, both sides divisible by 32 (DETR's stride); DETR trains at shortest side 800.
 INPUT_SIZE = (448, 800)
@@ -122,6 +122,12 @@ class DetrBackbone(Backbone):
         """L_task for joint optimisation: the set loss against ``pseudo_targets`` of the original frames."""
         return set_loss(outputs, targets, self.detr_config)
 
+    def pseudo_targets(self, outputs, threshold: float = 0.7) -> list[dict[str, torch.Tensor]]:
+        """Confident detections of the original frames as DETR training targets (normalised cx, cy, w, h)."""
+        logits, boxes = outputs
+        scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+        return [{"class_labels": l[s > threshold], "boxes": b[s > threshold]} for s, l, b in zip(scores, labels, boxes)]
+
     def postprocess(
         self, outputs, image_size: tuple[int, int] | None = None, threshold: float = 0.7
     ) -> list[Detections]:
@@ -178,13 +184,6 @@ def build(
     )
     backbone.detr_config = detr.config
     return backbone
-
-
-def pseudo_targets(outputs, threshold: float = 0.7) -> list[dict[str, torch.Tensor]]:
-    """Confident detections of the original frames as DETR training targets (normalised cx, cy, w, h)."""
-    logits, boxes = outputs
-    scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-    return [{"class_labels": l[s > threshold], "boxes": b[s > threshold]} for s, l, b in zip(scores, labels, boxes)]
 
 
 def set_loss(outputs, targets: list[dict[str, torch.Tensor]], config: DetrConfig) -> torch.Tensor:

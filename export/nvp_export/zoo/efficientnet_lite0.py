@@ -13,8 +13,8 @@ import os
 from torch import nn
 
 from ..backbone import Backbone, Preprocess
+from ..weights import load_exact, read_state_dict
 from .labels import imagenet_labels
-from .weights import load_exact, read_state_dict
 
 # (x*255 - 127)/128 == (x - 127/255) / (128/255)
 PREPROCESS = Preprocess(input_size=(224, 224), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)

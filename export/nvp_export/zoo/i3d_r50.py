@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..route.multipathway import MultiPathwayBackbone
+from ..backbone import MultiPathwayBackbone
 from .resnet3d import BasicHead, BasicStem, ResStage, action_backbone, init_like_pytorchvideo
 
 

@@ -141,9 +141,8 @@ def init_like_pytorchvideo(module: nn.Module) -> None:
 
 def action_backbone(name: str, net: nn.Module, config, weights, checkpoint: str):
     """A pytorchvideo-named action model as a Backbone of ``net.stages()``, Kinetics normalisation."""
-    from ..backbone import Preprocess
-    from ..route.multipathway import MultiPathwayBackbone
-    from .weights import load_exact, read_state_dict
+    from ..backbone import MultiPathwayBackbone, Preprocess
+    from ..weights import load_exact, read_state_dict
 
     if weights is not None:
         load_exact(net, read_state_dict(weights), str(weights))

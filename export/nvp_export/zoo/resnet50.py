@@ -13,7 +13,7 @@ import os
 from torch import nn
 
 from ..backbone import Backbone, Preprocess
-from .weights import torchvision_classifier
+from .torchvision_classifier import torchvision_classifier
 
 PREPROCESS = Preprocess(input_size=(224, 224))  # ImageNet mean/std
 # torchvision's file names for its V1 and V2 ImageNet weights, looked up in torch hub's cache.

@@ -22,9 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-from ..backbone import Preprocess
-from ..route.multipathway import MultiPathwayBackbone
-from .weights import WeightsError
+from ..backbone import MultiPathwayBackbone, Preprocess
+from ..weights import WeightsError
 
 __all__ = ["segformer_config", "build", "SegformerBackbone"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..route.multipathway import MultiPathwayBackbone, temporal_indices
+from ..backbone import MultiPathwayBackbone, temporal_indices
 from .resnet3d import BasicHead, BasicStem, ResStage, action_backbone, init_like_pytorchvideo
 
 

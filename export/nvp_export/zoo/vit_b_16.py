@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..backbone import Backbone, Preprocess
-from .weights import torchvision_classifier
+from .torchvision_classifier import torchvision_classifier
 
 PREPROCESS = Preprocess(input_size=(224, 224))  # ImageNet mean/std
 CACHED_NAMES = ("vit_b_16-c867db91.pth",)

@@ -1,4 +1,8 @@
-"""Loading a user's checkpoint safely: no pickle code runs, keys must match exactly."""
+"""Loading a user's checkpoint safely: no pickle code runs, keys must match exactly.
+
+The backbone presets (``zoo``) and the CLIP scorer (``fidelity.clip_score``) read their weights here;
+a checkpoint they cannot use is a ``WeightsError``, reported in one line.
+"""
 
 from __future__ import annotations
 
@@ -67,27 +71,3 @@ def find_cached(filenames: Sequence[str]) -> Path | None:
         if (cache / name).is_file():
             return cache / name
     return None
-
-
-def torchvision_classifier(
-    name: str, net: nn.Module, preprocess, weights: str | os.PathLike | None, cached_names: Sequence[str]
-):
-    """An ImageNet classifier defined with torchvision's parameter names, as a Backbone of ``net.stages()``.
-
-    Weights come from ``weights``, else a checkpoint found in the local caches, else none (random init).
-    """
-    from ..backbone import Backbone
-    from .labels import imagenet_labels
-
-    path = weights if weights is not None else find_cached(cached_names)
-    if path is not None:
-        load_exact(net, read_state_dict(path), str(path))
-    return Backbone(
-        name,
-        net.stages(),
-        preprocess,
-        task="classification",
-        labels=imagenet_labels(),
-        pretrained=path is not None,
-        weights_source=str(path) if path else f"pass weights=PATH to a torchvision {name} state dict",
-    )

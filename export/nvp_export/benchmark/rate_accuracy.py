@@ -19,10 +19,10 @@ import torch
 from nvp_rt.nvpfile import NvpFile
 
 from ..backbone import Backbone
+from ..fidelity.agreement import fidelity
+from ..fidelity.pixel_paths import backbone_outputs, compare_pixel_paths
 from ..inr import load_nvp
 from ..route.adapter import AdapterSpec, MicroAdapter
-from .agreement import fidelity
-from .pixel_paths import backbone_outputs, compare_pixel_paths
 
 __all__ = ["constant_answer", "route_outputs", "score_file", "markdown", "chart"]
 

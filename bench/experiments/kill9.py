@@ -1,7 +1,7 @@
 """kill -9 at many points of `nvp encode`, `nvp-export` and `nvp view`: is any file left corrupt, and
 does the next run leave temporary files behind? (targets: 0 and 0)
 
-    python bench/kill9.py [--points 20] [--work DIR]
+    python bench/experiments/kill9.py [--points 20] [--out DIR]
 
 Each command is first run to completion (its duration T and a valid output to damage); then, per
 point, it is started again over that output and killed with SIGKILL: at even points after a delay
@@ -14,13 +14,16 @@ or the model store.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/'s shared modules
+from report import Run, make_parser  # noqa: E402
+from tiny_clip import encode_command, export_command, write_tiny_clip  # noqa: E402
 
 TEMP_SUFFIX = ".nvp-tmp"
 
@@ -29,45 +32,8 @@ def commands(work: Path) -> dict[str, tuple[list[str], Path]]:
     py = sys.executable
     nvp, out = work / "clip.nvp", work / "view.mp4"
     return {
-        "encode": (
-            [
-                py,
-                "-m",
-                "nvp_rt.cli",
-                "encode",
-                str(work / "clip.mp4"),
-                "-o",
-                str(nvp),
-                "--params",
-                "60000",
-                "--epochs",
-                "3",
-                "--threads",
-                "1",
-                "-q",
-                "-y",
-            ],
-            nvp,
-        ),
-        "export": (
-            [
-                py,
-                "-m",
-                "nvp_export.cli",
-                "--task",
-                "efficientnet_lite0",
-                str(nvp),
-                "--epochs",
-                "1",
-                "--candidates",
-                "top",
-                "--top",
-                "0.05",
-                "-q",
-                "--no-compare-pixels",
-            ],
-            nvp,
-        ),
+        "encode": (encode_command(work / "clip.mp4", nvp, epochs=3), nvp),
+        "export": (export_command(nvp), nvp),
         "view": ([py, "-m", "nvp_rt.cli", "view", str(nvp), "-o", str(out), "-y"], out),
     }
 
@@ -116,23 +82,21 @@ def kill_at_write(proc: subprocess.Popen, work: Path, store: Path, extra: float)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__, "kill9")
     p.add_argument("--points", type=int, default=20, help="kills per command")
-    p.add_argument("--work", type=Path, default=Path("bench/results/kill9"))
     p.add_argument("--only", choices=["encode", "export", "view"], nargs="*")
     args = p.parse_args()
-    work = args.work.resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    run = Run(args.out, "kill9", threads=1)
+    work = run.out.resolve()
     store = work / "store"
     env = {**os.environ, "NVP_STORE": str(store), "OMP_NUM_THREADS": "1"}
     if not (work / "clip.mp4").exists():
-        from nvp_export.clips import ClipSpec, write_clip
-
-        write_clip(work / "clip.mp4", ClipSpec("chelsea", width=64, height=64, frames=8, seed=1))
+        write_tiny_clip(work / "clip.mp4")
     runs = commands(work)
     if not runs["encode"][1].exists():  # export and view need a file to work on
         subprocess.run(runs["encode"][0], env=env, check=True, capture_output=True)
     corrupt = left = kills = 0
+    points = []
     for name, (command, output) in runs.items():
         if args.only and name not in args.only:
             continue
@@ -153,13 +117,16 @@ def main() -> int:
             remaining = temporaries(work, store)
             left += len(remaining)
             when = "while writing" if at_write else f"at {delay:.1f} s of {duration:.1f} s"
+            points.append({"command": name, "killed": killed, "when": when, "intact": ok, "left": len(remaining)})
             print(
                 f"{name} point {k + 1}/{args.points}: {'killed' if killed else 'finished'} {when}; "
                 f"output {'intact' if ok else 'CORRUPT'}; {stale} temp file(s) after the kill, "
                 f"{len(remaining)} after the next run",
                 flush=True,
             )
-    print(f"{kills} kills: {corrupt} corrupt output(s), {left} temporary file(s) left after the next runs")
+    summary = f"{kills} kills: {corrupt} corrupt output(s), {left} temporary file(s) left after the next runs"
+    run.write({"kills": kills, "corrupt": corrupt, "temporaries_left": left, "points": points}, summary)
+    print(summary)
     return 1 if corrupt or left else 0
 
 

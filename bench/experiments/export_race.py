@@ -1,9 +1,9 @@
 """Concurrent route exports on one .nvp: how many routes are lost? (target: none)
 
-    python bench/export_race.py [--pairs 20] [--real] [--work DIR]
+    python bench/experiments/export_race.py [--pairs 20] [--real] [--out DIR]
 
 Each round starts two exporters on the same file at once, with different task names, and then
-counts the routes the file keeps. By default an exporter is ``bench/export_race.py --one``: it
+counts the routes the file keeps. By default an exporter is ``export_race.py --one``: it
 opens the file, "trains" for 0.3-0.8 s (a sleep) and adds its route with ``update_routes``, the
 step ``nvp-export`` ends with (``--baseline``: as it did before, from the routes read at its
 start: the control). ``--real`` runs the real ``nvp-export`` (tiny settings: 1 epoch of the
@@ -23,6 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from nvp_rt.nvpfile import NvpFile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/'s shared modules
+from report import Run, make_parser  # noqa: E402
+from tiny_clip import encode_command, export_command, write_tiny_clip  # noqa: E402
 
 
 def one_export(path: Path, task: str, seed: int, baseline: bool = False) -> None:
@@ -54,34 +58,13 @@ def make_file(work: Path) -> tuple[Path, Path]:
     """A tiny encoded clip (and its source, for --real)."""
     clip, out = work / "clip.mp4", work / "clip.nvp"
     if not out.is_file():
-        from nvp_export.clips import ClipSpec, write_clip
-
-        write_clip(clip, ClipSpec("chelsea", width=64, height=64, frames=8, seed=1))
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "nvp_rt.cli",
-                "encode",
-                str(clip),
-                "-o",
-                str(out),
-                "--params",
-                "60000",
-                "--epochs",
-                "5",
-                "--threads",
-                "1",
-                "-q",
-                "-y",
-            ],
-            check=True,
-        )
+        write_tiny_clip(clip)
+        subprocess.run(encode_command(clip, out, epochs=5), check=True)
     return clip, out
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = make_parser(__doc__, "export_race")
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--real", action="store_true", help="run the real nvp-export (slow)")
     p.add_argument(
@@ -89,42 +72,19 @@ def main() -> int:
         action="store_true",
         help="exporters as nvp-export was before the lock (routes read at the start): a control",
     )
-    p.add_argument("--work", type=Path, default=Path("bench/results/export_race"))
     p.add_argument("--one", nargs=4, metavar=("FILE", "TASK", "SEED", "BASELINE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
         one_export(Path(args.one[0]), args.one[1], int(args.one[2]), args.one[3] == "1")
         return 0
-    args.work.mkdir(parents=True, exist_ok=True)
-    clip, path = make_file(args.work)
-    lost, started = 0, time.perf_counter()
+    run = Run(args.out, "export_race", threads=1)
+    clip, path = make_file(run.out)
+    lost, rounds = 0, []
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in range(args.pairs):
         tasks = [f"r{k}a", f"r{k}b"]
         if args.real:
-            commands = [
-                [
-                    sys.executable,
-                    "-m",
-                    "nvp_export.cli",
-                    "--task",
-                    "efficientnet_lite0",
-                    "--name",
-                    t,
-                    str(path),
-                    "--source",
-                    str(clip),
-                    "--epochs",
-                    "1",
-                    "--candidates",
-                    "top",
-                    "--top",
-                    "0.05",
-                    "-q",
-                    "--no-compare-pixels",
-                ]
-                for t in tasks
-            ]
+            commands = [export_command(path, t, clip) for t in tasks]
         else:
             commands = [
                 [sys.executable, __file__, "--one", str(path), t, str(1000 * k + i), str(int(args.baseline))]
@@ -138,16 +98,31 @@ def main() -> int:
         have = {r.task for r in NvpFile.open(path).routes()}
         missing = [t for t in tasks if t not in have]
         lost += len(missing)
+        rounds.append({"exit_codes": [proc.returncode for proc in procs], "routes": len(have), "lost": missing})
         print(
-            f"round {k + 1}: exit codes {[proc.returncode for proc in procs]}, routes now {len(have)}, "
+            f"round {k + 1}: exit codes {rounds[-1]['exit_codes']}, routes now {len(have)}, "
             f"lost {missing or 'none'}" + (f"; errors: {failed}" if failed else ""),
             flush=True,
         )
-    temps = [p.name for p in args.work.iterdir() if p.name.endswith(".nvp-tmp")]
-    print(
-        f"{args.pairs} concurrent pairs in {time.perf_counter() - started:.0f} s: {lost} route(s) lost, "
-        f"{len(temps)} temporary file(s) left"
+    temps = [p.name for p in run.out.iterdir() if p.name.endswith(".nvp-tmp")]
+    kind = (
+        "real nvp-export runs"
+        if args.real
+        else "stand-in exporters" + (" (the pre-lock control)" if args.baseline else "")
     )
+    summary = f"{args.pairs} concurrent pairs of {kind}: {lost} route(s) lost, {len(temps)} temporary file(s) left"
+    run.write(
+        {
+            "pairs": args.pairs,
+            "real": args.real,
+            "baseline": args.baseline,
+            "lost": lost,
+            "temporaries": temps,
+            "rounds": rounds,
+        },
+        summary,
+    )
+    print(summary)
     return 1 if lost or temps else 0
 
 
