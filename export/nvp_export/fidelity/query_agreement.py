@@ -88,10 +88,11 @@ def query_agreement(
     want = _answers(backbone, reference_outputs, (h, w))
 
     routed = session.run([task], frames=range(n))[task]
-    if kind == "classification":
-        got = [int(row.argmax()) for row in routed.logits]
-    else:
-        got = [torch.from_numpy(b) for b in routed.boxes]
+    got: list[Any] = (
+        [int(row.argmax()) for row in routed.logits]
+        if kind == "classification"
+        else [torch.from_numpy(b) for b in routed.boxes]
+    )
 
     def pixel_path(decoded: np.ndarray, rate: float) -> PathScore:
         answers = _answers(backbone, _outputs(backbone, decoded), (h, w))
