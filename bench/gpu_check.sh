@@ -7,13 +7,15 @@
 #   kernel   fused resize + 1x1 vs torch's two ops, fp32/fp16, share of a copy of the same bytes (720p)
 #   session  Session(device="cuda") at 720p: cls frames/s, cls+det+act against the three alone
 #   h264     NVP against H.264 decoded by NVDEC (else by the CPU), classification of a random frame
-#   fit      fit steps/s at batch 1/8, bf16, torch.compile; the fastest from scratch to 33 dB
+#   fit      fit frames/s at batch 1/8 and bf16; the fastest from scratch to 33 dB (at most 120 s)
+#   compile  torch.compile (CUDA graphs) of the batch-8 bf16 fit against the same fit eager
 #   clips    1 and 4 fits sharing the GPU (as Ray tasks with num_gpus=0.25 would)
 #   tests    pytest -m cuda: the kernel's and the Session's CUDA tests
 # Each part runs in its own process under its own time limit and writes $OUT/<part>.json; one failing
 # or timing out leaves the others. The last lines are a table of the figures against the issue's
-# targets; $OUT also gets gpu_check.log (everything) and summary.md. Files back from $OUT are limited
-# to 8: setup.json, 5 parts, the log and the summary (the tests' outcome is in setup.json and the log).
+# targets; $OUT also gets gpu_check.log (everything). Files back from $OUT are limited to 8: setup.json,
+# the 6 parts' JSON and the log (the tests' outcome goes into setup.json; the table is the log's end,
+# and `python bench/gpu_check.py summary --out DIR` prints it again from the JSON).
 #
 #   bash bench/gpu_check.sh                 everything (the device call; see bench/gpu_carry.sh plan)
 #   bash bench/gpu_check.sh --build-only    setup's build alone (the first carry call does it)
@@ -23,7 +25,7 @@ set -uo pipefail  # no -e: a part that fails must not stop the others
 cd "$(dirname "$0")/.." || exit 2
 root="$PWD"
 
-cpu=0 build_only=0 parts="kernel session h264 fit clips tests"
+cpu=0 build_only=0 parts="kernel session h264 fit compile clips tests"
 while (($#)); do
   case "$1" in
     --cpu) cpu=1 ;;
@@ -39,8 +41,8 @@ work="${NVP_GPU_WORK:-$root/.carry/work}" # scratch the parts share (the 720p vi
 mkdir -p "$out" "$work"
 log="$out/gpu_check.log"
 exec > >(tee -a "$log") 2>&1
-# Seconds each part may take: 7 minutes in all, which leaves the build and setup inside 8.
-declare -A budget=([kernel]=40 [session]=100 [h264]=50 [fit]=140 [clips]=60 [tests]=60)
+# Seconds each part may take: 7.7 minutes in all, which leaves setup (ORT check, imports) inside 8.
+declare -A budget=([kernel]=35 [session]=90 [h264]=45 [fit]=150 [compile]=50 [clips]=50 [tests]=40)
 
 echo "== setup $(date -u +%FT%TZ)"
 if [[ -f .carry/env.sh ]]; then
@@ -112,7 +114,7 @@ flags=(--out "$out" --work "$work")
 ((cpu)) && flags+=(--cpu)
 for part in $parts; do
   case "$part" in
-    kernel | session | h264 | fit | clips) run_part "$part" python3 bench/gpu_check.py "$part" "${flags[@]}" ;;
+    kernel | session | h264 | fit | compile | clips) run_part "$part" python3 bench/gpu_check.py "$part" "${flags[@]}" ;;
     tests)
       if ((cpu)); then continue; fi
       # Crash-isolated (xdist workers): a test that kills the interpreter fails alone. The outcome is
@@ -138,5 +140,5 @@ EOF
 done
 echo "== parts"
 printf '  %s\n' "${status[@]}"
-echo "== summary ($out/summary.md)"
-python3 bench/gpu_check.py summary --out "$out" | tee "$out/summary.md"
+echo "== summary"
+python3 bench/gpu_check.py summary --out "$out"
