@@ -12,7 +12,8 @@ on the CPU with tiny shapes (a dry run of the Python side, on any machine); its 
   routes' injection points), and a device-to-device copy of the same bytes as the bandwidth reference.
 - session: ``nvp_rt.Session(device="cuda")`` on a 720p video (bench/session.py's: random INR and
   adapter weights, which latency does not depend on): classification frames/s, each task alone and
-  cls+det+act in one query, host copies of intermediate features during a query (0: they stay on the GPU).
+  cls+det+act in one query, host copies of intermediate features during a query (0: they stay on the GPU),
+  the adapters' synchronisation, and every task's logits against a CPU Session's.
 - h264: classification of a random frame, NVP on CUDA against H.264 decoded by NVDEC (h264_cuvid) with
   the backbone on CUDA where that decoder opens, else against the CPU pipeline (nvp bench's pipelines).
 - fit: frames/s of the 320x180x64 fit at batch 1 and 8 and in bf16; then the fastest setting from scratch
@@ -280,6 +281,14 @@ def part_session(scale: Scale, work: Path) -> dict:
         patch.object(session_module._OrtCudaArray, "numpy", counting(session_module._OrtCudaArray.numpy)),
     ):
         s.run(tasks, frames=frames)
+    # The same answers as the CPU's (ONNX Runtime's CUDA convolutions may use TF32: ~1e-3 relative).
+    agreement = None
+    if not scale.cpu:
+        got = s.run(tasks, frames=frames)
+        want = nvp_rt.Session(path, device="cpu", store=store).run(tasks, frames=frames)
+        agreement = {
+            t: float(np.abs(got[t].logits - want[t].logits).max() / np.abs(want[t].logits).max()) for t in tasks
+        }
     sum_single = sum(v["median_ms"] for v in single.values())
     providers = sorted({p for g in s._graphs.values() for p in g.get_providers()[:1]})
     return {
@@ -298,6 +307,7 @@ def part_session(scale: Scale, work: Path) -> dict:
         "shared_steps_median_ms": {k: statistics.median(t[k] for t in steps) * 1e3 for k in steps[0]},
         "host_copies_of_features_per_query": host_copies["n"],
         "kernel_sync_ms": statistics.median(sync_seconds) * 1e3,
+        "max_rel_err_vs_cpu": agreement,
     }
 
 
@@ -526,6 +536,10 @@ def summary(out: Path) -> str:
             add("Session cls frames/s", f"{r['cls_frames_per_s']:.0f} ({r['cls_batch']} a query)", ">= 1000")
             add("cls+det+act / sum alone", f"{r['sharing_ratio']:.2f}", "<= 0.7")
             add("host copies of features a query", str(r["host_copies_of_features_per_query"]), "0")
+            add("kernel syncs a shared query", f"{r['kernel_sync_ms']:.2f} ms")
+            if r["max_rel_err_vs_cpu"]:
+                errors = ", ".join(f"{t} {e:.1e}" for t, e in r["max_rel_err_vs_cpu"].items())
+                add("CUDA logits against the CPU's (max rel err)", errors, "~1e-3 (TF32)")
         elif part == "h264":
             p = r["pipelines"]
             nvp, h264 = p["nvp"]["total"]["median"], p["h264"]["total"]["median"]
