@@ -38,9 +38,10 @@ def make_wheel(folder: Path, payload: bytes) -> Path:
     return path
 
 
-def carry(command: str, folder: Path, wheels: Path | None = None) -> subprocess.CompletedProcess:
+def carry(command: str, folder: Path, wheels: Path | None = None, **extra: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **extra,
         "NVP_CARRY_DIR": str(folder),
         "NVP_CARRY_PART_BYTES": str(PART),
         "NVP_CARRY_CHECK": "0",  # no GPU here: the ONNX Runtime CUDA check is the device's
@@ -76,11 +77,17 @@ def test_parts_carried_one_call_at_a_time_install_the_wheel(prepared):
         (there / part.name).write_bytes(part.read_bytes())
         got = carry("receive", there)
         assert got.returncode == 0 and f"{i + 1} of {len(parts)} parts here intact" in got.stdout
-    installed = carry("install", there)
+    # CUDA's libraries as torch's nvidia-* wheels lay them out: the environment puts their folders on the path.
+    fake_site = there.parent / "fake_site"
+    for lib in ("nvidia/cu13/lib/libcudart.so.13", "nvidia/cudnn/lib/libcudnn.so.9"):
+        (fake_site / lib).parent.mkdir(parents=True)
+        (fake_site / lib).touch()
+    installed = carry("install", there, PYTHONPATH=str(fake_site))
     assert installed.returncode == 0, installed.stderr
     assert (there / "site" / "carried" / "payload.bin").read_bytes() == payload
     env = (there / "env.sh").read_text()
-    assert f'export PYTHONPATH="{there}/site' in env and "LD_LIBRARY_PATH" in env
+    assert f'export PYTHONPATH="{there}/site' in env
+    assert f"{fake_site}/nvidia/cu13/lib:{fake_site}/nvidia/cudnn/lib" in env
 
 
 def test_a_corrupt_or_missing_part_is_named_and_nothing_is_installed(prepared):
