@@ -41,10 +41,10 @@ out="${OUT:-bench/results/gpu}"
 work="${NVP_GPU_WORK:-$root/.carry/work}" # scratch the parts share (the 720p video, its model store)
 mkdir -p "$out" "$work"
 log="$out/gpu_check.log"
-exec > >(tee -a "$log") 2>&1
 # Seconds each part may take: 7.3 minutes for the default parts, which leaves setup inside 8.
 declare -A budget=([kernel]=35 [session]=100 [h264]=45 [fit]=160 [compile]=50 [clips]=50 [tests]=180)
 
+check() { # everything below, its output also into the log (a pipeline: the log is complete when it returns)
 echo "== setup $(date -u +%FT%TZ)"
 if [[ -f .carry/env.sh ]]; then
   # shellcheck source=/dev/null
@@ -143,3 +143,5 @@ echo "== parts"
 printf '  %s\n' "${status[@]}"
 echo "== summary"
 python3 bench/gpu_check.py summary --out "$out"
+}
+check 2>&1 | tee -a "$log"
