@@ -185,12 +185,19 @@ def kernel_row(scale: Scale, shape: tuple, dtype, ceiling_gbs: float) -> dict:
             torch.cuda.synchronize()
         ref = torch_two_op(x.items[x.turn].double(), w.double(), b.double(), size)
         err = float((ys[x.turn].double() - ref).abs().max() / ref.abs().max())
+    # The 1x1 conv's multiply-adds at the resolution the chosen order convolves at (METHOD.md's "two numbers":
+    # against the copy's bytes, this says whether a shape can be bandwidth-bound at all).
+    order = ops.chosen_order(xs, (c_out, c_in), size)
+    pixels = xs[0] * (math.prod(size) if order == "resize_first" else xs[-2] * xs[-1])
+    gflop = 2 * c_in * c_out * pixels / 1e9
     return {
         "name": name,
         "dtype": str(dtype).removeprefix("torch."),
         "x": list(xs),
         "y": list(y_shape),
-        "order": ops.chosen_order(xs, (c_out, c_in), size),
+        "order": order,
+        "gflop": gflop,
+        "achieved_tflops": gflop / f["median_ms"],
         "fused_ms": f["median_ms"],
         "torch_ms": t["median_ms"],
         "copy_same_bytes_ms": c["median_ms"],
@@ -529,7 +536,7 @@ def summary(out: Path) -> str:
                 add(
                     f"kernel {row['name']} {row['dtype']}",
                     f"{row['fused_ms']:.4f} ms, torch {row['torch_ratio']:.2f}x, {row['copy_share']:.0%} of a copy "
-                    f"of its bytes ({row['achieved_gbs']:.0f} GB/s)",
+                    f"of its bytes ({row['achieved_gbs']:.0f} GB/s, {row['achieved_tflops']:.1f} TFLOP/s)",
                     f">= {TARGETS['kernel_torch_ratio']}x, >= {TARGETS['kernel_copy_share']:.0%}",
                 )
         elif part == "session":
