@@ -75,9 +75,10 @@ def route_tap(inr, point_shape) -> str:
     return next(name for name, (_, th, tw) in inr.tap_shapes().items() if th >= h and tw >= w)
 
 
-def add_routes(path: Path, inr, store: ModelStore) -> list[dict]:
+def add_routes(path: Path, inr, store: ModelStore, tasks: tuple[str, ...] = tuple(ROUTES)) -> list[dict]:
     routes, described = [], []
-    for task, (build, point) in ROUTES.items():
+    for task in tasks:
+        build, point = ROUTES[task]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             backbone = build()

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from nvp_export.backbone import Backbone, Preprocess
 from nvp_export.benchmark.library import LibrarySpec, RouteSpec, library_routes, write_library
 from nvp_export.clips import ClipSpec, write_clip
 from nvp_export.encode import EncodeConfig
-from nvp_export.encode_many import EncodeJob, encode_many, encode_segment, plan_jobs, plan_video
+from nvp_export.encode_many import EncodeJob, TaskResources, encode_many, encode_segment, plan_jobs, plan_video
 from nvp_export.inr.fit import FitConfig
 from nvp_export.parts import Parts
 from nvp_rt.atomic import atomic_write
@@ -418,3 +419,14 @@ def test_encode_user_errors_are_one_line(clips, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert words in lines[-1], proc.stderr
         assert list(tmp_path.iterdir()) == []  # nothing written: no output, no parts
+
+
+def test_encode_refuses_gpu_requests_the_cluster_cannot_meet(cluster, clips, tmp_path):
+    """A task asking for a GPU the cluster lacks would wait forever; it is refused before anything is written."""
+    d, store = clips
+    jobs = plan_jobs([str(d / "chelsea.mp4")], tmp_path)
+    config = EncodeConfig(params=120000, fit=FitConfig(epochs=1, time_limit_s=None, threads=1))
+    for gpus, words in [(0.25, "asks for 0.25 GPU(s) but the Ray cluster has 0"), (1.5, "whole number")]:
+        with pytest.raises(ValueError, match=re.escape(words)):
+            encode_many(jobs, FrameSelection(), config, store.root, TaskResources(gpus=gpus), progress=False)
+    assert list(tmp_path.iterdir()) == []

@@ -285,3 +285,51 @@ def test_the_fit_records_the_psnr_reconstruction_alone_reached():
     assert result.psnr_reconstruction_only == pytest.approx(fit_module.clip_psnr(watcher.seen, frames))
     plain = fit(from_config(inr.config), frames, FitConfig(epochs=2, time_limit_s=None, progress=False))
     assert plain.psnr_reconstruction_only is None
+
+
+def test_batch_rate_scaling_rules():
+    assert fit_module.batch_lr(3e-3, 1, "sqrt") == 3e-3
+    assert fit_module.batch_lr(3e-3, 16, "sqrt") == pytest.approx(1.2e-2)
+    assert fit_module.batch_lr(3e-3, 4, "linear") == pytest.approx(1.2e-2)
+    assert fit_module.batch_lr(3e-3, 4, "none") == 3e-3
+    with pytest.raises(ValueError, match="lr_scaling"):
+        FitConfig(lr_scaling="cubic")
+
+
+def _batched_fit(frames, **settings):
+    torch.manual_seed(0)
+    inr = from_config(make_config("hnerv", height=32, width=48, num_frames=6, fc_dim=24))
+    return fit(inr, frames, FitConfig(time_limit_s=None, batch=3, progress=False, **settings))
+
+
+def test_a_batched_fit_at_the_scaled_rate_learns_the_clip_in_the_same_epochs():
+    """Three frames per step at the square-root-scaled rate clear batch 1's bar (test_fit_learns_the_clip) in the
+    same 60 epochs, with a third of the steps; at the unscaled rate the same fit falls behind."""
+    frames = _clip()
+    scaled, unscaled = _batched_fit(frames, epochs=60), _batched_fit(frames, epochs=60, lr_scaling="none")
+    assert scaled.steps == 60 * 2 and scaled.recoveries == 0
+    assert scaled.psnr > 22 and scaled.psnr > unscaled.psnr + 1
+
+
+def test_a_bf16_fit_decodes_in_bf16_and_learns_as_float32_does():
+    class Watcher:  # an objective sees the decoder's taps as the fit computes them
+        start, lr = 0.0, 1e-3
+
+        def __init__(self):
+            self.dtypes = set()
+
+        def begin(self, decode_all):
+            return torch.nn.Linear(1, 1)
+
+        def loss(self, taps, idx):
+            self.dtypes.add(taps["rgb"].dtype)
+            return taps["rgb"].new_zeros(())
+
+    frames, watcher = _clip(), Watcher()
+    torch.manual_seed(0)
+    inr = from_config(make_config("hnerv", height=32, width=48, num_frames=6, fc_dim=24))
+    half = fit(inr, frames, FitConfig(epochs=30, time_limit_s=None, batch=3, bf16=True, progress=False), watcher)
+    full = _batched_fit(frames, epochs=30)
+    assert watcher.dtypes == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in half.inr.parameters())
+    assert abs(half.psnr - full.psnr) < 1.0, (half.psnr, full.psnr)

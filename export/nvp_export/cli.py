@@ -344,6 +344,9 @@ def cmd_encode(args) -> None:
         epochs=args.epochs,
         lr=args.lr,
         batch=args.batch,
+        lr_scaling=args.lr_scaling,
+        bf16=args.bf16,
+        compile=args.compile,
         target_psnr=args.target_psnr,
         time_limit_s=args.time_limit or None,
         seed=args.seed,
@@ -455,6 +458,14 @@ def add_encode(sub) -> None:
     )
     e.add_argument("--lr", type=real(0, 10, low_open=True), help="learning rate (default: the family's reference rate)")
     e.add_argument("--batch", type=integer(1), default=1, help="frames per step")
+    e.add_argument(
+        "--lr-scaling",
+        choices=["sqrt", "linear", "none"],
+        default="sqrt",
+        help="how the default rate follows --batch (default sqrt: Adam's rule; docs/encode.md)",
+    )
+    e.add_argument("--bf16", action="store_true", help="decode in bfloat16 autocast while fitting (for GPUs)")
+    e.add_argument("--compile", action="store_true", help="torch.compile the fit's decoder (CUDA graphs on CUDA)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     e.add_argument("--threads", type=integer(1, 1024), help="CPU threads for training (default: all cores)")

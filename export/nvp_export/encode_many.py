@@ -214,6 +214,7 @@ def encode_many(
     store = str(ModelStore(store_root).root)
     outcomes = {job: EncodeOutcome(job) for job in jobs}
     with ray_runtime(address):  # first: an address that does not answer fails before anything is written
+        _check_gpus(resources.gpus)
         plans: dict[EncodeJob, VideoPlan] = {}
         for job in jobs:
             try:
@@ -260,6 +261,20 @@ def encode_many(
                 if job not in pending.values() and outcome.error is None:
                     _finish(plans[job], outcome)
     return [outcomes[job] for job in jobs]
+
+
+def _check_gpus(gpus: float) -> None:
+    """Refuse GPU requests Ray could never meet (a task would wait forever): more per task than the cluster has,
+    or a fraction above one. Fractions below one share a GPU: 0.25 fits four segments on each card at once."""
+    if gpus <= 0:
+        return
+    import ray
+
+    if gpus > 1 and not float(gpus).is_integer():
+        raise ValueError(f"--gpus-per-segment {gpus:g}: above 1 it must be a whole number of GPUs")
+    available = ray.cluster_resources().get("GPU", 0.0)
+    if available < gpus:
+        raise ValueError(f"each segment asks for {gpus:g} GPU(s) but the Ray cluster has {available:g}")
 
 
 def _run(encode: Callable[[VideoPlan, int, str], None], plan: VideoPlan, k: int, store: str, after=None) -> None:

@@ -58,7 +58,8 @@ def _size(wh: tuple[int, int] | None) -> str:
 
 def encode_settings(source: str | os.PathLike, selection: FrameSelection, cfg: EncodeConfig) -> dict[str, str]:
     """Everything that changes the encoded result, named as the command line names it, as text (stored in
-    ``plan.json``; the device, threads and progress bars are left out: they do not change what is fitted)."""
+    ``plan.json``; the device, threads, progress bars and compilation are left out: they do not change what is
+    fitted)."""
     budget = budget_of(cfg)
     fit = asdict(cfg.fit)
     settings = {
@@ -80,7 +81,7 @@ def encode_settings(source: str | os.PathLike, selection: FrameSelection, cfg: E
         "--target-psnr": str(fit.pop("target_psnr")),
         "--seed": str(fit.pop("seed")),
     }
-    for name in ("device", "threads", "progress"):
+    for name in ("device", "threads", "progress", "compile"):
         fit.pop(name)
     settings.update({f"fit.{k}": str(v) for k, v in fit.items()})
     if cfg.tasks:

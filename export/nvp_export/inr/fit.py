@@ -32,8 +32,14 @@ class FitConfig:
     # is used up first, so a time-bound fit still anneals its rate to zero. The default keeps a 320x180
     # x 64 clip within 10 minutes of encoding on 2 CPU cores; None: epochs only (deterministic).
     time_limit_s: float | None = 540.0
-    lr: float | None = None  # None: the family's reference rate
+    lr: float | None = None  # None: the family's reference rate, scaled to ``batch`` by ``lr_scaling``
     batch: int = 1  # the references use 2 (HNeRV) / 1 (NeRV); see FAMILY_RECIPE for why 1 here
+    # How the family's reference rate (stated for one frame per step) follows ``batch``: "sqrt" (Adam's rule,
+    # see batch_lr), "linear" (SGD's) or "none". An explicit ``lr`` is taken as the rate for ``batch``.
+    lr_scaling: str = "sqrt"
+    bf16: bool = False  # the forward pass under bfloat16 autocast (weights, optimiser and loss stay float32)
+    # torch.compile the forward pass ("reduce-overhead": CUDA graphs on CUDA); the same fit, compiled once
+    compile: bool = False
     warmup: float | None = None  # fraction of iterations; None: the family's reference
     target_psnr: float | None = None  # stop once the training PSNR (dB, before quantisation) reaches it
     seed: int = 0
@@ -42,6 +48,12 @@ class FitConfig:
     collapse_drop_db: float = 4.0  # an epoch this far below the best counts as a collapse
     max_recoveries: int = 8
     progress: bool = True
+
+    def __post_init__(self):
+        if self.lr_scaling not in LR_SCALING:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALING}; got {self.lr_scaling!r}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be at least 1; got {self.batch}")
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -53,6 +65,26 @@ class FitConfig:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but this torch has no usable CUDA")
         return device
+
+
+LR_SCALING = ("sqrt", "linear", "none")
+
+
+def batch_lr(lr: float, batch: int, rule: str) -> float:
+    """The rate for ``batch`` frames per step, from ``lr`` at one frame per step.
+
+    "sqrt" multiplies by sqrt(batch): the square-root scaling rule for adaptive optimisers, derived for
+    Adam/RMSprop from their SDE approximation by Malladi, Lyu, Panigrahi and Arora, "On the SDEs and
+    Scaling Rules for Adaptive Gradient Algorithms" (NeurIPS 2022, arXiv:2205.10287), and proposed
+    earlier by Krizhevsky, "One weird trick for parallelizing convolutional neural networks" (2014).
+    "linear" multiplies by batch: Goyal et al., "Accurate, Large Minibatch SGD" (2017), a rule for SGD;
+    with Adam, whose steps are normalised by the gradient's scale, it overshoots. Both keep the warm-up.
+    """
+    if rule == "sqrt":
+        return lr * math.sqrt(batch)
+    if rule == "linear":
+        return lr * batch
+    return lr
 
 
 # lr, warm-up fraction, Adam betas. HNeRV's reference is lr 1e-3 at batch 2 for 300 epochs; fits here
@@ -161,7 +193,8 @@ def fit(
     torch.manual_seed(cfg.seed)
     device = cfg.resolved_device()
     base_lr, default_warmup, betas = FAMILY_RECIPE[inr.family]
-    base_lr, warmup = cfg.lr or base_lr, cfg.warmup if cfg.warmup is not None else default_warmup
+    base_lr = cfg.lr or batch_lr(base_lr, cfg.batch, cfg.lr_scaling)
+    warmup = cfg.warmup if cfg.warmup is not None else default_warmup
     inr = inr.to(device).train()
     if isinstance(inr, HNeRV):
         encoder = (HNeRVEncoder(inr.config) if encoder is None else copy.deepcopy(encoder)).to(device).train()
@@ -206,6 +239,12 @@ def fit(
             ]
         return torch.cat(parts)
 
+    def decode_step(target: torch.Tensor, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        return inr.run_stages(encoder(target)) if encoder is not None else inr.decode(idx)
+
+    # "reduce-overhead" replays CUDA graphs: a GPU fit of small frames is bound by kernel launches.
+    forward = torch.compile(decode_step, mode="reduce-overhead") if cfg.compile else decode_step
+
     for epoch in bar:
         psnrs, collapsed = [], False
         for idx in torch.randperm(n, generator=generator).split(cfg.batch):
@@ -221,11 +260,15 @@ def fit(
                 group["lr"] = group["peak_lr"] * lr_scale * lr_factor(progress(), warmup)
             step += 1
             target = frames[idx]
-            taps = inr.run_stages(encoder(target)) if encoder is not None else inr.decode(idx.to(device))
-            out = taps[inr.tap_names[-1]]
+            if cfg.compile:
+                torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                taps = forward(target, idx.to(device))
+                task_loss = objective.loss(taps, idx) if objective is not None and joined else None
+            out = taps[inr.tap_names[-1]].float()  # the reconstruction loss in float32 (SSIM's sums)
             loss = reconstruction_loss(inr.family, out, target)
-            if objective is not None and joined:
-                loss = loss + objective.loss(taps, idx)
+            if task_loss is not None:
+                loss = loss + task_loss.float()
             if not torch.isfinite(loss):
                 collapsed = True
                 break
