@@ -49,6 +49,9 @@ FORMAT_VERSION = (2, 0)  # a reader accepts any minor of the majors it knows
 READABLE_MAJORS = (1, 2)  # 1.x: one INR section, float32 routes
 _HEADER = struct.Struct("<8sHHII")
 MAX_MANIFEST_BYTES = 16 << 20
+# A section's safetensors header (JSON, parsed before any array), bounded before parsing as the
+# manifest is: nvp's are a few KB (2.7 KB for the routes of five tasks).
+MAX_SECTION_HEADER_BYTES = 1 << 20
 MAX_READ_BYTES = 64 << 20  # one ranged read; adjacent sections beyond it are fetched in further reads
 V1_INR_SECTION = "inr"
 ROUTES_SECTION = "routes"
@@ -234,10 +237,17 @@ class NvpFile:
     def _parse_section(self, name: str, chunk: bytes) -> dict[str, np.ndarray]:
         if zlib.crc32(chunk) != self._index[name].crc32:
             raise NvpFormatError(f"{self.path}: section {name!r} checksum mismatch (file corrupt or tampered)")
+        header = int.from_bytes(chunk[:8], "little") if len(chunk) >= 8 else 0
+        if header > MAX_SECTION_HEADER_BYTES:
+            raise NvpFormatError(
+                f"{self.path}: section {name!r} has an array header of {header} bytes "
+                f"(at most {MAX_SECTION_HEADER_BYTES})"
+            )
         try:
             return _st_load(chunk) if chunk else {}
         except (SafetensorError, ValueError, TypeError, KeyError) as e:  # KeyError: a dtype numpy lacks
-            raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({e})") from None
+            # The parser's message may quote the whole header: its start says what is wrong.
+            raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({str(e)[:200]})") from None
 
     def payload_sections(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
         """Every section but the routes as (bytes, meta), each read once and checked (crc32, array blob):
