@@ -551,8 +551,10 @@ def write_nvp(
     manifest: dict[str, Any],
     segments: Sequence[SegmentPayload],
     routes: Sequence[Route] = (),
+    overwrite: bool = True,
 ) -> int:
-    """Write a complete .nvp file atomically; returns its size in bytes.
+    """Write a complete .nvp file atomically (without ``overwrite``, only as a new file: OutputExistsError
+    otherwise); returns its size in bytes.
 
     ``manifest["inr"]`` is the shared architecture; its ``num_frames`` is set to the segments' total.
     """
@@ -565,15 +567,20 @@ def write_nvp(
     sections[ROUTES_SECTION] = _routes_section(list(routes))
     manifest = {**manifest, "inr": {**manifest["inr"], "num_frames": start}, "segments": entries}
     data = _serialise(manifest, sections)
-    atomic_write(path, data)
+    atomic_write(path, data, overwrite)
     return len(data)
 
 
 def join_segments(
-    path: str | os.PathLike, parts: Sequence[str | os.PathLike], video: dict[str, Any], routes: Sequence[Route] = ()
+    path: str | os.PathLike,
+    parts: Sequence[str | os.PathLike],
+    video: dict[str, Any],
+    routes: Sequence[Route] = (),
+    overwrite: bool = True,
 ) -> int:
     """One file of ``parts`` (single-segment .nvp files of one architecture, in frame order), their
-    payload bytes copied verbatim; ``video`` describes the whole source. Atomic; returns the size."""
+    payload bytes copied verbatim; ``video`` describes the whole source. Atomic (a new file only, without
+    ``overwrite``); returns the size."""
     if not parts:
         raise ValueError("no segments to join")
     sections: dict[str, tuple[bytes, dict]] = {}
@@ -602,7 +609,7 @@ def join_segments(
         "segments": entries,
     }
     data = _serialise(manifest, sections)
-    atomic_write(path, data)
+    atomic_write(path, data, overwrite)
     return len(data)
 
 
