@@ -47,6 +47,7 @@ class Report:
     peak_rss_mb: float = 0.0
     slowest_s: float = 0.0
     slowest_open_s: float = 0.0
+    slowest_open_index: int | None = None  # the mutant to regenerate to see why
     peak_open_rss_mb: float = 0.0
     mutants: int = 0
     seconds: float = 0.0
@@ -57,7 +58,8 @@ class Report:
         return (
             f"{self.mutants} mutants in {self.seconds:.0f} s ({rate:.1f}/s): {counts}; "
             f"peak RSS {self.peak_rss_mb:.0f} MB, slowest {self.slowest_s:.2f} s; "
-            f"opens: slowest {self.slowest_open_s:.3f} s of CPU, at most {self.peak_open_rss_mb:.0f} MB added"
+            f"opens: slowest {self.slowest_open_s:.3f} s of CPU (mutant {self.slowest_open_index}), "
+            f"at most {self.peak_open_rss_mb:.0f} MB added"
         )
 
 
@@ -177,7 +179,8 @@ def fuzz(
                 report.counts[answer["outcome"]] += 1
                 report.peak_rss_mb = max(report.peak_rss_mb, answer.get("peak_rss_mb", 0.0))
                 report.slowest_s = max(report.slowest_s, answer.get("seconds", 0.0))
-                report.slowest_open_s = max(report.slowest_open_s, answer.get("open_seconds", 0.0))
+                if answer.get("open_seconds", 0.0) > report.slowest_open_s:
+                    report.slowest_open_s, report.slowest_open_index = answer["open_seconds"], index
                 report.peak_open_rss_mb = max(report.peak_open_rss_mb, answer.get("open_rss_mb", 0.0))
                 if answer["outcome"] in FAILURES:
                     report.failures.append(
