@@ -204,3 +204,6 @@ def test_an_output_that_cannot_be_written_is_found_before_the_work(tmp_path):
     proc.start()
     assert results.get(timeout=30) == ("OutputWriteError", f"cannot write {tmp_path}/big.nvp: File too large")
     assert not (tmp_path / "big.nvp").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+    with pytest.raises(FileNotFoundError, match="the input"), atomic_output(tmp_path / "out.parquet"):
+        raise FileNotFoundError("the input went away")  # the writer's own failure is not the output's
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX) or p.name == "out.parquet"]

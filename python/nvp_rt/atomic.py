@@ -30,6 +30,9 @@ from typing import BinaryIO
 TEMP_SUFFIX = ".nvp-tmp"
 _TEMP_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX) + "$")
 _swept: set[Path] = set()  # folders whose stale temporaries this process has removed
+# A write that fails for one of these failed because of where it writes: a file-size limit, a full disk or
+# quota, a read-only filesystem, an I/O error.
+_WRITE_FAILURES = {errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -147,10 +150,13 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = True) -> Iterator[P
     except OutputExistsError:
         tmp.unlink(missing_ok=True)
         raise
-    except OSError as e:  # EFBIG under a file-size limit, ENOSPC, EIO: said of the output
+    except OSError as e:
         tmp.unlink(missing_ok=True)
-        reason = e.strerror or str(e).replace(str(tmp), str(path))
-        raise OutputWriteError(f"cannot write {path}: {reason}") from None
+        if e.errno in _WRITE_FAILURES or str(tmp) in f"{e.filename} {e}":  # said of the output, not the temporary
+            raise OutputWriteError(
+                f"cannot write {path}: {e.strerror or str(e).replace(str(tmp), str(path))}"
+            ) from None
+        raise  # the block's own failure (e.g. reading what it writes)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
