@@ -142,7 +142,7 @@ class _Source:
             raise NvpFormatError(
                 f"{self.path}: the server does not give the file's size (no Content-Length); nvp reads files by ranges"
             )
-        return size, (size, *(info.get(k) for k in ("ETag", "Last-Modified", "mtime", "created")))
+        return size, (size, *(info.get(k) for k in _VERSION_KEYS))
 
     def read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
@@ -190,6 +190,10 @@ class _Source:
 
     def __del__(self):
         self.close()
+
+
+# What identifies a version of a file in fsspec's info, by filesystem: HTTP, S3, GCS, memory and others.
+_VERSION_KEYS = ("ETag", "Last-Modified", "LastModified", "etag", "updated", "mtime", "created")
 
 
 def _storage_failure(error: BaseException) -> str:
