@@ -7,8 +7,13 @@ reproducer is its operation list: applied to any valid file it regenerates the m
 - ``json``: set, delete or insert a value anywhere in the manifest (its segment index included),
   a section's meta (a segment's entropy-model description, the routes' headers and payload) or a
   safetensors header (type confusion, huge and negative numbers, NaN / Infinity / 1e999, deep
-  nesting, long strings, values moved from elsewhere in the document);
+  nesting, strings just over the reader's bound and of 15 MB, 600,000-value lists, values moved
+  from elsewhere in the document);
 - ``array``: overwrite elements of an array (NaN, Inf, huge, zero, random), truncate or extend it;
+- ``range``: set a tensor's quantisation low or step (or those of every tensor of a section) to a
+  float16 value, from 65504 to subnormals, just inside or beyond the reader's bound;
+- ``segments``: split, merge or swap the manifest's segments, or make 2 to 65,537 one-frame ones
+  (the frame counts follow: the table is consistent, the sections disagree);
 - ``inflate``: multiply one dimension of a tensor of an entropy-coded payload (a segment's INR,
   the routes, a format 1.0 ``inr`` section) and re-code its bit width's streams and counts
   consistently, so a small valid stream claims a huge tensor (the frame counts follow for the
@@ -78,6 +83,9 @@ POOL: list[Any] = [
     {"$": "-inf"},
     {"$": "1e999"},
     {"$": "deep"},
+    {"$": "long"},
+    {"$": "huge"},
+    {"$": "many"},
 ]
 DTYPES = [
     "BF16",
@@ -99,6 +107,9 @@ DTYPES = [
     "XX",
 ]
 FILLS: list[str | int] = ["nan", "inf", "-inf", "huge", "zero", 2**31, 7, 0]  # what array elements become
+# What a quantisation range (a tensor's float16 ``:low`` / ``:step``, every slice) is set to: float16's
+# largest, grids just inside and beyond the reader's bound (+-2048 over 255 levels), subnormals, zero.
+RANGES = [65504.0, -65504.0, 2048 / 255, 2049 / 255, 8.0, -1024.0, 1024.0, 1e-3, 6e-8, 0.0, -0.0]
 VERSIONS = [[1, 0], [1, 7], [2, 0], [2, 65535], [3, 0], [0, 1], [65535, 0]]  # [major, minor]
 MAX_INFLATED = 1 << 24  # symbols an inflated stream may claim (the mutator itself encodes them)
 SPECIAL = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 3e38, "zero": 0.0}
@@ -135,16 +146,24 @@ def parse(data: bytes) -> State:
     return State((major, minor), manifest, metas, headers, blobs, order)
 
 
+_MARKERS: dict[str, Callable[[], str]] = {  # built only when a document holds one: some are megabytes
+    "nan": lambda: "NaN",
+    "inf": lambda: "Infinity",
+    "-inf": lambda: "-Infinity",
+    "1e999": lambda: "1e999",
+    "deep": lambda: "[" * 100_000 + "]" * 100_000,
+    "long": lambda: json.dumps("x" * ((1 << 16) + 1)),  # just over the reader's longest string
+    "huge": lambda: json.dumps("\u20ac" * 5_000_000, ensure_ascii=False),  # 15 MB: just under its largest manifest
+    "many": lambda: "[" + "0," * 600_000 + "0]",  # more values than a manifest may hold
+}
+
+
 def _expand(text: str) -> str:
     """Markers -> what JSON writers never produce but a crafted file may hold."""
-    for marker, raw in (
-        ("nan", "NaN"),
-        ("inf", "Infinity"),
-        ("-inf", "-Infinity"),
-        ("1e999", "1e999"),
-        ("deep", "[" * 100_000 + "]" * 100_000),
-    ):
-        text = text.replace(json.dumps({"$": marker}), raw)
+    for marker, raw in _MARKERS.items():
+        placeholder = json.dumps({"$": marker})
+        if placeholder in text:
+            text = text.replace(placeholder, raw())
     return text
 
 
@@ -394,11 +413,52 @@ def _apply_section(state: State, op: Op) -> None:
     state.metas[to], state.headers[to], state.data[to] = parts
 
 
+def _apply_range(state: State, op: Op) -> None:
+    """Set every slice of a quantisation range (``name``: one ``<tensor>:low`` / ``:step`` array; None:
+    those of every tensor of the section) to ``value``."""
+    names = [op["name"]] if op.get("name") else [k for k in state.headers[op["section"]] if k.endswith(op["part"])]
+    changed = {}
+    for name in names:
+        a = array(state, op["section"], name)
+        if a is not None and a.dtype == np.float16:
+            changed[name] = np.full_like(a, op["value"])
+    set_arrays(state, op["section"], changed)
+
+
+def _apply_segments(state: State, op: Op) -> None:
+    """Rewrite the manifest's segment table: ``split`` one segment in two, ``merge`` one with the next,
+    ``swap`` two segments' lengths, or ``many``: ``count`` one-frame segments (the frame counts follow,
+    so the table stays consistent and only the sections disagree)."""
+    segments = state.manifest["segments"]
+    i = op["index"] % len(segments)
+    if op["action"] == "split" and segments[i]["frames"] > 1:
+        first = segments[i]["frames"] // 2
+        segments[i : i + 1] = [{**segments[i], "frames": first}, {"frames": segments[i]["frames"] - first}]
+    elif op["action"] == "merge" and i + 1 < len(segments):
+        segments[i]["frames"] += segments.pop(i + 1)["frames"]
+    elif op["action"] == "swap" and len(segments) > 1:
+        j = (i + 1) % len(segments)
+        segments[i]["frames"], segments[j]["frames"] = segments[j]["frames"], segments[i]["frames"]
+    elif op["action"] == "many":
+        segments[:] = [{"frames": 1} for _ in range(op["count"])]
+    start = 0
+    for s in segments:
+        s["start"], start = start, start + s["frames"]
+    state.manifest["inr"]["num_frames"] = start
+    if isinstance(state.manifest.get("video"), dict):
+        state.manifest["video"]["frames"] = start
+
+
 def _apply_one(state: State, op: Op) -> None:
     try:
-        {"json": _apply_json, "array": _apply_array, "inflate": _apply_inflate, "section": _apply_section}.get(
-            op["op"], lambda *_: None
-        )(state, op)
+        {
+            "json": _apply_json,
+            "array": _apply_array,
+            "inflate": _apply_inflate,
+            "section": _apply_section,
+            "range": _apply_range,
+            "segments": _apply_segments,
+        }.get(op["op"], lambda *_: None)(state, op)
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError, MemoryError, StopIteration):
         pass  # an earlier operation removed what this one targets: the mutant is what remains
 
@@ -449,8 +509,11 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
     for _ in range(int(rng.choice([1, 1, 1, 2, 3]))):
         kind = str(
             rng.choice(
-                ["json", "json", "json", "st", "array", "inflate", "section", "index", "flip", "version"],
-                p=[0.3, 0.15, 0.1, 0.12, 0.13, 0.07, 0.05, 0.04, 0.03, 0.01],
+                [
+                    *("json", "json", "json", "st", "array", "inflate", "section", "index", "flip", "version"),
+                    *("range", "segments"),
+                ],
+                p=[0.27, 0.13, 0.09, 0.11, 0.12, 0.07, 0.05, 0.04, 0.03, 0.01, 0.05, 0.03],
             )
         )
         if not state.order:
@@ -543,6 +606,29 @@ def random_ops(state: State, rng: np.random.Generator) -> list[Op]:
                 "section": section,
                 "action": str(rng.choice(["drop", "rename", "copy"])),
                 "to": targets[rng.integers(len(targets))],
+            }
+            ops.append(op)
+            _apply_one(state, op)
+        elif kind == "range":
+            ranges = [k for k in state.headers[section] if k.endswith((":low", ":step"))]
+            if not ranges:
+                continue
+            whole = rng.random() < 0.3  # every tensor of the section at once
+            op = {
+                "op": "range",
+                "section": section,
+                "name": None if whole else ranges[rng.integers(len(ranges))],
+                "part": str(rng.choice([":low", ":step"])),
+                "value": float(RANGES[rng.integers(len(RANGES))]),
+            }
+            ops.append(op)
+            _apply_one(state, op)
+        elif kind == "segments":
+            op = {
+                "op": "segments",
+                "action": str(rng.choice(["split", "merge", "swap", "many"])),
+                "index": int(rng.integers(0, 1 << 16)),
+                "count": int(rng.choice([2, 9, 1 << 10, 1 << 16, (1 << 16) + 1])),
             }
             ops.append(op)
             _apply_one(state, op)

@@ -4,7 +4,9 @@ Outcomes: ``ok``; ``format_error`` (NvpFormatError), ``value_error`` (another Va
 ``store_missing`` (the mutant names graphs the model store lacks: an OSError a user sees as one
 line) -- these are the expected refusals; and the failures: ``other_exception`` (any other
 exception), ``abort`` (the child died: a signal, e.g. SIGABRT on a failed allocation under the
-memory limit), ``hang`` (no answer within the time limit) and ``rss`` (peak RSS over the bound).
+memory limit), ``hang`` (no answer within the time limit), ``rss`` (peak RSS over the bound),
+``non_finite`` (an answer value or a decoded frame holds NaN or Inf), ``slow_open`` and ``open_rss``
+(``NvpFile.open`` alone over its CPU time or added-memory bound).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from . import mutator
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = ("ok", "format_error", "value_error", "store_missing")
-FAILURES = ("other_exception", "abort", "hang", "rss")
+FAILURES = ("other_exception", "abort", "hang", "rss", "non_finite", "slow_open", "open_rss")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Limits:
     seconds: float = 2.0  # CPU time per mutant (the child runs one thread)
     memory_bytes: int = 4 << 30  # RLIMIT_AS of a child (address space: ONNX Runtime reserves more than it uses)
     rss_mb: float = 1024.0  # peak resident memory one mutant may reach
+    open_seconds: float = 1.0  # CPU time of ``NvpFile.open`` alone
+    open_rss_mb: float = 300.0  # resident memory ``NvpFile.open`` alone may add
 
 
 @dataclass
@@ -42,6 +46,9 @@ class Report:
     failures: list[dict] = field(default_factory=list)  # outcome, detail, ops
     peak_rss_mb: float = 0.0
     slowest_s: float = 0.0
+    slowest_open_s: float = 0.0
+    slowest_open_index: int | None = None  # the mutant to regenerate to see why
+    peak_open_rss_mb: float = 0.0
     mutants: int = 0
     seconds: float = 0.0
 
@@ -50,7 +57,9 @@ class Report:
         counts = ", ".join(f"{k} {self.counts.get(k, 0)}" for k in (*EXPECTED, *FAILURES))
         return (
             f"{self.mutants} mutants in {self.seconds:.0f} s ({rate:.1f}/s): {counts}; "
-            f"peak RSS {self.peak_rss_mb:.0f} MB, slowest {self.slowest_s:.2f} s"
+            f"peak RSS {self.peak_rss_mb:.0f} MB, slowest {self.slowest_s:.2f} s; "
+            f"opens: slowest {self.slowest_open_s:.3f} s of CPU (mutant {self.slowest_open_index}), "
+            f"at most {self.peak_open_rss_mb:.0f} MB added"
         )
 
 
@@ -126,6 +135,10 @@ class Worker:
             self.proc = None
         elif answer["peak_rss_mb"] > self.limits.rss_mb:
             answer = {**answer, "outcome": "rss", "detail": f"peak RSS {answer['peak_rss_mb']:.0f} MB"}
+        elif answer["open_seconds"] > self.limits.open_seconds:
+            answer = {**answer, "outcome": "slow_open", "detail": f"open took {answer['open_seconds']:.2f} s of CPU"}
+        elif answer["open_rss_mb"] > self.limits.open_rss_mb:
+            answer = {**answer, "outcome": "open_rss", "detail": f"open added {answer['open_rss_mb']:.0f} MB of RSS"}
         return answer
 
     def stop(self) -> None:
@@ -166,6 +179,9 @@ def fuzz(
                 report.counts[answer["outcome"]] += 1
                 report.peak_rss_mb = max(report.peak_rss_mb, answer.get("peak_rss_mb", 0.0))
                 report.slowest_s = max(report.slowest_s, answer.get("seconds", 0.0))
+                if answer.get("open_seconds", 0.0) > report.slowest_open_s:
+                    report.slowest_open_s, report.slowest_open_index = answer["open_seconds"], index
+                report.peak_open_rss_mb = max(report.peak_open_rss_mb, answer.get("open_rss_mb", 0.0))
                 if answer["outcome"] in FAILURES:
                     report.failures.append(
                         {

@@ -1,18 +1,24 @@
 """Writes that never lose data: modes follow the umask, symlinks are followed, stale temporaries of dead
-writers are removed, and concurrent read-modify-writes of one .nvp keep every writer's route."""
+writers are removed, concurrent read-modify-writes of one .nvp keep every writer's route, concurrent
+writers of a new output cannot both succeed, and an output that cannot be written is found first."""
 
 import multiprocessing
 import os
+import resource
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from nvp_rt.atomic import TEMP_SUFFIX, atomic_output, atomic_write
+from nvp_rt.atomic import TEMP_SUFFIX, OutputExistsError, OutputWriteError, atomic_output, atomic_write
 from nvp_rt.nvpfile import NvpFile, NvpFormatError, update_routes
+from nvp_rt.outputs import check_output
 from test_nvpfile import MANIFEST, _random_payload, _route, write_nvp
 
 
@@ -102,3 +108,102 @@ def test_a_route_trained_on_a_payload_that_changed_is_refused(tmp_path, rng):
     with pytest.raises(NvpFormatError, match="rewritten while"):
         update_routes(path, lambda routes: routes + [_route(rng, "late")], payload_checksum=before.payload_checksum)
     assert [r.task for r in NvpFile.open(path).routes()] == ["first"]
+
+
+def _write_at(path, payloads, k, start, overwrite, results):
+    while time.time() < start:
+        pass
+    try:
+        atomic_write(path, payloads[k], overwrite=overwrite)
+        results.put((k, ""))
+    except OutputExistsError as e:
+        results.put((k, str(e)))
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_concurrent_writers_of_a_new_output(tmp_path, rng, overwrite):
+    """Four processes write one new file at the same moment: without overwrite exactly one succeeds and the
+    others are told the output exists (nothing replaced); with it every write lands whole, the last one wins."""
+    fork = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        path, results = tmp_path / f"out{round_}.nvp", fork.Queue()
+        payloads = [rng.integers(0, 256, int(rng.integers(1, 1 << 20)), dtype=np.uint8).tobytes() for _ in range(4)]
+        start = time.time() + 0.2
+        procs = [fork.Process(target=_write_at, args=(path, payloads, k, start, overwrite, results)) for k in range(4)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=30) for _ in procs]
+        for p in procs:
+            p.join(30)
+        won = [k for k, refused in outcomes if not refused]
+        assert len(won) == (4 if overwrite else 1), outcomes
+        assert path.read_bytes() in [payloads[k] for k in won]
+        assert all(f"output {path} exists (another process wrote it meanwhile)" in m for _, m in outcomes if m)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"out{i}.nvp" for i in range(5)]  # no temporaries left
+
+
+def _as_nobody(call, *args):
+    """``call(*args)`` in a child that has dropped root (which writes anywhere): its exception's type and message."""
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+
+    def child():
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            call(*args)
+            results.put(("ok", ""))
+        except OSError as e:
+            results.put((type(e).__name__, str(e)))
+
+    proc = fork.Process(target=child)
+    proc.start()
+    result = results.get(timeout=30)
+    proc.join(30)
+    return result
+
+
+def test_an_output_that_cannot_be_written_is_found_before_the_work(tmp_path):
+    """``check_output`` refuses, naming the output: a read-only folder, a link into a missing folder, a
+    folder that is a file. A write that fails midway (a file-size limit) names the output too, and leaves
+    no temporary file."""
+    link = tmp_path / "link.nvp"
+    link.symlink_to(tmp_path / "missing" / "clip.nvp")
+    with pytest.raises(OutputWriteError, match=f"cannot write {link}: it links to .*missing/clip.nvp, in .* exist"):
+        check_output(link, overwrite=True)
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(OSError, match="does not exist|is not a folder"):
+        check_output(tmp_path / "file" / "clip.nvp")
+    if os.geteuid() == 0:  # root writes into read-only folders: the check runs as nobody
+        shared = Path(tempfile.mkdtemp(dir="/tmp"))
+        try:
+            os.chmod(shared, 0o755)
+            (shared / "ro").mkdir(mode=0o555)
+            kind, message = _as_nobody(check_output, shared / "ro" / "clip.nvp")
+            assert (kind, message) == (
+                "OutputWriteError",
+                f"cannot write {shared}/ro/clip.nvp: Permission denied (in {shared}/ro)",
+            )
+        finally:
+            shutil.rmtree(shared)
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        with pytest.raises(OutputWriteError, match="Permission denied"):
+            check_output(tmp_path / "ro" / "clip.nvp")
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))  # CPython ignores SIGXFSZ: writes fail
+        try:
+            atomic_write(tmp_path / "big.nvp", bytes(1 << 20))
+        except OSError as e:
+            results.put((type(e).__name__, str(e)))
+
+    proc = fork.Process(target=limited)
+    proc.start()
+    assert results.get(timeout=30) == ("OutputWriteError", f"cannot write {tmp_path}/big.nvp: File too large")
+    assert not (tmp_path / "big.nvp").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+    with pytest.raises(FileNotFoundError, match="the input"), atomic_output(tmp_path / "out.parquet"):
+        raise FileNotFoundError("the input went away")  # the writer's own failure is not the output's
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX) or p.name == "out.parquet"]

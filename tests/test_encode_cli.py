@@ -164,6 +164,32 @@ def test_outputs_are_never_lost(tiny, tmp_path, nvp_fast):
     assert NvpFile.open(out).size_bytes == out.stat().st_size
 
 
+def test_an_output_that_cannot_be_written_fails_before_the_work(tiny, tmp_path, nvp_fast, monkeypatch):
+    """A link into a missing folder (what a read-only folder gives too, see test_atomic): refused in one line
+    naming the output before the fit, the decode or the queries start."""
+    import nvp_export.encode
+    import nvp_rt.library
+    import nvp_rt.session
+
+    d, _, out = tiny
+    nvp = nvp_fast
+    monkeypatch.setattr(nvp_export.encode, "fit", lambda *a, **k: pytest.fail("the fit started"))
+    monkeypatch.setattr(nvp_rt.session.Session, "decode", lambda *a, **k: pytest.fail("the decode started"))
+    monkeypatch.setattr(nvp_rt.library, "query", lambda *a, **k: pytest.fail("the queries started"))
+    for name, command in [
+        ("link.nvp", ["encode", d / "tiny.mp4", "-q", "-o"]),
+        ("link.mp4", ["view", out, "-o"]),
+        ("link.parquet", ["query", out, "--tasks", "cls", "-o"]),
+    ]:
+        link = tmp_path / name
+        link.symlink_to(tmp_path / "missing" / name)
+        proc = nvp(*command, link, "--overwrite" if command[0] != "query" else "--top-k=1", check_ok=False)
+        assert_one_line_error(proc, f"cannot write {link}: it links to {tmp_path}/missing/{name}", "does not exist")
+    (tmp_path / "file").write_bytes(b"")
+    pngs = tmp_path / "file" / "pngs"  # a folder of PNGs to create where a file is
+    assert_one_line_error(nvp("view", out, "-o", pngs, check_ok=False), f"cannot write {pngs}", "is not a folder")
+
+
 @pytest.mark.parametrize(
     "args,words",
     [

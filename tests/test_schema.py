@@ -173,6 +173,23 @@ CASES = {
         {"op": "array", "section": "seg1/embeddings", "name": "stream6:words", "action": "resize", "size": 1},
         "stream 6 claims 192 symbols; its 1 words cannot hold them",
     ),
+    "a stream key int() refuses": (_set(MODEL, ["streams", "\u00b9"], 5), "streams: key '\u00b9' is not a bit width"),
+    "a quantisation step of 65504": (
+        {"op": "range", "section": "seg1/stem", "name": "stages.stem.0.weight:step", "value": 65504.0},
+        r"segment 1: .*stages\.stem\.0\.weight: quantisation range reaches 1\.67e\+07, beyond \+-2048",
+    ),
+    "a quantisation low past the bound": (
+        {"op": "range", "section": "seg0/stem", "name": None, "part": ":low", "value": -2050.0},
+        r"segment 0: .*quantisation range reaches 2050",
+    ),
+    "a string just over the bound": (_set("manifest", ["video", "source"], {"$": "long"}), r"manifest\.video\.source"),
+    "a 15 MB string": (_set("manifest", ["note"], {"$": "huge"}), r"manifest\.note: a string of 5000000 characters"),
+    "a key over the bound": (_set("manifest", ["video", "k" * 70_000], 1), "manifest.video: a key of 70000 characters"),
+    "too many values": (_set("manifest", ["note"], {"$": "many"}), r"manifest: up to 600\d+ values"),
+    "a section's array header of megabytes": (
+        _set("st:seg0/stem", ["__metadata__"], {"note": {"$": "huge"}}),
+        r"an array header of 150\d{5} bytes",
+    ),
     "a small stream claiming a huge tensor": (
         {"op": "inflate", "payload": "seg1/model", "tensor": "embeddings", "dim": 1, "factor": 1 << 14},
         "segment 1: INR payload: stream 6 claims .* cannot hold",

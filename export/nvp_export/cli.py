@@ -34,7 +34,7 @@ from pathlib import Path
 
 from nvp_rt import fingerprint
 from nvp_rt.arguments import Parser, integer, real
-from nvp_rt.atomic import exclusive_lock
+from nvp_rt.atomic import check_writable, exclusive_lock
 from nvp_rt.command import (
     UserError,
     add_overwrite_option,
@@ -116,6 +116,10 @@ def run(args) -> None:
             f"unknown task {args.task!r}; presets: {', '.join(sorted(PRESETS))}; task kinds: {', '.join(TASK_KINDS)}"
         )
     nvp = NvpFile.open(args.file)  # validated before anything heavy runs
+    check_writable(args.file)  # the route is written into it: its folder must take the rewritten file
+    if args.cka_out:
+        Path(args.cka_out).mkdir(parents=True, exist_ok=True)
+        check_writable(Path(args.cka_out) / f"cka_{preset}.json")
     joint_config = joint_config_of(args) if args.joint else None
     if joint_config and len(nvp.segments) > 1:
         raise UserError(f"--joint optimises a one-segment video; {args.file} has {len(nvp.segments)} segments")
@@ -151,9 +155,8 @@ def run(args) -> None:
     else:
         result = adapt_task(inr, frames, backbone, config, clip_stride=args.clip_stride, clip_scorer=clip_scorer)
         route = task_file_route(task, backbone.task, result)
-    if args.cka_out:
+    if args.cka_out:  # the folder was made, and found writable, before the training
         out = Path(args.cka_out)
-        out.mkdir(parents=True, exist_ok=True)
         result.cka.save_json(out / f"cka_{preset}.json")
         result.cka.save_heatmap(out / f"cka_{preset}.png", top_fraction=args.top)
     joint = None

@@ -93,7 +93,9 @@ def encode_video(
     backbones = [load_backbone(p) for p in cfg.tasks.values()]
     routes_for = (lambda inr: untrained_routes(inr, backbones, cfg.task_aware)) if backbones else None
     inr_config = config_for_budget(cfg.family, h, w, n, **budget_of(cfg), routes=routes_for, reserve_bytes=INFO_BYTES)
-    return encode_frames(frames, fps, inr_config, output, cfg, store, started, source, selection, backbones)
+    return encode_frames(
+        frames, fps, inr_config, output, cfg, store, started, source, selection, backbones, overwrite=overwrite
+    )
 
 
 def encode_frames(
@@ -109,11 +111,13 @@ def encode_frames(
     backbones: Sequence = (),
     segment: dict | None = None,
     warm_start: dict[str, torch.Tensor] | None = None,
+    overwrite: bool = True,
 ) -> EncodeReport:
     """Fit an INR of ``inr_config`` to ``frames`` (what ``selection`` took from ``source``), with routes into
     ``backbones`` (the presets of ``cfg.tasks``) when given, and write it to ``output``; ``segment``: which segment
     of a longer encode this is (the manifest's ``encoding.segment``). ``warm_start``: weights to start from
-    (another segment's decoder), instead of fresh ones."""
+    (another segment's decoder), instead of fresh ones. Without ``overwrite``, ``output`` is created exclusively
+    (OutputExistsError when another process wrote it during the fit)."""
     n, h, w, _ = frames.shape
     target = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255)
     torch.manual_seed(cfg.fit.seed)  # the initial weights too: the same command encodes the same file
@@ -178,7 +182,7 @@ def encode_frames(
             )
             routes.append(replace(file_route, backbone=key))
         info["encoding"]["task_aware"] = {**asdict(cfg.task_aware), "tasks": cfg.tasks}
-    size = save_nvp(output, quantised, arrays, meta, info, routes=routes)
+    size = save_nvp(output, quantised, arrays, meta, info, routes=routes, overwrite=overwrite)
     if cfg.graphs:
         export_inr_graphs(quantised, store)
     return EncodeReport(

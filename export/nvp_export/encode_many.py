@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from nvp_rt.atomic import install
 from nvp_rt.cluster import ray_runtime
 from nvp_rt.fingerprint import fingerprint_of_samples, sampled_positions
 from nvp_rt.nvpfile import NvpFile
@@ -246,7 +247,7 @@ def encode_many(
                     pending[submitted[k]] = job
             for job, plan in plans.items():
                 if not todo[job]:  # every part was there already
-                    _finish(plan, outcomes[job])
+                    _finish(plan, outcomes[job], overwrite)
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 job = pending.pop(ref)
@@ -259,7 +260,7 @@ def encode_many(
                     outcome.error = outcome.error or _first_line(e)
                 bar.update()
                 if job not in pending.values() and outcome.error is None:
-                    _finish(plans[job], outcome)
+                    _finish(plans[job], outcome, overwrite)
     return [outcomes[job] for job in jobs]
 
 
@@ -282,8 +283,9 @@ def _run(encode: Callable[[VideoPlan, int, str], None], plan: VideoPlan, k: int,
     encode(plan, k, store)
 
 
-def _finish(plan: VideoPlan, outcome: EncodeOutcome) -> None:
-    """Join the parts into the output, atomically, then remove them; the outcome's report sums the segments'."""
+def _finish(plan: VideoPlan, outcome: EncodeOutcome, overwrite: bool) -> None:
+    """Join the parts into the output, atomically (a new file only, without ``overwrite``), then remove them;
+    the outcome's report sums the segments'."""
     try:
         parts = [plan.parts.path(k) for k in range(len(plan.segments))]
         manifests = []
@@ -291,12 +293,12 @@ def _finish(plan: VideoPlan, outcome: EncodeOutcome) -> None:
             with NvpFile.open(part) as nvp:
                 manifests.append(nvp.manifest)
         if len(parts) == 1:  # a single-segment part is the file itself
-            os.replace(parts[0], plan.job.output)
+            install(parts[0], plan.job.output, overwrite)
             size = os.path.getsize(plan.job.output)
         else:
             from nvp_rt.nvpfile import join_segments
 
-            size = join_segments(plan.job.output, parts, _video_entry(plan))
+            size = join_segments(plan.job.output, parts, _video_entry(plan), overwrite=overwrite)
         plan.parts.remove()
     except (ValueError, OSError) as e:
         outcome.error = _first_line(e)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .arguments import Parser, integer
+from .atomic import check_writable
 from .command import (
     AddCommand,
     UserError,
@@ -112,15 +113,18 @@ def cmd_view(args) -> None:
     if start >= total or stop > total:
         raise UserError(f"frames {start}:{stop} out of range: the video has {total} frames")
     indices = list(range(start, stop, step))
-    for path in [out] if is_video else [out / png_name(i) for i in indices] if out.is_dir() else []:
+    outputs = [out] if is_video else [out / png_name(i) for i in indices] if out.is_dir() else []
+    for path in outputs:
         check_output(path, [args.file], args.overwrite)
+    if not outputs:  # a folder of PNGs to create: its parent must take it
+        check_writable(out)
     frames = _session(args).decode(indices)
     if is_video:
         fps = float(nvp.manifest.get("video", {}).get("fps") or 30) / step
-        write_video(out, frames, fps, options={"crf": str(args.crf)})
+        write_video(out, frames, fps, options={"crf": str(args.crf)}, overwrite=args.overwrite)
         print(f"{out}: {len(indices)} frames")
     else:
-        write_pngs(out, frames, start, step)
+        write_pngs(out, frames, start, step, overwrite=args.overwrite)
         print(f"{out}/: {len(indices)} PNG frames")
 
 
@@ -174,6 +178,7 @@ def cmd_query(args) -> None:
     out = Path(args.output)
     if out.is_dir() or not out.parent.is_dir():
         raise UserError(f"output {out} must be a file name in an existing folder")
+    check_writable(out)  # before the library is answered
     start, stop, step = args.frames
     with ray_runtime(args.address, num_cpus=None if args.address else args.num_actors):
         dataset = query(

@@ -13,6 +13,7 @@ stored counts, so any subset of groups decodes exactly, without the others' byte
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -30,6 +31,12 @@ MAX_SYMBOLS = 1 << 31  # quantised values in one payload; far above any INR nvp 
 # unless it is small (FREE_SYMBOLS, 4 MB decoded): an untrained or constant tensor codes to nothing.
 MAX_SYMBOLS_PER_BIT = 16
 FREE_SYMBOLS = 1 << 20
+# Every value nvp codes lies within +-MAX_CODED_MAGNITUDE (INR weights, embeddings and adapters are
+# a few units; a fit that diverges past this is refused at write). A reader refuses a quantisation
+# grid reaching beyond twice that (float16 rounding of low and step widens the writer's grid by far
+# less): a crafted file's float16 step of 65504 would otherwise dequantise to weights of 4e9.
+MAX_CODED_MAGNITUDE = 1024.0
+MAX_DECODED_MAGNITUDE = 2 * MAX_CODED_MAGNITUDE
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,12 @@ def encode_tensors(
     for name, x in tensors.items():
         g = group(name)
         _check("/" not in g and g != MODEL, f"bad group name {g!r}")
+        magnitude = float(np.abs(np.asarray(x, np.float64)).max(initial=0.0))
+        if not magnitude <= MAX_CODED_MAGNITUDE:  # NaN too
+            raise ValueError(
+                f"tensor {name!r} holds values up to {magnitude:.4g}, beyond the +-{MAX_CODED_MAGNITUDE:g} "
+                "nvp codes (a diverged fit?); nothing was written"
+            )
         q = quantise_best(x, bits[name])
         groups.setdefault(g, {"tensors": [], "streams": {}})["tensors"].append(
             {"name": name, "shape": list(np.shape(x)), "bits": q.bits, "axis": q.axis}
@@ -172,13 +185,15 @@ def _check_entries(entries: Any, field: str) -> list[dict]:
     return entries
 
 
+_BIT_WIDTH = re.compile(r"[1-9]|1[0-6]")
+
+
 def _check_streams(streams: Any, field: str) -> dict[int, int]:
     out = {}
     for key, total in schema.mapping(streams, field).items():
-        _check(
-            key.isdigit() and 1 <= int(key) <= 16 and type(total) is int and 0 <= total <= MAX_SYMBOLS,
-            f"bad stream {key[:20]!r}",
-        )
+        if _BIT_WIDTH.fullmatch(key) is None:  # not str.isdigit(): "¹" is a digit int() refuses
+            raise NvpFormatError(f"{field}: key {key[:20]!r} is not a bit width 1..16")
+        schema.integer(total, f"{field}.{key}", 0, MAX_SYMBOLS)
         out[int(key)] = total
     return out
 
@@ -285,6 +300,12 @@ def _dequantise(
         _check(
             bool(np.isfinite(low).all() and np.isfinite(step).all() and (step >= 0).all()),
             f"{name}: quantisation range holds NaN, infinite or negative values",
+        )
+        low64, high64 = low.astype(np.float64), low.astype(np.float64) + step.astype(np.float64) * ((1 << b) - 1)
+        _check(
+            bool(low64.min() >= -MAX_DECODED_MAGNITUDE and high64.max() <= MAX_DECODED_MAGNITUDE),
+            f"{name}: quantisation range reaches {max(-low64.min(), high64.max()):.4g}, beyond "
+            f"+-{MAX_DECODED_MAGNITUDE:g}",
         )
         view = [1] * len(shape)
         if axis is not None:

@@ -49,6 +49,9 @@ FORMAT_VERSION = (2, 0)  # a reader accepts any minor of the majors it knows
 READABLE_MAJORS = (1, 2)  # 1.x: one INR section, float32 routes
 _HEADER = struct.Struct("<8sHHII")
 MAX_MANIFEST_BYTES = 16 << 20
+# A section's safetensors header (JSON, parsed before any array), bounded before parsing as the
+# manifest is: nvp's are a few KB (2.7 KB for the routes of five tasks).
+MAX_SECTION_HEADER_BYTES = 1 << 20
 MAX_READ_BYTES = 64 << 20  # one ranged read; adjacent sections beyond it are fetched in further reads
 V1_INR_SECTION = "inr"
 ROUTES_SECTION = "routes"
@@ -92,22 +95,24 @@ class Segment:
 
 class _Source:
     """Byte ranges of a file: ``os.pread`` on a local file kept open (a file replaced meanwhile is still
-    read whole, from the inode it had at open), exact ranged reads through fsspec for a URL."""
+    read whole, from the inode it had at open), exact ranged reads through fsspec for a URL.
+
+    Whatever goes wrong in storage (an HTTP error status, a reply shorter than its Content-Length, a
+    server that gives no size or ignores ranges, a file replaced since it was opened) is one
+    NvpFormatError naming the URL and what happened, never the storage library's own exception."""
 
     def __init__(self, path: str):
         self.path, self.bytes_read = path, 0
         self._lock = threading.Lock()
         self._fd: int | None = None  # set first: __del__ runs even when opening fails
         if "://" in path:
-            import fsspec
-
             try:
+                import fsspec
+
                 self._fs, self._key = fsspec.core.url_to_fs(path)
-                self.size = int(self._fs.size(self._key))
-            except FileNotFoundError:
-                raise NvpFormatError(f"{path}: no such file") from None
-            except (OSError, ValueError, ImportError) as e:
-                raise NvpFormatError(f"{path}: cannot read ({e})") from None
+            except (ImportError, ValueError) as e:  # an unknown protocol, or its package missing
+                raise NvpFormatError(f"{path}: cannot read ({str(e)[:200]})") from None
+            self.size, self._version = self._remote_version()
             return
         if Path(path).is_dir():
             raise NvpFormatError(f"{path} is a directory, not a .nvp file")
@@ -119,17 +124,64 @@ class _Source:
             raise NvpFormatError(f"{path}: cannot read ({e.strerror})") from None
         self.size = os.fstat(self._fd).st_size
 
+    def _remote(self, call: Callable[[], Any], doing: str) -> Any:
+        """``call()`` (an fsspec request), its failure as one line."""
+        try:
+            return call()
+        except FileNotFoundError as e:
+            cause = _storage_failure(e.__cause__) if e.__cause__ is not None else None  # fsspec's HTTP 5xx at info
+            raise NvpFormatError(f"{self.path}: {cause or 'no such file'} ({doing})") from None
+        except Exception as e:  # any storage library's failure (aiohttp's, botocore's...): one line
+            raise NvpFormatError(f"{self.path}: {_storage_failure(e)} ({doing})") from None
+
+    def _remote_version(self) -> tuple[int, tuple]:
+        """(size, what identifies this version of the file: size, ETag, Last-Modified where the store says)."""
+        info = self._remote(lambda: self._fs.info(self._key), "asking for its size")
+        size = info.get("size")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise NvpFormatError(
+                f"{self.path}: the server does not give the file's size (no Content-Length); nvp reads files by ranges"
+            )
+        return size, (size, *(info.get(k) for k in _VERSION_KEYS))
+
     def read(self, offset: int, length: int) -> bytes:
         length = max(0, min(length, self.size - offset))
         if self._fd is None:
-            data = bytes(self._fs.cat_file(self._key, start=offset, end=offset + length)) if length else b""
+            data = (
+                bytes(self._remote(lambda: self._fs.cat_file(self._key, start=offset, end=offset + length), "reading"))
+                if length
+                else b""
+            )
+            if len(data) > length:
+                raise NvpFormatError(
+                    f"{self.path}: the server ignores range requests (it sent {len(data)} bytes for {length}); "
+                    "nvp reads files by ranges"
+                )
         else:
             data = os.pread(self._fd, length, offset)
         if len(data) != length:
-            raise NvpFormatError(f"{self.path}: the file changed or shrank while it was read")
+            raise NvpFormatError(f"{self.path}: {self._changed() or 'the file changed or shrank while it was read'}")
         with self._lock:
             self.bytes_read += length
         return data
+
+    def mismatch(self, what: str) -> NvpFormatError:
+        """The error for bytes whose checksum does not match: a URL's file replaced since it was opened says
+        so (a local file is read from the inode it had at open)."""
+        changed = self._changed()
+        if changed:
+            return NvpFormatError(f"{self.path}: {changed} (read {what} again)")
+        return NvpFormatError(f"{self.path}: {what} checksum mismatch (file corrupt or tampered)")
+
+    def _changed(self) -> str | None:
+        """How a URL's file differs from the one opened (its size, ETag or modification time), if it does."""
+        if self._fd is not None:
+            return None
+        size, version = self._remote_version()
+        if version == self._version:
+            return None
+        sizes = f": {self.size} bytes then, {size} now" if size != self.size else ""
+        return f"the file changed since it was opened{sizes}"
 
     def close(self) -> None:
         if self._fd is not None:
@@ -138,6 +190,26 @@ class _Source:
 
     def __del__(self):
         self.close()
+
+
+# What identifies a version of a file in fsspec's info, by filesystem: HTTP, S3, GCS, memory and others.
+_VERSION_KEYS = ("ETag", "Last-Modified", "LastModified", "etag", "updated", "mtime", "created")
+
+
+def _storage_failure(error: BaseException) -> str:
+    """What a storage library's exception says, in a few words: an HTTP status, a reply cut short, ..."""
+    status = getattr(error, "status", None)
+    if isinstance(status, int):  # aiohttp's ClientResponseError
+        if status == 404:
+            return "no such file"
+        if status == 416:
+            return "the file changed since it was opened (HTTP 416: a range past its end)"
+        return f"HTTP {status} {getattr(error, 'message', '')}".rstrip()
+    if type(error).__name__ in ("ClientPayloadError", "ContentLengthError", "TransferEncodingError"):
+        return "the reply ended before the length the server announced"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    return f"{type(error).__name__}: {str(error)[:200]}" if str(error) else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -169,7 +241,7 @@ class NvpFile:
         header = source.read(0, _HEADER.size)
         version, manifest_len = _parse_header(header, source.size, where)
         body_start = _HEADER.size + manifest_len
-        manifest = _parse_manifest(header + source.read(_HEADER.size, manifest_len), where)
+        manifest = _parse_manifest(header + source.read(_HEADER.size, manifest_len), source)
         try:
             index = _check_index(manifest.pop("sections", None), version, body_start, source.size)
             schema.check_inr_manifest(manifest)
@@ -233,11 +305,18 @@ class NvpFile:
 
     def _parse_section(self, name: str, chunk: bytes) -> dict[str, np.ndarray]:
         if zlib.crc32(chunk) != self._index[name].crc32:
-            raise NvpFormatError(f"{self.path}: section {name!r} checksum mismatch (file corrupt or tampered)")
+            raise self._source.mismatch(f"section {name!r}")
+        header = int.from_bytes(chunk[:8], "little") if len(chunk) >= 8 else 0
+        if header > MAX_SECTION_HEADER_BYTES:
+            raise NvpFormatError(
+                f"{self.path}: section {name!r} has an array header of {header} bytes "
+                f"(at most {MAX_SECTION_HEADER_BYTES})"
+            )
         try:
             return _st_load(chunk) if chunk else {}
         except (SafetensorError, ValueError, TypeError, KeyError) as e:  # KeyError: a dtype numpy lacks
-            raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({e})") from None
+            # The parser's message may quote the whole header: its start says what is wrong.
+            raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({str(e)[:200]})") from None
 
     def payload_sections(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
         """Every section but the routes as (bytes, meta), each read once and checked (crc32, array blob):
@@ -372,14 +451,14 @@ def _parse_header(data: bytes, size: int, where: str) -> tuple[tuple[int, int], 
     return (major, minor), manifest_len
 
 
-def _parse_manifest(data: bytes, where: str) -> dict[str, Any]:
+def _parse_manifest(data: bytes, source: _Source) -> dict[str, Any]:
     manifest_crc = _HEADER.unpack_from(data)[4]
     if zlib.crc32(data[_HEADER.size :], zlib.crc32(data[: _HEADER.size - 4])) != manifest_crc:
-        raise NvpFormatError(f"{where}: manifest checksum mismatch (file corrupt or tampered)")
+        raise source.mismatch("manifest")
     try:
         return schema.mapping(schema.load_json(data[_HEADER.size :], "manifest"), "manifest")
     except NvpFormatError as e:
-        raise NvpFormatError(f"{where}: {e}") from None
+        raise NvpFormatError(f"{source.path}: {e}") from None
 
 
 def _check_index(sections: Any, version: tuple[int, int], body_start: int, size: int) -> dict[str, _Entry]:
@@ -476,8 +555,10 @@ def write_nvp(
     manifest: dict[str, Any],
     segments: Sequence[SegmentPayload],
     routes: Sequence[Route] = (),
+    overwrite: bool = True,
 ) -> int:
-    """Write a complete .nvp file atomically; returns its size in bytes.
+    """Write a complete .nvp file atomically (without ``overwrite``, only as a new file: OutputExistsError
+    otherwise); returns its size in bytes.
 
     ``manifest["inr"]`` is the shared architecture; its ``num_frames`` is set to the segments' total.
     """
@@ -490,15 +571,20 @@ def write_nvp(
     sections[ROUTES_SECTION] = _routes_section(list(routes))
     manifest = {**manifest, "inr": {**manifest["inr"], "num_frames": start}, "segments": entries}
     data = _serialise(manifest, sections)
-    atomic_write(path, data)
+    atomic_write(path, data, overwrite)
     return len(data)
 
 
 def join_segments(
-    path: str | os.PathLike, parts: Sequence[str | os.PathLike], video: dict[str, Any], routes: Sequence[Route] = ()
+    path: str | os.PathLike,
+    parts: Sequence[str | os.PathLike],
+    video: dict[str, Any],
+    routes: Sequence[Route] = (),
+    overwrite: bool = True,
 ) -> int:
     """One file of ``parts`` (single-segment .nvp files of one architecture, in frame order), their
-    payload bytes copied verbatim; ``video`` describes the whole source. Atomic; returns the size."""
+    payload bytes copied verbatim; ``video`` describes the whole source. Atomic (a new file only, without
+    ``overwrite``); returns the size."""
     if not parts:
         raise ValueError("no segments to join")
     sections: dict[str, tuple[bytes, dict]] = {}
@@ -527,7 +613,7 @@ def join_segments(
         "segments": entries,
     }
     data = _serialise(manifest, sections)
-    atomic_write(path, data)
+    atomic_write(path, data, overwrite)
     return len(data)
 
 

@@ -1,5 +1,7 @@
 """Where a command may write: never over one of its own inputs, never over an existing file unless
-asked (``--overwrite``, as FFmpeg's ``-y``)."""
+asked (``--overwrite``, as FFmpeg's ``-y``), and only where the write can succeed -- all found before
+the command's long work starts. Writing itself is ``atomic``'s, which creates a new output exclusively
+(``OutputExistsError``, defined there, when another process wrote it meanwhile)."""
 
 from __future__ import annotations
 
@@ -7,9 +9,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-
-class OutputExistsError(FileExistsError):
-    """The output exists and replacing it was not asked for."""
+from .atomic import OutputExistsError, check_writable
 
 
 class OutputIsInputError(ValueError):
@@ -36,4 +36,5 @@ def check_output(output: str | os.PathLike, inputs: Iterable[str | os.PathLike] 
         raise FileNotFoundError(f"output folder {output.parent} does not exist")
     if not overwrite and os.path.lexists(output):
         raise OutputExistsError(f"output {output} exists; pass --overwrite to replace it")
+    check_writable(output)
     return output

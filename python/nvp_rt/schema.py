@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-MAX_JSON_DEPTH = 32  # nvp writes depth 6; Python's parser recurses, so depth is bounded before parsing
+# A manifest's JSON is bounded before it is parsed, by counts over its bytes that allocate nothing
+# (brackets and commas, inside strings too: an over-estimate), so the parser can build at most
+# MAX_JSON_VALUES objects; nesting, string lengths and numbers are then checked over the parsed
+# tree without recursion (Python's parser itself stops a deeper nesting with a RecursionError).
+MAX_JSON_DEPTH = 32  # nvp writes depth 8
+MAX_JSON_VALUES = 1 << 19  # a manifest of 2,000 segments holds about 200,000
+MAX_JSON_STRING = 1 << 16  # characters of one string or key; nvp's longest is the 2 KB fingerprint
 MAX_SIDE = 8192  # frame width / height
 MAX_FRAMES = 1 << 20
 MAX_SEGMENTS = 1 << 16
@@ -36,7 +42,6 @@ FAMILIES = ("hnerv", "nerv")
 ROUTE_ARRAY_DTYPES = (np.float16, np.float32, np.float64)
 _STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")  # what the model store accepts as a name
 _STORE_SUFFIX = re.compile(r"^[A-Za-z0-9._@+=-]{1,199}$")  # an injection point: "<backbone>@<point>"
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 class NvpFormatError(ValueError):
@@ -51,35 +56,63 @@ def fail(field: str, problem: str) -> NvpFormatError:
 
 
 def load_json(data: bytes, field: str) -> Any:
-    """Strict JSON: nesting at most MAX_JSON_DEPTH, no NaN / Infinity, no number that overflows."""
-    depth = _json_depth(data)
-    if depth > MAX_JSON_DEPTH:
-        raise fail(field, f"nested {depth} deep (at most {MAX_JSON_DEPTH})")
+    """Strict JSON of bounded cost: at most MAX_JSON_VALUES values nested at most MAX_JSON_DEPTH deep, no
+    string longer than MAX_JSON_STRING, no NaN / Infinity, no number that overflows."""
+    values = data.count(b",") + data.count(b"[") + data.count(b"{") + 1
+    if values > MAX_JSON_VALUES:
+        raise fail(field, f"up to {values} values (at most {MAX_JSON_VALUES})")
 
     def no_constant(name: str) -> float:
         raise fail(field, f"{name} is not a number JSON allows")
 
-    def finite(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise fail(field, f"number {text[:20]} overflows")
-        return value
-
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=no_constant, parse_float=finite)
+        tree = json.loads(data.decode("utf-8"), parse_constant=no_constant)
     except NvpFormatError:
         raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON syntax, huge ints
+    except RecursionError:
+        raise fail(field, f"nested more than {MAX_JSON_DEPTH} deep") from None
+    except (UnicodeDecodeError, ValueError) as e:  # ValueError: JSON syntax, huge ints
         raise fail(field, f"not valid JSON ({str(e)[:120]})") from None
+    _check_tree(tree, field)
+    return tree
 
 
-def _json_depth(data: bytes) -> int:
-    """Deepest bracket nesting outside strings (strings may hold any bracket)."""
-    skeleton = np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)
-    step = np.isin(skeleton, (ord("["), ord("{"))).astype(np.int64) - np.isin(skeleton, (ord("]"), ord("}"))).astype(
-        np.int64
-    )
-    return int(np.cumsum(step).max(initial=0))
+def _check_tree(tree: Any, field: str) -> None:
+    """Depth, string and key lengths and finite numbers of a parsed JSON document: one pass without
+    recursion, a field's name built only for the error."""
+    _check_scalar(tree, field)
+    stack: list[tuple[Any, int, Any]] = [(tree, 0, field)] if isinstance(tree, (dict, list)) else []
+    while stack:
+        node, depth, where = stack.pop()
+        if depth == MAX_JSON_DEPTH:
+            raise fail(_field_name(where), f"nested more than {MAX_JSON_DEPTH} deep")
+        if isinstance(node, dict):
+            if node and max(map(len, node)) > MAX_JSON_STRING:
+                raise fail(_field_name(where), f"a key of {max(map(len, node))} characters (at most {MAX_JSON_STRING})")
+            children: Any = node.items()
+        else:
+            children = enumerate(node)
+        for key, value in children:
+            kind = type(value)
+            if kind is dict or kind is list:
+                stack.append((value, depth + 1, (where, key)))
+            elif kind is str or kind is float:
+                _check_scalar(value, (where, key))
+
+
+def _check_scalar(value: Any, where: Any) -> None:
+    if isinstance(value, str) and len(value) > MAX_JSON_STRING:
+        raise fail(_field_name(where), f"a string of {len(value)} characters (at most {MAX_JSON_STRING})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise fail(_field_name(where), "a number overflows")
+
+
+def _field_name(where: Any) -> str:
+    """``(((field, key), 3), key)`` -> ``field.key[3].key``."""
+    if isinstance(where, str):
+        return where
+    parent, key = where
+    return f"{_field_name(parent)}[{key}]" if isinstance(key, int) else f"{_field_name(parent)}.{key[:40]}"
 
 
 # -- values ----------------------------------------------------------------------------------------

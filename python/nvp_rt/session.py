@@ -46,13 +46,17 @@ from .prefix import STAGE_INPUT, STAGE_OUTPUT, VideoINR
 from .results import postprocess
 from .store import ModelStore
 
-__all__ = ["Session", "UnknownTaskError"]
+__all__ = ["NonFiniteOutputError", "Session", "UnknownTaskError"]
 
 RESIDENT_SEGMENTS = 4  # segments whose decoded weights a Session keeps, most recently used first
 
 
 class UnknownTaskError(ValueError):
     """A query names a task the file has no route for."""
+
+
+class NonFiniteOutputError(NvpFormatError):
+    """A file that passed every check decodes to NaN or infinite values (its weights overflow the decoder)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,7 @@ class Session:
                 weights = self._stage_weights(segment, name)
                 with clock.engine():
                     x = self._device.run(self._graphs[name], {STAGE_INPUT: x, **weights}, [STAGE_OUTPUT])[0]
+                self._check_finite(self._device.on_host(x), f"INR stage {name!r}", frames[mine])
                 if name in keep:
                     taps[name] = x
             parts.append((mine, taps))
@@ -298,9 +303,9 @@ class Session:
             merged[name] = self._device.from_host(out)
         return merged
 
-    def _adapt(self, route: _Route, features, clock: _Clock) -> list:
-        """(N, C, h, w) tap features -> one input per head pathway: (N, C', H', W'), or clips frame-major
-        (N / T, T, C', H', W') for video heads."""
+    def _adapt(self, route: _Route, features, frames: np.ndarray, clock: _Clock) -> list:
+        """(N, C, h, w) tap features of ``frames`` -> one input per head pathway: (N, C', H', W'), or clips
+        frame-major (N / T, T, C', H', W') for video heads."""
         clip = route.head.clip_frames
         n = features.shape[0]
         if n % clip:
@@ -316,8 +321,24 @@ class Session:
                 for w1, b1 in rest:  # the stacked form: GELU, then the second 1x1 conv
                     y = self._device.run(route.tail, {"input": y, "weight": w1, "bias": b1}, ["output"])[0]
                 self._device.kernel_done()
+            self._check_finite(self._device.on_host(y), f"route {route.task!r}'s adapter", frames)
             out.append(y if clip == 1 else self._device.reshape(y, (n // clip, clip, *y.shape[1:])))
         return out
+
+    def _check_finite(self, values: np.ndarray | None, what: str, frames: np.ndarray) -> None:
+        """Refuse a stage's output (row i computed from ``frames[i]``) that holds NaN or infinity: a file
+        whose every stored value is finite and in range can still overflow its decoder, and a NaN must
+        never reach an answer or a pixel. ``None``: the values stay on the device (CUDA), unchecked here;
+        the heads' outputs and decoded pixels, which such a value reaches, come to the host and are."""
+        if values is None or values.dtype.kind != "f" or np.isfinite(values).all():
+            return
+        row = int(np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0])
+        frame = int(frames[row])
+        segment = int(self.inr.locate(np.array([frame]))[0][0])
+        raise NonFiniteOutputError(
+            f"{self.path}: segment {segment}, frame {frame}: {what} holds NaN or infinite values "
+            "(the file's weights overflow its decoder)"
+        )
 
     def run(self, tasks: str | Sequence[str], frames: Iterable[int] | None = None, top_k: int = 5) -> dict[str, Any]:
         """Answer ``tasks`` on ``frames`` (default: all); a dict task -> typed result (see ``nvp_rt.results``)."""
@@ -334,9 +355,12 @@ class Session:
         answers = {}
         for route in routes:
             with clock.step("adapters"):
-                features = self._adapt(route, taps[route.tap], clock)
+                features = self._adapt(route, taps[route.tap], idx, clock)
             with clock.step("heads"), clock.engine():
                 raw = route.head.run(self._device, features)
+            first_frames = idx[:: route.head.clip_frames]  # an output row per frame, or per clip
+            for output, values in raw.items():
+                self._check_finite(values, f"route {route.task!r}'s head output {output!r}", first_frames)
             with clock.step("post"):
                 frames_of = idx.tolist()
                 if route.head.clip_frames > 1:
@@ -352,6 +376,7 @@ class Session:
         idx = self._frames(frames)
         clock = _Clock()
         rgb = self._device.to_host(self._decode_prefix(idx, "rgb", {"rgb"}, clock)["rgb"])
+        self._check_finite(rgb, "the decoded pixels", idx)
         return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
 
 
@@ -417,6 +442,11 @@ class _Device:
         graph.run_with_iobinding(binding)
         values = binding.get_outputs()
         return [v.numpy() for v in values] if to_host else [_OrtCudaArray(v) for v in values]
+
+    def on_host(self, a) -> np.ndarray | None:
+        """``a`` where it is already a host array (the CPU), else None: copying device memory back to
+        check it would cost what keeping the features on the GPU saves."""
+        return a if self.kind == "cpu" else None
 
     def kernel_done(self) -> None:
         """The kernel runs on the default stream, ONNX Runtime on its own: order them."""

@@ -200,8 +200,10 @@ def write_video(
     codec: str = "libx264",
     options: dict[str, str] | None = None,
     pix_fmt: str = "yuv420p",
+    overwrite: bool = True,
 ) -> int:
-    """Encode frames into a video file atomically; returns the bytes of coded video (stream payload, no container)."""
+    """Encode frames into a video file atomically (a new file only, without ``overwrite``); returns the bytes of
+    coded video (stream payload, no container)."""
     av = _av()
     path = Path(path)
     if path.is_dir():
@@ -213,7 +215,7 @@ def write_video(
     if fmt is None:
         raise VideoError(f"{path}: unsupported video extension (use .mp4, .mkv, .mov or .avi, or a folder for PNGs)")
     payload = 0
-    with atomic_output(path) as tmp, av.open(str(tmp), "w", format=fmt) as container:
+    with atomic_output(path, overwrite) as tmp, av.open(str(tmp), "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=round(fps) or 30, options=options or {})
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         for rgb in frames:
@@ -230,8 +232,11 @@ def png_name(index: int) -> str:
     return f"frame_{index:06d}.png"
 
 
-def write_pngs(folder: str | os.PathLike, frames: np.ndarray, first_index: int = 0, step: int = 1) -> list[Path]:
-    """One PNG per frame, named by its frame index in the video; each file written atomically."""
+def write_pngs(
+    folder: str | os.PathLike, frames: np.ndarray, first_index: int = 0, step: int = 1, overwrite: bool = True
+) -> list[Path]:
+    """One PNG per frame, named by its frame index in the video; each file written atomically (a new file
+    only, without ``overwrite``)."""
     av = _av()
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -244,6 +249,6 @@ def write_pngs(folder: str | os.PathLike, frames: np.ndarray, first_index: int =
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
         out = folder / png_name(first_index + k * step)
-        atomic_write(out, data)
+        atomic_write(out, data, overwrite)
         written.append(out)
     return written

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nvp_rt.atomic import atomic_write
+from nvp_rt.atomic import atomic_write, check_writable
 from nvp_rt.store import ModelStore
 
 from ..clips import MONTAGE, ClipSpec, RealClip
@@ -332,6 +332,7 @@ def run_bench(config: BenchConfig) -> dict:
     """Run both parts and write JSON, markdown and charts into ``config.out``; returns the results."""
     torch.set_num_threads(config.threads)
     config.out.mkdir(parents=True, exist_ok=True)
+    check_writable(config.out / "accuracy.json")  # hours before it is written
     store = ModelStore(config.store or config.out / "store")
     rng = np.random.default_rng(config.seed)
 

@@ -35,12 +35,19 @@ def _build(config: dict, tensors: dict[str, np.ndarray]) -> INR:
 
 
 def save_nvp(
-    path: str | os.PathLike, inr: INR, arrays: dict[str, np.ndarray], meta: dict, info: dict, routes: Sequence = ()
+    path: str | os.PathLike,
+    inr: INR,
+    arrays: dict[str, np.ndarray],
+    meta: dict,
+    info: dict,
+    routes: Sequence = (),
+    overwrite: bool = True,
 ) -> int:
     """Write the quantised INR (from :func:`quantise_inr`) as a one-segment file, with ``info`` (video,
-    metrics, ...) in the manifest and ``routes`` (``nvp_rt.nvpfile.Route``)."""
+    metrics, ...) in the manifest and ``routes`` (``nvp_rt.nvpfile.Route``); a new file only, without
+    ``overwrite``."""
     manifest = {"inr": inr.config_dict(), "taps": tap_list(inr), **info}
-    return write_nvp(path, manifest, [SegmentPayload(inr.num_frames, arrays, meta)], routes)
+    return write_nvp(path, manifest, [SegmentPayload(inr.num_frames, arrays, meta)], routes, overwrite)
 
 
 def tap_list(inr: INR) -> list[dict]:
