@@ -1,0 +1,192 @@
+"""A clip encoded against the base: latents from one encoder pass, a short fit of them and of a modulation,
+both coded, counted in real bytes, and decoded back.
+
+1. The encoder gives every frame's latent in one pass.
+2. A first quantisation step is chosen so the latents fit the budget left after the modulation's
+   estimated bytes (``latents.step_for_bytes``).
+3. For ``fit_seconds``, Adam trains the latents and the modulation on the clip (MSE), the latents seen
+   through uniform noise of that step (what quantising them will add), learning rate warmed up then
+   annealed over the time budget.
+4. The modulation is quantised and range-coded (``nvp_rt.codec``, 8 bits a value); the latents get every
+   byte left (the step bisected again on their real coded size) and are coded closed-loop.
+5. The payload is one safetensors blob of those arrays with their description and the base's hash;
+   its length is the bytes counted in bpp. ``decode`` reads it back to frames.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
+
+from nvp_rt.codec import decode_tensors, encode_tensors
+from nvp_rt.schema import NvpFormatError
+
+from ..backbone import to_uint8_frames
+from ..inr.fit import clip_psnr, lr_factor
+from .latents import code_latents, coded_bytes, decode_latents, step_for_bytes
+from .model import Base
+from .modulate import Modulation
+from .pretrain import noisy, resolve_device, to_tensor
+
+MODULATION_BITS = 8
+FORMAT = "nvp-base-payload-1"
+
+
+@dataclass(frozen=True)
+class BaseEncodeConfig:
+    bpp: float = 0.25
+    modulation: str = "film"
+    rank: int = 2  # LoRA rank (modulation "lora")
+    fit_seconds: float = 40.0
+    max_steps: int = 100_000
+    batch: int = 8
+    lr_latents: float = 3e-3
+    lr_modulation: float = 1e-3
+    warmup: float = 0.05
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = 1
+
+
+@dataclass
+class BaseEncoding:
+    payload: bytes
+    bpp: float
+    psnr: float  # mean per-frame PSNR of the payload's 8-bit decode against the frames
+    psnr_encoder_only: float  # the latents straight from the encoder, unquantised, no fit
+    psnr_fitted: float  # after the fit, before quantisation
+    steps: int
+    fit_seconds: float
+    seconds: float
+    step: float  # the latents' quantisation step
+    bytes_latents: int
+    bytes_modulation: int
+
+
+def _decode_all(modulation: Modulation, latents: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([modulation.decode(chunk)["rgb"] for chunk in latents.split(8)])
+
+
+def _pack(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
+    return save(arrays, metadata={"nvp": json.dumps(meta, separators=(",", ":"))})
+
+
+def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = BaseEncodeConfig()) -> BaseEncoding:
+    """Encode uint8 frames (N, H, W, 3) against ``base`` (whose hash is ``digest``) within ``cfg.bpp``."""
+    started = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    n, h, w, _ = frames.shape
+    base.config.latent_shape(h, w)  # a frame size the base cannot take fails here, with its reason
+    budget = int(cfg.bpp * n * h * w / 8)
+    base = base.to(device).eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    target = to_tensor(frames, device)
+    with torch.no_grad():
+        start = torch.cat([base.encoder(chunk) for chunk in target.split(8)])
+    modulation = Modulation(base.decoder, cfg.modulation, cfg.rank).to(device)
+    psnr_encoder_only = clip_psnr(_decode_all(modulation, start), target)
+    # The modulation's bytes before it is fitted: its values at 8 bits less what range coding saves on
+    # trained ones (about a bit), plus the container's per-array description.
+    header = 600
+    estimate = modulation.count() * 7 // 8 + 120 * len(modulation.values) + header
+    if estimate >= budget:
+        raise ValueError(f"{cfg.bpp} bpp is too small for the {cfg.modulation} modulation ({estimate} bytes)")
+    step = step_for_bytes(start.cpu().numpy(), budget - estimate)
+    latents = torch.nn.Parameter(start.clone())
+    groups = [{"params": [latents], "peak_lr": cfg.lr_latents}]
+    if modulation.count():
+        groups.append({"params": list(modulation.values.values()), "peak_lr": cfg.lr_modulation})
+    optimiser = torch.optim.Adam([{**g, "lr": g["peak_lr"]} for g in groups])
+    generator = torch.Generator().manual_seed(cfg.seed)
+    fit_started, steps = time.perf_counter(), 0
+    while steps < cfg.max_steps:
+        progress = max(steps / cfg.max_steps, (time.perf_counter() - fit_started) / max(cfg.fit_seconds, 1e-9))
+        if progress >= 1:
+            break
+        for group in optimiser.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(progress, cfg.warmup)
+        idx = torch.randperm(n, generator=generator)[: cfg.batch].to(device)
+        widths = torch.full((len(idx),), step, device=device)
+        out = modulation.decode(noisy(latents[idx], widths))["rgb"]
+        loss = F.mse_loss(out, target[idx])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        steps += 1
+    fit_seconds = time.perf_counter() - fit_started
+    fitted = latents.detach()
+    psnr_fitted = clip_psnr(_decode_all(modulation, fitted), target)
+
+    stored = {k: v.numpy().astype(np.float32) for k, v in modulation.stored().items()}
+    mod_arrays, mod_meta = encode_tensors(stored, dict.fromkeys(stored, MODULATION_BITS)) if stored else ({}, {})
+    if stored:
+        modulation.load_stored({k: torch.from_numpy(v) for k, v in decode_tensors(mod_arrays, mod_meta).items()})
+    meta = {"format": FORMAT, "base": digest, "frames": [n, h, w], "modulation": cfg.modulation, "rank": cfg.rank}
+    arrays = {f"modulation/{k}": v for k, v in mod_arrays.items()}
+    values = fitted.cpu().numpy()
+    latent_budget = budget - len(_pack(arrays, {**meta, "modulation_meta": mod_meta})) - 256
+    for _ in range(4):  # the header grows a little with the latents' description: shrink until it all fits
+        if latent_budget <= 0:
+            raise ValueError(f"{cfg.bpp} bpp leaves no bytes for the latents after the {cfg.modulation} modulation")
+        step = step_for_bytes(values, latent_budget)
+        lat_arrays, lat_meta, _ = code_latents(values, step)
+        payload = _pack({**arrays, **lat_arrays}, {**meta, "latents": lat_meta, "modulation_meta": mod_meta})
+        if len(payload) <= budget:
+            break
+        latent_budget -= len(payload) - budget
+    else:
+        raise ValueError(f"could not fit the payload in {budget} bytes")
+    frames_out = decode(payload, base, digest)
+    return BaseEncoding(
+        payload=payload,
+        bpp=8 * len(payload) / (n * h * w),
+        psnr=clip_psnr(to_tensor(frames_out, torch.device("cpu")), target.cpu()),
+        psnr_encoder_only=psnr_encoder_only,
+        psnr_fitted=psnr_fitted,
+        steps=steps,
+        fit_seconds=fit_seconds,
+        seconds=time.perf_counter() - started,
+        step=step,
+        bytes_latents=coded_bytes(lat_arrays),
+        bytes_modulation=coded_bytes(mod_arrays),
+    )
+
+
+def decode(payload: bytes, base: Base, digest: str) -> np.ndarray:
+    """Frames uint8 (N, H, W, 3) of a payload from :func:`encode`; NvpFormatError (one line) if it is
+    malformed or names another base."""
+    try:
+        arrays = load(payload)
+        # safetensors' numpy loader returns no metadata: read it from the header (u64 length + JSON)
+        header_len = int.from_bytes(payload[:8], "little")
+        meta = json.loads(json.loads(payload[8 : 8 + min(header_len, len(payload))])["__metadata__"]["nvp"])
+    except (SafetensorError, ValueError, KeyError, TypeError) as e:
+        raise NvpFormatError(f"base payload: not readable ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise NvpFormatError("base payload: unknown format")
+    if meta.get("base") != digest:
+        raise NvpFormatError(f"base payload: encoded against base {str(meta.get('base'))[:16]}, not {digest[:16]}")
+    try:
+        latents = decode_latents({k: v for k, v in arrays.items() if k.startswith("latents:")}, meta["latents"])
+        modulation = Modulation(base.decoder, meta["modulation"], meta["rank"])
+        mod_arrays = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("modulation/")}
+        if modulation.count():
+            values = decode_tensors(mod_arrays, meta["modulation_meta"])
+            modulation.load_stored({k: torch.from_numpy(v) for k, v in values.items()})
+    except (ValueError, KeyError, TypeError) as e:
+        raise NvpFormatError(f"base payload: {str(e).splitlines()[0][:200]}") from None
+    device = next(base.parameters()).device
+    rgb = _decode_all(modulation.to(device), torch.from_numpy(latents).to(device))
+    return to_uint8_frames(rgb.cpu())

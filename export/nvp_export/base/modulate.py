@@ -1,0 +1,96 @@
+"""A video's own change to the base decoder: a few values per convolution, applied as parameter deltas.
+
+Every kind turns the base's convolution (weight W of shape (O, I, k, k), bias b) into the video's own:
+
+- ``none``: the base as it is;
+- ``bias``: b + d (O values);
+- ``film``: W * (1 + g), b * (1 + g) + d per output channel (2 O values), i.e. FiLM's scale and shift
+  on the convolution's output, before its activation;
+- ``lora``: W + A B with A (O, r), B (r, I k k), b + d (low-rank deltas, r = ``rank``);
+- ``full``: W + D, b + d (a full fine-tune stored as its delta from the base).
+
+The decoder's architecture does not change, so a video's decoder is the base's graph with other
+weights bound (the runtime's model, one graph per architecture), and its taps keep their shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .model import BaseDecoder
+
+KINDS = ("none", "bias", "film", "lora", "full")
+
+
+class Modulation(nn.Module):
+    """The stored values of one kind for every convolution of ``decoder`` (initially: no change)."""
+
+    def __init__(self, decoder: BaseDecoder, kind: str = "film", rank: int = 2):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown modulation {kind!r}; choose one of {KINDS}")
+        if not (isinstance(rank, int) and 0 < rank <= 64):
+            raise ValueError(f"LoRA rank must be an integer in 1..64, got {rank!r}")
+        self.kind, self.rank = kind, rank
+        self.decoder = decoder
+        self.convs = [name for name, m in decoder.named_modules() if isinstance(m, nn.Conv2d)]
+        self.values = nn.ParameterDict()
+        for name in self.convs:
+            conv = decoder.get_submodule(name)
+            out, fan_in = conv.weight.shape[0], conv.weight[0].numel()
+            key = name.replace(".", "_")
+            if kind != "none":
+                self.values[f"{key}__shift"] = nn.Parameter(torch.zeros(out))
+            if kind == "film":
+                self.values[f"{key}__gain"] = nn.Parameter(torch.zeros(out))
+            elif kind == "lora":
+                self.values[f"{key}__a"] = nn.Parameter(torch.zeros(out, rank))
+                self.values[f"{key}__b"] = nn.Parameter(torch.randn(rank, fan_in) * fan_in**-0.5)
+            elif kind == "full":
+                self.values[f"{key}__delta"] = nn.Parameter(torch.zeros_like(conv.weight))
+
+    def base_parameters(self) -> dict[str, torch.Tensor]:
+        return dict(self.decoder.named_parameters())
+
+    def parameters_for_video(self) -> dict[str, torch.Tensor]:
+        """The decoder's parameters with this modulation applied (differentiable in its values)."""
+        params = {k: v.detach() for k, v in self.base_parameters().items()}
+        for name in self.convs:
+            key = name.replace(".", "_")
+            w, b = params[f"{name}.weight"], params[f"{name}.bias"]
+            if self.kind == "none":
+                continue
+            if self.kind == "film":
+                gain = 1 + self.values[f"{key}__gain"]
+                w, b = w * gain.view(-1, 1, 1, 1), b * gain
+            elif self.kind == "lora":
+                w = w + (self.values[f"{key}__a"] @ self.values[f"{key}__b"]).view_as(w)
+            elif self.kind == "full":
+                w = w + self.values[f"{key}__delta"]
+            params[f"{name}.weight"], params[f"{name}.bias"] = w, b + self.values[f"{key}__shift"]
+        return params
+
+    def decode(self, latent: torch.Tensor, until: str = "rgb") -> dict[str, torch.Tensor]:
+        """The video's decoder's taps (see ``BaseDecoder.forward``)."""
+        if self.kind == "none":
+            return self.decoder(latent, until)
+        return functional_call(self.decoder, self.parameters_for_video(), (latent, until))
+
+    def stored(self) -> dict[str, torch.Tensor]:
+        """What a file stores for this modulation: name -> values."""
+        return {k: v.detach().cpu() for k, v in self.values.items()}
+
+    def load_stored(self, values: dict[str, torch.Tensor]) -> None:
+        """Set the values from a file's (names and shapes must be exactly this kind's)."""
+        expected = {k: tuple(v.shape) for k, v in self.values.items()}
+        got = {k: tuple(v.shape) for k, v in values.items()}
+        if expected != got:
+            raise ValueError(f"stored {self.kind} modulation does not fit the base ({sorted(got)[:4]}...)")
+        with torch.no_grad():
+            for k, v in values.items():
+                self.values[k].copy_(torch.as_tensor(v))
+
+    def count(self) -> int:
+        return sum(v.numel() for v in self.values.values())
