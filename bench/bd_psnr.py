@@ -97,7 +97,8 @@ except ValueError as e:  # no payload within the budget: a row that says so
     print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
 else:
     print(json.dumps({"bpp": r.bpp, "psnr_db": r.psnr, "steps": r.steps, "fit_seconds": r.fit_seconds,
-                      "encode_seconds": r.seconds, "psnr_encoder_only_db": r.psnr_encoder_only,
+                      "encode_seconds": r.seconds, "decode_seconds": r.decode_seconds,
+                      "psnr_encoder_only_db": r.psnr_encoder_only,
                       "psnr_fitted_db": r.psnr_fitted, "latent_step": r.step, "bytes_latents": r.bytes_latents,
                       "bytes_modulation": r.bytes_modulation, "base": digest}))
 """

@@ -137,7 +137,7 @@ def coded_bytes(arrays: dict[str, np.ndarray]) -> int:
     return sum(v.nbytes for v in arrays.values())
 
 
-def step_for_bytes(latents: np.ndarray, budget: int, iterations: int = 24) -> float:
+def step_for_bytes(latents: np.ndarray, budget: int, iterations: int = 14) -> float:
     """The smallest step whose coded latents (all their arrays) fit in ``budget`` bytes, by bisection in
     log step; ValueError if even a very coarse step does not fit."""
     latents = np.asarray(latents, np.float32)

@@ -85,8 +85,9 @@ def held_out_psnr(model: Base, frames: torch.Tensor) -> float:
     return float(torch.cat(psnrs).mean())
 
 
-def pretrain(cfg: PretrainConfig, log=None) -> tuple[Base, list[dict]]:
-    """Train a base from ``cfg.seed``; returns it (on CPU, eval mode) and the log's records."""
+def pretrain(cfg: PretrainConfig, log=None, checkpoint: Path | None = None) -> tuple[Base, list[dict]]:
+    """Train a base from ``cfg.seed``; returns it (on CPU, eval mode) and the log's records. ``checkpoint``:
+    where to save the weights at every held-out evaluation (to look at a long run while it trains)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -148,6 +149,8 @@ def pretrain(cfg: PretrainConfig, log=None) -> tuple[Base, list[dict]]:
             )
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 values["held_out_psnr"] = round(held_out_psnr(model, held_out), 3)
+                if checkpoint is not None:
+                    save_base(checkpoint, model, {"step": str(step)})
             record(**values)
     if timed:
         record(event="time-bound", note="the time limit set the schedule: another run may differ")
@@ -186,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     command = "python -m nvp_export.base.pretrain " + " ".join(sys.argv[1:] if argv is None else argv)
+    checkpoint = args.out.with_name(args.out.stem + ".partial.safetensors")
     if args.log:
         with open(args.log, "w") as log:
-            model, records = pretrain(cfg, log)
+            model, records = pretrain(cfg, log, checkpoint)
     else:
-        model, records = pretrain(cfg)
+        model, records = pretrain(cfg, checkpoint=checkpoint)
+    checkpoint.unlink(missing_ok=True)
     digest = save_base(args.out, model, {"command": command, "pretrain": json.dumps(asdict(cfg), default=str)})
     last = [r for r in records if "held_out_psnr" in r]
     print(f"wrote {args.out} (base {digest[:16]}), held-out PSNR {last[-1]['held_out_psnr'] if last else '-'} dB")
