@@ -153,15 +153,15 @@ def test_modulation_is_the_stated_parameter_change(tiny_base, kind):
     if kind == "none":
         w2, b2 = w, b
     elif kind == "bias":
-        w2, b2 = w, b + values["stages_stem_conv__shift"]
+        w2, b2 = w, b + values["c0_shift"]
     elif kind == "film":
-        g = 1 + values["stages_stem_conv__gain"]
-        w2, b2 = w * g.view(-1, 1, 1, 1), b * g + values["stages_stem_conv__shift"]
+        g = 1 + values["c0_gain"]
+        w2, b2 = w * g.view(-1, 1, 1, 1), b * g + values["c0_shift"]
     elif kind == "lora":
-        w2 = w + (values["stages_stem_conv__a"] @ values["stages_stem_conv__b"]).view_as(w)
-        b2 = b + values["stages_stem_conv__shift"]
+        w2 = w + (values["c0_a"] @ values["c0_b"]).view_as(w)
+        b2 = b + values["c0_shift"]
     else:
-        w2, b2 = w + values["stages_stem_conv__delta"], b + values["stages_stem_conv__shift"]
+        w2, b2 = w + values["c0_delta"], b + values["c0_shift"]
     x = torch.randn(2, 4, 3, 4)
     stem = modulation.decode(x, until="stem")["stem"]
     first = torch.nn.functional.gelu(reference_conv(x, w2, b2))

@@ -36,6 +36,7 @@ from .modulate import Modulation
 from .pretrain import noisy, resolve_device, to_tensor
 
 MODULATION_BITS = 8
+LATENT_HEADER_BYTES = 256  # the latents' arrays and description in the payload's header
 FORMAT = "nvp-base-payload-1"
 
 
@@ -47,7 +48,14 @@ class BaseEncodeConfig:
     fit_seconds: float = 40.0
     max_steps: int = 100_000
     batch: int = 8
-    lr_latents: float = 3e-3
+    # Fit the latents too (seen through the quantiser's noise), or only the modulation, to the latents as
+    # coded. At 0.1 bpp fitting them made them cost more (Big Buck Bunny: step 1.05 -> 1.54-1.79, 1.3-2.9 dB
+    # lost after coding; docs/base.md).
+    fit_latents: bool = False
+    lr_latents: float = 1e-2
+    # With fit_latents: this times the mean absolute change of the latents between consecutive frames, in
+    # quantisation steps (what inter prediction codes), joins the loss, so the fit does not make them dearer.
+    temporal_weight: float = 0.0
     lr_modulation: float = 1e-3
     warmup: float = 0.05
     seed: int = 0
@@ -80,6 +88,57 @@ def _pack(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
     return save(arrays, metadata={"nvp": json.dumps(meta, separators=(",", ":"))})
 
 
+def _modulation_bytes_estimate(modulation: Modulation, digest: str) -> int:
+    """The modulation's bytes in the payload (values, ranges, descriptions) before it is fitted: its
+    values coded as if each differed from the base by a little noise, which codes at about the full
+    8 bits (fitted ones code a little below)."""
+    if not modulation.count():
+        return len(_pack({}, {"base": digest}))
+    generator = torch.Generator().manual_seed(0)
+    stand_in = {
+        k: (v + 0.01 * torch.randn(v.shape, generator=generator)).numpy() for k, v in modulation.stored().items()
+    }
+    arrays, meta = encode_tensors(stand_in, dict.fromkeys(stand_in, MODULATION_BITS))
+    return len(_pack({f"modulation/{k}": v for k, v in arrays.items()}, {"base": digest, "modulation_meta": meta}))
+
+
+def _fit(
+    modulation: Modulation, latents: torch.Tensor, target: torch.Tensor, noise: float | None, cfg: BaseEncodeConfig
+) -> int:
+    """Adam on the modulation's values and, when ``latents`` is a Parameter, on the latents (seen through
+    uniform noise of width ``noise``) for ``cfg.fit_seconds``; returns the steps taken."""
+    groups = []
+    if isinstance(latents, torch.nn.Parameter):
+        groups.append({"params": [latents], "peak_lr": cfg.lr_latents})
+    if modulation.count():
+        groups.append({"params": list(modulation.values.values()), "peak_lr": cfg.lr_modulation})
+    if not groups:
+        return 0
+    optimiser = torch.optim.Adam([{**g, "lr": g["peak_lr"]} for g in groups])
+    generator = torch.Generator().manual_seed(cfg.seed)
+    n, started, steps = len(target), time.perf_counter(), 0
+    while steps < cfg.max_steps:
+        progress = max(steps / cfg.max_steps, (time.perf_counter() - started) / max(cfg.fit_seconds, 1e-9))
+        if progress >= 1:
+            break
+        for group in optimiser.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(progress, cfg.warmup)
+        if cfg.temporal_weight and noise is not None:  # consecutive frames, whose differences the coder pays
+            first = int(torch.randint(0, max(n - cfg.batch, 0) + 1, (1,), generator=generator))
+            idx = torch.arange(first, min(first + cfg.batch, n), device=target.device)
+        else:
+            idx = torch.randperm(n, generator=generator)[: cfg.batch].to(target.device)
+        seen = latents[idx] if noise is None else noisy(latents[idx], torch.full((len(idx),), noise, device=idx.device))
+        loss = F.mse_loss(modulation.decode(seen)["rgb"], target[idx])
+        if cfg.temporal_weight and noise is not None and len(idx) > 1:
+            loss = loss + cfg.temporal_weight * (latents[idx[1:]] - latents[idx[:-1]]).abs().mean() / noise
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        steps += 1
+    return steps
+
+
 def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = BaseEncodeConfig()) -> BaseEncoding:
     """Encode uint8 frames (N, H, W, 3) against ``base`` (whose hash is ``digest``) within ``cfg.bpp``."""
     started = time.perf_counter()
@@ -100,39 +159,22 @@ def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = 
     measuring = time.perf_counter()
     psnr_encoder_only = clip_psnr(_decode_all(modulation, start), target)
     measured = time.perf_counter() - measuring  # diagnostics: not part of the encode's time
-    # The modulation's bytes before it is fitted: its values at 8 bits less what range coding saves on
-    # trained ones (about a bit), plus the container's per-array description.
-    header = 600
-    estimate = modulation.count() * 7 // 8 + 120 * len(modulation.values) + header
-    if estimate >= budget:
+    estimate = _modulation_bytes_estimate(modulation, digest)
+    if estimate + LATENT_HEADER_BYTES >= budget:
         raise ValueError(f"{cfg.bpp} bpp is too small for the {cfg.modulation} modulation ({estimate} bytes)")
-    step = step_for_bytes(start.cpu().numpy(), budget - estimate)
-    latents = torch.nn.Parameter(start.clone())
-    groups = [{"params": [latents], "peak_lr": cfg.lr_latents}]
-    if modulation.count():
-        groups.append({"params": list(modulation.values.values()), "peak_lr": cfg.lr_modulation})
-    optimiser = torch.optim.Adam([{**g, "lr": g["peak_lr"]} for g in groups])
-    generator = torch.Generator().manual_seed(cfg.seed)
-    fit_started, steps = time.perf_counter(), 0
-    while steps < cfg.max_steps:
-        progress = max(steps / cfg.max_steps, (time.perf_counter() - fit_started) / max(cfg.fit_seconds, 1e-9))
-        if progress >= 1:
-            break
-        for group in optimiser.param_groups:
-            group["lr"] = group["peak_lr"] * lr_factor(progress, cfg.warmup)
-        idx = torch.randperm(n, generator=generator)[: cfg.batch].to(device)
-        widths = torch.full((len(idx),), step, device=device)
-        out = modulation.decode(noisy(latents[idx], widths))["rgb"]
-        loss = F.mse_loss(out, target[idx])
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        steps += 1
+    step = step_for_bytes(start.cpu().numpy(), budget - estimate - LATENT_HEADER_BYTES)
+    fit_started = time.perf_counter()
+    if cfg.fit_latents:
+        latents: torch.Tensor = torch.nn.Parameter(start.clone())
+        steps = _fit(modulation, latents, target, step, cfg)
+    else:  # the latents coded as the encoder gave them; the modulation fitted to what a reader will decode
+        latents = torch.from_numpy(code_latents(start.cpu().numpy(), step)[2]).to(device)
+        steps = _fit(modulation, latents, target, None, cfg)
     fit_seconds = time.perf_counter() - fit_started
-    fitted = latents.detach()
     measuring = time.perf_counter()
-    psnr_fitted = clip_psnr(_decode_all(modulation, fitted), target)
+    psnr_fitted = clip_psnr(_decode_all(modulation, latents.detach()), target)
     measured += time.perf_counter() - measuring
+    fitted = latents.detach() if cfg.fit_latents else start
 
     stored = {k: v.numpy().astype(np.float32) for k, v in modulation.stored().items()}
     mod_arrays, mod_meta = encode_tensors(stored, dict.fromkeys(stored, MODULATION_BITS)) if stored else ({}, {})
@@ -141,8 +183,8 @@ def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = 
     meta = {"format": FORMAT, "base": digest, "frames": [n, h, w], "modulation": cfg.modulation, "rank": cfg.rank}
     arrays = {f"modulation/{k}": v for k, v in mod_arrays.items()}
     values = fitted.cpu().numpy()
-    latent_budget = budget - len(_pack(arrays, {**meta, "modulation_meta": mod_meta})) - 256
-    for _ in range(4):  # the header grows a little with the latents' description: shrink until it all fits
+    latent_budget = budget - len(_pack(arrays, {**meta, "modulation_meta": mod_meta})) - LATENT_HEADER_BYTES
+    for _ in range(8):  # the header grows a little with the latents' description: shrink until it all fits
         if latent_budget <= 0:
             raise ValueError(f"{cfg.bpp} bpp leaves no bytes for the latents after the {cfg.modulation} modulation")
         step = step_for_bytes(values, latent_budget)
@@ -150,7 +192,7 @@ def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = 
         payload = _pack({**arrays, **lat_arrays}, {**meta, "latents": lat_meta, "modulation_meta": mod_meta})
         if len(payload) <= budget:
             break
-        latent_budget -= len(payload) - budget
+        latent_budget -= len(payload) - budget + 16
     else:
         raise ValueError(f"could not fit the payload in {budget} bytes")
     seconds = time.perf_counter() - started - measured

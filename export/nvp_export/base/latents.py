@@ -5,7 +5,9 @@ Frames of a shot change little from one to the next, and so do their latents, wh
 file's bits. Each frame is predicted either from the previous frame's *decoded* latent (inter) or from
 the clip's per-channel mean (intra, for cuts), whichever leaves the smaller residual; the residual is
 quantised to integers at ``step`` and range-coded (``constriction``, the coder of ``nvp_rt.codec``) with
-a zero-mean quantised Laplace model per (mode, channel) whose scale is stored in float16. Prediction
+a zero-mean quantised Laplace model per (mode, context, channel) whose scale is stored in float16; the
+context is whether the previous frame's residual at the same place was zero (where nothing moved,
+nothing is likely to move next). Prediction
 from the decoded latent (closed loop) keeps every frame's error within step / 2: nothing accumulates.
 
 ``codec.encode_tensors`` is not used here: its quantiser maps each tensor's range onto 2^bits levels,
@@ -31,8 +33,11 @@ def _model(lo: int, hi: int):
     return constriction.stream.model.QuantizedLaplace(lo, hi)
 
 
-def _predict(latents: np.ndarray, step: float, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(integer residuals (N, C, H, W), modes (N,) 0 intra / 1 inter, decoded latents) at ``step``."""
+def _predict(
+    latents: np.ndarray, step: float, mean: np.ndarray, inter: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(integer residuals (N, C, H, W), modes (N,) 0 intra / 1 inter, decoded latents) at ``step``;
+    ``inter=False``: every frame intra (what the prediction saves is measured against this)."""
     n = latents.shape[0]
     q = np.empty(latents.shape, np.int32)
     modes = np.zeros(n, np.uint8)
@@ -41,7 +46,7 @@ def _predict(latents: np.ndarray, step: float, mean: np.ndarray) -> tuple[np.nda
     previous = None
     for t in range(n):
         prediction = intra
-        if previous is not None and np.abs(latents[t] - previous).sum() < np.abs(latents[t] - intra).sum():
+        if inter and previous is not None and np.abs(latents[t] - previous).sum() < np.abs(latents[t] - intra).sum():
             prediction, modes[t] = previous, 1
         q[t] = np.clip(np.rint((latents[t] - prediction) / step), -MAX_SYMBOL, MAX_SYMBOL)
         decoded[t] = prediction + q[t].astype(np.float32) * np.float32(step)
@@ -49,36 +54,51 @@ def _predict(latents: np.ndarray, step: float, mean: np.ndarray) -> tuple[np.nda
     return q, modes, decoded
 
 
+def _contexts(q: np.ndarray) -> np.ndarray:
+    """Each symbol's context: 1 where the previous frame's symbol at the same place was not zero (the
+    latent moved there), else 0; the first frame's are 0. A reader knows it before decoding the frame."""
+    contexts = np.zeros(q.shape, np.uint8)
+    contexts[1:] = q[:-1] != 0
+    return contexts
+
+
 def _scales(q: np.ndarray, modes: np.ndarray) -> np.ndarray:
-    """Per (mode, channel) Laplace scale (maximum likelihood: the mean absolute value), float16."""
-    channels = q.shape[1]
-    scales = np.full((2, channels), MIN_SCALE)
+    """Laplace scale per (mode, context, channel): maximum likelihood (the mean absolute value), float16."""
+    magnitude, contexts = np.abs(q).astype(np.float64), _contexts(q)
+    scales = np.full((2, 2, q.shape[1]), MIN_SCALE)
     for mode in (0, 1):
-        chosen = q[modes == mode]
-        if len(chosen):
-            scales[mode] = np.maximum(np.abs(chosen).mean(axis=(0, 2, 3)), MIN_SCALE)
+        for context in (0, 1):
+            mask = (modes[:, None, None, None] == mode) & (contexts == context)
+            count = mask.sum(axis=(0, 2, 3))
+            total = (magnitude * mask).sum(axis=(0, 2, 3))
+            scales[mode, context] = np.maximum(np.where(count > 0, total / np.maximum(count, 1), 0), MIN_SCALE)
     return scales.astype(np.float16)
 
 
-def _per_symbol(shape: tuple[int, ...], modes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    n, c, h, w = shape
-    return np.broadcast_to(scales.astype(np.float64)[modes][:, :, None, None], (n, c, h, w)).reshape(-1)
+def _frame_scales(scales: np.ndarray, mode: int, contexts: np.ndarray) -> np.ndarray:
+    """Per-symbol scales (C * H * W,) of one frame coded in ``mode`` with ``contexts`` (C, H, W)."""
+    table = scales[mode].astype(np.float64)  # (2, C)
+    return table[contexts, np.arange(contexts.shape[0])[:, None, None]].reshape(-1)
 
 
-def code_latents(latents: np.ndarray, step: float) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
-    """(arrays, meta, the latents a reader will decode) for float32 ``latents`` (N, C, H, W) at ``step``."""
+def code_latents(
+    latents: np.ndarray, step: float, inter: bool = True
+) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
+    """(arrays, meta, the latents a reader will decode) for float32 ``latents`` (N, C, H, W) at ``step``
+    (``inter=False``: no frame predicted from the previous one)."""
     latents = np.asarray(latents, np.float32)
     if latents.ndim != 4 or not len(latents):
         raise ValueError(f"latents must be (N, C, H, W) with N > 0, got {latents.shape}")
     if not (math.isfinite(step) and step > 0):
         raise ValueError(f"quantisation step must be positive, got {step}")
     mean = latents.mean(axis=(0, 2, 3)).astype(np.float16)
-    q, modes, decoded = _predict(latents, step, mean.astype(np.float32))
+    q, modes, decoded = _predict(latents, step, mean.astype(np.float32), inter)
     scales = _scales(q, modes)
     lo, hi = min(int(q.min()), -1), max(int(q.max()), 1)  # the coder needs two symbols at least
     encoder = constriction.stream.queue.RangeEncoder()
-    symbols = q.reshape(-1)
-    encoder.encode(symbols, _model(lo, hi), np.zeros(symbols.size), _per_symbol(q.shape, modes, scales))
+    contexts = _contexts(q)
+    per_symbol = np.concatenate([_frame_scales(scales, int(m), c) for m, c in zip(modes, contexts)])
+    encoder.encode(q.reshape(-1), _model(lo, hi), np.zeros(q.size), per_symbol)
     arrays = {
         "latents:words": encoder.get_compressed(),
         "latents:mean": mean,
@@ -107,7 +127,7 @@ def decode_latents(arrays: dict[str, np.ndarray], meta: dict) -> np.ndarray:
         and words.dtype == np.uint32
         and mean.shape == (c,)
         and mean.dtype == scales.dtype == np.float16
-        and scales.shape == (2, c)
+        and scales.shape == (2, 2, c)
         and bool(np.isfinite(scales).all() and (scales > 0).all() and np.isfinite(mean).all())
         and packed.dtype == np.uint8
         and packed.shape == ((n + 7) // 8,)
@@ -119,17 +139,18 @@ def decode_latents(arrays: dict[str, np.ndarray], meta: dict) -> np.ndarray:
     count = n * c * h * w
     if count > 64 * (32 * words.size + 64):  # a Laplace coder spends well over 1/64 bit a symbol here
         raise ValueError("latents: more symbols claimed than the stream can hold")
-    try:
-        q = constriction.stream.queue.RangeDecoder(words).decode(
-            _model(lo, hi), np.zeros(count), _per_symbol((n, c, h, w), modes, scales)
-        )
-    except Exception as e:  # a damaged stream fails inside the coder in coder-specific ways
-        raise ValueError(f"latents: stream does not decode ({e})") from None
-    q = q.reshape(n, c, h, w)
     out = np.empty((n, c, h, w), np.float32)
     intra = mean.astype(np.float32).reshape(-1, 1, 1)
+    model, zeros = _model(lo, hi), np.zeros(c * h * w)
+    contexts = np.zeros((c, h, w), np.uint8)
+    decoder = constriction.stream.queue.RangeDecoder(words)
     for t in range(n):
-        out[t] = (out[t - 1] if modes[t] else intra) + q[t].astype(np.float32) * np.float32(step)
+        try:
+            q = decoder.decode(model, zeros, _frame_scales(scales, int(modes[t]), contexts)).reshape(c, h, w)
+        except Exception as e:  # a damaged stream fails inside the coder in coder-specific ways
+            raise ValueError(f"latents: stream does not decode ({e})") from None
+        out[t] = (out[t - 1] if modes[t] else intra) + q.astype(np.float32) * np.float32(step)
+        contexts = (q != 0).astype(np.uint8)
     return out
 
 

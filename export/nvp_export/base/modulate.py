@@ -37,19 +37,20 @@ class Modulation(nn.Module):
         self.decoder = decoder
         self.convs = [name for name, m in decoder.named_modules() if isinstance(m, nn.Conv2d)]
         self.values = nn.ParameterDict()
-        for name in self.convs:
+        # Stored names are short (c<convolution's index>_<role>): a file describes every tensor by name,
+        # and at 0.1 bpp each description byte is a byte less for the latents.
+        for i, name in enumerate(self.convs):
             conv = decoder.get_submodule(name)
             out, fan_in = conv.weight.shape[0], conv.weight[0].numel()
-            key = name.replace(".", "_")
             if kind != "none":
-                self.values[f"{key}__shift"] = nn.Parameter(torch.zeros(out))
+                self.values[f"c{i}_shift"] = nn.Parameter(torch.zeros(out))
             if kind == "film":
-                self.values[f"{key}__gain"] = nn.Parameter(torch.zeros(out))
+                self.values[f"c{i}_gain"] = nn.Parameter(torch.zeros(out))
             elif kind == "lora":
-                self.values[f"{key}__a"] = nn.Parameter(torch.zeros(out, rank))
-                self.values[f"{key}__b"] = nn.Parameter(torch.randn(rank, fan_in) * fan_in**-0.5)
+                self.values[f"c{i}_a"] = nn.Parameter(torch.zeros(out, rank))
+                self.values[f"c{i}_b"] = nn.Parameter(torch.randn(rank, fan_in) * fan_in**-0.5)
             elif kind == "full":
-                self.values[f"{key}__delta"] = nn.Parameter(torch.zeros_like(conv.weight))
+                self.values[f"c{i}_delta"] = nn.Parameter(torch.zeros_like(conv.weight))
 
     def base_parameters(self) -> dict[str, torch.Tensor]:
         return dict(self.decoder.named_parameters())
@@ -57,19 +58,19 @@ class Modulation(nn.Module):
     def parameters_for_video(self) -> dict[str, torch.Tensor]:
         """The decoder's parameters with this modulation applied (differentiable in its values)."""
         params = {k: v.detach() for k, v in self.base_parameters().items()}
-        for name in self.convs:
-            key = name.replace(".", "_")
+        for i, name in enumerate(self.convs):
+            key = f"c{i}"
             w, b = params[f"{name}.weight"], params[f"{name}.bias"]
             if self.kind == "none":
                 continue
             if self.kind == "film":
-                gain = 1 + self.values[f"{key}__gain"]
+                gain = 1 + self.values[f"{key}_gain"]
                 w, b = w * gain.view(-1, 1, 1, 1), b * gain
             elif self.kind == "lora":
-                w = w + (self.values[f"{key}__a"] @ self.values[f"{key}__b"]).view_as(w)
+                w = w + (self.values[f"{key}_a"] @ self.values[f"{key}_b"]).view_as(w)
             elif self.kind == "full":
-                w = w + self.values[f"{key}__delta"]
-            params[f"{name}.weight"], params[f"{name}.bias"] = w, b + self.values[f"{key}__shift"]
+                w = w + self.values[f"{key}_delta"]
+            params[f"{name}.weight"], params[f"{name}.bias"] = w, b + self.values[f"{key}_shift"]
         return params
 
     def decode(self, latent: torch.Tensor, until: str = "rgb") -> dict[str, torch.Tensor]:
