@@ -66,7 +66,7 @@ class BaseConfig:
         known = set(cls.__dataclass_fields__)
         if not isinstance(values, dict) or set(values) - known:
             raise ValueError(f"not a base configuration: {values!r:.200}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})  # type: ignore[arg-type]
 
 
 class BaseEncoder(nn.Module):

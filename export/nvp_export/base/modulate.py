@@ -40,8 +40,8 @@ class Modulation(nn.Module):
         # Stored names are short (c<convolution's index>_<role>): a file describes every tensor by name,
         # and at 0.1 bpp each description byte is a byte less for the latents.
         for i, name in enumerate(self.convs):
-            conv = decoder.get_submodule(name)
-            out, fan_in = conv.weight.shape[0], conv.weight[0].numel()
+            weight = decoder.get_parameter(f"{name}.weight")
+            out, fan_in = int(weight.shape[0]), int(weight[0].numel())
             if kind != "none":
                 self.values[f"c{i}_shift"] = nn.Parameter(torch.zeros(out))
             if kind == "film":
@@ -50,7 +50,7 @@ class Modulation(nn.Module):
                 self.values[f"c{i}_a"] = nn.Parameter(torch.zeros(out, rank))
                 self.values[f"c{i}_b"] = nn.Parameter(torch.randn(rank, fan_in) * fan_in**-0.5)
             elif kind == "full":
-                self.values[f"c{i}_delta"] = nn.Parameter(torch.zeros_like(conv.weight))
+                self.values[f"c{i}_delta"] = nn.Parameter(torch.zeros_like(weight))
 
     def base_parameters(self) -> dict[str, torch.Tensor]:
         return dict(self.decoder.named_parameters())
