@@ -8,8 +8,9 @@ routes) by each encoder under the same fit budget (--fit-seconds on one thread, 
 - ``baseline``: the tree at --baseline (default 5b7dd20, the landed main the issue measured), built
   once with pip (NVP_CUDA=OFF) into --out/baseline-COMMIT and run from there;
 - ``base:KIND``: the clip encoded against the pretrained base (``nvp_export.base.encode``, weights
-  --base-weights, default the shipped ones) with modulation KIND (none, bias, film, lora, full); its
-  rate is its payload's length (the .nvp container around it is not written yet).
+  --base-weights, default the shipped ones) with modulation KIND (none, bias, film, lora, full) fitted
+  to the latents as coded; ``base:KIND+latents`` fits the latents too. Its rate is its payload's length
+  (the .nvp container around it is not written yet).
 
 Encodes run --jobs at a time (default two, the encoders of one point side by side, so all see the same
 machine). Each encoder's rate is its file's size on disk; its PSNR the mean per-frame PSNR of the file's
@@ -92,7 +93,9 @@ torch.set_num_threads(1)
 base, digest = load_base(weights or None)
 frames = RealClip(video, 320, 180, 64).read()
 try:
-    r = encode(frames, base, digest, BaseEncodeConfig(bpp=float(bpp), modulation=kind, fit_seconds=float(seconds)))
+    cfg = BaseEncodeConfig(bpp=float(bpp), modulation=kind.removesuffix("+latents"), fit_seconds=float(seconds),
+                           fit_latents=kind.endswith("+latents"))
+    r = encode(frames, base, digest, cfg)
 except ValueError as e:  # no payload within the budget: a row that says so
     print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
 else:
