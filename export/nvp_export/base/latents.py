@@ -62,16 +62,36 @@ def _contexts(q: np.ndarray) -> np.ndarray:
     return contexts
 
 
+# Candidate Laplace scales (in steps) the maximum-likelihood fit picks from.
+SCALE_GRID = np.geomspace(MIN_SCALE, 64.0, 96)
+
+
+def _fit_scale(magnitudes: np.ndarray) -> float:
+    """The quantised Laplace scale (grid search) of greatest likelihood for integer ``magnitudes`` (|q|).
+
+    The continuous Laplace's estimate, the mean magnitude, is far off once most symbols are zero: at 97%
+    zeros it made each nonzero symbol cost about 19 bits instead of about 6."""
+    if not magnitudes.size:
+        return MIN_SCALE
+    counts = np.bincount(np.minimum(magnitudes, 4096))
+    k = np.arange(len(counts), dtype=np.float64)[None, :]
+    b = SCALE_GRID[:, None]
+    zero = -np.expm1(-0.5 / b)  # P(0)
+    # P(+k) = P(-k) = (exp(-(k - 1/2)/b) - exp(-(k + 1/2)/b)) / 2, so P(|q| = k) is twice that
+    other = np.exp(-(np.maximum(k, 1) - 0.5) / b) * -np.expm1(-1.0 / b)
+    log_p = np.log(np.maximum(np.where(k == 0, zero, other), 1e-300))
+    return float(SCALE_GRID[int(np.argmax(log_p @ counts))])
+
+
 def _scales(q: np.ndarray, modes: np.ndarray) -> np.ndarray:
-    """Laplace scale per (mode, context, channel): maximum likelihood (the mean absolute value), float16."""
-    magnitude, contexts = np.abs(q).astype(np.float64), _contexts(q)
+    """Laplace scale per (mode, context, channel), maximum likelihood, float16."""
+    magnitude, contexts = np.abs(q), _contexts(q)
     scales = np.full((2, 2, q.shape[1]), MIN_SCALE)
     for mode in (0, 1):
         for context in (0, 1):
             mask = (modes[:, None, None, None] == mode) & (contexts == context)
-            count = mask.sum(axis=(0, 2, 3))
-            total = (magnitude * mask).sum(axis=(0, 2, 3))
-            scales[mode, context] = np.maximum(np.where(count > 0, total / np.maximum(count, 1), 0), MIN_SCALE)
+            for channel in range(q.shape[1]):
+                scales[mode, context, channel] = _fit_scale(magnitude[:, channel][mask[:, channel]])
     return scales.astype(np.float16)
 
 
