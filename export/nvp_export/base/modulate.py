@@ -79,19 +79,36 @@ class Modulation(nn.Module):
             return self.decoder(latent, until)
         return functional_call(self.decoder, self.parameters_for_video(), (latent, until))
 
+    def _roles(self) -> dict[str, list[str]]:
+        """Role (shift, gain, a, b, delta) -> the value names of that role, in convolution order."""
+        roles: dict[str, list[str]] = {}
+        for name in self.values:
+            roles.setdefault(name.split("_", 1)[1], []).append(name)
+        return roles
+
     def stored(self) -> dict[str, torch.Tensor]:
-        """What a file stores for this modulation: name -> values."""
-        return {k: v.detach().cpu() for k, v in self.values.items()}
+        """What a file stores for this modulation: one flat tensor per role, every convolution's values of
+        that role in turn. (One tensor each, not one per convolution: each stored tensor's description costs
+        a file about 300 bytes, which at 0.1 bpp is worth more than per-convolution quantisation ranges.)"""
+        return {
+            role: torch.cat([self.values[n].detach().cpu().reshape(-1) for n in names])
+            for role, names in self._roles().items()
+        }
 
     def load_stored(self, values: dict[str, torch.Tensor]) -> None:
-        """Set the values from a file's (names and shapes must be exactly this kind's)."""
-        expected = {k: tuple(v.shape) for k, v in self.values.items()}
-        got = {k: tuple(v.shape) for k, v in values.items()}
-        if expected != got:
+        """Set the values from a file's (roles and sizes must be exactly this kind's)."""
+        roles = self._roles()
+        expected = {role: sum(self.values[n].numel() for n in names) for role, names in roles.items()}
+        got = {k: tuple(torch.as_tensor(v).shape) for k, v in values.items()}
+        if got != {role: (size,) for role, size in expected.items()}:
             raise ValueError(f"stored {self.kind} modulation does not fit the base ({sorted(got)[:4]}...)")
         with torch.no_grad():
-            for k, v in values.items():
-                self.values[k].copy_(torch.as_tensor(v))
+            for role, names in roles.items():
+                flat, at = torch.as_tensor(values[role]), 0
+                for n in names:
+                    size = self.values[n].numel()
+                    self.values[n].copy_(flat[at : at + size].view_as(self.values[n]))
+                    at += size
 
     def count(self) -> int:
         return sum(v.numel() for v in self.values.values())
