@@ -218,3 +218,16 @@ def test_latent_stream_costs_about_its_entropy():
     # Within 1.5x the residuals' empirical entropy (a Laplace is not their exact shape), plus 8 bits a value for
     # the intra frame. (The continuous Laplace's scale estimate, the mean magnitude, cost 3.6x the entropy here.)
     assert arrays["latents:words"].nbytes < 1.5 * entropy_bytes + 4 * 6 * 8
+
+
+def test_the_shipped_base_is_named_by_its_hash():
+    from safetensors import safe_open
+
+    from nvp_export.base import SHIPPED
+
+    assert SHIPPED.stat().st_size < 4 << 20  # a few MB at most, inside the package
+    base, digest = load_base()
+    with safe_open(str(SHIPPED), "pt") as f:
+        metadata = f.metadata()
+    assert metadata["sha256"] == digest == weights_hash(base.state_dict())
+    assert base.config == BaseConfig() and "nvp_export.base.pretrain" in metadata["command"]
