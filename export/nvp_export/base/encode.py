@@ -4,9 +4,10 @@ both coded, counted in real bytes, and decoded back.
 1. The encoder gives every frame's latent in one pass.
 2. A first quantisation step is chosen so the latents fit the budget left after the modulation's
    estimated bytes (``latents.step_for_bytes``).
-3. For ``fit_seconds``, Adam trains the latents and the modulation on the clip (MSE), the latents seen
-   through uniform noise of that step (what quantising them will add), learning rate warmed up then
-   annealed over the time budget.
+3. For ``fit_seconds``, Adam trains the modulation and (``fit_latents``) the latents on the clip (MSE), the
+   latents seen through uniform noise of that step (what quantising them will add); without
+   ``fit_latents`` the modulation is fitted to the latents as coded. Learning rates warm up, then anneal
+   over the time budget.
 4. The modulation is quantised and range-coded (``nvp_rt.codec``, 8 bits a value); the latents get every
    byte left (the step bisected again on their real coded size) and are coded closed-loop.
 5. The payload is one safetensors blob of those arrays with their description and the base's hash;
@@ -43,18 +44,21 @@ FORMAT = "nvp-base-payload-1"
 @dataclass(frozen=True)
 class BaseEncodeConfig:
     bpp: float = 0.25
-    modulation: str = "film"
+    modulation: str = "bias"
     rank: int = 2  # LoRA rank (modulation "lora")
     fit_seconds: float = 40.0
     max_steps: int = 100_000
     batch: int = 8
     # Fit the latents too (seen through the quantiser's noise), or only the modulation, to the latents as
-    # coded. At 0.1 bpp fitting them made them cost more (Big Buck Bunny: step 1.05 -> 1.54-1.79, 1.3-2.9 dB
-    # lost after coding; docs/base.md).
-    fit_latents: bool = False
+    # coded. bias + latents had the best BD-PSNR against x264 on Big Buck Bunny and bikes (-6.58 and -8.62
+    # dB over 0.1-0.5 bpp; bias alone -7.00 and -8.97), though on bikes at 0.1 bpp the fitted latents cost
+    # more bits (-0.3 dB against bias alone; docs/base.md).
+    fit_latents: bool = True
     lr_latents: float = 1e-2
     # With fit_latents: this times the mean absolute change of the latents between consecutive frames, in
     # quantisation steps (what inter prediction codes), joins the loss, so the fit does not make them dearer.
+    # 0.05 gained 1.5 dB on bikes and 0.2 on Big Buck Bunny at 0.1 bpp but lost 2.1 dB on bikes at 0.5
+    # bpp (docs/base.md): it wants a weight that follows the rate, which is not built; off by default.
     temporal_weight: float = 0.0
     lr_modulation: float = 1e-3
     warmup: float = 0.05
