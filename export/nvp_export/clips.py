@@ -102,21 +102,28 @@ def make_clip(spec: ClipSpec) -> np.ndarray:
 def _shot(name: str, spec: ClipSpec, count: int, seed: int) -> np.ndarray:
     """``count`` frames of the photo ``name`` through one camera move drawn from ``seed``."""
     photo = getattr(skdata, name)()[..., :3].astype(np.float64) / 255
+    return film(photo, spec.width, spec.height, count, np.random.default_rng(seed), spec.max_zoom)
+
+
+def film(
+    photo: np.ndarray, width: int, height: int, count: int, rng: np.random.Generator, max_zoom: float
+) -> np.ndarray:
+    """``count`` frames uint8 (N, height, width, 3) of ``photo`` (float RGB in [0, 1]) through one camera move
+    (pan and zoom in [1, max_zoom]) drawn from ``rng``."""
     # Shrink the photo (anti-aliased) so that the widest view, which keeps the output aspect ratio
     # inside it, maps one photo pixel to one output pixel; zooming in then only interpolates.
-    fit_scale = min(spec.width / photo.shape[1], spec.height / photo.shape[0])
+    fit_scale = min(width / photo.shape[1], height / photo.shape[0])
     if fit_scale < 1:
         photo = rescale(photo, fit_scale * 1.0001, anti_aliasing=True, channel_axis=2)
     coefficients = [ndimage.spline_filter(photo[..., c], order=3, mode="nearest") for c in range(3)]
     ph, pw = photo.shape[:2]
-    rng = np.random.default_rng(seed)
-    zoom = rng.uniform(1.0, spec.max_zoom, size=2)  # start, end
-    base = min(pw / spec.width, ph / spec.height)
+    zoom = rng.uniform(1.0, max_zoom, size=2)  # start, end
+    base = min(pw / width, ph / height)
     centres = []
     for z in zoom:
-        half_w, half_h = spec.width * base / z / 2, spec.height * base / z / 2
+        half_w, half_h = width * base / z / 2, height * base / z / 2
         centres.append((rng.uniform(half_w, pw - half_w), rng.uniform(half_h, ph - half_h)))
-    frames = np.empty((count, spec.height, spec.width, 3), np.uint8)
+    frames = np.empty((count, height, width, 3), np.uint8)
     for i in range(count):
         u = i / max(count - 1, 1)
         u = u * u * (3 - 2 * u)  # smoothstep easing
@@ -124,8 +131,8 @@ def _shot(name: str, spec: ClipSpec, count: int, seed: int) -> np.ndarray:
         cx, cy = (1 - u) * np.array(centres[0]) + u * np.array(centres[1])
         scale = base / z  # photo pixels per output pixel
 
-        ys = cy + (np.arange(spec.height) + 0.5 - spec.height / 2) * scale - 0.5
-        xs = cx + (np.arange(spec.width) + 0.5 - spec.width / 2) * scale - 0.5
+        ys = cy + (np.arange(height) + 0.5 - height / 2) * scale - 0.5
+        xs = cx + (np.arange(width) + 0.5 - width / 2) * scale - 0.5
         grid = np.meshgrid(ys, xs, indexing="ij")
         img = np.stack(
             [ndimage.map_coordinates(c, grid, order=3, mode="nearest", prefilter=False) for c in coefficients], axis=-1
