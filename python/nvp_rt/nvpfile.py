@@ -241,7 +241,7 @@ class NvpFile:
         header = source.read(0, _HEADER.size)
         version, manifest_len = _parse_header(header, source.size, where)
         body_start = _HEADER.size + manifest_len
-        manifest = _parse_manifest(header + source.read(_HEADER.size, manifest_len), source)
+        manifest = _parse_manifest(header, source.read(_HEADER.size, manifest_len), source)
         try:
             index = _check_index(manifest.pop("sections", None), version, body_start, source.size)
             schema.check_inr_manifest(manifest)
@@ -451,12 +451,12 @@ def _parse_header(data: bytes, size: int, where: str) -> tuple[tuple[int, int], 
     return (major, minor), manifest_len
 
 
-def _parse_manifest(data: bytes, source: _Source) -> dict[str, Any]:
-    manifest_crc = _HEADER.unpack_from(data)[4]
-    if zlib.crc32(data[_HEADER.size :], zlib.crc32(data[: _HEADER.size - 4])) != manifest_crc:
+def _parse_manifest(header: bytes, data: bytes, source: _Source) -> dict[str, Any]:
+    """The manifest's bytes checked against the header's crc32 and parsed (no copy of them: up to 16 MiB)."""
+    if zlib.crc32(data, zlib.crc32(header[: _HEADER.size - 4])) != _HEADER.unpack_from(header)[4]:
         raise source.mismatch("manifest")
     try:
-        return schema.mapping(schema.load_json(data[_HEADER.size :], "manifest"), "manifest")
+        return schema.mapping(schema.load_json(data, "manifest"), "manifest")
     except NvpFormatError as e:
         raise NvpFormatError(f"{source.path}: {e}") from None
 
