@@ -10,7 +10,6 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import nvp_rt
@@ -25,9 +24,7 @@ from nvp_export.benchmark.run import BenchConfig, run_bench
 from nvp_export.benchmark.timing import measure
 from nvp_export.benchmark.workloads import Workload
 from nvp_export.clips import PHOTOS, ClipSpec, make_clip
-from nvp_export.inr import from_config, make_config
 from nvp_export.inr.fit import FitConfig
-from nvp_export.inr.store import quantise_inr, save_nvp
 from nvp_export.onnx_export import export_route_graphs
 from nvp_export.route.multipathway import PathwayAdapter
 from nvp_export.route.task_cost import route_cost
@@ -35,6 +32,7 @@ from nvp_export.zoo import load_backbone
 from nvp_rt.backends import SessionCache, resolve_backend
 from nvp_rt.nvpfile import Route, replace_routes
 from nvp_rt.video import read_video
+from random_video import random_inr, write_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 
@@ -107,12 +105,7 @@ def video(tmp_path_factory, shared_store):
     """A random HNeRV video routed into EfficientNet-Lite0 (random adapter), its H.264 file and store."""
     d = tmp_path_factory.mktemp("bench")
     store = shared_store
-    torch.manual_seed(0)
-    inr = from_config(make_config("hnerv", height=HEIGHT, width=WIDTH, num_frames=FRAMES, fc_dim=16)).eval()
-    with torch.no_grad():
-        inr.embeddings.normal_()
-    arrays, meta, inr = quantise_inr(inr)
-    save_nvp(d / "clip.nvp", inr, arrays, meta, {"video": {"frames": FRAMES, "height": HEIGHT, "width": WIDTH}})
+    inr = write_video(d / "clip.nvp", random_inr("hnerv", FRAMES, HEIGHT, WIDTH, 0))
     backbone = load_backbone("efficientnet_lite0")
     tap, point = "block1", "stage3"
     adapter = PathwayAdapter(inr.tap_shapes()[tap][0], backbone.point(point)).eval()

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from nvp_rt import cli
-from nvp_rt.codec import encode_tensors
-from nvp_rt.nvpfile import NvpFile, NvpFormatError, SegmentPayload, write_nvp
-from nvp_rt.prefix import payload_group
+from nvp_rt.nvpfile import NvpFile, NvpFormatError, write_nvp
 from test_nvpfile import MANIFEST
+from test_schema import random_segments
 
 
 class Server(ThreadingHTTPServer):
@@ -76,18 +75,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    rng = np.random.default_rng()
-    segments = []
-    for frames in (5, 3):
-        tensors = {
-            "embeddings": rng.normal(size=(frames, 4, 4, 4)),
-            "stages.stem.0.weight": rng.normal(size=(7, 4, 1, 1)),
-            "stages.stem.0.bias": rng.normal(size=7),
-        }
-        arrays, meta = encode_tensors(tensors, {k: 6 if k == "embeddings" else 8 for k in tensors}, payload_group)
-        segments.append(SegmentPayload(frames, arrays, meta))
     path = tmp_path_factory.mktemp("http") / "clip.nvp"
-    write_nvp(path, MANIFEST, segments)
+    write_nvp(path, MANIFEST, random_segments(np.random.default_rng()))
     httpd = Server()
     httpd.files["clip.nvp"] = path.read_bytes()
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

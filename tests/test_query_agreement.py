@@ -10,13 +10,12 @@ from nvp_export.fidelity import query_agreement as query_agreement_module
 from nvp_export.fidelity.h264 import at_bpp
 from nvp_export.fidelity.query_agreement import query_agreement
 from nvp_export.fidelity.task_agreement import box_agreement
-from nvp_export.inr import from_config, make_config
-from nvp_export.inr.store import quantise_inr, save_nvp
 from nvp_export.onnx_export import export_route_graphs
 from nvp_export.route.multipathway import PathwayAdapter
 from nvp_export.zoo import load_backbone
 from nvp_rt.nvpfile import Route, replace_routes, stored_route
 from nvp_rt.quality import psnr
+from random_video import random_inr, write_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 
@@ -31,12 +30,7 @@ ROUTES = {  # task -> (backbone, INR tap, injection point), as test_session rout
 def routed(tmp_path_factory, shared_store):
     d = tmp_path_factory.mktemp("query_agreement")
     frames = make_clip(ClipSpec("astronaut", WIDTH, HEIGHT, FRAMES))
-    torch.manual_seed(0)
-    inr = from_config(make_config("hnerv", height=HEIGHT, width=WIDTH, num_frames=FRAMES, fc_dim=16)).eval()
-    with torch.no_grad():
-        inr.embeddings.normal_()
-    arrays, meta, inr = quantise_inr(inr)
-    save_nvp(d / "clip.nvp", inr, arrays, meta, {"video": {"frames": FRAMES, "height": HEIGHT, "width": WIDTH}})
+    inr = write_video(d / "clip.nvp", random_inr("hnerv", FRAMES, HEIGHT, WIDTH, 0))
     backbones, adapters, routes = {}, {}, []
     for task, (build, tap, point) in ROUTES.items():
         bb = backbones[task] = build()

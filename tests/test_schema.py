@@ -19,10 +19,8 @@ from test_nvpfile import MANIFEST as _WRITTEN  # noqa: E402
 MANIFEST = {**_WRITTEN, "video": {**_WRITTEN["video"], "fps": 30.0}}  # fps: a float field for the NaN case
 
 
-@pytest.fixture
-def valid(tmp_path, rng):
-    """A file nvp could have written: two segments (5 and 3 frames), each an entropy-coded payload in one
-    section per stage, and a two-conv route from block1."""
+def random_segments(rng) -> list[SegmentPayload]:
+    """Two segments (5 and 3 frames) of random values, entropy-coded as nvp codes an INR's."""
     segments = []
     for frames in (5, 3):
         tensors = {
@@ -32,6 +30,14 @@ def valid(tmp_path, rng):
         }
         arrays, meta = encode_tensors(tensors, {k: 6 if k == "embeddings" else 8 for k in tensors}, payload_group)
         segments.append(SegmentPayload(frames, arrays, meta))
+    return segments
+
+
+@pytest.fixture
+def valid(tmp_path, rng):
+    """A file nvp could have written: two segments (5 and 3 frames), each an entropy-coded payload in one
+    section per stage, and a two-conv route from block1."""
+    segments = random_segments(rng)
     route = Route(
         "cls",
         "efficientnet_lite0-0123",

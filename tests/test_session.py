@@ -12,14 +12,13 @@ import torch
 
 import nvp_rt
 from nvp_export.backbone import classify
-from nvp_export.inr import from_config, make_config
-from nvp_export.inr.store import quantise_inr, save_nvp
 from nvp_export.onnx_export import export_route_graphs
 from nvp_export.route.multipathway import PathwayAdapter, decode_clips
 from nvp_export.zoo import load_backbone
 from nvp_rt.nvpfile import NvpFormatError, Route, replace_routes, stored_route
 from nvp_rt.session import UnknownTaskError
 from nvp_rt.store import ModelStore, StoreEntryMissing
+from random_video import random_inr, write_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::nvp_export.backbone.RandomWeightsWarning")
 
@@ -37,18 +36,7 @@ ROUTES = {
 
 
 def _random_inr(family: str, seed: int):
-    torch.manual_seed(seed)
-    inr = from_config(make_config(family, height=HEIGHT, width=WIDTH, num_frames=FRAMES, fc_dim=16)).eval()
-    if family == "hnerv":
-        with torch.no_grad():
-            inr.embeddings.normal_()
-    return inr
-
-
-def _write_video(path, inr):
-    arrays, meta, quantised = quantise_inr(inr)
-    save_nvp(path, quantised, arrays, meta, {"video": {"frames": FRAMES, "height": HEIGHT, "width": WIDTH}})
-    return quantised
+    return random_inr(family, FRAMES, HEIGHT, WIDTH, seed)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +44,7 @@ def video(tmp_path_factory, shared_store):
     """An HNeRV video with a route of every kind (random adapters: equality, not accuracy, is under test)."""
     d = tmp_path_factory.mktemp("session")
     store = shared_store
-    inr = _write_video(d / "clip.nvp", _random_inr("hnerv", 0))
+    inr = write_video(d / "clip.nvp", _random_inr("hnerv", 0))
     backbones, adapters, routes = {}, {}, []
     for task, (build, tap, point, hidden) in ROUTES.items():
         bb = backbones[task] = build()
@@ -129,7 +117,7 @@ def test_session_matches_the_torch_path(video, task, rng):
 @pytest.mark.parametrize("family", ["hnerv", "nerv"])
 def test_decode_matches_the_torch_decoder(tmp_path, family, rng):
     store = ModelStore(tmp_path / "store")
-    inr = _write_video(tmp_path / "v.nvp", _random_inr(family, int(rng.integers(1 << 16))))
+    inr = write_video(tmp_path / "v.nvp", _random_inr(family, int(rng.integers(1 << 16))))
     from nvp_export.onnx_export import export_inr_graphs
 
     export_inr_graphs(inr, store)
@@ -204,7 +192,7 @@ def test_a_second_video_of_the_architecture_compiles_nothing(video, tmp_path):
     compiled = len(first._sessions._sessions)
     other = _random_inr("hnerv", 7)
     other.load_state_dict({k: v for k, v in other.state_dict().items()})
-    _write_video(tmp_path / "other.nvp", other)
+    write_video(tmp_path / "other.nvp", other)
     second = nvp_rt.Session(tmp_path / "other.nvp", store=store)
     assert second._sessions is first._sessions and len(second._sessions._sessions) == compiled
     assert not np.array_equal(second.decode([0]), first.decode([0]))
