@@ -9,8 +9,8 @@ routes) by each encoder under the same fit budget (--fit-seconds on one thread, 
   once with pip (NVP_CUDA=OFF) into --out/baseline-COMMIT and run from there;
 - ``base:KIND``: the clip encoded against the pretrained base (``nvp_export.base.encode``, weights
   --base-weights, default the shipped ones) with modulation KIND (none, bias, film, lora, full) fitted
-  to the latents as coded; ``base:KIND+latents`` fits the latents too. Its rate is its payload's length
-  (the .nvp container around it is not written yet).
+  to the latents as coded; ``base:KIND+latents`` fits the latents too. Its rate is its .nvp file's length
+  (``BaseEncoding.data``: manifest and payload; the figures in docs/base.md counted the payload alone).
 
 Encodes run --jobs at a time (default two, the encoders of one point side by side, so all see the same
 machine). Each encoder's rate is its file's size on disk; its PSNR the mean per-frame PSNR of the file's

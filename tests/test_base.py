@@ -9,7 +9,7 @@ from nvp_export.base import Base, BaseConfig, BaseWeightsError, load_base, save_
 from nvp_export.base import corpus as corpus_module
 from nvp_export.base import latents as latents_module
 from nvp_export.base.corpus import PHOTOS, CorpusConfig, corpus_clip, corpus_frames
-from nvp_export.base.encode import BaseEncodeConfig, decode, encode
+from nvp_export.base.encode import BaseEncodeConfig, encode, read, write
 from nvp_export.base.latents import code_latents, coded_bytes, decode_latents, step_for_bytes
 from nvp_export.base.modulate import KINDS, Modulation
 from nvp_export.base.pretrain import PretrainConfig, held_out_psnr, pretrain, to_tensor
@@ -174,25 +174,24 @@ def test_modulation_is_the_stated_parameter_change(tiny_base, kind):
     torch.testing.assert_close(other.decode(x)["rgb"], modulation.decode(x)["rgb"])
 
 
-def test_encode_against_the_base_round_trip(tiny_base, one_torch_thread):
+def test_encode_against_the_base_round_trip(tiny_base, one_torch_thread, tmp_path):
     base, digest = tiny_base
     frames = corpus_clip(0, SMALL_CORPUS)
     n, h, w, _ = frames.shape
     cfg = BaseEncodeConfig(bpp=6.0, modulation="film", fit_seconds=1.0, max_steps=30)
     result = encode(frames, base, digest, cfg)
-    assert len(result.payload) <= cfg.bpp * n * h * w / 8
-    assert result.bpp == 8 * len(result.payload) / (n * h * w)
+    assert len(result.data) <= cfg.bpp * n * h * w / 8
+    assert result.bpp == 8 * len(result.data) / (n * h * w)
     assert result.steps == 30 and result.psnr_fitted > result.psnr_encoder_only
-    decoded = decode(result.payload, base, digest)
+    write(tmp_path / "clip.nvp", result)
+    decoded = read(tmp_path / "clip.nvp", (base, digest))
     assert decoded.shape == frames.shape and decoded.dtype == np.uint8
     mse = ((decoded.astype(np.float64) - frames) ** 2).reshape(n, -1).mean(1)
     assert abs(float(np.mean(10 * np.log10(255.0**2 / mse))) - result.psnr) < 1e-6
     with pytest.raises(NvpFormatError, match="encoded against base"):
-        decode(result.payload, base, "0" * 64)
-    with pytest.raises(NvpFormatError):
-        decode(result.payload[: len(result.payload) // 2], base, digest)
-    smaller = encode(frames, base, digest, BaseEncodeConfig(bpp=2.0, modulation="bias", fit_seconds=1.0, max_steps=5))
-    assert len(smaller.payload) <= 2.0 * n * h * w / 8 < len(result.payload)
+        read(tmp_path / "clip.nvp", (base, "0" * 64))
+    smaller = encode(frames, base, digest, BaseEncodeConfig(bpp=3.0, modulation="bias", fit_seconds=1.0, max_steps=5))
+    assert len(smaller.data) <= 3.0 * n * h * w / 8 < len(result.data)
 
 
 def test_latent_model_scale_is_the_quantised_laplace_maximum_likelihood():

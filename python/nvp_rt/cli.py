@@ -73,7 +73,10 @@ def cmd_info(args) -> None:
         f"video       {frames} frames, {w}x{h}, {video.get('fps', '?')} fps, from {video.get('source', '?')}",
         f"quality     PSNR {_db(metrics.get('psnr_quantised_db'))} after quantisation "
         f"({_db(metrics.get('psnr_float_db'))} before)",
-        f"inr         {inr.get('family', '?')}: " + ", ".join(f"{k}={v}" for k, v in inr.items() if k != "family"),
+        f"inr         {inr.get('family', '?')}: " + ", ".join(f"{k}={v}" for k, v in inr.items() if k != "family")
+        if nvp.base is None
+        else f"base        {nvp.base['sha256']}: {nvp.base['modulation']} modulation, "
+        + ", ".join(f"{k}={v}" for k, v in nvp.base["config"].items()),
         f"segments    {len(lengths)} of {min(lengths)}-{max(lengths)} frames",
         f"sections    {len(sections)}: INR {inr_bytes} bytes, routes {sections.get(ROUTES_SECTION, 0)} bytes, "
         f"header and manifest {nvp.size_bytes - sum(sections.values())} bytes",
@@ -101,6 +104,7 @@ def cmd_view(args) -> None:
     from .video import png_name, write_pngs, write_video
 
     nvp = NvpFile.open(args.file)  # validate before importing torch
+    nvp.check_own_inr()
     out = Path(args.output)
     is_video = out.suffix.lower() in VIDEO_SUFFIXES
     if is_video and out.is_dir():

@@ -30,7 +30,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,13 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as _st_load
 from safetensors.numpy import save as _st_save
 
+from . import bases as _bases
 from . import codec, schema
 from .atomic import atomic_write, exclusive_lock
 from .schema import NvpFormatError
 
 MAGIC = b"\x89NVP\r\n\x1a\n"  # PNG-style: catches text-mode transfers and truncation at byte 0
-FORMAT_VERSION = (2, 0)  # a reader accepts any minor of the majors it knows
+FORMAT_VERSION = (2, 1)  # a reader accepts any minor of the majors it knows; 2.1 added files against a base
 READABLE_MAJORS = (1, 2)  # 1.x: one INR section, float32 routes
 _HEADER = struct.Struct("<8sHHII")
 MAX_MANIFEST_BYTES = 16 << 20
@@ -55,6 +56,7 @@ MAX_SECTION_HEADER_BYTES = 1 << 20
 MAX_READ_BYTES = 64 << 20  # one ranged read; adjacent sections beyond it are fetched in further reads
 V1_INR_SECTION = "inr"
 ROUTES_SECTION = "routes"
+BASE_SECTION = "base/payload"  # a file against a base: its latents and modulation, coded
 ROUTE_BITS = 8
 _SEGMENT_SECTION = re.compile(r"^seg(0|[1-9][0-9]{0,6})/([A-Za-z0-9][A-Za-z0-9._@+=-]{0,199})$")
 
@@ -230,12 +232,19 @@ class NvpFile:
         self._arrays: dict[str, dict[str, np.ndarray]] = {}
         self._lock = threading.Lock()
         self.segments = _segments(manifest, version)
-        if version[0] >= 2:
+        # The pretrained base this file was encoded against (docs/base.md), or None for a file of its own INRs.
+        self.base: dict[str, Any] | None = manifest.get("base")
+        if self.base is not None:
+            if BASE_SECTION not in index or any(_SEGMENT_SECTION.match(n) for n in index):
+                raise NvpFormatError(f"a file against a base holds its payload in {BASE_SECTION!r} and no segment")
+        elif version[0] >= 2:
             _check_segment_sections(index, len(self.segments))
         self._routes: list[Route] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> NvpFile:
+    def open(cls, path: str | os.PathLike, bases: Collection[str] | None = None) -> NvpFile:
+        """``bases``: the hashes of the pretrained bases this reader has (default: ``bases.known_bases()``);
+        a file encoded against another is refused in one line naming its hash."""
         source = _Source(str(path))
         where = source.path
         header = source.read(0, _HEADER.size)
@@ -244,7 +253,16 @@ class NvpFile:
         manifest = _parse_manifest(header, source.read(_HEADER.size, manifest_len), source)
         try:
             index = _check_index(manifest.pop("sections", None), version, body_start, source.size)
-            schema.check_inr_manifest(manifest)
+            if "base" in manifest:
+                schema.check_base_manifest(manifest)
+                digest = manifest["base"]["sha256"]
+                if digest not in (_bases.known_bases() if bases is None else bases):
+                    raise NvpFormatError(
+                        f"encoded against base {digest}, which this reader does not have "
+                        "(a base's weights file in nvp_export/base/weights or a folder of NVP_BASES)"
+                    )
+            else:
+                schema.check_inr_manifest(manifest)
             nvp = cls(source, version, manifest, index)
             nvp.routes()
         except NvpFormatError as e:  # named once: a section's own errors already start with the path
@@ -317,6 +335,18 @@ class NvpFile:
         except (SafetensorError, ValueError, TypeError, KeyError) as e:  # KeyError: a dtype numpy lacks
             # The parser's message may quote the whole header: its start says what is wrong.
             raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({str(e)[:200]})") from None
+
+    def check_own_inr(self) -> None:
+        """Refuse (one line) a file encoded against a base: the runtime decodes INR files only so far."""
+        if self.base is not None:
+            raise NvpFormatError(
+                f"{self.path}: encoded against base {self.base['sha256']}; the runtime does not decode files "
+                "against a base yet (nvp_export.base.encode.read does)"
+            )
+
+    def section_meta(self, name: str) -> dict[str, Any]:
+        """A section's description in the manifest (``meta``; empty if it has none)."""
+        return self._index[name].meta
 
     def payload_sections(self) -> dict[str, tuple[bytes, dict[str, Any]]]:
         """Every section but the routes as (bytes, meta), each read once and checked (crc32, array blob):
@@ -414,7 +444,7 @@ class NvpFile:
 
 
 def _segments(manifest: dict[str, Any], version: tuple[int, int]) -> list[Segment]:
-    frames = manifest["inr"]["num_frames"]
+    frames = manifest["base" if "base" in manifest else "inr"]["num_frames"]
     if version[0] == 1:
         return [Segment(0, frames)]
     return [Segment(s["start"], s["frames"]) for s in schema.check_segments(manifest.get("segments"), frames)]
@@ -573,6 +603,15 @@ def write_nvp(
     data = _serialise(manifest, sections)
     atomic_write(path, data, overwrite)
     return len(data)
+
+
+def base_nvp_bytes(manifest: dict[str, Any], arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
+    """A whole .nvp file encoded against a base: ``manifest["base"]`` names it (``schema.check_base_manifest``),
+    ``arrays`` and ``meta`` are its coded payload (one section, ``BASE_SECTION``), no routes. The bytes, so
+    an encoder counts exactly what it will write (``atomic.atomic_write`` writes them)."""
+    frames = manifest["base"]["num_frames"]
+    manifest = {**manifest, "segments": [{"start": 0, "frames": frames}]}
+    return _serialise(manifest, {BASE_SECTION: (_blob(arrays), meta)})
 
 
 def join_segments(

@@ -41,6 +41,8 @@ MAX_CLIP_FRAMES = 1024
 FAMILIES = ("hnerv", "nerv")
 ROUTE_ARRAY_DTYPES = (np.float16, np.float32, np.float64)
 _STORE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+=-]{0,199}$")  # what the model store accepts as a name
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MODULATIONS = ("none", "bias", "film", "lora", "full")  # a base file's per-video change to the decoder
 _STORE_SUFFIX = re.compile(r"^[A-Za-z0-9._@+=-]{1,199}$")  # an injection point: "<backbone>@<point>"
 
 
@@ -221,6 +223,38 @@ def check_inr_manifest(manifest: dict[str, Any]) -> None:
         number(config.get("pe_base"), "manifest.inr.pe_base", 1e-6, 1e6)
     _check_taps(manifest.get("taps"), (height // scale, width // scale), strides)
     if "video" in manifest:  # present, even null: readers take its fields (``nvp info``)
+        check_video(manifest["video"], {"frames": frames, "height": height, "width": width})
+    if "metrics" in manifest:
+        mapping(manifest["metrics"], "manifest.metrics")
+
+
+def check_base_manifest(manifest: dict[str, Any]) -> None:
+    """``base`` (the pretrained base a file was encoded against: its weights' sha256, its configuration,
+    the frames' size and count, the modulation), ``taps`` and ``video`` against it; ``metrics``."""
+    base = mapping(manifest.get("base"), "manifest.base")
+    string(base.get("sha256"), "manifest.base.sha256", _SHA256)
+    config = mapping(base.get("config"), "manifest.base.config")
+    for key, value in config.items():
+        field = f"manifest.base.config.{key[:40]}"
+        values = sequence(value, field, 1, MAX_STAGES) if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            integer(v, f"{field}[{i}]" if isinstance(value, list) else field, 1, MAX_CHANNELS)
+    # the encoder's strides, first to last; the decoder upsamples by them in reverse
+    strides = [
+        integer(s, f"manifest.base.config.strides[{i}]", 1, 8)
+        for i, s in enumerate(sequence(config.get("strides"), "manifest.base.config.strides", 1, MAX_STAGES))
+    ]
+    height = integer(base.get("height"), "manifest.base.height", 1, MAX_SIDE)
+    width = integer(base.get("width"), "manifest.base.width", 1, MAX_SIDE)
+    frames = integer(base.get("num_frames"), "manifest.base.num_frames", 1, MAX_FRAMES)
+    scale = math.prod(strides)
+    if height % scale or width % scale:
+        raise fail("manifest.base.config.strides", f"{strides} do not tile {width}x{height}")
+    if base.get("modulation") not in MODULATIONS:
+        raise fail("manifest.base.modulation", f"{str(base.get('modulation'))[:40]!r} is not one of {MODULATIONS}")
+    integer(base.get("rank"), "manifest.base.rank", 1, MAX_CHANNELS)
+    _check_taps(manifest.get("taps"), (height // scale, width // scale), strides[::-1])
+    if "video" in manifest:
         check_video(manifest["video"], {"frames": frames, "height": height, "width": width})
     if "metrics" in manifest:
         mapping(manifest["metrics"], "manifest.metrics")

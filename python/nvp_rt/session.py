@@ -168,6 +168,7 @@ class Session:
         self._sessions = _session_cache(self.backend, self.store, threads)
         self._device = _Device(self.device)
         nvp = NvpFile.open(path)
+        nvp.check_own_inr()
         self.video = nvp.manifest.get("video", {})
         self.inr = VideoINR(nvp)
         _, height, width = self.inr.tap("rgb").shape

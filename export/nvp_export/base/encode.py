@@ -10,23 +10,27 @@ both coded, counted in real bytes, and decoded back.
    over the time budget.
 4. The modulation is quantised and range-coded (``nvp_rt.codec``, 8 bits a value); the latents get every
    byte left (the step bisected again on their real coded size) and are coded closed-loop.
-5. The payload is one safetensors blob of those arrays with their description and the base's hash;
-   its length is the bytes counted in bpp. ``decode`` reads it back to frames.
+5. The result is a whole .nvp file (format 2.1): the manifest names the base (``base``: its hash and
+   configuration), the coded arrays are its one section (``nvp_rt.nvpfile.BASE_SECTION``, their
+   description in the section's meta); the file's length is the bytes counted in bpp. ``write`` puts it
+   on disk, ``read`` decodes a file back to frames with the base it names.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.numpy import load, save
 
+from nvp_rt.atomic import atomic_write
+from nvp_rt.bases import known_bases
 from nvp_rt.codec import decode_tensors, encode_tensors
+from nvp_rt.nvpfile import BASE_SECTION, NvpFile, base_nvp_bytes
 from nvp_rt.schema import NvpFormatError
 
 from ..backbone import to_uint8_frames
@@ -35,9 +39,11 @@ from .latents import code_latents, coded_bytes, decode_latents, step_for_bytes
 from .model import Base
 from .modulate import Modulation
 from .pretrain import noisy, resolve_device, to_tensor
+from .weights import load_base
 
 MODULATION_BITS = 8
 LATENT_HEADER_BYTES = 256  # the latents' arrays and description in the payload's header
+METRICS_BYTES = 96  # the manifest's metrics, measured once the payload is fixed: room kept for them
 FORMAT = "nvp-base-payload-1"
 
 
@@ -69,15 +75,16 @@ class BaseEncodeConfig:
 
 @dataclass
 class BaseEncoding:
-    payload: bytes
+    data: bytes  # the .nvp file
+    frames: np.ndarray  # the file decoded, uint8 (N, H, W, 3)
     bpp: float
     psnr: float  # mean per-frame PSNR of the payload's 8-bit decode against the frames
     psnr_encoder_only: float  # the latents straight from the encoder, unquantised, no fit
     psnr_fitted: float  # after the fit, before quantisation
     steps: int
     fit_seconds: float
-    seconds: float  # the encode, frames to payload (the diagnostic decodes behind the PSNRs above left out)
-    decode_seconds: float  # payload to frames, all of them
+    seconds: float  # the encode, frames to file bytes (the diagnostic decodes behind the PSNRs above left out)
+    decode_seconds: float  # coded arrays to frames, all of them
     step: float  # the latents' quantisation step
     bytes_latents: int
     bytes_modulation: int
@@ -88,22 +95,19 @@ def _decode_all(modulation: Modulation, latents: torch.Tensor) -> torch.Tensor:
         return torch.cat([modulation.decode(chunk)["rgb"] for chunk in latents.split(8)])
 
 
-def _pack(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
-    return save(arrays, metadata={"nvp": json.dumps(meta, separators=(",", ":"))})
-
-
-def _modulation_bytes_estimate(modulation: Modulation, digest: str) -> int:
+def _modulation_bytes_estimate(modulation: Modulation, manifest: dict[str, Any]) -> int:
     """The modulation's bytes in the payload (values, ranges, descriptions) before it is fitted: its
     values coded as if each differed from the base by a little noise, which codes at about the full
     8 bits (fitted ones code a little below)."""
     if not modulation.count():
-        return len(_pack({}, {"base": digest}))
+        return len(base_nvp_bytes(manifest, {}, {"format": FORMAT})) + METRICS_BYTES
     generator = torch.Generator().manual_seed(0)
     stand_in = {
         k: (v + 0.01 * torch.randn(v.shape, generator=generator)).numpy() for k, v in modulation.stored().items()
     }
     arrays, meta = encode_tensors(stand_in, dict.fromkeys(stand_in, MODULATION_BITS))
-    return len(_pack({f"modulation/{k}": v for k, v in arrays.items()}, {"base": digest, "modulation_meta": meta}))
+    arrays = {f"modulation/{k}": v for k, v in arrays.items()}
+    return len(base_nvp_bytes(manifest, arrays, {"format": FORMAT, "modulation_meta": meta})) + METRICS_BYTES
 
 
 def _fit(
@@ -143,8 +147,15 @@ def _fit(
     return steps
 
 
-def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = BaseEncodeConfig()) -> BaseEncoding:
-    """Encode uint8 frames (N, H, W, 3) against ``base`` (whose hash is ``digest``) within ``cfg.bpp``."""
+def encode(
+    frames: np.ndarray,
+    base: Base,
+    digest: str,
+    cfg: BaseEncodeConfig = BaseEncodeConfig(),
+    video: dict[str, Any] | None = None,
+) -> BaseEncoding:
+    """Encode uint8 frames (N, H, W, 3) against ``base`` (whose hash is ``digest``) into a .nvp file of at
+    most ``cfg.bpp``; ``video``: what the manifest says of the source beyond its size (fps, source)."""
     started = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -163,7 +174,27 @@ def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = 
     measuring = time.perf_counter()
     psnr_encoder_only = clip_psnr(_decode_all(modulation, start), target)
     measured = time.perf_counter() - measuring  # diagnostics: not part of the encode's time
-    estimate = _modulation_bytes_estimate(modulation, digest)
+    manifest: dict[str, Any] = {
+        "base": {
+            "sha256": digest,
+            "config": base.config.to_dict(),
+            "height": h,
+            "width": w,
+            "num_frames": n,
+            "modulation": cfg.modulation,
+            "rank": cfg.rank,
+        },
+        "video": {**(video or {}), "frames": n, "height": h, "width": w},
+        "taps": [{"name": k, "shape": list(v)} for k, v in base.decoder.tap_shapes(h, w).items()],
+        "encoding": {
+            "bpp": cfg.bpp,
+            "fit_seconds": cfg.fit_seconds,
+            "fit_latents": cfg.fit_latents,
+            "temporal_weight": cfg.temporal_weight,
+            "seed": cfg.seed,
+        },
+    }
+    estimate = _modulation_bytes_estimate(modulation, manifest)
     if estimate + LATENT_HEADER_BYTES >= budget:
         raise ValueError(f"{cfg.bpp} bpp is too small for the {cfg.modulation} modulation ({estimate} bytes)")
     step = step_for_bytes(start.cpu().numpy(), budget - estimate - LATENT_HEADER_BYTES)
@@ -184,29 +215,34 @@ def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = 
     mod_arrays, mod_meta = encode_tensors(stored, dict.fromkeys(stored, MODULATION_BITS)) if stored else ({}, {})
     if stored:
         modulation.load_stored({k: torch.from_numpy(v) for k, v in decode_tensors(mod_arrays, mod_meta).items()})
-    meta = {"format": FORMAT, "base": digest, "frames": [n, h, w], "modulation": cfg.modulation, "rank": cfg.rank}
+    meta = {"format": FORMAT, "modulation_meta": mod_meta}
     arrays = {f"modulation/{k}": v for k, v in mod_arrays.items()}
     values = fitted.cpu().numpy()
-    latent_budget = budget - len(_pack(arrays, {**meta, "modulation_meta": mod_meta})) - LATENT_HEADER_BYTES
+    latent_budget = budget - len(base_nvp_bytes(manifest, arrays, meta)) - METRICS_BYTES - LATENT_HEADER_BYTES
     for _ in range(8):  # the header grows a little with the latents' description: shrink until it all fits
         if latent_budget <= 0:
             raise ValueError(f"{cfg.bpp} bpp leaves no bytes for the latents after the {cfg.modulation} modulation")
         step = step_for_bytes(values, latent_budget)
         lat_arrays, lat_meta, _ = code_latents(values, step)
-        payload = _pack({**arrays, **lat_arrays}, {**meta, "latents": lat_meta, "modulation_meta": mod_meta})
-        if len(payload) <= budget:
+        size = len(base_nvp_bytes(manifest, {**arrays, **lat_arrays}, {**meta, "latents": lat_meta})) + METRICS_BYTES
+        if size <= budget:
             break
-        latent_budget -= len(payload) - budget + 16
+        latent_budget -= size - budget + 16
     else:
         raise ValueError(f"could not fit the payload in {budget} bytes")
-    seconds = time.perf_counter() - started - measured
+    arrays, meta = {**arrays, **lat_arrays}, {**meta, "latents": lat_meta}
     decoding = time.perf_counter()
-    frames_out = decode(payload, base, digest)
+    frames_out = _decode(arrays, meta, manifest["base"], base)
     decode_seconds = time.perf_counter() - decoding
+    psnr = clip_psnr(to_tensor(frames_out, torch.device("cpu")), target.cpu())
+    manifest["metrics"] = {"psnr_quantised_db": round(psnr, 3), "psnr_float_db": round(psnr_fitted, 3)}
+    data = base_nvp_bytes(manifest, arrays, meta)
+    seconds = time.perf_counter() - started - measured - decode_seconds
     return BaseEncoding(
-        payload=payload,
-        bpp=8 * len(payload) / (n * h * w),
-        psnr=clip_psnr(to_tensor(frames_out, torch.device("cpu")), target.cpu()),
+        data=data,
+        frames=frames_out,
+        bpp=8 * len(data) / (n * h * w),
+        psnr=psnr,
         psnr_encoder_only=psnr_encoder_only,
         psnr_fitted=psnr_fitted,
         steps=steps,
@@ -219,28 +255,45 @@ def encode(frames: np.ndarray, base: Base, digest: str, cfg: BaseEncodeConfig = 
     )
 
 
-def decode(payload: bytes, base: Base, digest: str) -> np.ndarray:
-    """Frames uint8 (N, H, W, 3) of a payload from :func:`encode`; NvpFormatError (one line) if it is
-    malformed or names another base."""
-    try:
-        arrays = load(payload)
-        # safetensors' numpy loader returns no metadata: read it from the header (u64 length + JSON)
-        header_len = int.from_bytes(payload[:8], "little")
-        meta = json.loads(json.loads(payload[8 : 8 + min(header_len, len(payload))])["__metadata__"]["nvp"])
-    except (SafetensorError, ValueError, KeyError, TypeError) as e:
-        raise NvpFormatError(f"base payload: not readable ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+def write(path: str | os.PathLike, encoding: BaseEncoding, overwrite: bool = True) -> int:
+    """The encoding's .nvp file, written atomically; its size in bytes (the one its bpp counts)."""
+    atomic_write(path, encoding.data, overwrite)
+    return len(encoding.data)
+
+
+def read(path: str | os.PathLike, base: tuple[Base, str] | None = None) -> np.ndarray:
+    """Frames uint8 (N, H, W, 3) of a .nvp file encoded against a base: ``base`` (model, hash), or the
+    weights of the base the file names among those this reader knows (``nvp_rt.bases``). A file naming
+    another base, damaged or malformed: NvpFormatError, one line."""
+    with NvpFile.open(path, bases=None if base is None else {base[1]}) as nvp:
+        if nvp.base is None:
+            raise NvpFormatError(f"{path}: not encoded against a base (its own INRs: nvp view decodes it)")
+        model, digest = base if base is not None else load_base(known_bases()[nvp.base["sha256"]])
+        if digest != nvp.base["sha256"] or model.config.to_dict() != nvp.base["config"]:
+            raise NvpFormatError(f"{path}: encoded against base {nvp.base['sha256']}, not {digest}")
+        try:
+            return _decode(nvp.section(BASE_SECTION), nvp.section_meta(BASE_SECTION), nvp.base, model)
+        except NvpFormatError as e:
+            raise NvpFormatError(f"{path}: {e}") from None
+
+
+def _decode(arrays: dict[str, np.ndarray], meta: dict[str, Any], head: dict[str, Any], base: Base) -> np.ndarray:
+    """Frames uint8 (N, H, W, 3) of the coded arrays with their description ``meta`` (the section's) and the
+    manifest's ``base`` entry ``head``; NvpFormatError (one line) where they do not fit together."""
+    if meta.get("format") != FORMAT:
         raise NvpFormatError("base payload: unknown format")
-    if meta.get("base") != digest:
-        raise NvpFormatError(f"base payload: encoded against base {str(meta.get('base'))[:16]}, not {digest[:16]}")
+    expected = [head["num_frames"], *base.config.latent_shape(head["height"], head["width"])]
+    described = meta.get("latents")
+    if not isinstance(described, dict) or described.get("shape") != expected:  # before decoding allocates
+        raise NvpFormatError(f"base payload: latents described as {str(described)[:80]}, the manifest says {expected}")
     try:
         latents = decode_latents({k: v for k, v in arrays.items() if k.startswith("latents:")}, meta["latents"])
-        modulation = Modulation(base.decoder, meta["modulation"], meta["rank"])
+        modulation = Modulation(base.decoder, head["modulation"], head["rank"])
         mod_arrays = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("modulation/")}
         if modulation.count():
             values = decode_tensors(mod_arrays, meta["modulation_meta"])
             modulation.load_stored({k: torch.from_numpy(v) for k, v in values.items()})
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise NvpFormatError(f"base payload: {str(e).splitlines()[0][:200]}") from None
     device = next(base.parameters()).device
     rgb = _decode_all(modulation.to(device), torch.from_numpy(latents).to(device))
