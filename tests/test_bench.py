@@ -163,7 +163,10 @@ def test_encode_at_bpp_lands_on_the_closest_crf(tmp_path, rng):
         for c in (got.settings.crf - 1, got.settings.crf + 1)
         if 0 <= c <= 51
     ]
-    assert all(abs(np.log(got.bpp / target)) <= abs(np.log(b / target)) for b in neighbours)
+    # libx264 through PyAV is not bit-exact between encodes in one process (fidelity/h264.py's note: up to
+    # ~10% in size on clips this small), so a neighbour encoded later may land up to that much closer.
+    jitter = np.log(1.1)
+    assert all(abs(np.log(got.bpp / target)) <= abs(np.log(b / target)) + jitter for b in neighbours)
     with av.open(str(got.path)) as c:  # the file on disk is the chosen encode (the muxer may add a byte or two)
         assert sum(p.size for p in c.demux(c.streams.video[0])) == pytest.approx(got.payload_bytes, rel=0.01)
 
