@@ -29,10 +29,12 @@ def preprocess(input_size: int) -> Preprocess:
     return Preprocess(input_size=(input_size, input_size), mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
 
-class _Stem(nn.Module):
-    def __init__(self, net):
+class _ConvBnAct(nn.Module):
+    """The stem and the head conv: convolution, batch norm, activation."""
+
+    def __init__(self, conv, bn, act):
         super().__init__()
-        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
+        self.conv, self.bn, self.act = conv, bn, act
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
@@ -55,15 +57,6 @@ class _Blocks(nn.Module):
         return x
 
 
-class _HeadConv(nn.Module):
-    def __init__(self, net):
-        super().__init__()
-        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
-
-    def forward(self, x):
-        return self.act(self.bn(self.conv(x)))
-
-
 class _Classifier(nn.Module):
     def __init__(self, net):
         super().__init__()
@@ -83,11 +76,11 @@ def _stages(net) -> list[tuple[str, nn.Module]]:
         else:
             groups.append([i])
     total = len(net._blocks)
-    stages: list[tuple[str, nn.Module]] = [("stem", _Stem(net))]
+    stages: list[tuple[str, nn.Module]] = [("stem", _ConvBnAct(net._conv_stem, net._bn0, net._swish))]
     for s, idx in enumerate(groups, start=1):
         blocks = [net._blocks[i] for i in idx]
         stages.append((f"stage{s}", _Blocks(blocks, idx[0], total, net._global_params.drop_connect_rate)))
-    stages += [("head_conv", _HeadConv(net)), ("classifier", _Classifier(net))]
+    stages += [("head_conv", _ConvBnAct(net._conv_head, net._bn1, net._swish)), ("classifier", _Classifier(net))]
     return stages
 
 
