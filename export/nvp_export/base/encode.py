@@ -28,23 +28,19 @@ import torch
 import torch.nn.functional as F
 
 from nvp_rt.atomic import atomic_write
-from nvp_rt.bases import known_bases
 from nvp_rt.codec import decode_tensors, encode_tensors
-from nvp_rt.nvpfile import BASE_SECTION, NvpFile, base_nvp_bytes
-from nvp_rt.schema import NvpFormatError
+from nvp_rt.nvpfile import base_nvp_bytes
 
-from ..backbone import to_uint8_frames
 from ..inr.fit import clip_psnr, lr_factor
-from .latents import code_latents, coded_bytes, decode_latents, step_for_bytes
+from .latents import code_latents, coded_bytes, step_for_bytes
 from .model import Base
 from .modulate import Modulation
 from .pretrain import noisy, resolve_device, to_tensor
-from .weights import load_base
+from .video import FORMAT, BaseVideo
 
 MODULATION_BITS = 8
 LATENT_HEADER_BYTES = 256  # the latents' arrays and description in the payload's header
 METRICS_BYTES = 96  # the manifest's metrics, measured once the payload is fixed: room kept for them
-FORMAT = "nvp-base-payload-1"
 
 
 @dataclass(frozen=True)
@@ -262,39 +258,9 @@ def write(path: str | os.PathLike, encoding: BaseEncoding, overwrite: bool = Tru
 
 
 def read(path: str | os.PathLike, base: tuple[Base, str] | None = None) -> np.ndarray:
-    """Frames uint8 (N, H, W, 3) of a .nvp file encoded against a base: ``base`` (model, hash), or the
-    weights of the base the file names among those this reader knows (``nvp_rt.bases``). A file naming
-    another base, damaged or malformed: NvpFormatError, one line."""
-    with NvpFile.open(path, bases=None if base is None else {base[1]}) as nvp:
-        if nvp.base is None:
-            raise NvpFormatError(f"{path}: not encoded against a base (its own INRs: nvp view decodes it)")
-        model, digest = base if base is not None else load_base(known_bases()[nvp.base["sha256"]])
-        if digest != nvp.base["sha256"] or model.config.to_dict() != nvp.base["config"]:
-            raise NvpFormatError(f"{path}: encoded against base {nvp.base['sha256']}, not {digest}")
-        try:
-            return _decode(nvp.section(BASE_SECTION), nvp.section_meta(BASE_SECTION), nvp.base, model)
-        except NvpFormatError as e:
-            raise NvpFormatError(f"{path}: {e}") from None
+    """Frames uint8 (N, H, W, 3) of a .nvp file encoded against a base (``BaseVideo.open``)."""
+    return BaseVideo.open(path, base).frames()
 
 
 def _decode(arrays: dict[str, np.ndarray], meta: dict[str, Any], head: dict[str, Any], base: Base) -> np.ndarray:
-    """Frames uint8 (N, H, W, 3) of the coded arrays with their description ``meta`` (the section's) and the
-    manifest's ``base`` entry ``head``; NvpFormatError (one line) where they do not fit together."""
-    if meta.get("format") != FORMAT:
-        raise NvpFormatError("base payload: unknown format")
-    expected = [head["num_frames"], *base.config.latent_shape(head["height"], head["width"])]
-    described = meta.get("latents")
-    if not isinstance(described, dict) or described.get("shape") != expected:  # before decoding allocates
-        raise NvpFormatError(f"base payload: latents described as {str(described)[:80]}, the manifest says {expected}")
-    try:
-        latents = decode_latents({k: v for k, v in arrays.items() if k.startswith("latents:")}, meta["latents"])
-        modulation = Modulation(base.decoder, head["modulation"], head["rank"])
-        mod_arrays = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("modulation/")}
-        if modulation.count():
-            values = decode_tensors(mod_arrays, meta["modulation_meta"])
-            modulation.load_stored({k: torch.from_numpy(v) for k, v in values.items()})
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise NvpFormatError(f"base payload: {str(e).splitlines()[0][:200]}") from None
-    device = next(base.parameters()).device
-    rgb = _decode_all(modulation.to(device), torch.from_numpy(latents).to(device))
-    return to_uint8_frames(rgb.cpu())
+    return BaseVideo.from_payload(arrays, meta, head, base).frames()

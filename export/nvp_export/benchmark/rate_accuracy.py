@@ -24,13 +24,20 @@ from ..fidelity.pixel_paths import backbone_outputs, compare_pixel_paths
 from ..inr import load_nvp
 from ..route.adapter import AdapterSpec, MicroAdapter
 
-__all__ = ["constant_answer", "route_outputs", "score_file", "markdown", "chart"]
+__all__ = ["constant_answer", "constant_top5", "route_outputs", "score_file", "markdown", "chart"]
 
 
 def constant_answer(reference: torch.Tensor) -> float:
     """Top-1 agreement of always answering the most frequent of ``reference``'s labels."""
     labels = reference.argmax(1)
     return float(torch.bincount(labels).max()) / len(labels)
+
+
+def constant_top5(reference: torch.Tensor) -> float:
+    """Top-5 overlap of always answering the five classes most often among ``reference``'s top-5."""
+    top5 = reference.topk(5, dim=1).indices
+    fixed = torch.bincount(top5.flatten(), minlength=reference.shape[1]).topk(5).indices
+    return float((top5[:, :, None] == fixed[None, None, :]).any(2).double().sum(1).mean()) / 5
 
 
 def route_outputs(path: str | os.PathLike, backbone: Backbone, task: str, batch: int = 8) -> torch.Tensor:
