@@ -117,6 +117,8 @@ def run(args) -> None:
         )
     nvp = NvpFile.open(args.file)  # validated before anything heavy runs
     check_writable(args.file)  # the route is written into it: its folder must take the rewritten file
+    if nvp.base is not None:
+        return run_shared(args, nvp, preset)
     if args.cka_out:
         Path(args.cka_out).mkdir(parents=True, exist_ok=True)
         check_writable(Path(args.cka_out) / f"cka_{preset}.json")
@@ -199,6 +201,58 @@ def run(args) -> None:
     if classifier and (args.compare_pixels if args.compare_pixels is not None else args.source is not None):
         print_pixel_fidelity(joint[0].inr if joint else inr, frames, backbone, nvp, result.route.metrics)
     print(f"{args.file}: {len(kept) + 1} route(s), {size} bytes")
+
+
+def run_shared(args, nvp: NvpFile, preset: str) -> None:
+    """A file against a base: its route is the base's shared route for the backbone (trained once on the
+    corpus and kept in the model store; trained here when the store has none), or with --finetune N that
+    route distilled N epochs on this file's own clip (trained on the clip it answers, and marked so)."""
+    import torch
+
+    from nvp_rt.bases import known_bases
+
+    from .base.video import BaseVideo
+    from .base.weights import load_base
+    from .onnx_export import export_adapter_tail, export_backbone_graphs
+    from .route.adapt import to_file_route
+    from .route.shared import finetune_on_clip, shared_route_for
+    from .zoo import load_backbone
+
+    if args.joint or args.cka_out:
+        raise UserError("--joint and --cka-out are for files of their own INRs, not files against a base")
+    if args.finetune and args.source is None:
+        raise UserError("--finetune trains on this clip's own answers: give its original video with --source")
+    base, digest = load_base(known_bases()[nvp.base["sha256"]])
+    video = BaseVideo.open(args.file, (base, digest))
+    torch.manual_seed(args.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the weights note is printed below instead
+        backbone = load_backbone(preset, weights=args.weights, reduced=args.reduced)
+    if backbone.task != "classification" or backbone.preprocess.num_frames != 1:
+        raise UserError(f"shared routes are built for image classifiers so far; {preset} is a {backbone.task} preset")
+    print(backbone.weights_note, file=sys.stderr)
+    store = ModelStore(args.store)
+    route, trained = shared_route_for(base, digest, backbone, store)
+    if trained:
+        print(f"trained the shared route of {preset} for base {digest[:16]} on the corpus", file=sys.stderr)
+    if args.finetune:
+        route = finetune_on_clip(route, video, original_frames(nvp, args.source, video), backbone, args.finetune)
+    file_route = to_file_route(replace(route, task=args.name or args.task))
+    file_route = replace(file_route, backbone=export_backbone_graphs(backbone, [route.injection_point], store))
+    if route.hidden is not None:
+        export_adapter_tail(store)
+    size = update_routes(
+        args.file,
+        lambda routes: [r for r in routes if r.task != file_route.task] + [file_route],
+        payload_checksum=nvp.payload_checksum,
+    )
+    m = route.metrics
+    print(
+        f"{file_route.task}/{backbone.name}: shared route {route.inr_tap} -> {route.injection_point}, trained on "
+        f"{m['trained_on']} (held-out corpus clips: top-1 {m['held_out_top1_agreement']:.1%}, top-5 "
+        f"{m['held_out_top5_overlap']:.1%})"
+    )
+    print(f"{args.file}: {size} bytes")
 
 
 def clip_scorer_of(args, backbone):
@@ -317,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="also score full INR decode and H.264 at equal bpp (default: on when --source is given)",
+    )
+    p.add_argument(
+        "--finetune",
+        type=integer(1),
+        metavar="EPOCHS",
+        help="files against a base: distil the shared route on this clip's answers (needs --source)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p

@@ -6,6 +6,7 @@ any INR."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -40,10 +41,14 @@ class BaseVideo:
     def decode(self, idx: torch.Tensor, until: str = "rgb") -> dict[str, torch.Tensor]:
         return self.modulation.decode(self.latents[idx], until)
 
-    def frames(self, batch: int = 8) -> np.ndarray:
-        """Every frame, uint8 (N, H, W, 3), as a reader shows them."""
-        idx = torch.arange(self.num_frames)
+    def render(self, frames: Iterable[int], batch: int = 8) -> np.ndarray:
+        """The frames ``frames``, uint8 (N, H, W, 3), as a reader shows them."""
+        idx = torch.as_tensor(list(frames), dtype=torch.long)
         return to_uint8_frames(torch.cat([self.decode(i)["rgb"].cpu() for i in idx.split(batch)]))
+
+    def frames(self) -> np.ndarray:
+        """Every frame, uint8 (N, H, W, 3)."""
+        return self.render(range(self.num_frames))
 
     @classmethod
     def from_payload(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], head: dict[str, Any], base: Base):

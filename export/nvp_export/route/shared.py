@@ -50,6 +50,7 @@ __all__ = [
     "SharedRoute",
     "train_shared_route",
     "finetune_on_clip",
+    "shared_route_for",
     "store_shared_route",
     "load_shared_route",
     "shared_route_name",
@@ -267,6 +268,19 @@ def finetune_on_clip(
     adapter.round_to_storage()
     metrics = {**route.metrics, "trained_on": "this clip", "finetune_epochs": epochs}
     return replace(route, adapter=adapter.to_arrays(), metrics=metrics)
+
+
+def shared_route_for(
+    base: Base, digest: str, backbone: Backbone, store: ModelStore, cfg: SharedRouteConfig = SharedRouteConfig()
+) -> tuple[Route, bool]:
+    """The shared route of ``backbone`` for ``base`` from ``store``, trained (on the corpus) and stored first
+    when the store has none; the bool says whether it was trained now."""
+    route = load_shared_route(store, digest, backbone)
+    if route is not None:
+        return route, False
+    shared = train_shared_route(base, digest, backbone, cfg)
+    store_shared_route(shared, store)
+    return shared.route, True
 
 
 def store_shared_route(shared: SharedRoute, store: ModelStore) -> str:
