@@ -215,7 +215,7 @@ def run_shared(args, nvp: NvpFile, preset: str) -> None:
     from .base.weights import load_base
     from .onnx_export import export_adapter_tail, export_backbone_graphs
     from .route.adapt import to_file_route
-    from .route.shared import finetune_on_clip, shared_route_for
+    from .route.shared import finetune_on_clip, shared_route_for, shared_route_name
     from .zoo import load_backbone
 
     if args.joint or args.cka_out:
@@ -238,7 +238,11 @@ def run_shared(args, nvp: NvpFile, preset: str) -> None:
     if args.finetune:
         route = finetune_on_clip(route, video, original_frames(nvp, args.source, video), backbone, args.finetune)
     file_route = to_file_route(replace(route, task=args.name or args.task))
-    file_route = replace(file_route, backbone=export_backbone_graphs(backbone, [route.injection_point], store))
+    key = export_backbone_graphs(backbone, [route.injection_point], store)
+    # The file names the shared route it carries (its adapter travels in the file too, a few hundred bytes
+    # to a few KB, counted in the file's size), so a reader knows no training on this clip went into it.
+    file_route.metadata["shared_route"] = shared_route_name(digest, key)
+    file_route = replace(file_route, backbone=key)
     if route.hidden is not None:
         export_adapter_tail(store)
     size = update_routes(
