@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from nvp_rt.atomic import atomic_write
 from nvp_rt.bases import known_bases
 from nvp_rt.codec import decode_tensors, encode_tensors
+from nvp_rt.latents import decode_latents
 from nvp_rt.nvpfile import BASE_SECTION, NvpFile, base_nvp_bytes
 from nvp_rt.schema import NvpFormatError
 
 from ..backbone import to_uint8_frames
 from ..inr.fit import clip_psnr, lr_factor
-from .latents import code_latents, coded_bytes, decode_latents, step_for_bytes
+from .latents import code_latents, coded_bytes, step_for_bytes
 from .model import Base
 from .modulate import Modulation
 from .pretrain import noisy, resolve_device, to_tensor
