@@ -103,15 +103,14 @@ def _db(value) -> str:
 def cmd_view(args) -> None:
     from .video import png_name, write_pngs, write_video
 
-    nvp = NvpFile.open(args.file)  # validate before importing torch
-    nvp.check_own_inr()
+    nvp = NvpFile.open(args.file)  # validated before any output is touched
     out = Path(args.output)
     is_video = out.suffix.lower() in VIDEO_SUFFIXES
     if is_video and out.is_dir():
         raise UserError(f"output {out} is a directory")
     if not is_video and out.exists() and not out.is_dir():
         raise UserError(f"output {out} is neither a video name ({', '.join(sorted(VIDEO_SUFFIXES))}) nor a folder")
-    total = nvp.manifest["inr"]["num_frames"]
+    total = nvp.num_frames
     start, stop, step = args.frames
     stop = total if stop is None else stop
     if start >= total or stop > total:

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from nvp_rt.atomic import atomic_write
+from nvp_rt.base_decoder import PAYLOAD_FORMAT, read_payload
 from nvp_rt.bases import known_bases
 from nvp_rt.codec import decode_tensors, encode_tensors
-from nvp_rt.latents import decode_latents
 from nvp_rt.nvpfile import BASE_SECTION, NvpFile, base_nvp_bytes
 from nvp_rt.schema import NvpFormatError
 
@@ -45,7 +45,6 @@ from .weights import load_base
 MODULATION_BITS = 8
 LATENT_HEADER_BYTES = 256  # the latents' arrays and description in the payload's header
 METRICS_BYTES = 96  # the manifest's metrics, measured once the payload is fixed: room kept for them
-FORMAT = "nvp-base-payload-1"
 
 
 @dataclass(frozen=True)
@@ -101,14 +100,14 @@ def _modulation_bytes_estimate(modulation: Modulation, manifest: dict[str, Any])
     values coded as if each differed from the base by a little noise, which codes at about the full
     8 bits (fitted ones code a little below)."""
     if not modulation.count():
-        return len(base_nvp_bytes(manifest, {}, {"format": FORMAT})) + METRICS_BYTES
+        return len(base_nvp_bytes(manifest, {}, {"format": PAYLOAD_FORMAT})) + METRICS_BYTES
     generator = torch.Generator().manual_seed(0)
     stand_in = {
         k: (v + 0.01 * torch.randn(v.shape, generator=generator)).numpy() for k, v in modulation.stored().items()
     }
     arrays, meta = encode_tensors(stand_in, dict.fromkeys(stand_in, MODULATION_BITS))
     arrays = {f"modulation/{k}": v for k, v in arrays.items()}
-    return len(base_nvp_bytes(manifest, arrays, {"format": FORMAT, "modulation_meta": meta})) + METRICS_BYTES
+    return len(base_nvp_bytes(manifest, arrays, {"format": PAYLOAD_FORMAT, "modulation_meta": meta})) + METRICS_BYTES
 
 
 def _fit(
@@ -216,7 +215,7 @@ def encode(
     mod_arrays, mod_meta = encode_tensors(stored, dict.fromkeys(stored, MODULATION_BITS)) if stored else ({}, {})
     if stored:
         modulation.load_stored({k: torch.from_numpy(v) for k, v in decode_tensors(mod_arrays, mod_meta).items()})
-    meta = {"format": FORMAT, "modulation_meta": mod_meta}
+    meta = {"format": PAYLOAD_FORMAT, "modulation_meta": mod_meta}
     arrays = {f"modulation/{k}": v for k, v in mod_arrays.items()}
     values = fitted.cpu().numpy()
     latent_budget = budget - len(base_nvp_bytes(manifest, arrays, meta)) - METRICS_BYTES - LATENT_HEADER_BYTES
@@ -280,22 +279,15 @@ def read(path: str | os.PathLike, base: tuple[Base, str] | None = None) -> np.nd
 
 def _decode(arrays: dict[str, np.ndarray], meta: dict[str, Any], head: dict[str, Any], base: Base) -> np.ndarray:
     """Frames uint8 (N, H, W, 3) of the coded arrays with their description ``meta`` (the section's) and the
-    manifest's ``base`` entry ``head``; NvpFormatError (one line) where they do not fit together."""
-    if meta.get("format") != FORMAT:
-        raise NvpFormatError("base payload: unknown format")
-    expected = [head["num_frames"], *base.config.latent_shape(head["height"], head["width"])]
-    described = meta.get("latents")
-    if not isinstance(described, dict) or described.get("shape") != expected:  # before decoding allocates
-        raise NvpFormatError(f"base payload: latents described as {str(described)[:80]}, the manifest says {expected}")
-    try:
-        latents = decode_latents({k: v for k, v in arrays.items() if k.startswith("latents:")}, meta["latents"])
-        modulation = Modulation(base.decoder, head["modulation"], head["rank"])
-        mod_arrays = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("modulation/")}
-        if modulation.count():
-            values = decode_tensors(mod_arrays, meta["modulation_meta"])
-            modulation.load_stored({k: torch.from_numpy(v) for k, v in values.items()})
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise NvpFormatError(f"base payload: {str(e).splitlines()[0][:200]}") from None
+    manifest's ``base`` entry ``head``, read as the runtime reads them (``nvp_rt.base_decoder.read_payload``);
+    NvpFormatError (one line) where they do not fit together."""
+    payload = read_payload(arrays, meta, head)
+    modulation = Modulation(base.decoder, head["modulation"], head["rank"])
+    if modulation.count():
+        try:
+            modulation.load_stored({k: torch.from_numpy(v) for k, v in payload.modulation.items()})
+        except ValueError as e:
+            raise NvpFormatError(f"base payload: {e}") from None
     device = next(base.parameters()).device
-    rgb = _decode_all(modulation.to(device), torch.from_numpy(latents).to(device))
+    rgb = _decode_all(modulation.to(device), torch.from_numpy(payload.latents).to(device))
     return to_uint8_frames(rgb.cpu())
