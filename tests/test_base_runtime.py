@@ -235,3 +235,50 @@ def test_nvp_view_decodes_a_base_file(files, shared_store, tmp_path, capsys):
     assert main(["view", str(files["film"]), "-o", str(tmp_path / "x"), "--store", str(tmp_path / "empty")]) == 1
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "`nvp base-graphs`" in error[0]
+
+
+def test_nvp_encode_base_writes_a_file_the_runtime_decodes_at_once(tmp_path, capsys, one_torch_thread):
+    from nvp_export.clips import ClipSpec, write_clip
+    from nvp_rt.cli import main
+    from nvp_rt.quality import psnr
+
+    seed = int(np.random.default_rng().integers(1 << 16))
+    source = write_clip(tmp_path / "clip.mp4", ClipSpec("coffee", width=WIDTH, height=HEIGHT, frames=FRAMES, seed=seed))
+    out, store = tmp_path / "clip.nvp", tmp_path / "store"  # a fresh store: the encode must fill it
+    capsys.readouterr()
+    args = ["encode", tmp_path / "clip.mp4", "-o", out, "--base", "--bpp", 3, "--modulation", "film"]
+    assert main([str(a) for a in [*args, "--fit-seconds", 1, "--threads", 1, "-q", "--store", store]]) == 0
+    printed = capsys.readouterr().out
+    size = out.stat().st_size
+    assert (
+        f"{out}: {FRAMES} frames {WIDTH}x{HEIGHT}, {size} bytes" in printed and size <= 3 * FRAMES * HEIGHT * WIDTH / 8
+    )
+    with NvpFile.open(out) as nvp:
+        assert nvp.base is not None and nvp.base["modulation"] == "film" and nvp.base["sha256"] == load_base()[1]
+    frames = nvp_rt.Session(out, store=ModelStore(store)).decode()
+    assert np.abs(frames.astype(int) - read(out)).max() <= 1
+    assert f"PSNR {psnr(source, read(out)):.2f} dB after quantisation" in printed
+
+    odd = tmp_path / "odd.mp4"
+    write_clip(odd, ClipSpec("coffee", width=64, height=48, frames=2, seed=seed))
+    for argv, words in (
+        (["encode", odd, "-o", tmp_path / "odd.nvp", "--base"], ["multiples of 10", "--size 60x40"]),
+        (["encode", odd, "-o", tmp_path / "odd.nvp", "--modulation", "lora"], ["--modulation", "--base"]),
+        (["encode", odd, "-o", tmp_path / "odd.nvp", "--base", "--params", 1000], ["--params", "from-scratch"]),
+    ):
+        assert main([str(a) for a in argv]) == 1
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and all(w in error[0] for w in words), error
+    assert not (tmp_path / "odd.nvp").exists()
+
+
+def test_nvp_base_graphs_fills_a_store_for_files_from_elsewhere(files, tmp_path, capsys):
+    from nvp_rt.cli import main
+
+    store = tmp_path / "store"
+    with pytest.raises(NvpFormatError, match="`nvp base-graphs`"):
+        nvp_rt.Session(files["bias"], store=ModelStore(store))
+    assert main(["base-graphs", "--store", str(store)]) == 0
+    assert f"decoder graphs of base {load_base()[1][:16]}" in capsys.readouterr().out
+    frames = nvp_rt.Session(files["bias"], store=ModelStore(store)).decode()
+    assert np.abs(frames.astype(int) - read(files["bias"])).max() <= 1

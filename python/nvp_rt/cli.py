@@ -2,7 +2,7 @@
 
 A thin layer over the libraries: parsing, dispatch, and turning user errors into
 one line on stderr with a non-zero exit. `run`, `query`, `view` and `info` are the torch-free
-runtime; `encode` and `bench` are the export side's (torch), registered by it under the
+runtime; `encode`, `bench` and `base-graphs` are the export side's (torch), registered by it under the
 entry-point group ``nvp.commands`` (see ``command``), so this module never imports it.
 """
 
@@ -38,6 +38,7 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi"}
 EXPORT_COMMANDS = {
     "encode": "fit a video into an INR and write a .nvp file",
     "bench": "H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2",
+    "base-graphs": "write the decoder graphs of the pretrained bases into the model store",
 }
 
 
