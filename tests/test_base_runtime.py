@@ -18,6 +18,7 @@ import nvp_rt  # noqa: E402
 from nvp_export.base import SHIPPED, Base, BaseConfig, load_base, weights_hash  # noqa: E402
 from nvp_export.base.encode import BaseEncodeConfig, encode, read, write  # noqa: E402
 from nvp_export.base.modulate import KINDS, Modulation  # noqa: E402
+from nvp_export.inr import load_video  # noqa: E402
 from nvp_export.onnx_export import export_backbone_graphs, export_base_graphs  # noqa: E402
 from nvp_export.route.multipathway import PathwayAdapter  # noqa: E402
 from nvp_export.zoo import load_backbone  # noqa: E402
@@ -183,6 +184,8 @@ def test_missing_graphs_and_a_damaged_payload_are_refused_in_one_line(files, sha
 
 def test_a_route_added_to_a_base_file_keeps_its_payload_and_reads_the_bases_taps(files, shared_store, rng):
     path = files["lora"]
+    with pytest.raises(NvpFormatError, match="encoded against base .* not an INR of its own"):
+        load_video(path)  # what `nvp-export --task` trains on: one line, not a KeyError
     before = read(path)
     with NvpFile.open(path) as nvp:
         payload_bytes = nvp.payload_sections()[BASE_SECTION]
