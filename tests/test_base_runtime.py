@@ -285,3 +285,21 @@ def test_nvp_base_graphs_fills_a_store_for_files_from_elsewhere(files, tmp_path,
     assert f"decoder graphs of base {load_base()[1][:16]}" in capsys.readouterr().out
     frames = nvp_rt.Session(files["bias"], store=ModelStore(store)).decode()
     assert np.abs(frames.astype(int) - read(files["bias"])).max() <= 1
+
+
+def test_decoding_a_base_file_never_imports_torch(files, shared_store):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys
+        import nvp_rt
+        frames = nvp_rt.Session({str(files["lora"])!r}, store={str(shared_store.root)!r}).decode()
+        assert frames.shape == ({FRAMES}, {HEIGHT}, {WIDTH}, 3)
+        leaked = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+        print(leaked)
+        sys.exit(1 if leaked else 0)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -242,13 +242,12 @@ class Session:
         expected = {i.name: i.shape for i in session.get_inputs() if i.name != STAGE_INPUT}
         if set(expected) != set(weights) or any(tuple(weights[k].shape) != tuple(s) for k, s in expected.items()):
             raise NvpFormatError(
-                f"{self.path}: the INR weights of stage {name!r} (segment {segment}) do not fit its "
-                "architecture's graph"
+                f"{self.path}: the decoder weights of stage {name!r} (segment {segment}) do not fit its graph"
             )
         if name == self.inr.tap_names[0]:
             stage_input = next(i for i in session.get_inputs() if i.name == STAGE_INPUT)
             if not _fits(self.inr.stem_input(segment, np.zeros(1, np.int64)).shape, stage_input.shape):
-                raise NvpFormatError(f"{self.path}: the INR's stem input does not fit its architecture's graph")
+                raise NvpFormatError(f"{self.path}: the decoder's stem input does not fit its graph")
         placed = {k: self._device.graph_array(v) for k, v in weights.items()}
         with self._weights_lock:
             self._weights_cache[key] = placed
