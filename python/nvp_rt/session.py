@@ -225,7 +225,7 @@ class Session:
         if not _fits((1, *self.inr.tap(name).shape), session.get_outputs()[0].shape):
             raise NvpFormatError(
                 f"{self.path}: tap {name!r} is {self.inr.tap(name).shape} in the manifest "
-                f"but {session.get_outputs()[0].shape[1:]} in its decoder's graph"
+                f"but {session.get_outputs()[0].shape[1:]} in its architecture's graph"
             )
         return session
 
