@@ -182,7 +182,9 @@ def test_missing_graphs_and_a_damaged_payload_are_refused_in_one_line(files, sha
         assert str(e.value).startswith(f"{bad}: ") and "\n" not in str(e.value), what
 
 
-def test_a_route_added_to_a_base_file_keeps_its_payload_and_reads_the_bases_taps(files, shared_store, rng):
+def test_a_route_added_to_a_base_file_keeps_its_payload_and_reads_the_bases_taps(files, shared_store, rng, capsys):
+    from nvp_rt.cli import main
+
     path = files["lora"]
     with pytest.raises(NvpFormatError, match="encoded against base .* not an INR of its own"):
         load_video(path)  # what `nvp-export --task` trains on: one line, not a KeyError
@@ -204,6 +206,10 @@ def test_a_route_added_to_a_base_file_keeps_its_payload_and_reads_the_bases_taps
         assert [r.task for r in nvp.routes()] == ["cls"] and nvp.base is not None
         assert nvp.payload_sections()[BASE_SECTION] == payload_bytes  # carried over verbatim
     np.testing.assert_array_equal(read(path), before)
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    listed = capsys.readouterr().out
+    assert "routes      1" in listed and f"cls: tap {tap} -> {key} @ {point}" in listed
     session = nvp_rt.Session(path, store=shared_store)
     assert session.tasks == ["cls"]
     assert np.abs(session.decode().astype(int) - before).max() <= 1

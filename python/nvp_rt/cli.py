@@ -79,7 +79,8 @@ def cmd_info(args) -> None:
         else f"base        {nvp.base['sha256']}: {nvp.base['modulation']} modulation, "
         + ", ".join(f"{k}={v}" for k, v in nvp.base["config"].items()),
         f"segments    {len(lengths)} of {min(lengths)}-{max(lengths)} frames",
-        f"sections    {len(sections)}: INR {inr_bytes} bytes, routes {sections.get(ROUTES_SECTION, 0)} bytes, "
+        f"sections    {len(sections)}: {'INR' if nvp.base is None else 'base payload'} {inr_bytes} bytes, "
+        f"routes {sections.get(ROUTES_SECTION, 0)} bytes, "
         f"header and manifest {nvp.size_bytes - sum(sections.values())} bytes",
         "taps        "
         + ", ".join(
