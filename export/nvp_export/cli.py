@@ -447,7 +447,11 @@ def cmd_encode_base(args) -> None:
         )
     chosen = {"bpp": args.bpp, "modulation": args.modulation, "fit_seconds": args.fit_seconds}
     cfg = BaseEncodeConfig(
-        **{k: v for k, v in chosen.items() if v is not None}, seed=args.seed, device=args.device, threads=args.threads
+        **{k: v for k, v in chosen.items() if v is not None},
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
     )
     if not args.quiet:
         print(
@@ -460,16 +464,14 @@ def cmd_encode_base(args) -> None:
     result = encode(frames, base, digest, cfg, video=video)
     size = write(output, result, overwrite=args.overwrite)
     store = ModelStore(args.store)
-    export_base_graphs(base.decoder, digest, store, progress=None if args.quiet else _stderr_progress)
+    key = export_base_graphs(base.decoder, digest, store)
+    if not args.quiet:
+        print(f"decoder graphs of base {key} in {store.root}", file=sys.stderr)
     print(
         f"{output}: {n} frames {w}x{h}, {size} bytes, {result.bpp:.4f} bpp, PSNR {result.psnr:.2f} dB after "
         f"quantisation ({result.psnr_fitted:.2f} before, {result.psnr_encoder_only:.2f} from the base's encoder "
         f"alone), {result.steps} fit steps in {result.fit_seconds:.0f} s, encoded in {result.seconds:.0f} s"
     )
-
-
-def _stderr_progress(message: str) -> None:
-    print(f"  {message}", file=sys.stderr)
 
 
 def cmd_base_graphs(args) -> None:

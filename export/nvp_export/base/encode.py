@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from nvp_rt.atomic import atomic_write
 from nvp_rt.base_decoder import PAYLOAD_FORMAT, read_payload
@@ -71,6 +72,7 @@ class BaseEncodeConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = 1
+    progress: bool = False  # a bar over the fit's time (stderr)
 
 
 @dataclass
@@ -125,8 +127,10 @@ def _fit(
     optimiser = torch.optim.Adam([{**g, "lr": g["peak_lr"]} for g in groups])
     generator = torch.Generator().manual_seed(cfg.seed)
     n, started, steps = len(target), time.perf_counter(), 0
+    bar = tqdm(total=100, desc=f"fit {cfg.modulation} modulation", unit="%", disable=not cfg.progress, leave=False)
     while steps < cfg.max_steps:
         progress = max(steps / cfg.max_steps, (time.perf_counter() - started) / max(cfg.fit_seconds, 1e-9))
+        bar.update(min(int(progress * 100), 100) - bar.n)
         if progress >= 1:
             break
         for group in optimiser.param_groups:
@@ -144,6 +148,7 @@ def _fit(
         loss.backward()
         optimiser.step()
         steps += 1
+    bar.close()
     return steps
 
 
