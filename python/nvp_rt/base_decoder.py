@@ -104,7 +104,7 @@ def read_payload(arrays: dict[str, np.ndarray], meta: dict[str, Any], head: dict
         raise NvpFormatError("base payload: unknown format")
     config = head["config"]
     factor = math.prod(config["strides"])
-    expected = [head["num_frames"], config["latent_dim"], head["height"] // factor, head["width"] // factor]
+    expected = [head["num_frames"], config.get("latent_dim"), head["height"] // factor, head["width"] // factor]
     described = meta.get("latents")
     if not isinstance(described, dict) or described.get("shape") != expected:  # before decoding allocates
         raise NvpFormatError(f"base payload: latents described as {str(described)[:80]}, the manifest says {expected}")
