@@ -61,8 +61,8 @@ def load_segments(path: str | os.PathLike) -> list[tuple[int, INR]]:
     with NvpFile.open(path) as nvp:
         if nvp.base is not None:
             raise NvpFormatError(
-                f"{path}: encoded against base {nvp.base['sha256'][:16]}, not an INR of its own (`nvp view` and "
-                "`nvp run` decode it; training a route on it is not built yet)"
+                f"{path}: encoded against base {nvp.base['sha256'][:16]}, not an INR of its own "
+                "(`nvp view` and `nvp run` decode it)"
             )
         config = nvp.manifest["inr"]
         out = []
