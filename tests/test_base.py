@@ -10,9 +10,10 @@ from nvp_export.base import corpus as corpus_module
 from nvp_export.base import latents as latents_module
 from nvp_export.base.corpus import PHOTOS, CorpusConfig, corpus_clip, corpus_frames
 from nvp_export.base.encode import BaseEncodeConfig, encode, read, write
-from nvp_export.base.latents import code_latents, coded_bytes, decode_latents, step_for_bytes
+from nvp_export.base.latents import code_latents, coded_bytes, step_for_bytes
 from nvp_export.base.modulate import KINDS, Modulation
 from nvp_export.base.pretrain import PretrainConfig, held_out_psnr, pretrain, to_tensor
+from nvp_rt.latents import decode_latents
 from nvp_rt.schema import NvpFormatError
 
 TINY = BaseConfig(latent_dim=4, encoder_dims=(8, 16), stem_dim=16, block_dims=(8, 6))

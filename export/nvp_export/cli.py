@@ -46,6 +46,7 @@ from nvp_rt.command import (
 )
 from nvp_rt.nvpfile import NvpFile, Route, update_routes
 from nvp_rt.outputs import check_output
+from nvp_rt.schema import MODULATIONS
 from nvp_rt.store import ModelStore
 from nvp_rt.video import FrameSelection, read_video
 
@@ -398,6 +399,12 @@ def _needs_torch() -> None:
 
 def cmd_encode(args) -> None:
     _needs_torch()
+    if args.base:
+        cmd_encode_base(args)
+        return
+    given = [flag for key, flag in BASE_ONLY.items() if getattr(args, key) is not None]
+    if given:
+        raise UserError(f"{', '.join(given)}: an option of --base (encoding against the pretrained base)")
     from nvp_rt.library import library_files
 
     from .encode import EncodeConfig, encode_video
@@ -464,6 +471,101 @@ def cmd_encode(args) -> None:
         raise UserError(f"{len(failed)} of {len(jobs)} inputs failed (first: {first})")
 
 
+# `nvp encode` options that shape a from-scratch INR, which --base does not fit.
+FROM_SCRATCH_ONLY = {
+    "params": "--params",
+    "tasks": "--for",
+    "segment_frames": "--segment-frames",
+    "address": "--address",
+    "target_psnr": "--target-psnr",
+    "lr": "--lr",
+}
+BASE_ONLY = {"modulation": "--modulation", "fit_seconds": "--fit-seconds"}
+
+
+def cmd_encode_base(args) -> None:
+    """`nvp encode --base`: one video against the shipped base (docs/base.md), its graphs into the store."""
+    from dataclasses import asdict
+
+    from .base import load_base
+    from .base.encode import BaseEncodeConfig, encode, write
+    from .onnx_export import export_base_graphs
+
+    given = [flag for key, flag in FROM_SCRATCH_ONLY.items() if getattr(args, key) is not None]
+    if given:
+        raise UserError(f"{', '.join(given)}: an option of the from-scratch fit, not of --base")
+    if len(args.input) != 1:
+        raise UserError(f"--base encodes one video at a time; got {len(args.input)} inputs")
+    source = args.input[0]
+    output = check_output(args.output, [source], args.overwrite)  # before the video is read and fitted
+    start, stop, step = args.frames
+    selection = FrameSelection(start, stop, step, crop=args.crop, size=args.size)
+    frames, fps = read_video(source, selection)
+    base, digest = load_base()
+    n, h, w, _ = frames.shape
+    side = base.config.factor
+    if h % side or w % side:
+        raise UserError(
+            f"frames of {w}x{h} do not suit the base: both sides must be multiples of {side} "
+            f"(resize them, e.g. --size {max(side, w // side * side)}x{max(side, h // side * side)})"
+        )
+    chosen = {"bpp": args.bpp, "modulation": args.modulation, "fit_seconds": args.fit_seconds}
+    cfg = BaseEncodeConfig(
+        **{k: v for k, v in chosen.items() if v is not None},
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(
+            f"{source}: {n} frames {w}x{h} against base {digest[:16]}: {cfg.modulation} modulation and latents "
+            f"fitted for {cfg.fit_seconds:g} s, coded to {cfg.bpp:g} bpp",
+            file=sys.stderr,
+        )
+    video = {"fps": fps, "source": Path(source).name, "selection": asdict(selection)}
+    video["fingerprint"] = fingerprint.fingerprint(frames)  # what `nvp-export --source` checks a source against
+    result = encode(frames, base, digest, cfg, video=video)
+    size = write(output, result, overwrite=args.overwrite)
+    store = ModelStore(args.store)
+    key = export_base_graphs(base.decoder, digest, store)
+    if not args.quiet:
+        print(f"decoder graphs of base {key} in {store.root}", file=sys.stderr)
+    print(
+        f"{output}: {n} frames {w}x{h}, {size} bytes, {result.bpp:.4f} bpp, PSNR {result.psnr:.2f} dB after "
+        f"quantisation ({result.psnr_fitted:.2f} before, {result.psnr_encoder_only:.2f} from the base's encoder "
+        f"alone), {result.steps} fit steps in {result.fit_seconds:.0f} s, encoded in {result.seconds:.0f} s"
+    )
+
+
+def cmd_base_graphs(args) -> None:
+    """`nvp base-graphs`: the decoder graphs of every base this machine has, into the model store."""
+    _needs_torch()
+    from nvp_rt.bases import known_bases
+
+    from .base import load_base
+    from .onnx_export import export_base_graphs
+
+    store = ModelStore(args.store)
+    found = known_bases()
+    if not found:
+        raise UserError("no base weights found (nvp_export/base/weights, or the folders of NVP_BASES)")
+    for path in found.values():
+        base, digest = load_base(path)
+        key = export_base_graphs(base.decoder, digest, store)
+        print(f"{store.root}: decoder graphs of base {key} ({path})")
+
+
+def add_base_graphs(sub) -> None:
+    """`nvp base-graphs`, for the entry-point group ``nvp.commands``."""
+    g = sub.add_parser(
+        "base-graphs",
+        help="write the decoder graphs of the pretrained bases into the model store (files against a base need them)",
+    )
+    add_store_option(g)
+    g.set_defaults(run=cmd_base_graphs)
+
+
 def _report_line(report) -> str:
     return (
         f"{report.path}: {report.frames} frames {report.width}x{report.height}, {report.bytes} bytes, "
@@ -502,6 +604,24 @@ def add_encode(sub) -> None:
     e.add_argument("-o", "--output", required=True, help="the .nvp file to write; several inputs: a folder")
     e.add_argument("--family", choices=["hnerv", "nerv"], default="hnerv")
     e.add_argument(
+        "--base",
+        action="store_true",
+        help="encode against the shipped pretrained base instead of fitting an INR from scratch: an encoder pass "
+        "and a short fit of the latents and a small modulation (docs/base.md); frame sides multiples of 10",
+    )
+    # --base's defaults are nvp_export.base.encode.BaseEncodeConfig's (not imported here: it needs torch)
+    e.add_argument(
+        "--modulation",
+        choices=MODULATIONS,
+        help="with --base: the video's own change to the base's decoder (default: bias; docs/base.md)",
+    )
+    e.add_argument(
+        "--fit-seconds",
+        type=real(0),
+        metavar="SECONDS",
+        help="with --base: time fitting the latents and the modulation (default: 40)",
+    )
+    e.add_argument(
         "--for",
         dest="tasks",
         metavar="TASKS",
@@ -510,7 +630,11 @@ def add_encode(sub) -> None:
     )
     budget = e.add_mutually_exclusive_group()
     budget.add_argument("--params", type=integer(1), help="size budget: stored values (weights + embeddings)")
-    budget.add_argument("--bpp", type=real(0, 64, low_open=True), help="size budget in bits per pixel (default 0.5)")
+    budget.add_argument(
+        "--bpp",
+        type=real(0, 64, low_open=True),
+        help="size budget in bits per pixel (default 0.5; with --base 0.25)",
+    )
     e.add_argument("--frames", type=parse_frame_range, default=(0, None, 1), metavar="START:STOP:STEP")
     e.add_argument("--crop", type=parse_size, metavar="WxH", help="centre crop before resizing")
     e.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to this size")

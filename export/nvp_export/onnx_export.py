@@ -3,6 +3,8 @@
 - ``inr/<arch>.<stage>.onnx``: one graph per INR decoder stage, keyed by
   architecture; the stage's weights are graph *inputs* named by their
   state-dict key, so each video binds its own weights at run time.
+- ``base/<sha256[:16]>.<stage>.onnx``: the same for a pretrained base's decoder (docs/base.md), keyed by
+  its hash, with free spatial sizes; a file binds the base's weights with its own modulation applied.
 - ``suffix/<backbone>@<point>.onnx``: the backbone from an injection point to
   its raw task outputs; ``backbone/<backbone>.onnx``: the whole backbone from
   normalised pixels (what the pixel-path baselines run);
@@ -29,14 +31,24 @@ import onnx
 import torch
 from torch import nn
 
+from nvp_rt.base_decoder import GRAPH_KIND as BASE_GRAPHS
+from nvp_rt.base_decoder import graph_key
 from nvp_rt.prefix import STAGE_INPUT, STAGE_OUTPUT, architecture_key
 from nvp_rt.store import ModelStore
 
 from .backbone import Backbone, MultiPathwayPoint, temporal_indices
+from .base.model import BaseDecoder
 from .inr import INR
 from .inr.segmented import SegmentedVideo
 
-__all__ = ["backbone_key", "export_inr_graphs", "export_backbone_graphs", "export_route_graphs", "OUTPUT_NAMES"]
+__all__ = [
+    "backbone_key",
+    "export_inr_graphs",
+    "export_base_graphs",
+    "export_backbone_graphs",
+    "export_route_graphs",
+    "OUTPUT_NAMES",
+]
 
 # Raw outputs of each task kind's graphs, in the order the backbone returns them.
 OUTPUT_NAMES = {
@@ -139,6 +151,27 @@ def export_inr_graphs(inr: INR | SegmentedVideo, store: ModelStore, progress=Non
                 store.put("inr", f"{key}.{name}", _weights_as_inputs(model, f"stages.{name}.").SerializeToString())
             if progress:
                 progress(f"INR stage {name}")
+            x = y
+    return key
+
+
+def export_base_graphs(decoder: BaseDecoder, digest: str, store: ModelStore, progress=None) -> str:
+    """Stage graphs of the base decoder whose base hashes to ``digest`` (weights unbound, spatial sizes
+    free, so they serve every file against the base at any frame size) into ``store``; returns their key
+    (``nvp_rt.base_decoder.graph_key``)."""
+    key = graph_key(digest)
+    with torch.no_grad():
+        x = torch.randn(2, decoder.config.latent_dim, 3, 4)  # batch and sides distinct: none is taken for another
+        for name, stage in decoder.stages.items():
+            module = _Stage(name, stage)
+            y = module(x)
+            if (BASE_GRAPHS, f"{key}.{name}") not in store:
+                model = _to_onnx(module, (x,), [STAGE_INPUT], [STAGE_OUTPUT], dynamic_dims=[(0, 2, 3)])
+                store.put(
+                    BASE_GRAPHS, f"{key}.{name}", _weights_as_inputs(model, f"stages.{name}.").SerializeToString()
+                )
+            if progress:
+                progress(f"base stage {name}")
             x = y
     return key
 

@@ -2,7 +2,7 @@
 
 A thin layer over the libraries: parsing, dispatch, and turning user errors into
 one line on stderr with a non-zero exit. `run`, `query`, `view` and `info` are the torch-free
-runtime; `encode` and `bench` are the export side's (torch), registered by it under the
+runtime; `encode`, `bench` and `base-graphs` are the export side's (torch), registered by it under the
 entry-point group ``nvp.commands`` (see ``command``), so this module never imports it.
 """
 
@@ -38,6 +38,7 @@ VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi"}
 EXPORT_COMMANDS = {
     "encode": "fit a video into an INR and write a .nvp file",
     "bench": "H.264 (CPU, NVDEC), full INR decoding and NVP side by side: Table 1 and 2",
+    "base-graphs": "write the decoder graphs of the pretrained bases into the model store",
 }
 
 
@@ -78,7 +79,8 @@ def cmd_info(args) -> None:
         else f"base        {nvp.base['sha256']}: {nvp.base['modulation']} modulation, "
         + ", ".join(f"{k}={v}" for k, v in nvp.base["config"].items()),
         f"segments    {len(lengths)} of {min(lengths)}-{max(lengths)} frames",
-        f"sections    {len(sections)}: INR {inr_bytes} bytes, routes {sections.get(ROUTES_SECTION, 0)} bytes, "
+        f"sections    {len(sections)}: {'INR' if nvp.base is None else 'base payload'} {inr_bytes} bytes, "
+        f"routes {sections.get(ROUTES_SECTION, 0)} bytes, "
         f"header and manifest {nvp.size_bytes - sum(sections.values())} bytes",
         "taps        "
         + ", ".join(
@@ -103,15 +105,14 @@ def _db(value) -> str:
 def cmd_view(args) -> None:
     from .video import png_name, write_pngs, write_video
 
-    nvp = NvpFile.open(args.file)  # validate before importing torch
-    nvp.check_own_inr()
+    nvp = NvpFile.open(args.file)  # validated before any output is touched
     out = Path(args.output)
     is_video = out.suffix.lower() in VIDEO_SUFFIXES
     if is_video and out.is_dir():
         raise UserError(f"output {out} is a directory")
     if not is_video and out.exists() and not out.is_dir():
         raise UserError(f"output {out} is neither a video name ({', '.join(sorted(VIDEO_SUFFIXES))}) nor a folder")
-    total = nvp.manifest["inr"]["num_frames"]
+    total = nvp.num_frames
     start, stop, step = args.frames
     stop = total if stop is None else stop
     if start >= total or stop > total:

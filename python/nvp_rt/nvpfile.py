@@ -336,13 +336,10 @@ class NvpFile:
             # The parser's message may quote the whole header: its start says what is wrong.
             raise NvpFormatError(f"{self.path}: section {name!r} is not a valid array blob ({str(e)[:200]})") from None
 
-    def check_own_inr(self) -> None:
-        """Refuse (one line) a file encoded against a base: the runtime decodes INR files only so far."""
-        if self.base is not None:
-            raise NvpFormatError(
-                f"{self.path}: encoded against base {self.base['sha256']}; the runtime does not decode files "
-                "against a base yet (nvp_export.base.encode.read does)"
-            )
+    @property
+    def num_frames(self) -> int:
+        """The video's frames, all segments together."""
+        return sum(s.frames for s in self.segments)
 
     def section_meta(self, name: str) -> dict[str, Any]:
         """A section's description in the manifest (``meta``; empty if it has none)."""
@@ -421,11 +418,14 @@ class NvpFile:
 
     def task_bytes(self, tap: str, segment: int = 0) -> int:
         """What a query that reads ``tap`` on frames of one segment fetches: header and manifest, the
-        segment's entropy model, its embeddings, its stages up to the tap, and the routes section."""
-        taps = [t["name"] for t in self.manifest["taps"]]
-        needed = taps[: taps.index(tap) + 1] + ["embeddings", codec.MODEL]
-        sizes = self.payload_sizes(segment)
-        inr = sum(n for g, n in sizes.items() if g in needed or g == "all")
+        segment's entropy model, its embeddings, its stages up to the tap, and the routes section (a file
+        against a base: its one payload section, the latents and modulation of every stage)."""
+        if self.base is not None:
+            inr = self._index[BASE_SECTION].length
+        else:
+            taps = [t["name"] for t in self.manifest["taps"]]
+            needed = taps[: taps.index(tap) + 1] + ["embeddings", codec.MODEL]
+            inr = sum(n for g, n in self.payload_sizes(segment).items() if g in needed or g == "all")
         routes = self._index[ROUTES_SECTION].length if ROUTES_SECTION in self._index else 0
         return self._body_start + inr + routes
 

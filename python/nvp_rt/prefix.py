@@ -10,6 +10,11 @@ the last stage ("rgb") is the full decode for viewing.
 
 The stem's input is computed here: HNeRV reads the frame's stored embedding;
 NeRV encodes t = index / frames positionally, in float64 as the export side does.
+
+A file encoded against a pretrained base (docs/base.md) runs the same way through
+``base_decoder.VideoBase``: the base decoder's stage graphs (keyed by the base's hash),
+the frame's decoded latent as the stem's input, the base's weights with the file's
+modulation applied as each stage's weights. ``VideoDecoder`` is what both give the Session.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .nvpfile import NvpFile, NvpFormatError
+from .store import ModelStore
 
 FAMILIES = ("hnerv", "nerv")
 STAGE_INPUT = "input"
@@ -55,31 +62,19 @@ def payload_group(tensor: str) -> str:
     return parts[1] if len(parts) >= 3 and parts[0] == "stages" else tensor
 
 
-class VideoINR:
-    """One video's INR as the runtime needs it: taps, and per segment the stage weights and the stem
-    input of any frame, decoded from the file when a query first needs them."""
+class VideoDecoder:
+    """What the runtime needs of a video's decoder, whatever stores it: its taps, shallow to deep and
+    ending in "rgb"; its frames, in segments; per segment each stage's weights and the stem's input of any
+    frame (``stage_weights``, ``stem_input``, after ``prepare``); and the stage graphs (``graph``). A file's
+    own INR is :class:`VideoINR`; a file against a pretrained base is ``base_decoder.VideoBase``."""
 
-    def __init__(self, nvp: NvpFile, cached_segments: int = 4):
-        config = nvp.manifest.get("inr")
-        where = str(nvp.path)
-        if not isinstance(config, dict) or config.get("family") not in FAMILIES:
-            raise NvpFormatError(f"{where}: manifest has no INR configuration of a known family {FAMILIES}")
-        self.config = config
-        self.family = config["family"]
-        self.key = architecture_key(config)
-        try:
-            self.num_frames = int(config["num_frames"])
-            self.taps = [Tap(str(t["name"]), tuple(int(d) for d in t["shape"])) for t in nvp.manifest["taps"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise NvpFormatError(f"{where}: malformed INR manifest ({e})") from None
+    def __init__(self, nvp: NvpFile, taps: list[Tap], num_frames: int):
+        self._nvp, self._where = nvp, str(nvp.path)
+        self.taps, self.num_frames = taps, num_frames
         if not self.taps or self.taps[-1].name != "rgb" or self.num_frames <= 0:
-            raise NvpFormatError(f"{where}: the INR must have frames and end in an 'rgb' tap")
+            raise NvpFormatError(f"{self._where}: the decoder must have frames and end in an 'rgb' tap")
         self.segments = nvp.segments
         self._starts = np.array([s.start for s in self.segments], np.int64)
-        self._nvp, self._where = nvp, where
-        self._cached = cached_segments
-        self._decoded: OrderedDict[tuple[int, str], np.ndarray | dict[str, np.ndarray]] = OrderedDict()
-        self._lock = threading.Lock()
 
     @property
     def bytes_read(self) -> int:
@@ -93,7 +88,7 @@ class VideoINR:
         for t in self.taps:
             if t.name == name:
                 return t
-        raise KeyError(f"the INR has no tap {name!r}; it has {self.tap_names}")
+        raise KeyError(f"the video has no tap {name!r}; it has {self.tap_names}")
 
     def stages_until(self, deepest: str) -> list[str]:
         names = self.tap_names
@@ -104,14 +99,54 @@ class VideoINR:
         segment = np.searchsorted(self._starts, frames, side="right") - 1
         return segment, frames - self._starts[segment]
 
+    def graph(self, store: ModelStore, stage: str) -> Path:
+        """The stage's graph in ``store`` (weights as inputs, named as ``stage_weights``'s keys)."""
+        raise NotImplementedError
+
+    def prepare(self, segment: int, stages: list[str]) -> None:
+        """Decode what a query of ``segment`` up to the last of ``stages`` needs."""
+        raise NotImplementedError
+
     def stage_weights(self, segment: int, stage: str) -> dict[str, np.ndarray]:
         """A segment's weights of one stage, named as the stage graph's inputs."""
+        raise NotImplementedError
+
+    def stem_input(self, segment: int, frames: np.ndarray) -> np.ndarray:
+        """(B,) frame indices within ``segment`` -> the stem graph's input."""
+        raise NotImplementedError
+
+
+class VideoINR(VideoDecoder):
+    """One video's own INR: per segment the stage weights and the stem input of any frame, decoded from
+    the file when a query first needs them."""
+
+    def __init__(self, nvp: NvpFile, cached_segments: int = 4):
+        config = nvp.manifest.get("inr")
+        where = str(nvp.path)
+        if not isinstance(config, dict) or config.get("family") not in FAMILIES:
+            raise NvpFormatError(f"{where}: manifest has no INR configuration of a known family {FAMILIES}")
+        self.config = config
+        self.family = config["family"]
+        self.key = architecture_key(config)
+        try:
+            num_frames = int(config["num_frames"])
+            taps = [Tap(str(t["name"]), tuple(int(d) for d in t["shape"])) for t in nvp.manifest["taps"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise NvpFormatError(f"{where}: malformed INR manifest ({e})") from None
+        super().__init__(nvp, taps, num_frames)
+        self._cached = cached_segments
+        self._decoded: OrderedDict[tuple[int, str], np.ndarray | dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def graph(self, store: ModelStore, stage: str) -> Path:
+        return store.get("inr", f"{self.key}.{stage}")
+
+    def stage_weights(self, segment: int, stage: str) -> dict[str, np.ndarray]:
         weights = self._group(segment, stage)
         assert isinstance(weights, dict)
         return weights
 
     def stem_input(self, segment: int, frames: np.ndarray) -> np.ndarray:
-        """(B,) frame indices within ``segment`` -> the stem graph's input."""
         if self.family == "hnerv":
             embeddings = self._group(segment, "embeddings")
             assert isinstance(embeddings, np.ndarray)

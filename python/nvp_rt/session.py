@@ -5,6 +5,9 @@
     out["cls"].top_k[0]                        # [(index, label, probability), ...]
     pixels = s.decode([0, 1])                  # uint8 (N, H, W, 3)
 
+A file encoded against a pretrained base (docs/base.md) is queried the same way: its decoder is
+``base_decoder.VideoBase`` instead of ``prefix.VideoINR`` (both a ``prefix.VideoDecoder``).
+
 A query, as data flows (each step one place in this file):
 
 1. ``_plan``: the routes of the asked tasks; the deepest INR tap any of them reads.
@@ -41,8 +44,9 @@ import numpy as np
 
 from . import ops
 from .backends import Backend, SessionCache, resolve_backend
+from .base_decoder import VideoBase
 from .nvpfile import NvpFile, NvpFormatError, Route
-from .prefix import STAGE_INPUT, STAGE_OUTPUT, VideoINR
+from .prefix import STAGE_INPUT, STAGE_OUTPUT, VideoDecoder, VideoINR
 from .results import postprocess
 from .store import ModelStore
 
@@ -168,9 +172,9 @@ class Session:
         self._sessions = _session_cache(self.backend, self.store, threads)
         self._device = _Device(self.device)
         nvp = NvpFile.open(path)
-        nvp.check_own_inr()
         self.video = nvp.manifest.get("video", {})
-        self.inr = VideoINR(nvp)
+        # The video's decoder: its own INR, or the pretrained base it was encoded against (docs/base.md).
+        self.inr: VideoDecoder = VideoBase(nvp) if nvp.base is not None else VideoINR(nvp)
         _, height, width = self.inr.tap("rgb").shape
         self.size = (height, width)
         self._graphs = {name: self._stage_graph(name) for name in self.inr.tap_names}
@@ -217,7 +221,7 @@ class Session:
 
     def _stage_graph(self, name: str):
         """A stage's graph from the store, its output checked against the manifest's tap."""
-        session = self._sessions.get(self.store.get("inr", f"{self.inr.key}.{name}"))
+        session = self._sessions.get(self.inr.graph(self.store, name))
         if not _fits((1, *self.inr.tap(name).shape), session.get_outputs()[0].shape):
             raise NvpFormatError(
                 f"{self.path}: tap {name!r} is {self.inr.tap(name).shape} in the manifest "
@@ -238,13 +242,12 @@ class Session:
         expected = {i.name: i.shape for i in session.get_inputs() if i.name != STAGE_INPUT}
         if set(expected) != set(weights) or any(tuple(weights[k].shape) != tuple(s) for k, s in expected.items()):
             raise NvpFormatError(
-                f"{self.path}: the INR weights of stage {name!r} (segment {segment}) do not fit its "
-                "architecture's graph"
+                f"{self.path}: the decoder weights of stage {name!r} (segment {segment}) do not fit its graph"
             )
         if name == self.inr.tap_names[0]:
             stage_input = next(i for i in session.get_inputs() if i.name == STAGE_INPUT)
             if not _fits(self.inr.stem_input(segment, np.zeros(1, np.int64)).shape, stage_input.shape):
-                raise NvpFormatError(f"{self.path}: the INR's stem input does not fit its architecture's graph")
+                raise NvpFormatError(f"{self.path}: the decoder's stem input does not fit its graph")
         placed = {k: self._device.graph_array(v) for k, v in weights.items()}
         with self._weights_lock:
             self._weights_cache[key] = placed

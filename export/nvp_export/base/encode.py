@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from nvp_rt.atomic import atomic_write
+from nvp_rt.base_decoder import PAYLOAD_FORMAT
 from nvp_rt.codec import decode_tensors, encode_tensors
 from nvp_rt.nvpfile import base_nvp_bytes
 
@@ -36,7 +38,7 @@ from .latents import code_latents, coded_bytes, step_for_bytes
 from .model import Base
 from .modulate import Modulation
 from .pretrain import noisy, resolve_device, to_tensor
-from .video import FORMAT, BaseVideo
+from .video import BaseVideo
 
 MODULATION_BITS = 8
 LATENT_HEADER_BYTES = 256  # the latents' arrays and description in the payload's header
@@ -67,6 +69,7 @@ class BaseEncodeConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = 1
+    progress: bool = False  # a bar over the fit's time (stderr)
 
 
 @dataclass
@@ -96,14 +99,14 @@ def _modulation_bytes_estimate(modulation: Modulation, manifest: dict[str, Any])
     values coded as if each differed from the base by a little noise, which codes at about the full
     8 bits (fitted ones code a little below)."""
     if not modulation.count():
-        return len(base_nvp_bytes(manifest, {}, {"format": FORMAT})) + METRICS_BYTES
+        return len(base_nvp_bytes(manifest, {}, {"format": PAYLOAD_FORMAT})) + METRICS_BYTES
     generator = torch.Generator().manual_seed(0)
     stand_in = {
         k: (v + 0.01 * torch.randn(v.shape, generator=generator)).numpy() for k, v in modulation.stored().items()
     }
     arrays, meta = encode_tensors(stand_in, dict.fromkeys(stand_in, MODULATION_BITS))
     arrays = {f"modulation/{k}": v for k, v in arrays.items()}
-    return len(base_nvp_bytes(manifest, arrays, {"format": FORMAT, "modulation_meta": meta})) + METRICS_BYTES
+    return len(base_nvp_bytes(manifest, arrays, {"format": PAYLOAD_FORMAT, "modulation_meta": meta})) + METRICS_BYTES
 
 
 def _fit(
@@ -121,8 +124,10 @@ def _fit(
     optimiser = torch.optim.Adam([{**g, "lr": g["peak_lr"]} for g in groups])
     generator = torch.Generator().manual_seed(cfg.seed)
     n, started, steps = len(target), time.perf_counter(), 0
+    bar = tqdm(total=100, desc=f"fit {cfg.modulation} modulation", unit="%", disable=not cfg.progress, leave=False)
     while steps < cfg.max_steps:
         progress = max(steps / cfg.max_steps, (time.perf_counter() - started) / max(cfg.fit_seconds, 1e-9))
+        bar.update(min(int(progress * 100), 100) - bar.n)
         if progress >= 1:
             break
         for group in optimiser.param_groups:
@@ -140,6 +145,7 @@ def _fit(
         loss.backward()
         optimiser.step()
         steps += 1
+    bar.close()
     return steps
 
 
@@ -211,7 +217,7 @@ def encode(
     mod_arrays, mod_meta = encode_tensors(stored, dict.fromkeys(stored, MODULATION_BITS)) if stored else ({}, {})
     if stored:
         modulation.load_stored({k: torch.from_numpy(v) for k, v in decode_tensors(mod_arrays, mod_meta).items()})
-    meta = {"format": FORMAT, "modulation_meta": mod_meta}
+    meta = {"format": PAYLOAD_FORMAT, "modulation_meta": mod_meta}
     arrays = {f"modulation/{k}": v for k, v in mod_arrays.items()}
     values = fitted.cpu().numpy()
     latent_budget = budget - len(base_nvp_bytes(manifest, arrays, meta)) - METRICS_BYTES - LATENT_HEADER_BYTES

@@ -14,6 +14,9 @@ from the decoded latent (closed loop) keeps every frame's error within step / 2:
 which cannot carry prediction residuals exactly, and its one categorical model per bit width would
 ignore that residual statistics differ per channel and mode.
 
+The reader, ``nvp_rt.latents.decode_latents``, lives in the runtime (numpy and constriction only), and
+the coder's model and per-symbol scales with it: writer and reader share one definition.
+
 Rate control: the coded size falls as ``step`` grows, so ``step_for_bytes`` bisects on the real coded
 size to the largest quality within a byte budget.
 """
@@ -25,12 +28,9 @@ import math
 import constriction
 import numpy as np
 
-MAX_SYMBOL = 1 << 15  # residuals are clipped to +-this many steps (a bound for readers, never reached in practice)
+from nvp_rt.latents import MAX_SYMBOL, frame_scales, laplace_model
+
 MIN_SCALE = 0.02  # Laplace scale floor, in steps: all-zero channels still get a proper model
-
-
-def _model(lo: int, hi: int):
-    return constriction.stream.model.QuantizedLaplace(lo, hi)
 
 
 def _predict(
@@ -95,12 +95,6 @@ def _scales(q: np.ndarray, modes: np.ndarray) -> np.ndarray:
     return scales.astype(np.float16)
 
 
-def _frame_scales(scales: np.ndarray, mode: int, contexts: np.ndarray) -> np.ndarray:
-    """Per-symbol scales (C * H * W,) of one frame coded in ``mode`` with ``contexts`` (C, H, W)."""
-    table = scales[mode].astype(np.float64)  # (2, C)
-    return table[contexts, np.arange(contexts.shape[0])[:, None, None]].reshape(-1)
-
-
 def code_latents(
     latents: np.ndarray, step: float, inter: bool = True
 ) -> tuple[dict[str, np.ndarray], dict, np.ndarray]:
@@ -117,8 +111,8 @@ def code_latents(
     lo, hi = min(int(q.min()), -1), max(int(q.max()), 1)  # the coder needs two symbols at least
     encoder = constriction.stream.queue.RangeEncoder()
     contexts = _contexts(q)
-    per_symbol = np.concatenate([_frame_scales(scales, int(m), c) for m, c in zip(modes, contexts)])
-    encoder.encode(q.reshape(-1), _model(lo, hi), np.zeros(q.size), per_symbol)
+    per_symbol = np.concatenate([frame_scales(scales, int(m), c) for m, c in zip(modes, contexts)])
+    encoder.encode(q.reshape(-1), laplace_model(lo, hi), np.zeros(q.size), per_symbol)
     arrays = {
         "latents:words": encoder.get_compressed(),
         "latents:mean": mean,
@@ -127,51 +121,6 @@ def code_latents(
     }
     meta = {"shape": list(latents.shape), "step": float(step), "range": [lo, hi]}
     return arrays, meta, decoded
-
-
-def decode_latents(arrays: dict[str, np.ndarray], meta: dict) -> np.ndarray:
-    """The latents (N, C, H, W) float32 from :func:`code_latents`'s output, checked as read."""
-    try:
-        n, c, h, w = (int(v) for v in meta["shape"])
-        step, (lo, hi) = float(meta["step"]), (int(v) for v in meta["range"])
-        words, mean, scales, packed = (arrays[f"latents:{k}"] for k in ("words", "mean", "scales", "modes"))
-    except (KeyError, TypeError, ValueError):
-        raise ValueError("latents: description incomplete") from None
-    if not (
-        0 < n <= 1 << 20
-        and 0 < c <= 4096
-        and 0 < h * w <= 1 << 22
-        and math.isfinite(step)
-        and step > 0
-        and -MAX_SYMBOL <= lo <= hi <= MAX_SYMBOL
-        and words.dtype == np.uint32
-        and mean.shape == (c,)
-        and mean.dtype == scales.dtype == np.float16
-        and scales.shape == (2, 2, c)
-        and bool(np.isfinite(scales).all() and (scales > 0).all() and np.isfinite(mean).all())
-        and packed.dtype == np.uint8
-        and packed.shape == ((n + 7) // 8,)
-    ):
-        raise ValueError("latents: shape, step, range or model malformed")
-    modes = np.unpackbits(packed)[:n]
-    if modes[0]:
-        raise ValueError("latents: the first frame cannot be predicted from a previous one")
-    count = n * c * h * w
-    if count > 64 * (32 * words.size + 64):  # a Laplace coder spends well over 1/64 bit a symbol here
-        raise ValueError("latents: more symbols claimed than the stream can hold")
-    out = np.empty((n, c, h, w), np.float32)
-    intra = mean.astype(np.float32).reshape(-1, 1, 1)
-    model, zeros = _model(lo, hi), np.zeros(c * h * w)
-    contexts = np.zeros((c, h, w), np.uint8)
-    decoder = constriction.stream.queue.RangeDecoder(words)
-    for t in range(n):
-        try:
-            q = decoder.decode(model, zeros, _frame_scales(scales, int(modes[t]), contexts)).reshape(c, h, w)
-        except Exception as e:  # a damaged stream fails inside the coder in coder-specific ways
-            raise ValueError(f"latents: stream does not decode ({e})") from None
-        out[t] = (out[t - 1] if modes[t] else intra) + q.astype(np.float32) * np.float32(step)
-        contexts = (q != 0).astype(np.uint8)
-    return out
 
 
 def coded_bytes(arrays: dict[str, np.ndarray]) -> int:

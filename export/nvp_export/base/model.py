@@ -17,12 +17,13 @@ parameter name below is what a file's delta is keyed by.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from nvp_rt import bases
 
 from ..inr.hnerv import ConvNeXtBlock, LayerNorm2d
 
@@ -177,10 +178,6 @@ class Base(nn.Module):
 
 
 def weights_hash(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the weights' names, dtypes, shapes and bytes in name order: the base's identity in files."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    """sha256 over the weights' names, dtypes, shapes and bytes in name order: the base's identity in files
+    (``nvp_rt.bases.weights_hash``, which the runtime recomputes from the weights file)."""
+    return bases.weights_hash({name: t.detach().cpu().contiguous().numpy() for name, t in state.items()})

@@ -12,18 +12,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from nvp_rt.base_decoder import read_payload
 from nvp_rt.bases import known_bases
-from nvp_rt.codec import decode_tensors
 from nvp_rt.nvpfile import BASE_SECTION, NvpFile
 from nvp_rt.schema import NvpFormatError
 
 from ..backbone import to_uint8_frames
-from .latents import decode_latents
 from .model import Base
 from .modulate import Modulation
 from .weights import load_base
-
-FORMAT = "nvp-base-payload-1"
 
 
 class BaseVideo:
@@ -53,26 +50,17 @@ class BaseVideo:
     @classmethod
     def from_payload(cls, arrays: dict[str, np.ndarray], meta: dict[str, Any], head: dict[str, Any], base: Base):
         """The coded arrays with their description ``meta`` (the section's) and the manifest's ``base``
-        entry ``head``; NvpFormatError (one line) where they do not fit together."""
-        if meta.get("format") != FORMAT:
-            raise NvpFormatError("base payload: unknown format")
-        expected = [head["num_frames"], *base.config.latent_shape(head["height"], head["width"])]
-        described = meta.get("latents")
-        if not isinstance(described, dict) or described.get("shape") != expected:  # before decoding allocates
-            raise NvpFormatError(
-                f"base payload: latents described as {str(described)[:80]}, the manifest says {expected}"
-            )
-        try:
-            latents = decode_latents({k: v for k, v in arrays.items() if k.startswith("latents:")}, meta["latents"])
-            modulation = Modulation(base.decoder, head["modulation"], head["rank"])
-            mod_arrays = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("modulation/")}
-            if modulation.count():
-                values = decode_tensors(mod_arrays, meta["modulation_meta"])
-                modulation.load_stored({k: torch.from_numpy(v) for k, v in values.items()})
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise NvpFormatError(f"base payload: {str(e).splitlines()[0][:200]}") from None
+        entry ``head``, read as the runtime reads them (``nvp_rt.base_decoder.read_payload``);
+        NvpFormatError (one line) where they do not fit together."""
+        payload = read_payload(arrays, meta, head)
+        modulation = Modulation(base.decoder, head["modulation"], head["rank"])
+        if modulation.count():
+            try:
+                modulation.load_stored({k: torch.from_numpy(v) for k, v in payload.modulation.items()})
+            except ValueError as e:
+                raise NvpFormatError(f"base payload: {e}") from None
         device = next(base.parameters()).device
-        return cls(modulation.to(device), torch.from_numpy(latents).to(device), head["height"], head["width"])
+        return cls(modulation.to(device), torch.from_numpy(payload.latents).to(device), head["height"], head["width"])
 
     @classmethod
     def open(cls, path: str | os.PathLike, base: tuple[Base, str] | None = None) -> BaseVideo:

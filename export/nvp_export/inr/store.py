@@ -59,6 +59,11 @@ def load_segments(path: str | os.PathLike) -> list[tuple[int, INR]]:
     """Every segment of a .nvp file as (first frame, its INR dequantised, in eval mode); NvpFormatError
     if the file is not sound."""
     with NvpFile.open(path) as nvp:
+        if nvp.base is not None:
+            raise NvpFormatError(
+                f"{path}: encoded against base {nvp.base['sha256'][:16]}, not an INR of its own "
+                "(`nvp view` and `nvp run` decode it)"
+            )
         config = nvp.manifest["inr"]
         out = []
         for i, segment in enumerate(nvp.segments):
