@@ -16,7 +16,7 @@ from nvp_export.base.pretrain import PretrainConfig, held_out_psnr, pretrain, to
 from nvp_rt.latents import decode_latents
 from nvp_rt.schema import NvpFormatError
 
-TINY = BaseConfig(latent_dim=4, encoder_dims=(8, 16), stem_dim=16, block_dims=(8, 6))
+TINY = BaseConfig(latent_dim=4, encoder_dims=(8, 16), strides=(5, 2), stem_dim=16, block_dims=(8, 6))
 SMALL_CORPUS = CorpusConfig(width=40, height=30, frames=6)
 
 

@@ -130,3 +130,47 @@ def test_finetuning_on_a_clip_says_so_and_keeps_the_routes_shape(trained):
     assert tuned.metrics["trained_on"] == "this clip" and shared.route.metrics["trained_on"] == "corpus"
     assert tuned.adapter.keys() == shared.route.adapter.keys()
     assert any(not np.array_equal(tuned.adapter[k], shared.route.adapter[k]) for k in tuned.adapter)
+
+
+def test_nvp_export_adds_the_shared_route_to_a_base_file_and_the_runtime_answers_as_torch(
+    tmp_path, shared_store, one_torch_thread, rng, capsys
+):
+    import nvp_rt
+    from nvp_export.base import load_base
+    from nvp_export.base.encode import BaseEncodeConfig, encode, write
+    from nvp_export.base.video import BaseVideo
+    from nvp_export.cli import main
+    from nvp_export.route.adapter import AdapterSpec, MicroAdapter
+    from nvp_export.zoo import load_backbone
+    from nvp_rt.nvpfile import NvpFile
+
+    base, digest = load_base()
+    backbone = load_backbone("efficientnet_lite0")
+    shared = train_shared_route(base, digest, backbone, _config(seed=int(rng.integers(1 << 16))))
+    store_shared_route(shared, shared_store)
+    frames = corpus_frames(range(1), CorpusConfig(seed=int(rng.integers(1 << 16)), frames=6, width=80, height=60))
+    path = tmp_path / "clip.nvp"
+    write(path, encode(frames, base, digest, BaseEncodeConfig(bpp=1.5, fit_seconds=1, max_steps=3)))
+    capsys.readouterr()
+    assert main(["--task", "efficientnet_lite0", str(path), "--finetune", "2"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--source" in err and len(err.splitlines()) == 1
+    store = ["--store", str(shared_store.root)]
+    assert main(["--task", "efficientnet_lite0", str(path), "--name", "cls", *store, "-q"]) == 0
+    assert "trained on corpus" in capsys.readouterr().out
+    with NvpFile.open(path) as nvp:
+        (route,) = nvp.routes()
+    assert route.metadata["shared_route"] == shared_route_name(digest, shared.backbone_key)
+    assert route.metadata["trained_on"] == "corpus" and route.tap == shared.route.inr_tap
+    meta = route.metadata
+    spec = AdapterSpec(meta["in_channels"], meta["out_channels"], tuple(meta["pathways"][0]["size"]), meta["hidden"])
+    adapter = MicroAdapter.from_arrays(spec, route.arrays).eval()
+    for k, v in route.arrays.items():  # the file holds the shared route's adapter as trained (8-bit either way)
+        np.testing.assert_allclose(v, shared.route.adapter[k], atol=np.abs(shared.route.adapter[k]).max() / 100)
+    chosen = sorted(rng.choice(6, 3, replace=False).tolist())
+    answer = nvp_rt.Session(path, store=shared_store).run(["cls"], frames=chosen)["cls"]
+    video = BaseVideo.open(path)
+    with torch.no_grad():
+        taps = video.decode(torch.tensor(chosen), until=route.tap)[route.tap]
+        logits = backbone.suffix(adapter(taps), route.injection_point).numpy()
+    assert np.abs(answer.logits - logits).max() <= 1e-3 * np.abs(logits).max()

@@ -214,7 +214,7 @@ def run_shared(args, nvp: NvpFile, preset: str) -> None:
 
     from .base.video import BaseVideo
     from .base.weights import load_base
-    from .onnx_export import export_adapter_tail, export_backbone_graphs
+    from .onnx_export import export_adapter_tail, export_backbone_graphs, export_base_graphs
     from .route.adapt import to_file_route
     from .route.shared import finetune_on_clip, shared_route_for, shared_route_name
     from .zoo import load_backbone
@@ -246,6 +246,7 @@ def run_shared(args, nvp: NvpFile, preset: str) -> None:
     file_route = replace(file_route, backbone=key)
     if route.hidden is not None:
         export_adapter_tail(store)
+    export_base_graphs(base.decoder, digest, store)  # the file's prefix, for a store that lacks it
     size = update_routes(
         args.file,
         lambda routes: [r for r in routes if r.task != file_route.task] + [file_route],
