@@ -8,8 +8,9 @@ shipped base (``nvp_export.base.encode``, ``--fit-seconds`` of fitting); then fo
 - ``fine-tuned`` (with ``--finetune N``): that route distilled N epochs on this clip's own answers
   (trained on the clip it is scored on, marked so);
 - ``pixels``: the backbone on the file's full decode;
-- ``H.264``: libx264 (medium, one GOP, CRF searched) at the file's total bytes once the route is added
-  (``nvp-export --task`` puts the shared route's adapter in the file and names it; its bytes are counted);
+- ``H.264``: libx264 (medium, one GOP, CRF searched) at the file's total bytes once the task is added
+  (``nvp-export --task`` names the shared route in the file's manifest; the adapter stays in the model
+  store, trained once for every file, its size reported beside);
 - ``constant``: the best input-blind answer (top-1: the clip's most frequent label; top-5: the five
   classes most often among its top-5).
 
@@ -42,11 +43,13 @@ from nvp_export.clips import RealClip
 from nvp_export.fidelity.agreement import fidelity
 from nvp_export.fidelity.h264 import at_bpp
 from nvp_export.fidelity.pixel_paths import backbone_outputs
-from nvp_export.route.adapt import to_file_route
+from nvp_export.onnx_export import backbone_key
 from nvp_export.route.shared import (
     SharedRouteConfig,
     finetune_on_clip,
     load_shared_route,
+    naming_file_route,
+    shared_route_name,
     store_shared_route,
     train_shared_route,
 )
@@ -143,7 +146,7 @@ def main() -> None:
     run = Run(args.out, "shared_routes", threads=1)
     store = ModelStore(args.store)
     base, digest = load_base(SHIPPED)
-    backbones, routes_of, route_facts = {}, {}, {}
+    backbones, routes_of, names_of, route_facts = {}, {}, {}, {}
     for name in args.backbones.split(","):
         backbone = load_backbone(name)
         route = load_shared_route(store, digest, backbone)
@@ -153,6 +156,7 @@ def main() -> None:
             store_shared_route(shared, store)
             route = shared.route
         backbones[name], routes_of[name] = backbone, replace(route, task="cls")
+        names_of[name] = shared_route_name(digest, backbone_key(backbone))
         route_facts[name] = {
             "tap": route.inr_tap,
             "point": route.injection_point,
@@ -176,10 +180,11 @@ def main() -> None:
             nvp = BaseVideo.open(path, (base, digest))
             for name, backbone in backbones.items():
                 reference = references[name]
-                # the file as a reader gets it once the task is added: the route's adapter inside it
+                # the file as a reader gets it once the task is added (nvp-export --task): it names the route
                 routed = Path(work) / f"{video}_{bpp:g}_{name}.nvp"
                 shutil.copyfile(path, routed)
-                total = update_routes(routed, lambda routes: [to_file_route(routes_of[name])])  # noqa: B023
+                entry = naming_file_route(routes_of[name], names_of[name])
+                total = update_routes(routed, lambda routes: [entry])  # noqa: B023
                 total_bpp = 8 * total / (n * h * w)
                 coded = at_bpp(frames, total_bpp)
                 row = {

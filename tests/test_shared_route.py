@@ -3,6 +3,7 @@ gives it, scored on held-out corpus clips, stored in the model store under (base
 fine-tuned on one clip only when asked, marked so."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -140,7 +141,6 @@ def test_nvp_export_adds_the_shared_route_to_a_base_file_and_the_runtime_answers
     from nvp_export.base.encode import BaseEncodeConfig, encode, write
     from nvp_export.base.video import BaseVideo
     from nvp_export.cli import main
-    from nvp_export.route.adapter import AdapterSpec, MicroAdapter
     from nvp_export.zoo import load_backbone
     from nvp_rt.nvpfile import NvpFile
 
@@ -160,13 +160,10 @@ def test_nvp_export_adds_the_shared_route_to_a_base_file_and_the_runtime_answers
     assert "trained on corpus" in capsys.readouterr().out
     with NvpFile.open(path) as nvp:
         (route,) = nvp.routes()
-    assert route.metadata["shared_route"] == shared_route_name(digest, shared.backbone_key)
+    # the file names the shared route and carries no adapter: adding the task cost it a manifest entry
+    assert route.metadata["shared_route"] == shared_route_name(digest, shared.backbone_key) and route.arrays == {}
     assert route.metadata["trained_on"] == "corpus" and route.tap == shared.route.inr_tap
-    meta = route.metadata
-    spec = AdapterSpec(meta["in_channels"], meta["out_channels"], tuple(meta["pathways"][0]["size"]), meta["hidden"])
-    adapter = MicroAdapter.from_arrays(spec, route.arrays).eval()
-    for k, v in route.arrays.items():  # the file holds the shared route's adapter as trained (8-bit either way)
-        np.testing.assert_allclose(v, shared.route.adapter[k], atol=np.abs(shared.route.adapter[k]).max() / 100)
+    adapter = shared.route.build_adapter().eval()
     chosen = sorted(rng.choice(6, 3, replace=False).tolist())
     answer = nvp_rt.Session(path, store=shared_store).run(["cls"], frames=chosen)["cls"]
     video = BaseVideo.open(path)
@@ -174,3 +171,20 @@ def test_nvp_export_adds_the_shared_route_to_a_base_file_and_the_runtime_answers
         taps = video.decode(torch.tensor(chosen), until=route.tap)[route.tap]
         logits = backbone.suffix(adapter(taps), route.injection_point).numpy()
     assert np.abs(answer.logits - logits).max() <= 1e-3 * np.abs(logits).max()
+
+    # a store without the shared route, or with a damaged one: one line naming it
+    entry = shared_store.path("shared_route", route.metadata["shared_route"], ".safetensors")
+    elsewhere = ModelStore(tmp_path / "other")
+    for name in ("suffix", "base"):
+        shutil.copytree(shared_store.root / name, elsewhere.root / name)
+    with pytest.raises(FileNotFoundError, match="shared_route") as e:
+        nvp_rt.Session(path, store=elsewhere)
+    assert "\n" not in str(e.value)
+    damaged = elsewhere.path("shared_route", route.metadata["shared_route"], ".safetensors")
+    damaged.parent.mkdir(parents=True)
+    data = bytearray(entry.read_bytes())
+    data[-len(data) // 3] ^= 0x55
+    damaged.write_bytes(bytes(data[:-5]))
+    with pytest.raises(ValueError, match="unusable") as e:
+        nvp_rt.Session(path, store=elsewhere)
+    assert "\n" not in str(e.value)

@@ -216,7 +216,7 @@ def run_shared(args, nvp: NvpFile, preset: str) -> None:
     from .base.weights import load_base
     from .onnx_export import export_adapter_tail, export_backbone_graphs, export_base_graphs
     from .route.adapt import to_file_route
-    from .route.shared import finetune_on_clip, shared_route_for, shared_route_name
+    from .route.shared import finetune_on_clip, naming_file_route, shared_route_for, shared_route_name
     from .zoo import load_backbone
 
     if args.joint or args.cka_out:
@@ -238,12 +238,14 @@ def run_shared(args, nvp: NvpFile, preset: str) -> None:
         print(f"trained the shared route of {preset} for base {digest[:16]} on the corpus", file=sys.stderr)
     if args.finetune:
         route = finetune_on_clip(route, video, original_frames(nvp, args.source, video), backbone, args.finetune)
-    file_route = to_file_route(replace(route, task=args.name or args.task))
+    route = replace(route, task=args.name or args.task)
     key = export_backbone_graphs(backbone, [route.injection_point], store)
-    # The file names the shared route it carries (its adapter travels in the file too, a few hundred bytes
-    # to a few KB, counted in the file's size), so a reader knows no training on this clip went into it.
-    file_route.metadata["shared_route"] = shared_route_name(digest, key)
-    file_route = replace(file_route, backbone=key)
+    name = shared_route_name(digest, key)
+    if args.finetune:  # this clip's own adapter: carried in the file, its bytes counted in the file's size
+        file_route = to_file_route(route)
+        file_route = replace(file_route, backbone=key, metadata={**file_route.metadata, "finetuned_from": name})
+    else:  # the shared route itself: the file names it, the model store holds its adapter
+        file_route = replace(naming_file_route(route, name), backbone=key)
     if route.hidden is not None:
         export_adapter_tail(store)
     export_base_graphs(base.decoder, digest, store)  # the file's prefix, for a store that lacks it

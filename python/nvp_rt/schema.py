@@ -338,21 +338,27 @@ def check_routes(
         tap = string(head.get("tap"), f"{field}.tap")
         if tap not in tap_channels:
             raise fail(f"{field}.tap", f"{tap!r} is not a tap of this INR ({', '.join(tap_channels)})")
+        metadata = mapping(head.get("metadata", {}), f"{field}.metadata")
+        # A route may name a shared route of the model store instead of carrying its adapter
+        # (nvp_rt.shared_route); its arrays are checked when the store gives them.
+        shared = metadata.get("shared_route") is not None
+        if shared:
+            string(metadata["shared_route"], f"{field}.metadata.shared_route", _STORE_NAME)
         names = [
             string(n, f"{field}.arrays[{j}]")
-            for j, n in enumerate(sequence(head.get("arrays"), f"{field}.arrays", 1, 64))
+            for j, n in enumerate(sequence(head.get("arrays"), f"{field}.arrays", 0 if shared else 1, 64))
         ]
         missing = [n for n in names if f"{i}/{n}" not in arrays]
         if missing:
             raise fail(f"{field}.arrays", f"{missing[0]!r} is not in the routes section")
         resolved = {n: arrays[f"{i}/{n}"] for n in names}
-        metadata = mapping(head.get("metadata", {}), f"{field}.metadata")
-        _check_adapter(resolved, metadata, tap_channels[tap], field)
+        if names:
+            check_adapter(resolved, metadata, tap_channels[tap], field)
         out.append({**head, "arrays": resolved, "metadata": metadata})
     return out
 
 
-def _check_adapter(arrays: dict[str, np.ndarray], metadata: dict[str, Any], in_channels: int, field: str) -> None:
+def check_adapter(arrays: dict[str, np.ndarray], metadata: dict[str, Any], in_channels: int, field: str) -> None:
     """Per pathway, 1x1 conv(s) from the tap's channels: weight (C_out, C_in), bias (C_out,)."""
     hidden = optional(metadata.get("hidden"), integer, f"{field}.metadata.hidden", 1, MAX_CHANNELS)
     pathways = sequence(metadata.get("pathways"), f"{field}.metadata.pathways", 1, MAX_PATHWAYS)

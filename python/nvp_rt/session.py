@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
+from . import ops, shared_route
 from .backends import Backend, SessionCache, resolve_backend
 from .base_decoder import VideoBase
 from .nvpfile import NvpFile, NvpFormatError, Route
@@ -182,6 +182,7 @@ class Session:
         self._weights_lock = threading.Lock()
         self._routes: dict[str, _Route] = {}
         for route in nvp.routes():
+            route = shared_route.resolve(route, self.store, self.inr.tap(route.tap).shape[0], self.path)
             head = _Head(self._sessions, self.store, route.backbone, route.injection_point)
             tail = (
                 self._sessions.get(self.store.get("adapter", "gelu_conv1x1")) if route.metadata.get("hidden") else None

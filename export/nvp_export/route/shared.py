@@ -34,6 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_arrays
 
+from nvp_rt.nvpfile import Route as FileRoute
+from nvp_rt.shared_route import FORMAT, STORE_KIND, SUFFIX
 from nvp_rt.store import ModelStore
 
 from ..backbone import Backbone, to_unit_frames
@@ -41,7 +43,7 @@ from ..base.corpus import CorpusConfig, corpus_frames
 from ..base.model import Base
 from ..fidelity.agreement import Fidelity, fidelity
 from ..onnx_export import backbone_key
-from .adapt import AdaptConfig, Route, adapt
+from .adapt import AdaptConfig, Route, adapt, to_file_route
 from .adapter import finetune_for_task
 
 __all__ = [
@@ -51,13 +53,11 @@ __all__ = [
     "train_shared_route",
     "finetune_on_clip",
     "shared_route_for",
+    "naming_file_route",
     "store_shared_route",
     "load_shared_route",
     "shared_route_name",
 ]
-
-STORE_KIND = "shared_route"
-FORMAT = "nvp-shared-route-1"
 
 
 @dataclass(frozen=True)
@@ -283,6 +283,14 @@ def shared_route_for(
     return shared.route, True
 
 
+def naming_file_route(route: Route, name: str) -> FileRoute:
+    """A file's entry for the shared route ``name`` (``route``): it names the route and carries no adapter
+    (``nvp_rt.shared_route`` resolves it from the model store), so adding the task costs the file a few
+    hundred bytes of manifest."""
+    entry = to_file_route(route)
+    return replace(entry, arrays={}, metadata={**entry.metadata, "shared_route": name})
+
+
 def store_shared_route(shared: SharedRoute, store: ModelStore) -> str:
     """Put the route in ``store`` (safetensors: the adapter's arrays, its description as metadata)."""
     r = shared.route
@@ -307,14 +315,14 @@ def store_shared_route(shared: SharedRoute, store: ModelStore) -> str:
         {"description": json.dumps(description)},
     )
     name = shared_route_name(shared.base_sha256, shared.backbone_key)
-    store.put(STORE_KIND, name, data, suffix=".safetensors")
+    store.put(STORE_KIND, name, data, suffix=SUFFIX)
     return name
 
 
 def load_shared_route(store: ModelStore, base_sha256: str, backbone: Backbone) -> Route | None:
     """The shared route of ``backbone`` for ``base_sha256`` in ``store``, or None; a damaged entry is a
     ValueError (one line)."""
-    path = store.path(STORE_KIND, shared_route_name(base_sha256, backbone_key(backbone)), ".safetensors")
+    path = store.path(STORE_KIND, shared_route_name(base_sha256, backbone_key(backbone)), SUFFIX)
     if not path.is_file():
         return None
     try:
