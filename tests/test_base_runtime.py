@@ -270,8 +270,10 @@ def test_nvp_encode_base_writes_a_file_the_runtime_decodes_at_once(tmp_path, cap
 
     odd = tmp_path / "odd.mp4"
     write_clip(odd, ClipSpec("coffee", width=64, height=48, frames=2, seed=seed))
+    side = load_base()[0].config.factor
+    suggested = f"{64 // side * side}x{48 // side * side}"
     for argv, words in (
-        (["encode", odd, "-o", tmp_path / "odd.nvp", "--base"], ["multiples of 10", "--size 60x40"]),
+        (["encode", odd, "-o", tmp_path / "odd.nvp", "--base"], [f"multiples of {side}", f"--size {suggested}"]),
         (["encode", odd, "-o", tmp_path / "odd.nvp", "--modulation", "lora"], ["--modulation", "--base"]),
         (["encode", odd, "-o", tmp_path / "odd.nvp", "--base", "--params", 1000], ["--params", "from-scratch"]),
     ):

@@ -133,21 +133,32 @@ def test_finetuning_on_a_clip_says_so_and_keeps_the_routes_shape(trained):
     assert any(not np.array_equal(tuned.adapter[k], shared.route.adapter[k]) for k in tuned.adapter)
 
 
+@pytest.fixture(scope="module")
+def lite0_route(shared_store, one_torch_thread):
+    """A small shared route of EfficientNet-Lite0 for the shipped base, in the run's store (what a first
+    ``nvp-export`` would train at full size)."""
+    from nvp_export.base import load_base
+    from nvp_export.zoo import load_backbone
+
+    base, digest = load_base()
+    backbone = load_backbone("efficientnet_lite0")
+    shared = train_shared_route(base, digest, backbone, _config(seed=int(np.random.default_rng().integers(1 << 16))))
+    store_shared_route(shared, shared_store)
+    return backbone, shared
+
+
 def test_nvp_export_adds_the_shared_route_to_a_base_file_and_the_runtime_answers_as_torch(
-    tmp_path, shared_store, one_torch_thread, rng, capsys
+    tmp_path, shared_store, lite0_route, rng, capsys
 ):
     import nvp_rt
     from nvp_export.base import load_base
     from nvp_export.base.encode import BaseEncodeConfig, encode, write
     from nvp_export.base.video import BaseVideo
     from nvp_export.cli import main
-    from nvp_export.zoo import load_backbone
     from nvp_rt.nvpfile import NvpFile
 
     base, digest = load_base()
-    backbone = load_backbone("efficientnet_lite0")
-    shared = train_shared_route(base, digest, backbone, _config(seed=int(rng.integers(1 << 16))))
-    store_shared_route(shared, shared_store)
+    backbone, shared = lite0_route
     frames = corpus_frames(range(1), CorpusConfig(seed=int(rng.integers(1 << 16)), frames=6, width=80, height=60))
     path = tmp_path / "clip.nvp"
     write(path, encode(frames, base, digest, BaseEncodeConfig(bpp=1.5, fit_seconds=1, max_steps=3)))
@@ -188,3 +199,33 @@ def test_nvp_export_adds_the_shared_route_to_a_base_file_and_the_runtime_answers
     with pytest.raises(ValueError, match="unusable") as e:
         nvp_rt.Session(path, store=elsewhere)
     assert "\n" not in str(e.value)
+
+
+def test_nvp_encode_base_for_a_task_names_its_shared_route_and_costs_the_pixels_no_adapter(
+    tmp_path, shared_store, lite0_route, capsys
+):
+    from nvp_export.base.encode import read
+    from nvp_export.clips import ClipSpec, write_clip
+    from nvp_rt.cli import main
+    from nvp_rt.nvpfile import NvpFile, update_routes
+
+    backbone, shared = lite0_route
+    seed = int(np.random.default_rng().integers(1 << 16))
+    write_clip(tmp_path / "clip.mp4", ClipSpec("astronaut", width=80, height=60, frames=5, seed=seed))
+    common = ["--base", "--bpp", "2", "--fit-seconds", "0.5", "--threads", "1", "-q", "--store", str(shared_store.root)]
+    assert main(["encode", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "plain.nvp"), *common]) == 0
+    assert main(["encode", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "for.nvp"), *common, "--for", "cls"]) == 0
+    assert "cls/efficientnet_lite0: shared route" in capsys.readouterr().out
+    with NvpFile.open(tmp_path / "for.nvp") as nvp:
+        (route,) = nvp.routes()
+    assert route.task == "cls" and route.arrays == {} and route.metadata["trained_on"] == "corpus"
+    # the route takes none of the pixels' budget: the payload fills it as a plain encode's does, and the
+    # task costs the file its manifest entry alone
+    budget = 2 * 5 * 60 * 80 / 8
+    sizes = {name: (tmp_path / f"{name}.nvp").stat().st_size for name in ("plain", "for")}
+    bare = tmp_path / "bare.nvp"
+    shutil.copyfile(tmp_path / "for.nvp", bare)
+    without = update_routes(bare, lambda routes: [])
+    assert 0.97 * budget <= without <= budget + 64 and 0.97 * budget <= sizes["plain"] <= budget
+    assert 0 < sizes["for"] - without < 2048
+    assert read(bare).shape == (5, 60, 80, 3)

@@ -208,59 +208,47 @@ def run_shared(args, nvp: NvpFile, preset: str) -> None:
     """A file against a base: its route is the base's shared route for the backbone (trained once on the
     corpus and kept in the model store; trained here when the store has none), or with --finetune N that
     route distilled N epochs on this file's own clip (trained on the clip it answers, and marked so)."""
-    import torch
-
     from nvp_rt.bases import known_bases
 
     from .base.video import BaseVideo
     from .base.weights import load_base
-    from .onnx_export import export_adapter_tail, export_backbone_graphs, export_base_graphs
-    from .route.adapt import to_file_route
-    from .route.shared import finetune_on_clip, naming_file_route, shared_route_for, shared_route_name
-    from .zoo import load_backbone
 
     if args.joint or args.cka_out:
         raise UserError("--joint and --cka-out are for files of their own INRs, not files against a base")
     if args.finetune and args.source is None:
         raise UserError("--finetune trains on this clip's own answers: give its original video with --source")
     base, digest = load_base(known_bases()[nvp.base["sha256"]])
-    video = BaseVideo.open(args.file, (base, digest))
+    finetune = None
+    if args.finetune:
+        finetune = (original_frames(nvp, args.source, BaseVideo.open(args.file, (base, digest))), args.finetune)
+    add_shared_route(args.file, base, digest, preset, args, args.name or args.task, finetune, nvp.payload_checksum)
+
+
+def add_shared_route(path, base, digest: str, preset: str, args, task: str, finetune=None, checksum=None) -> None:
+    """``route.shared.add_to_file`` for a command line: the preset loaded, what happened printed."""
+    import torch
+
+    from .route.shared import add_to_file
+    from .zoo import load_backbone
+
     torch.manual_seed(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the weights note is printed below instead
-        backbone = load_backbone(preset, weights=args.weights, reduced=args.reduced)
+        weights, reduced = getattr(args, "weights", None), getattr(args, "reduced", False)  # nvp-export's options
+        backbone = load_backbone(preset, weights=weights, reduced=reduced)
     if backbone.task != "classification" or backbone.preprocess.num_frames != 1:
         raise UserError(f"shared routes are built for image classifiers so far; {preset} is a {backbone.task} preset")
     print(backbone.weights_note, file=sys.stderr)
-    store = ModelStore(args.store)
-    route, trained = shared_route_for(base, digest, backbone, store)
+    route, trained, size = add_to_file(path, base, digest, backbone, ModelStore(args.store), task, finetune, checksum)
     if trained:
         print(f"trained the shared route of {preset} for base {digest[:16]} on the corpus", file=sys.stderr)
-    if args.finetune:
-        route = finetune_on_clip(route, video, original_frames(nvp, args.source, video), backbone, args.finetune)
-    route = replace(route, task=args.name or args.task)
-    key = export_backbone_graphs(backbone, [route.injection_point], store)
-    name = shared_route_name(digest, key)
-    if args.finetune:  # this clip's own adapter: carried in the file, its bytes counted in the file's size
-        file_route = to_file_route(route)
-        file_route = replace(file_route, backbone=key, metadata={**file_route.metadata, "finetuned_from": name})
-    else:  # the shared route itself: the file names it, the model store holds its adapter
-        file_route = replace(naming_file_route(route, name), backbone=key)
-    if route.hidden is not None:
-        export_adapter_tail(store)
-    export_base_graphs(base.decoder, digest, store)  # the file's prefix, for a store that lacks it
-    size = update_routes(
-        args.file,
-        lambda routes: [r for r in routes if r.task != file_route.task] + [file_route],
-        payload_checksum=nvp.payload_checksum,
-    )
     m = route.metrics
     print(
-        f"{file_route.task}/{backbone.name}: shared route {route.inr_tap} -> {route.injection_point}, trained on "
+        f"{task}/{backbone.name}: shared route {route.inr_tap} -> {route.injection_point}, trained on "
         f"{m['trained_on']} (held-out corpus clips: top-1 {m['held_out_top1_agreement']:.1%}, top-5 "
         f"{m['held_out_top5_overlap']:.1%})"
     )
-    print(f"{args.file}: {size} bytes")
+    print(f"{path}: {size} bytes")
 
 
 def clip_scorer_of(args, backbone):
@@ -477,7 +465,6 @@ def cmd_encode(args) -> None:
 # `nvp encode` options that shape a from-scratch INR, which --base does not fit.
 FROM_SCRATCH_ONLY = {
     "params": "--params",
-    "tasks": "--for",
     "segment_frames": "--segment-frames",
     "address": "--address",
     "target_psnr": "--target-psnr",
@@ -499,6 +486,7 @@ def cmd_encode_base(args) -> None:
         raise UserError(f"{', '.join(given)}: an option of the from-scratch fit, not of --base")
     if len(args.input) != 1:
         raise UserError(f"--base encodes one video at a time; got {len(args.input)} inputs")
+    tasks = task_presets(args.tasks)  # unknown names fail before the encode
     source = args.input[0]
     output = check_output(args.output, [source], args.overwrite)  # before the video is read and fitted
     start, stop, step = args.frames
@@ -539,6 +527,10 @@ def cmd_encode_base(args) -> None:
         f"quantisation ({result.psnr_fitted:.2f} before, {result.psnr_encoder_only:.2f} from the base's encoder "
         f"alone), {result.steps} fit steps in {result.fit_seconds:.0f} s, encoded in {result.seconds:.0f} s"
     )
+    # --for with a base: each task's shared route, named by the file (no training on this clip, no adapter
+    # bytes in the file): the pixels keep the whole budget but the route's manifest entry.
+    for task, preset in tasks.items():
+        add_shared_route(output, base, digest, preset, args, task)
 
 
 def cmd_base_graphs(args) -> None:
@@ -629,7 +621,8 @@ def add_encode(sub) -> None:
         dest="tasks",
         metavar="TASKS",
         help="fit the INR for these image classifiers too and write their routes in the same pass "
-        "(comma-separated presets or task kinds, e.g. efficientnet_lite0 or cls; see docs/encode.md)",
+        "(comma-separated presets or task kinds, e.g. efficientnet_lite0 or cls; see docs/encode.md); with "
+        "--base: name each one's shared route in the file (no training on the clip)",
     )
     budget = e.add_mutually_exclusive_group()
     budget.add_argument("--params", type=integer(1), help="size budget: stored values (weights + embeddings)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -35,6 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_arrays
 
 from nvp_rt.nvpfile import Route as FileRoute
+from nvp_rt.nvpfile import update_routes
 from nvp_rt.shared_route import FORMAT, STORE_KIND, SUFFIX
 from nvp_rt.store import ModelStore
 
@@ -54,6 +56,7 @@ __all__ = [
     "finetune_on_clip",
     "shared_route_for",
     "naming_file_route",
+    "add_to_file",
     "store_shared_route",
     "load_shared_route",
     "shared_route_name",
@@ -289,6 +292,42 @@ def naming_file_route(route: Route, name: str) -> FileRoute:
     hundred bytes of manifest."""
     entry = to_file_route(route)
     return replace(entry, arrays={}, metadata={**entry.metadata, "shared_route": name})
+
+
+def add_to_file(
+    path: str | os.PathLike,
+    base: Base,
+    digest: str,
+    backbone: Backbone,
+    store: ModelStore,
+    task: str,
+    finetune: tuple[np.ndarray, int] | None = None,
+    payload_checksum: int | None = None,
+) -> tuple[Route, bool, int]:
+    """Route ``task`` of the file against ``base`` at ``path`` into ``backbone``: the shared route, named by
+    the file (trained on the corpus first when ``store`` has none), or with ``finetune`` = (the clip's
+    original frames, epochs) that route distilled on this clip and carried in the file. Every graph a
+    query needs goes into ``store``. Returns the route, whether the shared route was trained now, and the
+    file's new size."""
+    from ..base.video import BaseVideo
+    from ..onnx_export import export_adapter_tail, export_backbone_graphs, export_base_graphs
+
+    route, trained = shared_route_for(base, digest, backbone, store)
+    if finetune is not None:
+        route = finetune_on_clip(route, BaseVideo.open(path, (base, digest)), finetune[0], backbone, finetune[1])
+    route = replace(route, task=task)
+    key = export_backbone_graphs(backbone, [route.injection_point], store)
+    name = shared_route_name(digest, key)
+    if finetune is not None:  # this clip's own adapter: in the file, its bytes counted in the file's size
+        entry = to_file_route(route)
+        entry = replace(entry, backbone=key, metadata={**entry.metadata, "finetuned_from": name})
+    else:
+        entry = replace(naming_file_route(route, name), backbone=key)
+    if route.hidden is not None:
+        export_adapter_tail(store)
+    export_base_graphs(base.decoder, digest, store)  # the file's prefix, for a store that lacks it
+    size = update_routes(path, lambda routes: [r for r in routes if r.task != task] + [entry], payload_checksum)
+    return route, trained, size
 
 
 def store_shared_route(shared: SharedRoute, store: ModelStore) -> str:
