@@ -43,12 +43,12 @@ def assert_prefix_suffix_exact(bb, x):
 # Widths and sizes from the compound coefficients (width 1.0/1.0/1.1, input 224/240/260; stem and
 # head fixed), parameter counts as published (4.7M / 5.4M / 6.1M).
 LITE = {
-    0: (224, (32, 16, 24, 40, 80, 112, 192, 320, 1280), 4_652_008, "efficientnet-lite0-57934424.pth"),
-    1: (240, (32, 16, 24, 40, 80, 112, 192, 320, 1280), 5_416_680, "efficientnet-lite1-77cc7160.pth"),
-    2: (260, (32, 16, 24, 48, 88, 120, 208, 352, 1280), 6_092_072, "efficientnet-lite2-9656183e.pth"),
+    0: (224, (3, 32, 16, 24, 40, 80, 112, 192, 320, 1280), 4_652_008, "efficientnet-lite0-57934424.pth"),
+    1: (240, (3, 32, 16, 24, 40, 80, 112, 192, 320, 1280), 5_416_680, "efficientnet-lite1-77cc7160.pth"),
+    2: (260, (3, 32, 16, 24, 48, 88, 120, 208, 352, 1280), 6_092_072, "efficientnet-lite2-9656183e.pth"),
 }
-LITE_POINTS = ("stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "head_conv")
-LITE_STRIDES = (2, 1, 2, 2, 2, 1, 2, 1, 1)  # of each stage; TF "same" padding rounds sizes up
+LITE_POINTS = ("input", "stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7", "head_conv")
+LITE_STRIDES = (1, 2, 1, 2, 2, 2, 1, 2, 1, 1)  # of each stage; TF "same" padding rounds sizes up
 
 
 @pytest.mark.parametrize("variant", sorted(LITE))

@@ -76,7 +76,13 @@ def _stages(net) -> list[tuple[str, nn.Module]]:
         else:
             groups.append([i])
     total = len(net._blocks)
-    stages: list[tuple[str, nn.Module]] = [("stem", _ConvBnAct(net._conv_stem, net._bn0, net._swish))]
+    # "input": the normalised frame, so a route may enter before the stem: a route from a decoder's "rgb"
+    # tap there is the full decode with its preprocessing (bilinear resize, per-channel affine) as its
+    # adapter, the candidate a shared route falls back on where earlier entries do not carry over.
+    stages: list[tuple[str, nn.Module]] = [
+        ("input", nn.Identity()),
+        ("stem", _ConvBnAct(net._conv_stem, net._bn0, net._swish)),
+    ]
     for s, idx in enumerate(groups, start=1):
         blocks = [net._blocks[i] for i in idx]
         stages.append((f"stage{s}", _Blocks(blocks, idx[0], total, net._global_params.drop_connect_rate)))
