@@ -267,11 +267,12 @@ def test_adapt_finds_and_fits_a_linearly_related_pair():
     )
     inr = MixedFeatures(lite0, frames)
     res = adapt(inr, frames, lite0, AdaptConfig(epochs=3, progress=False))
-    assert res.cka.ranked()[0][:2] == ("mixed", "stage4")
+    # two exact routes, ranked first: the mix of stage4 and the frames themselves into the "input" point
+    assert {pair[:2] for pair in res.cka.ranked()[:2]} == {("mixed", "stage4"), ("rgb", "input")}
     with torch.no_grad():
         labels = lite0(lite0.preprocess(frames)).argmax(1)
     assert len(set(labels.tolist())) >= 4  # the frames' answers differ, so agreement means something
-    assert res.route.inr_tap == "mixed"
+    assert res.route.inr_tap == "mixed"  # the cheaper of the two
     assert res.fidelity.top1_agreement == 1.0 and res.fidelity.top5_overlap >= 0.95
 
 
