@@ -1,14 +1,14 @@
 """The base: one HNeRV-family encoder + decoder, pretrained once, that every video is encoded against.
 
 Encoder (HNeRV's ConvNeXt with patchify downsampling): frame (N, 3, H, W) -> latent (N, latent_dim,
-H / factor, W / factor) in one pass (the default strides 5 then 1: factor 5). Decoder (HNeRV's, taps
+H / factor, W / factor) in one pass (the default strides 5 then 2: factor 10). Decoder (HNeRV's, taps
 kept), mirroring the encoder: latent -> "stem" (3x3 conv + a residual 3x3 conv at the latent's size) ->
 "block1" (1x1 conv, PixelShuffle of the last stride) -> "block2" (3x3 conv, PixelShuffle 5) -> "rgb"
 (3x3 conv, tanh / 2 + 1 / 2). Both are fully convolutional: any frame whose sides are multiples of the
-factor decodes (320x180 -> a 36x64 latent).
+factor decodes (320x180 -> an 18x32 latent).
 
-Why this shape (docs/base.md): a latent 5x smaller than the frame, not HNeRV's 20x, leaves less for
-the decoder to invent, so under an hour of one CPU core trains it well; the 1x1 first block (HNeRV's
+Why this shape (docs/base.md): a latent 10x smaller than the frame, not HNeRV's 20x, leaves less for
+the decoder to invent, so an hour of one CPU core trains it further; the 1x1 first block (HNeRV's
 ks_first = 1) and narrow late blocks keep the decoder at about 0.4 GMAC per 320x180 frame, which a
 per-video fit of 64 frames can run many times within a minute.
 
@@ -31,14 +31,15 @@ from ..inr.hnerv import ConvNeXtBlock, LayerNorm2d
 
 @dataclass(frozen=True)
 class BaseConfig:
-    # A latent 5x smaller than the frame with 8 channels (the first base: 10x, 16 channels, half the values).
-    # After 500 steps of the same pretraining (docs/base.md, "Latent shape"), unquantised Big Buck Bunny
-    # 23.8 dB against 22.0, bikes 27.8 against 24.3, and coded at 0.1 / 0.25 / 0.5 bpp +0.8 / +1.7 / +1.8 dB
-    # (Big Buck Bunny) and -0.3 / +0.9 / +3.2 dB (bikes); 16 channels at 5x lost 0.8-4.1 dB at 0.1 bpp.
-    latent_dim: int = 8
+    # The shipped base's shape: a latent 10x smaller than the frame, 16 channels. A finer one (5x, 8
+    # channels: twice the values) raised the ceiling on real clips (unquantised Big Buck Bunny 27.75 dB
+    # against 26.05, bikes 36.53 against 33.43) but, pretrained fully, lost 2-3 dB at 0.1 bpp, where its
+    # coded latents need steps of 2-3 that its pretraining noise (at most 1) never showed it: BD-PSNR
+    # against x264 -6.24 / -11.57 dB against this shape's -6.58 / -8.62 (docs/base.md, "Latent shape").
+    latent_dim: int = 16
     encoder_dims: tuple[int, ...] = (64, 128)
-    strides: tuple[int, ...] = (5, 1)  # encoder downsampling, first to last; the decoder mirrors them
-    stem_dim: int = 64
+    strides: tuple[int, ...] = (5, 2)  # encoder downsampling, first to last; the decoder mirrors them
+    stem_dim: int = 128
     block_dims: tuple[int, ...] = (32, 16)  # decoder block outputs, shallow to deep
     block_kernels: tuple[int, ...] = (1, 3)
 
