@@ -31,6 +31,19 @@ def name_of(route: Route) -> str | None:
     return name if isinstance(name, str) and not route.arrays else None
 
 
+def read_entry(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(description, arrays) of a shared route's store entry; ValueError (one line) where it is not one."""
+    try:
+        with safe_open(str(path), "numpy") as f:
+            description = json.loads((f.metadata() or {})["description"])
+            arrays = {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ValueError(str(e).splitlines()[0][:160]) from None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise ValueError("not a shared route")
+    return description, arrays
+
+
 def resolve(route: Route, store: ModelStore, in_channels: int, where: str) -> Route:
     """``route`` with its adapter: its own, or the arrays of the shared route it names, read from ``store``
     and checked against the route's metadata; a missing or damaged entry is one line."""
@@ -39,17 +52,12 @@ def resolve(route: Route, store: ModelStore, in_channels: int, where: str) -> Ro
         return route
     path = store.get(STORE_KIND, name, SUFFIX)
     try:
-        with safe_open(str(path), "numpy") as f:
-            description = json.loads((f.metadata() or {})["description"])
-            arrays = {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}  # noqa: SIM118
-        if not isinstance(description, dict) or description.get("format") != FORMAT:
-            raise ValueError("not a shared route")
+        description, arrays = read_entry(path)
         if (description.get("inr_tap"), description.get("injection_point")) != (route.tap, route.injection_point):
             raise ValueError(f"it routes {description.get('inr_tap')} -> {description.get('injection_point')}")
         schema.check_arrays(arrays, f"shared route {name}", schema.ROUTE_ARRAY_DTYPES)
         schema.check_adapter(arrays, route.metadata, in_channels, f"route {route.task!r}")
-    except (OSError, SafetensorError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
-        raise NvpFormatError(
-            f"{where}: shared route {name} in {path} is unusable ({str(e).splitlines()[0][:160]})"
-        ) from None
+    except ValueError as e:
+        reason = str(e).splitlines()[0][:160]
+        raise NvpFormatError(f"{where}: shared route {name} in {path} is unusable ({reason})") from None
     return replace(route, arrays=arrays)

@@ -234,7 +234,7 @@ def encode(
         raise ValueError(f"could not fit the payload in {budget} bytes")
     arrays, meta = {**arrays, **lat_arrays}, {**meta, "latents": lat_meta}
     decoding = time.perf_counter()
-    frames_out = _decode(arrays, meta, manifest["base"], base)
+    frames_out = BaseVideo.from_payload(arrays, meta, manifest["base"], base).frames()
     decode_seconds = time.perf_counter() - decoding
     psnr = clip_psnr(to_tensor(frames_out, torch.device("cpu")), target.cpu())
     manifest["metrics"] = {"psnr_quantised_db": round(psnr, 3), "psnr_float_db": round(psnr_fitted, 3)}
@@ -266,7 +266,3 @@ def write(path: str | os.PathLike, encoding: BaseEncoding, overwrite: bool = Tru
 def read(path: str | os.PathLike, base: tuple[Base, str] | None = None) -> np.ndarray:
     """Frames uint8 (N, H, W, 3) of a .nvp file encoded against a base (``BaseVideo.open``)."""
     return BaseVideo.open(path, base).frames()
-
-
-def _decode(arrays: dict[str, np.ndarray], meta: dict[str, Any], head: dict[str, Any], base: Base) -> np.ndarray:
-    return BaseVideo.from_payload(arrays, meta, head, base).frames()

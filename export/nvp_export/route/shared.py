@@ -32,12 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as save_arrays
 
 from nvp_rt.nvpfile import Route as FileRoute
 from nvp_rt.nvpfile import update_routes
-from nvp_rt.shared_route import FORMAT, STORE_KIND, SUFFIX
+from nvp_rt.shared_route import FORMAT, STORE_KIND, SUFFIX, read_entry
 from nvp_rt.store import ModelStore
 
 from ..backbone import Backbone, to_unit_frames
@@ -246,7 +245,14 @@ def train_shared_route(
 
 
 def finetune_on_clip(
-    route: Route, video, frames: np.ndarray, backbone: Backbone, epochs: int = 10, lr: float = 1e-3, seed: int = 0
+    route: Route,
+    video,
+    frames: np.ndarray,
+    backbone: Backbone,
+    epochs: int = 10,
+    lr: float = SharedRouteConfig.distil_lr,
+    temperature: float = SharedRouteConfig.temperature,
+    seed: int = 0,
 ) -> Route:
     """The shared ``route`` fine-tuned on one clip (``video``: its file with the INR interface, ``frames``: the
     original frames it encodes): distilled on the backbone's answers on those frames, as on the corpus.
@@ -257,7 +263,6 @@ def finetune_on_clip(
     target = _outputs(lambda i: backbone.prefix(x[i], route.injection_point), n)
     taps = _outputs(lambda i: video.decode(i, until=route.inr_tap)[route.inr_tap], n)
     adapter = route.build_adapter()
-    temperature = 2.0
     finetune_for_task(
         adapter,
         taps,
@@ -365,10 +370,8 @@ def load_shared_route(store: ModelStore, base_sha256: str, backbone: Backbone) -
     if not path.is_file():
         return None
     try:
-        with safe_open(str(path), "numpy") as f:
-            description = json.loads((f.metadata() or {})["description"])
-            arrays = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-        if description.get("format") != FORMAT or description.get("base_sha256") != base_sha256:
+        description, arrays = read_entry(path)
+        if description.get("base_sha256") != base_sha256:
             raise ValueError("not a shared route of this base")
         route = Route(
             str(description["task"]),
@@ -379,10 +382,10 @@ def load_shared_route(store: ModelStore, base_sha256: str, backbone: Backbone) -
             int(description["out_channels"]),
             tuple(int(s) for s in description["size"]),
             None if description["hidden"] is None else int(description["hidden"]),
-            {k: np.asarray(v, np.float32) for k, v in arrays.items()},
+            arrays,
             dict(description["metrics"]),
         )
         route.build_adapter()  # the arrays fit the description
-    except (OSError, SafetensorError, KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"shared route {path}: damaged ({str(e).splitlines()[0][:120]})") from None
     return route
